@@ -1,0 +1,1 @@
+"""Verification layer: bound propagation, LP/MILP/SDP relaxations, Lipschitz and curvature bounds."""

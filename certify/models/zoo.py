@@ -1,0 +1,98 @@
+"""The model zoo: small classifiers trained deterministically on embedded data, cached on disk.
+
+`load(name)` returns `(model, data)`: the model in eval mode (float32, CPU) and the `Dataset` shaped for
+it. Each model is trained once from its recipe and cached under `$CERTIFY_CACHE` (default
+`~/.cache/certify/models`) in a file keyed by a hash of the recipe; `model_hash(model)` identifies the
+weights (stable: training is single-threaded and seeded).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from certify.errors import UnsupportedError
+from certify.models.builders import mlp, small_cnn
+from certify.models.datasets import Dataset, load_dataset
+from certify.models.training import train_classifier
+
+RECIPE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a zoo model's weights."""
+
+    dataset: str
+    arch: str  # "mlp" or "cnn"
+    act: str  # "relu" or "softplus"
+    beta: float = 1.0
+    hidden: tuple[int, ...] = (64, 64)
+    epochs: int = 40
+    lr: float = 3e-3
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    seed: int = 0
+    format: int = field(default=RECIPE_FORMAT)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    def build(self, data: Dataset) -> nn.Sequential:
+        if self.arch == "mlp":
+            return mlp(data.x_train[0].numel(), data.num_classes, self.hidden, self.act, self.beta)
+        channels, size, _ = data.input_shape
+        return small_cnn(channels, size, data.num_classes, self.hidden, self.act, self.beta)
+
+
+RECIPES: dict[str, Recipe] = {
+    "digits-softplus-mlp": Recipe("digits-flat", "mlp", "softplus"),
+    "digits-relu-mlp": Recipe("digits-flat", "mlp", "relu"),
+    "digits-softplus-cnn": Recipe("digits", "cnn", "softplus", hidden=(8, 16), epochs=50),
+    "digits-relu-cnn": Recipe("digits", "cnn", "relu", hidden=(8, 16), epochs=30),
+    "breast-cancer-relu-mlp": Recipe("breast-cancer", "mlp", "relu", hidden=(32, 32), epochs=40),
+    "breast-cancer-softplus-mlp": Recipe("breast-cancer", "mlp", "softplus", hidden=(32, 32), epochs=40),
+    "moons-softplus-mlp": Recipe("moons", "mlp", "softplus", hidden=(32, 32), epochs=200, lr=1e-2),
+    "blobs-relu-mlp": Recipe("blobs", "mlp", "relu", hidden=(16, 16), epochs=30),
+}
+DEFAULT_MODEL = "digits-softplus-mlp"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CERTIFY_CACHE", Path.home() / ".cache" / "certify")) / "models"
+
+
+def names() -> list[str]:
+    return sorted(RECIPES)
+
+
+def recipe(name: str) -> Recipe:
+    key = name.removeprefix("zoo:")
+    if key not in RECIPES:
+        raise UnsupportedError(f"unknown zoo model {name!r}; choose one of {names()}")
+    return RECIPES[key]
+
+
+def load(name: str = DEFAULT_MODEL) -> tuple[nn.Sequential, Dataset]:
+    """The trained model `name` (eval mode) and its data set; trains and caches it on first use."""
+    spec = recipe(name)
+    data = load_dataset(spec.dataset)
+    model = spec.build(data)
+    path = cache_dir() / f"{name.removeprefix('zoo:')}-{spec.digest()[:16]}.pt"
+    if path.exists():
+        try:
+            model.load_state_dict(torch.load(path, weights_only=True))
+            return model.eval(), data
+        except (RuntimeError, OSError, EOFError, ValueError):
+            path.unlink(missing_ok=True)  # a corrupt cache entry is retrained, never trusted
+    train_classifier(model, data, spec.epochs, spec.lr, spec.batch_size, spec.weight_decay, spec.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), partial)
+    partial.replace(path)  # atomic: concurrent loaders never see half a file
+    return model.eval(), data
