@@ -8,6 +8,7 @@ weights (stable: training is single-threaded and seeded).
 from __future__ import annotations
 
 import hashlib
+import pickle
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -88,7 +89,7 @@ def load(name: str = DEFAULT_MODEL) -> tuple[nn.Sequential, Dataset]:
         try:
             model.load_state_dict(torch.load(path, weights_only=True))
             return model.eval(), data
-        except (RuntimeError, OSError, EOFError, ValueError):
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
             path.unlink(missing_ok=True)  # a corrupt cache entry is retrained, never trusted
     train_classifier(model, data, spec.epochs, spec.lr, spec.batch_size, spec.weight_decay, spec.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
