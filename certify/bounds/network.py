@@ -39,6 +39,18 @@ class Activation:
     def derivative(self, z: Tensor) -> Tensor:
         return (z > 0).to(z.dtype) if self.name == "relu" else torch.sigmoid(self.beta * z)
 
+    def enclosure(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Rigorous float64 enclosure [lo, hi] of sigma(z) (elementwise), covering both the exact
+        softplus max(z, 0) + log1p(e^{-beta|z|}) / beta and torch's thresholded version (which returns z
+        where beta z > 20, below the exact value by log1p(e^{-beta z}) / beta < 2.1e-9 / beta)."""
+        if self.name == "relu":
+            value = torch.relu(z)
+            return value, value
+        value = torch.relu(z) + torch.log1p(torch.exp(-self.beta * z.abs())) / self.beta
+        margin = 8.0 * 2.0**-53 * value.abs() + 1e-300
+        lo = torch.minimum(value, torch.where(self.beta * z > 20.0, z, value))
+        return lo - margin, value + margin
+
     @property
     def max_second_derivative(self) -> float:
         """sup sigma''(t): beta/4 for softplus; a ReLU has no bounded second derivative (inf)."""
