@@ -1,0 +1,1 @@
+"""Report rendering: heatmap figures (matplotlib) and Markdown/HTML/JSON documents."""

@@ -1,0 +1,51 @@
+"""The command line: version, usage errors, check and demo outputs and their exit codes."""
+import json
+
+import pytest
+
+from certify import __version__
+from certify.cli import main
+from certify.errors import EXIT_USAGE
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["check", "--bogus"]])
+def test_usage_errors_exit_64(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == EXIT_USAGE
+
+
+def test_check_unknown_theorem_is_a_usage_error(tmp_path, capsys):
+    assert main(["check", "--only", "NOPE", "--out", str(tmp_path)]) == EXIT_USAGE
+    assert "unknown theorem id" in capsys.readouterr().err
+    assert not (tmp_path / "THEOREMS.md").exists()
+
+
+def test_check_writes_the_table(tmp_path, capsys):
+    assert main(["check", "--quick", "--only", "MG-T2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| MG-T2 |" in out and "holds" in out
+    table = json.loads((tmp_path / "THEOREMS.json").read_text())
+    assert table["results"][0]["id"] == "MG-T2" and table["results"][0]["violations"] == 0
+    assert "MG-T2" in (tmp_path / "THEOREMS.md").read_text()
+
+
+def test_demo_writes_outputs_and_keeps_existing_files(tmp_path, monkeypatch, capsys):
+    import certify.demo as demo
+
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    small = demo.DemoConfig(examples=2, methods=(("gradient", {}), ("smoothgrad", {"samples": 4})))
+    monkeypatch.setattr(demo.DemoConfig, "quick", classmethod(lambda cls: small))
+    monkeypatch.setattr("proofs_checks.runner.ordered_ids", lambda registry: ["MG-T2"])
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["methods"] == ["gradient", "smoothgrad"] and summary["theorems"] == {"MG-T2": "holds"}
+    html = (tmp_path / "index.html").read_text()
+    assert html.count("data:image/png;base64,") == 1 and keep.read_text() == "mine"
