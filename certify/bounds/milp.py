@@ -1,0 +1,211 @@
+"""Exact verification of small ReLU networks by mixed-integer programming (big-M; Tjeng, Xiao & Tedrake,
+ICLR 2019, ANCHORS 4.5), through CVXPY with HiGHS.
+
+An unstable unit a = relu(z) with z in [l, u], l < 0 < u, is encoded exactly with a binary d:
+
+    a >= z,  a >= 0,  a <= u d,  a <= z - l (1 - d),  d in {0, 1};
+
+stable units are a = z (l >= 0) or a = 0 (u <= 0). The boxes [l, u] (the big-M constants) are CROWN
+boxes over the region searched, {||x - x0||_inf <= R} intersected with the input domain, where R bounds
+the minimiser: the user's `upper` (e.g. a witnessed attack radius; any p-norm ball of radius R lies in the
+inf-ball of radius R), else the whole domain.
+
+* `exact_minimal_radius`: r* = min_j min ||x - x0||_p s.t. f_j(x) >= f_c(x) (one MILP per class j, the
+  smallest optimum over j). p = inf: min t with -t <= x - x0 <= t; p = 1: min sum t_i with |x_i - x0_i| <= t_i.
+  p = 2 would be a mixed-integer QP: none of the bundled solvers (HiGHS, SCIPY's milp: MILP only; OSQP,
+  Clarabel, SCS: continuous only) handles it, so it raises UnsupportedError.
+* `exact_margin_lower_bounds`: min_{x in S} f_c(x) - f_j(x) over an Linf or L1 set S, per j.
+
+Optima are solver-reported: exact only up to HiGHS's MIP gap and feasibility tolerances, which are set
+tight and recorded in the result's details; the checker cannot re-check them. A status other than
+optimal (or infeasible, which means "no flip to class j in the searched region") yields NaN and a reason.
+"""
+from __future__ import annotations
+
+import math
+
+import cvxpy as cp
+import numpy as np
+import torch
+from torch import Tensor
+
+from certify.bounds.crown import check_target, layer_bounds
+from certify.bounds.lp import require_relu
+from certify.bounds.network import AffineNetwork
+from certify.bounds.results import BoundResult, Kind
+from certify.bounds.sets import InputSet, norm_order
+from certify.errors import UnsupportedError, UsageError
+
+HIGHS_TOLERANCES = {
+    "mip_rel_gap": 1e-9,
+    "mip_abs_gap": 1e-10,
+    "mip_feasibility_tolerance": 1e-9,
+    "primal_feasibility_tolerance": 1e-9,
+    "dual_feasibility_tolerance": 1e-9,
+}
+INFEASIBLE = (cp.INFEASIBLE,)
+
+
+def _require_linear_norm(p: float) -> None:
+    if p == 2:
+        raise UnsupportedError(
+            "the exact L2 problem is a mixed-integer QP and no bundled solver handles it (HiGHS and "
+            "scipy's milp solve MILPs only; Clarabel, SCS and OSQP are continuous); use p = 1 or inf"
+        )
+
+
+def _encode(net: AffineNetwork, x: cp.Variable, boxes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[cp.Expression, list]:
+    """Logits as a CVXPY expression of x under the exact big-M encoding, and its constraints."""
+    constraints: list = []
+    h: cp.Expression = x
+    for k, (lower, upper) in enumerate(boxes):
+        weight, bias = net.weights[k].cpu().numpy(), net.biases[k].cpu().numpy()
+        z = cp.Variable(weight.shape[0])
+        a = cp.Variable(weight.shape[0])
+        constraints.append(z == weight @ h + bias)
+        active, inactive = lower >= 0, upper <= 0
+        unstable = ~(active | inactive)
+        if active.any():
+            constraints.append(a[active] == z[active])
+        if inactive.any():
+            constraints.append(a[inactive] == 0)
+        if unstable.any():
+            idx = np.nonzero(unstable)[0]
+            d = cp.Variable(idx.size, boolean=True)
+            lo, up = lower[idx], upper[idx]
+            constraints += [a[idx] >= z[idx], a[idx] >= 0, a[idx] <= cp.multiply(up, d), a[idx] <= z[idx] - cp.multiply(lo, 1 - d)]
+        constraints += [z >= lower, z <= upper]
+        h = a
+    return net.weights[-1].cpu().numpy() @ h + net.biases[-1].cpu().numpy(), constraints
+
+
+def _boxes(net: AffineNetwork, region: InputSet) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per example, the CROWN boxes of the hidden units over the region (big-M constants)."""
+    boxes, _ = layer_bounds(net, region, "crown")
+    return [[(lo[i].cpu().numpy(), hi[i].cpu().numpy()) for lo, hi in boxes] for i in range(region.center.shape[0])]
+
+
+def _solve(problem: cp.Problem) -> str:
+    try:
+        problem.solve(solver=cp.HIGHS, **HIGHS_TOLERANCES)
+    except cp.error.SolverError as exc:
+        return f"solver error: {exc}"
+    return problem.status
+
+
+def _details(statuses: list[dict], extra: dict | None = None) -> dict:
+    return {"status": statuses, "solver": "HIGHS via CVXPY", "tolerances": dict(HIGHS_TOLERANCES), **(extra or {})}
+
+
+def exact_minimal_radius(
+    net: AffineNetwork,
+    x: Tensor,
+    target: Tensor,
+    p: float | int | str,
+    domain: tuple[Tensor, Tensor] | None = None,
+    upper: float | Tensor | None = None,
+) -> BoundResult:
+    """Solver-reported minimal flipping radius r* [N] in the p-norm (p in {1, inf}) within the domain.
+
+    NaN where a solve was not optimal, or where no flip exists within `upper` (then r* > upper); +inf
+    where no class can be reached anywhere in the domain (no `upper`)."""
+    order = norm_order(p)
+    _require_linear_norm(order)
+    require_relu(net, "the MILP")
+    net = net.to("cpu")
+    if upper is None and domain is None:
+        raise UsageError("big-M constants need a bounded region: pass the input domain or an upper radius")
+    flat = x.detach().reshape(x.shape[0], -1).to(torch.float64).cpu()
+    if upper is None:
+        lo, hi = (torch.as_tensor(d, dtype=torch.float64).expand(x.shape[1:]).reshape(-1) for d in domain)
+        radius = torch.full((flat.shape[0],), float((hi - lo).max()), dtype=torch.float64)
+    else:
+        radius = torch.as_tensor(upper, dtype=torch.float64).reshape(-1).expand(flat.shape[0]).clone()
+    region = InputSet.build(flat, radius, math.inf, domain)
+    target = check_target(target, flat.shape[0], net.num_classes).cpu()
+    region_lo, region_hi = (t.numpy() for t in region.box())
+    values = torch.full((flat.shape[0],), math.inf, dtype=torch.float64)
+    statuses, witnesses = [], []
+    for i, boxes in enumerate(_boxes(net, region)):
+        x0 = flat[i].numpy()
+        per_class: dict[int, str] = {}
+        best, best_point = math.inf, None
+        for j in range(net.num_classes):
+            if j == int(target[i]):
+                continue
+            xv = cp.Variable(x0.size)
+            logits, constraints = _encode(net, xv, boxes)
+            constraints += [xv >= region_lo[i], xv <= region_hi[i], logits[j] >= logits[int(target[i])]]
+            if order == math.inf:
+                t = cp.Variable()
+                constraints += [xv - x0 <= t, x0 - xv <= t]
+                objective = t
+            else:
+                t = cp.Variable(x0.size)
+                constraints += [xv - x0 <= t, x0 - xv <= t]
+                objective = cp.sum(t)
+            if upper is not None:
+                constraints.append(objective <= float(radius[i]))
+            problem = cp.Problem(cp.Minimize(objective), constraints)
+            per_class[j] = _solve(problem)
+            if per_class[j] == cp.OPTIMAL and problem.value < best:
+                best, best_point = float(problem.value), xv.value.copy()
+        if any(s not in (cp.OPTIMAL, *INFEASIBLE) for s in per_class.values()):
+            values[i] = math.nan
+        elif best_point is None:
+            values[i] = math.nan if upper is not None else math.inf
+        else:
+            values[i] = best
+        statuses.append(per_class)
+        witnesses.append(None if best_point is None else torch.as_tensor(best_point))
+    return BoundResult(
+        value=values.to(x.device),
+        kind=Kind.SOLVER_REPORTED,
+        method="milp",
+        assumptions=[f"exact big-M MILP in the L{'inf' if order == math.inf else 1} norm, up to the solver's tolerances",
+                     "ReLU network evaluated in float64"],
+        witness={"points": witnesses},
+        details=_details(statuses, {"search_radius_inf": radius}),
+    )
+
+
+def exact_margin_lower_bounds(
+    net: AffineNetwork,
+    x: Tensor,
+    target: Tensor,
+    eps: float | Tensor,
+    p: float | int | str,
+    domain: tuple[Tensor, Tensor] | None = None,
+) -> BoundResult:
+    """Solver-reported min over S of f_c - f_j, [N, K] (+inf at j = c, NaN where not optimal), for the
+    set S = {||x' - x||_p <= eps} (p in {1, inf}) intersected with the domain."""
+    require_relu(net, "the MILP")
+    net = net.to("cpu")
+    region = InputSet.build(x.detach().cpu(), eps if not torch.is_tensor(eps) else eps.cpu(), p, domain)
+    _require_linear_norm(region.p)
+    target = check_target(target, region.center.shape[0], net.num_classes).cpu()
+    box_lo, box_hi = (t.numpy() for t in region.box())
+    values = torch.full((region.center.shape[0], net.num_classes), math.inf, dtype=torch.float64)
+    statuses = []
+    for i, boxes in enumerate(_boxes(net, region)):
+        x0, c = region.center[i].numpy(), int(target[i])
+        xv = cp.Variable(x0.size)
+        logits, constraints = _encode(net, xv, boxes)
+        constraints += [xv >= box_lo[i], xv <= box_hi[i]]
+        if region.p == 1:
+            constraints.append(cp.norm1(xv - x0) <= float(region.eps[i]))
+        per_class: dict[int, str] = {}
+        for j in range(net.num_classes):
+            if j == c:
+                continue
+            problem = cp.Problem(cp.Minimize(logits[c] - logits[j]), constraints)
+            per_class[j] = _solve(problem)
+            values[i, j] = float(problem.value) if per_class[j] == cp.OPTIMAL else math.nan
+        statuses.append(per_class)
+    return BoundResult(
+        value=values.to(x.device),
+        kind=Kind.SOLVER_REPORTED,
+        method="milp",
+        assumptions=[region.describe(), "exact big-M MILP up to the solver's tolerances"],
+        details=_details(statuses),
+    )
