@@ -16,8 +16,8 @@ come from the same pass applied to +-I at each layer, intersected with the IBP b
 
 Rigour in float64: every upper chord is shifted up until it lies above the activation's rigorous
 enclosure at both endpoints (enough for a convex function), the tangent's intercept is lowered by the
-slope's rounding error times (u - l), and the pass tracks |Lambda| through |W| to subtract Higham's
-gamma_n bound on the accumulated rounding error (including a coefficient whose sign rounding may flip,
+slope's rounding error times (u - l) and by the gap to torch's thresholded softplus, and the pass
+tracks |Lambda| through |W| to subtract Higham's gamma_n bound on the accumulated rounding error (including a coefficient whose sign rounding may flip,
 bounded by gamma_n |Lambda| times the gap between the two lines).
 """
 from __future__ import annotations
@@ -90,6 +90,8 @@ def relax(activation: Activation, lower: Tensor, upper: Tensor, alpha: Tensor | 
         icpt_l = value_lo_t - slope_l * point
         slope_error = 4 * UNIT_ROUNDOFF * slope_l * width
         icpt_l = icpt_l - slope_error - rounding_margin(value_lo_t.abs() + (slope_l * point).abs(), 2)
+        # the tangent touches the exact softplus; torch's thresholded one lies below it by at most this
+        icpt_l = icpt_l - torch.where(activation.beta * upper > 20.0, activation.threshold_gap, 0.0)
     return Relaxation(slope_l, icpt_l, slope_u, icpt_u)
 
 

@@ -14,6 +14,7 @@ is exact and simple for the small models this layer targets; memory grows as (in
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,11 @@ class Activation:
         margin = 8.0 * 2.0**-53 * value.abs() + 1e-300
         lo = torch.minimum(value, torch.where(self.beta * z > 20.0, z, value))
         return lo - margin, value + margin
+
+    @property
+    def threshold_gap(self) -> float:
+        """sup of (exact softplus - torch's thresholded softplus) = log1p(e^{-20}) / beta; 0 for ReLU."""
+        return math.log1p(math.exp(-20.0)) / self.beta if self.name == "softplus" else 0.0
 
     @property
     def max_second_derivative(self) -> float:
