@@ -1,0 +1,397 @@
+"""MoreauGrad (Zhang & Farnia, Sections 4-5, Algorithm 1): vanilla, sparse, group-sparse and Gaussian-smoothed,
+batched over inputs, with a per-explanation solver-error bound (DESIGN section 4.1).
+
+For input x and class c the explanation is the gradient of the Moreau envelope of the logit f_c,
+
+    MG_rho(x) = grad f_c^rho(x) = (x - z*) / rho,   z* = argmin_z F_x(z),
+    F_x(z) = f_c(z) + ||z - x||^2 / (2 rho) + eta * P(z - x)                      (Theorem 1(2), Def. 4-5)
+
+with P = 0, ||.||_1 or a group norm (see `certify.explain.prox`). In smoothed ("regularized") mode f_c is
+replaced by h(z) = E f_c(z + sigma Z), Z ~ N(0, I), estimated by a mean over fresh draws at every iterate.
+
+Sign and scale (DESIGN section 9): the package follows Theorem 1(2), MG = (x - z)/rho, which tends to
+grad f_c(x) as rho -> 0. The paper's Algorithm 1 outputs (x_T - x)/rho = -MG, and the public code
+(buyeah1109/MoreauGrad) returns the mean of the last ~100 iterates of z - x without the 1/rho, so
+official_output ~= -rho * MG. Algorithm 1's update x_{t+1} = (1 - gamma/rho) x_t - gamma (g_t - x/rho) is the
+gradient step u <- u - gamma (grad f_c(x + u) + u/rho) on the displacement u = x_t - x, followed in sparse
+mode by u <- ST_{gamma eta}(u): `method="fixed-step"` is exactly that, with u_0 = 0 and step gamma.
+
+`method="accelerated"`: FISTA (Beck & Teboulle 2009) on the same composite problem, with the gradient
+restart of O'Donoghue & Candes (2015) (momentum reset when <y_k - u_{k+1}, u_{k+1} - u_k> > 0), which keeps
+the linear rate of strongly convex problems without knowing mu = 1/rho - lambda. The step is
+gamma_k = 1 / (1/rho + beta_k), where beta_k is the largest secant curvature ||grad f(y_j) - grad f(y_{j-1})||
+/ ||y_j - y_{j-1}|| seen so far for that example: a lower estimate of the local smoothness constant that
+costs no extra gradient (backtracking would need function values at trial points, i.e. extra forward
+passes per iteration). The first step (beta_0 = 0) is the first-order guess u = prox(-rho grad f(x)).
+In smoothed mode secants are dominated by the sampling noise, so beta is instead the Stein bound
+sqrt(2/pi) L_hat / sigma on the curvature of h (paper Proposition 1 refined, DESIGN section 9), with L_hat the
+largest sample-gradient norm seen. None of this affects soundness: the certificate rests only on the
+residual at the returned point.
+
+Stopping: per example, when the residual ||r|| (the minimal-norm subgradient of F_x at the iterate,
+computed from the gradient already evaluated there) is <= tol, or after max_iter steps. Finished examples
+leave the active set, so they cost no further gradient evaluations. A non-finite iterate or gradient marks
+the example as diverged; its attributions are NaN, never an explanation. In smoothed mode the residual is
+an estimate with standard error nu (from the sample spread): an example stops when ||r|| + 2 nu <= tol, and
+the sample size doubles (up to 64 times `samples`) whenever an active example's residual is within 2 nu,
+i.e. at the noise floor of the stochastic iteration.
+
+Solver error (DESIGN section 4.1): if f_c is lambda-weakly convex and rho < 1/lambda, F_x is (1/rho - lambda)-
+strongly convex, so ||z - z*|| <= ||r|| / (1/rho - lambda) for any subgradient r at z, and
+||MG_computed - MG|| <= ||r|| / (1 - rho lambda) in all three modes (`solver_error_bound`).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from certify.bounds.results import BoundResult, Kind
+from certify.errors import UsageError
+from certify.explain.base import Explainer, Explanation
+from certify.explain.prox import Penalty, check_groups
+from certify.scores import score_gradients
+
+Method = Literal["accelerated", "fixed-step"]
+STEIN = math.sqrt(2.0 / math.pi)
+MAX_SAMPLE_GROWTH = 64
+ROUNDING_MARGIN = 1e-12  # relative margin on float64 residual evaluations in the certificate
+
+
+@dataclass
+class _Gradient:
+    """grad f_c (or its Monte Carlo estimate) at the active points, with the sampling statistics."""
+
+    value: Tensor
+    noise: Tensor | None = None  # standard error of the mean, per example (smoothed mode)
+    max_norm: Tensor | None = None  # largest single-sample gradient norm, per example (smoothed mode)
+
+
+@dataclass
+class _ActiveSet:
+    """Solver state of the examples still running; `index` maps rows back to the batch."""
+
+    index: Tensor
+    x: Tensor
+    target: Tensor
+    u: Tensor  # prox iterate u_k = z_k - x
+    y: Tensor  # point where the gradient is evaluated (u_k plus momentum)
+    momentum: Tensor  # FISTA t_k
+    curvature: Tensor  # beta_k, the smoothness estimate of f_c
+    best_y: Tensor
+    best_residual: Tensor
+    prev_y: Tensor
+    prev_grad: Tensor
+
+    def keep(self, mask: Tensor) -> "_ActiveSet":
+        rows = mask.nonzero().squeeze(1)
+        return replace(self, **{f.name: getattr(self, f.name).index_select(0, rows) for f in fields(self)})
+
+
+def _row_norms(t: Tensor) -> Tensor:
+    return t.flatten(1).norm(dim=1)
+
+
+def _rows(v: Tensor, like: Tensor) -> Tensor:
+    return v.view((-1,) + (1,) * (like.dim() - 1))
+
+
+class MoreauGrad(Explainer):
+    """MoreauGrad explanations MG = (x - z*)/rho (see the module docstring for the maths and the solver).
+
+    Parameters: `rho` > 0 (envelope parameter), `sparsity` = eta >= 0 (L1 weight, or group weight when
+    `group_size` is set), `group_size` (groups: group_size x group_size patches for [N, C, H, W] inputs,
+    contiguous blocks otherwise; must divide the input), `smoothing_sigma` >= 0 (absolute noise std of
+    the smoothed mode; 0 = off), `samples` >= 1 (initial Monte Carlo sample size), `step` (gamma; default
+    0.1 as in the paper for fixed-step, adaptive for accelerated), `max_iter`, `tol` > 0 (residual
+    tolerance), `method`, `seed` (noise generator; None uses the global one)."""
+
+    method_name = "moreaugrad"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        rho: float = 1.0,
+        sparsity: float = 0.0,
+        group_size: int | None = None,
+        smoothing_sigma: float = 0.0,
+        samples: int = 32,
+        step: float | None = None,
+        max_iter: int = 500,
+        tol: float = 1e-5,
+        method: Method = "accelerated",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(model)
+        _positive("rho", rho)
+        _positive("tol", tol)
+        if not (isinstance(sparsity, (int, float)) and math.isfinite(sparsity) and sparsity >= 0):
+            raise UsageError(f"sparsity must be a finite number >= 0, got {sparsity!r}")
+        if not (isinstance(smoothing_sigma, (int, float)) and math.isfinite(smoothing_sigma) and smoothing_sigma >= 0):
+            raise UsageError(f"smoothing_sigma must be a finite number >= 0, got {smoothing_sigma!r}")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise UsageError(f"samples must be an integer >= 1, got {samples!r}")
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise UsageError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+        if step is not None:
+            _positive("step", step)
+        if method not in ("accelerated", "fixed-step"):
+            raise UsageError(f"method must be 'accelerated' or 'fixed-step', got {method!r}")
+        if group_size is not None:
+            check_groups((1, group_size), group_size)  # type and sign only; divisibility at explain time
+        self.rho, self.sparsity, self.group_size = float(rho), float(sparsity), group_size
+        self.smoothing_sigma, self.samples = float(smoothing_sigma), samples
+        self.step = None if step is None else float(step)
+        self.max_iter, self.tol, self.method, self.seed = max_iter, float(tol), method, seed
+        self.penalty = Penalty("none") if sparsity == 0 else Penalty("group" if group_size else "l1", group_size)
+
+    @property
+    def smoothed(self) -> bool:
+        return self.smoothing_sigma > 0
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "rho": self.rho,
+            "sparsity": self.sparsity,
+            "group_size": self.group_size,
+            "smoothing_sigma": self.smoothing_sigma,
+            "samples": self.samples,
+            "step": self.step,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "method": self.method,
+            "seed": self.seed,
+            "penalty": self.penalty.kind,
+        }
+
+    # ------------------------------------------------------------------ gradient oracle
+    def _gradient(
+        self, model: nn.Module, points: Tensor, target: Tensor, samples: int, generator: torch.Generator | None
+    ) -> _Gradient:
+        """grad f_c at `points`, or in smoothed mode the mean of grad f_c(points + sigma Z_i) over `samples`
+        fresh draws, in chunks of at most ~4096 rows so memory stays bounded."""
+        if not self.smoothed:
+            return _Gradient(score_gradients(model, points, target)[1])
+        n = points.shape[0]
+        per_chunk = max(1, 4096 // n)
+        total = torch.zeros_like(points)
+        square_sum = points.new_zeros(n)
+        max_norm = points.new_zeros(n)
+        done = 0
+        while done < samples:
+            b = min(per_chunk, samples - done)
+            noise = torch.randn((b,) + tuple(points.shape), generator=generator, device=points.device, dtype=points.dtype)
+            noisy = (points.unsqueeze(0) + self.smoothing_sigma * noise).reshape((b * n,) + tuple(points.shape[1:]))
+            _, grads = score_gradients(model, noisy, target.repeat(b))
+            grads = grads.view((b,) + tuple(points.shape))
+            norms = grads.flatten(2).norm(dim=2)  # [b, n]
+            total += grads.sum(dim=0)
+            square_sum += norms.square().sum(dim=0)
+            max_norm = torch.maximum(max_norm, norms.max(dim=0).values)
+            done += b
+        mean = total / samples
+        spread = torch.clamp(square_sum - samples * _row_norms(mean).square(), min=0.0)
+        noise_level = (spread / (samples * max(samples - 1, 1))).sqrt()
+        return _Gradient(mean, noise_level, max_norm)
+
+    # ------------------------------------------------------------------ solver
+    def _explain(self, inputs: Tensor, target: Tensor, **kwargs: Any) -> Explanation:
+        if kwargs:
+            raise UsageError(f"MoreauGrad.explain takes no extra arguments, got {sorted(kwargs)}")
+        if self.penalty.kind == "group":
+            check_groups(inputs.shape, self.group_size)
+        x = inputs.detach()
+        n = x.shape[0]
+        rho, eta, accelerated = self.rho, self.sparsity, self.method == "accelerated"
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+
+        out_u = torch.full_like(x, math.nan)
+        out_residual = x.new_full((n,), math.inf)
+        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        evaluations = torch.zeros(n, dtype=torch.long, device=x.device)
+        converged = torch.zeros(n, dtype=torch.bool, device=x.device)
+        diverged = torch.zeros(n, dtype=torch.bool, device=x.device)
+        zeros = torch.zeros_like(x)
+        state = _ActiveSet(
+            index=torch.arange(n, device=x.device), x=x, target=target, u=zeros, y=zeros,
+            momentum=x.new_ones(n), curvature=x.new_zeros(n), best_y=zeros, best_residual=x.new_full((n,), math.inf),
+            prev_y=zeros, prev_grad=zeros,
+        )
+        samples, spent = self.samples, 0
+        for k in range(self.max_iter + 1):
+            grad = self._gradient(self.model, state.x + state.y, state.target, samples, generator)
+            spent += samples if self.smoothed else 1  # every active example has had the same evaluations
+            smooth_grad = grad.value + state.y / rho
+            residual = _row_norms(self.penalty.minimal_subgradient(smooth_grad, state.y, eta))
+            finite = torch.isfinite(residual)  # a non-finite iterate or gradient makes the residual non-finite
+            if accelerated:  # return the evaluated point with the smallest residual
+                better = finite & (residual < state.best_residual)
+                state.best_y = torch.where(_rows(better, x), state.y, state.best_y)
+                state.best_residual = torch.where(better, residual, state.best_residual)
+            else:  # Algorithm 1 returns its last iterate
+                state.best_y, state.best_residual = state.y, residual
+            margin = 2.0 * grad.noise if self.smoothed else 0.0
+            done_converged = finite & (residual + margin <= self.tol)
+            finished = done_converged | ~finite | (k == self.max_iter)
+            if bool(finished.any()):
+                rows = state.index[finished]
+                out_u[rows] = torch.where(_rows(finite[finished], x), state.best_y[finished], math.nan)
+                out_residual[rows] = torch.where(finite[finished], state.best_residual[finished], math.inf)
+                iterations[rows] = k
+                evaluations[rows] = spent
+                converged[rows] = done_converged[finished]
+                diverged[rows] = ~finite[finished]
+            if bool(finished.all()):
+                break
+            running = ~finished
+            if self.smoothed and bool((residual[running] <= margin[running]).any()):
+                samples = min(2 * samples, MAX_SAMPLE_GROWTH * self.samples)
+            gamma = self._step_sizes(state, grad, accelerated, k > 0)
+            u_next = self.penalty.prox(state.y - _rows(gamma, x) * smooth_grad, gamma * eta)
+            state.prev_y, state.prev_grad = state.y, grad.value
+            if accelerated:
+                restart = ((state.y - u_next) * (u_next - state.u)).flatten(1).sum(dim=1) > 0
+                t_next = (1.0 + torch.sqrt(1.0 + 4.0 * state.momentum.square())) / 2.0
+                beta = torch.where(restart, torch.zeros_like(t_next), (state.momentum - 1.0) / t_next)
+                state.momentum = torch.where(restart, torch.ones_like(t_next), t_next)
+                state.y = u_next + _rows(beta, x) * (u_next - state.u)
+            else:
+                state.y = u_next
+            state.u = u_next
+            if bool(finished.any()):
+                state = state.keep(running)
+
+        z = x + out_u
+        attributions = (x - z) / rho
+        diagnostics = {
+            "inputs": x,
+            "z": z,
+            "residual_norm": out_residual,
+            "iterations": iterations,
+            "converged": converged,
+            "diverged": diverged,
+            "gradient_evaluations": evaluations,
+        }
+        if self.smoothed:
+            diagnostics["final_samples"] = torch.full((n,), samples, dtype=torch.long, device=x.device)
+        return Explanation(attributions, target, self.method_name, self.params(), diagnostics)
+
+    def _step_sizes(self, state: _ActiveSet, grad: _Gradient, accelerated: bool, has_secant: bool) -> Tensor:
+        """gamma per active example: the given step, 0.1 (Algorithm 1's default) for fixed-step, or
+        1/(1/rho + beta) with beta the running smoothness estimate (module docstring)."""
+        if self.step is not None or not accelerated:
+            return state.curvature.new_full(state.curvature.shape, self.step if self.step is not None else 0.1)
+        if self.smoothed:
+            estimate = STEIN * grad.max_norm / self.smoothing_sigma
+        elif has_secant:
+            dy = _row_norms(state.y - state.prev_y)
+            dg = _row_norms(grad.value - state.prev_grad)
+            estimate = torch.where(dy > 0, dg / torch.clamp(dy, min=torch.finfo(dy.dtype).tiny), torch.zeros_like(dy))
+        else:
+            estimate = torch.zeros_like(state.curvature)
+        state.curvature = torch.maximum(state.curvature, estimate)
+        return 1.0 / (1.0 / self.rho + state.curvature)
+
+    # ------------------------------------------------------------------ certificate
+    def solver_error_bound(
+        self,
+        explanation: Explanation,
+        weak_convexity: float,
+        lipschitz: float | None = None,
+        confidence: float = 0.99,
+        residual_samples: int | None = None,
+    ) -> BoundResult:
+        """Per-example bound on ||MG_computed - MG_exact||_2 (a tensor [N], float64).
+
+        Deterministic modes (certified): ||r|| / (1 - rho lambda) + ||a - (x - z)/rho||, with r the minimal-norm
+        subgradient of F_x at the returned z re-evaluated in float64 on a float64 copy of the model, and the
+        second term the rounding of the stored attributions a. `weak_convexity` = lambda must hold for f_c on
+        a region containing B(x, rho L) (||z* - x|| <= rho L for L-Lipschitz f_c), or globally.
+
+        Smoothed mode (probabilistic, per example with probability >= `confidence`): the residual is
+        estimated on a fresh sample of m = `residual_samples` (default 16 x `samples`) draws at z, independent
+        of z. If every sample gradient has norm <= L (= `lipschitz`, required), the mean g_m of m i.i.d.
+        vectors satisfies E||g_m - grad h|| <= L/sqrt(m) (Jensen, E||X - EX||^2 <= L^2) and, by McDiarmid's
+        inequality (one sample changes g_m by at most 2L/m), ||g_m - grad h|| <= (L/sqrt(m))(1 + sqrt(2 ln(1/delta)))
+        with probability >= 1 - delta. The same choice of penalty subgradient with grad h in place of g_m is a
+        subgradient of F_x at z, so ||r_true|| <= ||r_m|| + that deviation. lambda is then the weak-convexity
+        constant of h; Proposition 1 gives lambda <= sqrt(2/pi) L / sigma.
+
+        Refuses when rho * lambda >= 1 (F_x need not be strongly convex: no bound exists), in smoothed mode
+        without `lipschitz`, and when a sample gradient exceeds `lipschitz` (the assumption is false)."""
+        method = "moreaugrad-solver-error"
+        if not (isinstance(weak_convexity, (int, float)) and math.isfinite(weak_convexity) and weak_convexity >= 0):
+            raise UsageError(f"weak_convexity must be a finite number >= 0, got {weak_convexity!r}")
+        if lipschitz is not None:
+            _positive("lipschitz", lipschitz)
+        if not 0.0 < confidence < 1.0:
+            raise UsageError(f"confidence must lie in (0, 1), got {confidence!r}")
+        if explanation.method != self.method_name or "z" not in explanation.diagnostics:
+            raise UsageError("solver_error_bound needs an Explanation returned by MoreauGrad.explain")
+        rho, lam = self.rho, float(weak_convexity)
+        assumptions = [f"f_c is lambda-weakly convex with lambda = {lam:.6g}"]
+        if lipschitz is not None:
+            assumptions[0] += f" on a region containing B(x, rho * L) = B(x, {rho * lipschitz:.6g})"
+        else:
+            assumptions[0] += " on all of the input space (no Lipschitz constant given to localise it)"
+        if rho * lam >= 1.0:
+            return BoundResult.refuse(
+                method,
+                f"rho * lambda = {rho * lam:.6g} >= 1: F_x is not known to be strongly convex, so a small "
+                "residual does not bound the distance to the minimiser; use rho < 1/lambda",
+                assumptions,
+            )
+        if self.smoothed and lipschitz is None:
+            return BoundResult.refuse(
+                method, "smoothed mode needs a Lipschitz constant L of f_c for the concentration bound", assumptions
+            )
+        diag = explanation.diagnostics
+        x = diag["inputs"].detach().to(torch.float64)
+        z = diag["z"].detach().to(torch.float64)
+        ok = ~diag["diverged"]
+        z = torch.where(_rows(ok, z), z, x)  # diverged rows get no bound (inf below)
+        model = copy.deepcopy(self.model).to(torch.float64)
+        target = explanation.target
+        deviation = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        details: dict[str, Any] = {"rho": rho, "weak_convexity": lam}
+        if self.smoothed:
+            m = residual_samples if residual_samples is not None else 16 * self.samples
+            generator = None
+            if self.seed is not None:
+                generator = torch.Generator(device=x.device).manual_seed(self.seed + 1_000_003)
+            grad = self._gradient(model, z, target, m, generator)
+            worst = float(grad.max_norm[ok].max()) if bool(ok.any()) else 0.0
+            if worst > lipschitz:
+                return BoundResult.refuse(
+                    method,
+                    f"a sample gradient has norm {worst:.6g} > the given Lipschitz constant {lipschitz:.6g}",
+                    assumptions,
+                )
+            deviation = deviation + lipschitz / math.sqrt(m) * (1.0 + math.sqrt(2.0 * math.log(1.0 / (1.0 - confidence))))
+            gradient = grad.value
+            assumptions.append(f"every sample gradient norm <= L = {lipschitz:.6g} (checked on the {m} fresh draws)")
+            details["residual_samples"] = m
+        else:
+            gradient = score_gradients(model, z, target)[1]
+        u = z - x
+        residual = _row_norms(self.penalty.minimal_subgradient(gradient + u / rho, u, self.sparsity))
+        rounding = _row_norms(explanation.attributions.detach().to(torch.float64) - (x - z) / rho)
+        value = ((residual + deviation) / (1.0 - rho * lam) + rounding) * (1.0 + ROUNDING_MARGIN)
+        value = torch.where(ok, value, torch.full_like(value, math.inf))
+        details.update(residual_float64=residual, attribution_rounding=rounding, diverged=~ok)
+        assumptions.append(f"rho = {rho:.6g} < 1/lambda; residual evaluated in float64 (relative margin {ROUNDING_MARGIN:g})")
+        if self.smoothed:
+            return BoundResult(value, Kind.PROBABILISTIC, method, assumptions, confidence=confidence,
+                               witness={"z": z}, details=details)
+        return BoundResult(value, Kind.CERTIFIED, method, assumptions, witness={"z": z}, details=details)
+
+
+def _positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{name} must be a finite number > 0, got {value!r}")
