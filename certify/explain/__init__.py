@@ -2,6 +2,7 @@
 from certify.explain.base import Explainer, Explanation
 from certify.explain.gradient import Gradient
 from certify.explain.integrated_gradients import IntegratedGradients
+from certify.explain.moreaugrad import MoreauGrad
 from certify.explain.smoothgrad import SmoothGrad
 
-__all__ = ["Explainer", "Explanation", "Gradient", "IntegratedGradients", "SmoothGrad"]
+__all__ = ["Explainer", "Explanation", "Gradient", "IntegratedGradients", "MoreauGrad", "SmoothGrad"]
