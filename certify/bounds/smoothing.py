@@ -1,0 +1,74 @@
+"""Gaussian smoothing: the weak convexity / smoothness constant of Proposition 1 (MoreauGrad), and the
+Monte Carlo concentration bounds that make sampled estimates of the smoothed function usable.
+
+Proposition 1 (Zhang & Farnia, MoreauGrad, Sec. 4), sharpened: if f is L-Lipschitz in l2, then
+h(x) = E f(x + sigma Z), Z ~ N(0, I), is twice differentiable with, by Stein's lemma,
+
+    Hess h(x) = E[grad f(x + sigma Z) Z^T] / sigma,
+    |u^T Hess h(x) u| = |E[(grad f . u)(Z . u)]| / sigma <= L E|Z . u| / sigma = sqrt(2/pi) L / sigma
+
+for every unit u. So ||Hess h|| <= sqrt(2/pi) L / sigma: h is that weakly convex and that smooth (the
+paper states L / sigma; sqrt(2/pi) ~ 0.798). The constant is attained in 1-D by f = |x| at x = 0
+(proofs_checks/mg_p1_gaussian_smoothing.py).
+
+Concentration (for estimates of h and grad h from m iid samples Z_i):
+
+* vectors X_i with ||X_i|| <= B (e.g. grad f(x + sigma Z_i), B = L): with probability >= 1 - alpha,
+  ||mean - E X|| <= (B / sqrt(m)) (1 + sqrt(2 log(1/alpha))): E||mean - EX|| <= B/sqrt(m) (variance) and
+  McDiarmid with bounded differences 2B/m.
+* the Stein estimate of u^T Hess h u, X_i = (grad f(x + sigma Z_i) . u)(Z_i . u)/sigma, has variance
+  <= L^2/sigma^2, so by Chebyshev |mean - E X| <= L / (sigma sqrt(m alpha)) with probability >= 1 - alpha.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from certify.bounds.results import BoundResult, Kind
+from certify.bounds.sets import rounding_margin
+from certify.errors import UsageError
+
+STEIN_CONSTANT = math.sqrt(2.0 / math.pi)
+
+
+def smoothed_weak_convexity(lipschitz: BoundResult, sigma: float) -> BoundResult:
+    """sqrt(2/pi) L / sigma for h = E f(. + sigma Z): both its weak-convexity constant and its two-sided
+    curvature bound. Certified when `lipschitz` (an l2 constant of f) is certified; otherwise it keeps the
+    input's kind (and confidence); a refused input gives a refusal."""
+    method = "gaussian-smoothing-prop1"
+    if not sigma > 0:
+        raise UsageError(f"sigma must be positive, got {sigma}")
+    if lipschitz.details.get("p", 2.0) != 2.0:
+        raise UsageError("Proposition 1 needs an l2 Lipschitz constant")
+    if lipschitz.refused:
+        return BoundResult.refuse(method, f"no Lipschitz constant: {lipschitz.reason}")
+    value = STEIN_CONSTANT * torch.as_tensor(lipschitz.value, dtype=torch.float64) / sigma
+    value = value + rounding_margin(value, 3)
+    return BoundResult(
+        value,
+        lipschitz.kind,
+        method,
+        [f"h(x) = E f(x + sigma Z), Z ~ N(0, I), sigma = {sigma}", *lipschitz.assumptions],
+        confidence=lipschitz.confidence,
+        details={"sigma": sigma, "lipschitz": lipschitz.value, "lipschitz_method": lipschitz.method},
+    )
+
+
+def vector_mean_deviation(bound: float, samples: int, alpha: float) -> float:
+    """r with P(||mean of `samples` iid vectors - their expectation|| > r) <= alpha when every vector has
+    norm <= `bound` (module docstring)."""
+    _check(samples, alpha)
+    return bound / math.sqrt(samples) * (1.0 + math.sqrt(2.0 * math.log(1.0 / alpha)))
+
+
+def stein_hessian_deviation(lipschitz: float, sigma: float, samples: int, alpha: float) -> float:
+    """r with P(|Stein estimate of u^T Hess h u - u^T Hess h u| > r) <= alpha, for a fixed unit u chosen
+    independently of the samples (Chebyshev; module docstring)."""
+    _check(samples, alpha)
+    return lipschitz / (sigma * math.sqrt(samples * alpha))
+
+
+def _check(samples: int, alpha: float) -> None:
+    if samples < 1 or not 0 < alpha < 1:
+        raise UsageError(f"need samples >= 1 and 0 < alpha < 1, got {samples}, {alpha}")
