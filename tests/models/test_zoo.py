@@ -57,3 +57,22 @@ def test_unknown_names_are_refused():
         zoo.load("imagenet-resnet")
     with pytest.raises(UnsupportedError, match="unknown data set"):
         load_dataset("mnist")
+
+
+def test_model_specs(tmp_path):
+    from certify.models.spec import load_model
+
+    by_prefix, data = load_model("zoo:digits-relu-mlp")
+    by_name, _ = load_model("digits-relu-mlp")
+    assert model_hash(by_prefix) == model_hash(by_name) and data.name == "digits-flat"
+    scripted = tmp_path / "m.pt"
+    torch.jit.script(by_name).save(str(scripted))
+    loaded, none = load_model(str(scripted))
+    assert none is None and not loaded.training
+    x = data.x_test[:3]
+    assert torch.equal(loaded(x), by_name(x))
+    factory, _ = load_model("torch.nn:Identity")
+    assert isinstance(factory, torch.nn.Identity)
+    for bad in ("zoo:nope", str(tmp_path / "missing.pt"), "no_such_module:thing", "nonsense"):
+        with pytest.raises(UnsupportedError):
+            load_model(bad)

@@ -1,0 +1,253 @@
+"""Build certificates: turn the numbers of the solver and verification layers into claims (DESIGN sections
+1 and 5). One certificate per explained example.
+
+Claims issued when their assumptions hold, and refused with the reason when they do not:
+
+* `lipschitz`: certified l2 Lipschitz constant of f_c (product of layer norms);
+* `weak-convexity` and `curvature`: certified lambda (f_c + lambda/2 ||x||^2 convex) and beta
+  (||Hess f_c|| <= beta) for softplus networks; refused for ReLU networks (not weakly convex in general);
+* gradient explanations: `stability` ||grad f_c(x + d) - grad f_c(x)|| <= beta eps;
+* MoreauGrad: `solver-error` ||a - MG_exact|| <= ||r||/(1 - rho lambda) + rounding; `stability`: vanilla
+  eps/min(rho, 1/lambda - rho) (paper Corollary 1), sparse and group-sparse the corrected
+  beta eps/(1 - rho beta) (DESIGN Errata: Corollary 2 as stated is false), each plus the solver terms
+  ||r(x)||/(1 - rho lambda) + tol/(1 - rho lambda); `topk`: certified lower bound on the top-k
+  intersection ratio under any ||d||_2 <= eps (feature i stays if |a_i| - |a_(k+1)| > sqrt(2) B);
+* Integrated Gradients and SmoothGrad: a refusal saying why no stability guarantee is given.
+
+Values are written with an outward relative margin `MARGIN` (upper bounds rounded up, lower bounds
+down), larger than the checker's own rounding allowance, so an honest certificate verifies and a claim
+tightened by more than the margin does not.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import certify
+from certify.bounds.curvature import curvature_bound, weak_convexity
+from certify.bounds.lipschitz import lipschitz_product
+from certify.bounds.network import AffineNetwork, from_module
+from certify.bounds.results import BoundResult
+from certify.certificates.document import Certificate, Claim, encode_array
+from certify.errors import UnsupportedError, UsageError
+from certify.explain.base import Explainer, Explanation
+from certify.models.hashing import model_hash
+
+MARGIN = 1e-9
+SQRT2 = math.sqrt(2.0)
+
+
+def round_up(value: float) -> float:
+    return value + abs(value) * MARGIN + 1e-300
+
+
+def round_down(value: float) -> float:
+    return value - abs(value) * MARGIN - 1e-300
+
+
+def _unit_row(num_classes: int, c: int) -> list[float]:
+    row = [0.0] * num_classes
+    row[c] = 1.0
+    return row
+
+
+class _ClaimSet:
+    """The claims of one certificate, with helpers that refuse a claim whose assumption was refused."""
+
+    def __init__(self) -> None:
+        self.claims: list[Claim] = []
+
+    def add(self, claim: Claim) -> Claim:
+        self.claims.append(claim)
+        return claim
+
+    def refuse(self, id: str, type: str, statement: str, method: str, reason: str) -> Claim:
+        return self.add(Claim.refused(id, type, statement, method, reason))
+
+    def from_bound(self, id: str, type: str, statement: str, result: BoundResult, value: float | None,
+                   relation: str = "<=", assumptions: list[str] | None = None, witness: dict | None = None) -> Claim:
+        if result.refused or value is None or not math.isfinite(value):
+            return self.refuse(id, type, statement, result.method, result.reason or "no finite bound")
+        rounded = round_up(value) if relation == "<=" else round_down(value)
+        return self.add(Claim(id, type, statement, relation, rounded, result.kind.value, result.method,
+                              assumptions or [], witness or {}, result.confidence))
+
+
+def _network(model: nn.Module, input_shape: tuple[int, ...]) -> AffineNetwork | str:
+    try:
+        return from_module(model, input_shape)
+    except UnsupportedError as exc:
+        return str(exc)
+
+
+def _model_claims(claims: _ClaimSet, net: AffineNetwork | str, c: int, num_classes: int) -> None:
+    """Lipschitz constant, weak convexity and curvature of f_c (global)."""
+    row = _unit_row(num_classes, c)
+    stmt_l = f"|f_{c}(x) - f_{c}(y)| <= L ||x - y||_2 for all x, y"
+    stmt_w = f"f_{c} + lambda/2 ||x||^2 is convex on R^n"
+    stmt_b = f"||Hess f_{c}(x)||_2 <= beta for all x"
+    if isinstance(net, str):
+        for id_, type_, stmt in (("lipschitz", "lipschitz-product", stmt_l), ("weak-convexity", "weak-convexity", stmt_w),
+                                 ("curvature", "curvature", stmt_b)):
+            claims.refuse(id_, type_, stmt, "network-analysis", f"the model is not supported by the bound code: {net}")
+        return
+    c_row = torch.tensor(row, dtype=torch.float64)
+    lip = lipschitz_product(net, 2, c_row[None])
+    claims.from_bound("lipschitz", "lipschitz-product", stmt_l, lip, float(lip.value[0]), witness={"p": 2, "row": row})
+    lam = weak_convexity(net, c_row)
+    claims.from_bound("weak-convexity", "weak-convexity", stmt_w, lam, None if lam.refused else float(lam.value),
+                      witness={"row": row})
+    beta = curvature_bound(net, c_row)
+    claims.from_bound("curvature", "curvature", stmt_b, beta, None if beta.refused else float(beta.value),
+                      witness={"row": row})
+
+
+def _claim_value(claims: _ClaimSet, id: str) -> float | None:
+    for c in claims.claims:
+        if c.id == id:
+            return c.value if c.kind == "certified" else None
+    return None
+
+
+def _gradient_claims(claims: _ClaimSet, eps: float) -> None:
+    stmt = f"||grad f_c(x + d) - grad f_c(x)||_2 <= value for all ||d||_2 <= {eps:g}"
+    beta = _claim_value(claims, "curvature")
+    if beta is None:
+        claims.refuse("stability", "stability-gradient", stmt, "curvature", "no certified curvature bound beta for this model (see claim 'curvature')")
+        return
+    claims.add(Claim("stability", "stability-gradient", stmt, "<=", round_up(beta * eps), "certified",
+                     "beta-smoothness", ["curvature"], {"eps": eps}))
+
+
+def _moreaugrad_claims(claims: _ClaimSet, explainer: Any, explanation: Explanation, i: int, eps: float,
+                       solver_error: BoundResult | None) -> None:
+    rho, tol, eta = explainer.rho, explainer.tol, explainer.sparsity
+    stmt_err = "||a - MG_exact(x)||_2 <= value (a the stored explanation)"
+    lam = _claim_value(claims, "weak-convexity")
+    if solver_error is None or lam is None:
+        reason = "no certified weak-convexity constant lambda for f_c (see claim 'weak-convexity')"
+        claims.refuse("solver-error", "solver-error", stmt_err, "moreaugrad-solver-error", reason)
+    else:
+        value = float(solver_error.value[i]) if not solver_error.refused else None
+        z = solver_error.witness.get("z")
+        witness = {"rho": rho, "sparsity": eta, "group_size": explainer.group_size,
+                   "z": encode_array(z[i : i + 1].cpu().numpy()) if z is not None else None}
+        claims.from_bound("solver-error", "solver-error", stmt_err, solver_error, value, assumptions=["weak-convexity"], witness=witness)
+    err = _claim_value(claims, "solver-error")
+    stmt = f"||MG(x + d) - MG(x)||_2 <= value for all ||d||_2 <= {eps:g} (computed explanations, tol {tol:g})"
+    if explainer.smoothing_sigma > 0:
+        claims.refuse("stability", "stability-vanilla", stmt, "moreaugrad", "smoothed mode: the stability claim needs the probabilistic route, not issued")
+        return
+    if err is None or lam is None:
+        claims.refuse("stability", "stability-vanilla" if eta == 0 else "stability-sparse", stmt, "moreaugrad",
+                      "rests on a solver-error bound and a weak-convexity constant, one of which was refused")
+        return
+    if eta == 0:
+        inv = 1.0 / lam - rho if lam > 0 else math.inf
+        value = eps / min(rho, inv) + err + tol / (1 - rho * lam)
+        claims.add(Claim("stability", "stability-vanilla", stmt, "<=", round_up(value), "certified",
+                         "moreaugrad-corollary-1", ["weak-convexity", "solver-error"], {"eps": eps, "rho": rho, "tol": tol}))
+    else:
+        beta = _claim_value(claims, "curvature")
+        if beta is None or rho * beta >= 1:
+            why = "no certified curvature bound beta" if beta is None else f"rho * beta = {rho * beta:.4g} >= 1"
+            claims.refuse("stability", "stability-sparse", stmt, "corrected-corollary-2",
+                          f"{why}: the sparse stability bound beta eps/(1 - rho beta) needs rho beta < 1 "
+                          "(the paper's Corollary 2 is false as stated, DESIGN Errata)")
+            return
+        value = beta * eps / (1 - rho * beta) + err + tol / (1 - rho * lam)
+        claims.add(Claim("stability", "stability-sparse", stmt, "<=", round_up(value), "certified",
+                         "corrected-corollary-2", ["curvature", "weak-convexity", "solver-error"],
+                         {"eps": eps, "rho": rho, "tol": tol}))
+
+
+def _topk_claim(claims: _ClaimSet, attributions: Tensor, k: int) -> None:
+    stmt = f"top-{k} intersection ratio (ranking by |a|, ties against) under every ||d||_2 <= eps >= value"
+    bound = _claim_value(claims, "stability")
+    if bound is None:
+        claims.refuse("topk", "topk-stability", stmt, "stability", "rests on the stability claim, which was refused")
+        return
+    mags = attributions.detach().double().abs().flatten().sort(descending=True).values
+    kept = int((mags[:k] - mags[k] > SQRT2 * bound * (1 + 1e-6)).sum())
+    claims.add(Claim("topk", "topk-stability", stmt, ">=", kept / k, "certified", "stability-margin",
+                     ["stability"], {"k": k, "bound": "stability"}))
+
+
+def _provenance(model: nn.Module, model_spec: str | None, explainer: Explainer, seconds: float) -> dict[str, Any]:
+    return {
+        "package": f"certify {certify.__version__}",
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(next(iter(model.parameters())).device) if any(True for _ in model.parameters()) else "cpu",
+        "model": {"spec": model_spec, "sha256": model_hash(model), "architecture": repr(model)},
+        "explainer": {"method": explainer.method_name, "params": explainer.params(), "seed": explainer.params().get("seed")},
+        "seconds": seconds,
+    }
+
+
+def certify_explanations(
+    explainer: Explainer,
+    inputs: Tensor,
+    target: Any = None,
+    eps: float = 0.1,
+    k: int | None = None,
+    model_spec: str | None = None,
+) -> list[Certificate]:
+    """Explain `inputs` with `explainer` and return one certificate per example.
+
+    `eps`: L2 radius of the stability claims; `k`: top-k size (default 10% of the features)."""
+    if not eps > 0:
+        raise UsageError(f"eps must be positive, got {eps}")
+    start = time.perf_counter()
+    explanation = explainer.explain(inputs, target)
+    model = explainer.model
+    input_shape = tuple(inputs.shape[1:])
+    net = _network(model, input_shape)
+    features = int(np.prod(input_shape))
+    k = k if k is not None else max(1, features // 10)
+    if not 0 < k < features:
+        raise UsageError(f"k must lie in 1..{features - 1}, got {k}")
+    num_classes = int(model(inputs[:1]).shape[1])
+    moreau = explanation.method == "moreaugrad"
+    certificates = []
+    model_claims: dict[int, _ClaimSet] = {}
+    for c in sorted(set(explanation.target.tolist())):
+        model_claims[c] = _ClaimSet()
+        _model_claims(model_claims[c], net, c, num_classes)
+    solver_errors: dict[int, BoundResult] = {}
+    if moreau:
+        for c, cs in model_claims.items():
+            lam = _claim_value(cs, "weak-convexity")
+            if lam is not None:
+                solver_errors[c] = explainer.solver_error_bound(explanation, weak_convexity=lam)
+    seconds = time.perf_counter() - start
+    for i in range(inputs.shape[0]):
+        c = int(explanation.target[i])
+        claims = _ClaimSet()
+        claims.claims = [Claim(**vars(cl)) for cl in model_claims[c].claims]
+        if explanation.method == "gradient":
+            _gradient_claims(claims, eps)
+        elif moreau:
+            _moreaugrad_claims(claims, explainer, explanation, i, eps, solver_errors.get(c))
+        else:
+            claims.refuse("stability", "stability", f"||a(x + d) - a(x)|| bounded for ||d||_2 <= {eps:g}",
+                          explanation.method, f"{explanation.method} has no stability theorem the package can certify"
+                          " (a Monte Carlo or quadrature estimate of a gradient functional; for ReLU nets the gradient is discontinuous)")
+        _topk_claim(claims, explanation.attributions[i], k)
+        certificates.append(Certificate(
+            provenance=_provenance(model, model_spec, explainer, seconds),
+            input=encode_array(inputs[i : i + 1].detach().cpu().numpy()),
+            target=c,
+            explanation=encode_array(explanation.attributions[i : i + 1].detach().cpu().numpy()),
+            claims=claims.claims,
+        ))
+    return certificates
