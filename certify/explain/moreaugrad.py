@@ -315,7 +315,7 @@ class MoreauGrad(Explainer):
         a region containing B(x, rho L) (||z* - x|| <= rho L for L-Lipschitz f_c), or globally.
 
         Smoothed mode (probabilistic, per example with probability >= `confidence`): the residual is
-        estimated on a fresh sample of m = `residual_samples` (default 16 x `samples`) draws at z, independent
+        estimated on a fresh sample of m = `residual_samples` (default 4 x the solver's final sample size) draws at z, independent
         of z. If every sample gradient has norm <= L (= `lipschitz`, required), the mean g_m of m i.i.d.
         vectors satisfies E||g_m - grad h|| <= L/sqrt(m) (Jensen, E||X - EX||^2 <= L^2) and, by McDiarmid's
         inequality (one sample changes g_m by at most 2L/m), ||g_m - grad h|| <= (L/sqrt(m))(1 + sqrt(2 ln(1/delta)))
@@ -361,7 +361,7 @@ class MoreauGrad(Explainer):
         deviation = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         details: dict[str, Any] = {"rho": rho, "weak_convexity": lam}
         if self.smoothed:
-            m = residual_samples if residual_samples is not None else 16 * self.samples
+            m = residual_samples if residual_samples is not None else 4 * int(diag["final_samples"].max())
             generator = None
             if self.seed is not None:
                 generator = torch.Generator(device=x.device).manual_seed(self.seed + 1_000_003)
