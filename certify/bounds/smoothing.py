@@ -16,8 +16,12 @@ Concentration (for estimates of h and grad h from m iid samples Z_i):
 * vectors X_i with ||X_i|| <= B (e.g. grad f(x + sigma Z_i), B = L): with probability >= 1 - alpha,
   ||mean - E X|| <= (B / sqrt(m)) (1 + sqrt(2 log(1/alpha))): E||mean - EX|| <= B/sqrt(m) (variance) and
   McDiarmid with bounded differences 2B/m.
-* the Stein estimate of u^T Hess h u, X_i = (grad f(x + sigma Z_i) . u)(Z_i . u)/sigma, has variance
-  <= L^2/sigma^2, so by Chebyshev |mean - E X| <= L / (sigma sqrt(m alpha)) with probability >= 1 - alpha.
+* the Stein estimate of u^T Hess h u, mean of X_i = (grad f(x + sigma Z_i) . u)(Z_i . u)/sigma for a unit
+  u fixed independently of the samples: |X_i| <= (L/sigma)|g_i|, g_i ~ N(0, 1), and E|g|^q <= q!/2 for
+  q >= 2, so E X_i^2 <= (L/sigma)^2 and E|X_i|^q <= q! (L/sigma)^q / 2. Bernstein's inequality in the
+  moment form (Boucheron, Lugosi & Massart, Concentration Inequalities, Thm 2.10, v = m (L/sigma)^2,
+  c = L/sigma), applied to X and -X with t = log(2/alpha): with probability >= 1 - alpha,
+  |mean - E X| <= (L/sigma) (sqrt(2 t / m) + t / m).
 """
 from __future__ import annotations
 
@@ -64,9 +68,10 @@ def vector_mean_deviation(bound: float, samples: int, alpha: float) -> float:
 
 def stein_hessian_deviation(lipschitz: float, sigma: float, samples: int, alpha: float) -> float:
     """r with P(|Stein estimate of u^T Hess h u - u^T Hess h u| > r) <= alpha, for a fixed unit u chosen
-    independently of the samples (Chebyshev; module docstring)."""
+    independently of the samples (Bernstein; module docstring)."""
     _check(samples, alpha)
-    return lipschitz / (sigma * math.sqrt(samples * alpha))
+    t = math.log(2.0 / alpha)
+    return lipschitz / sigma * (math.sqrt(2.0 * t / samples) + t / samples)
 
 
 def _check(samples: int, alpha: float) -> None:
