@@ -52,6 +52,76 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAILED if has_violation(results) else EXIT_OK
 
 
+def _param(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, true/false, null), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+def _load_input(args: argparse.Namespace, data) -> "torch.Tensor":  # noqa: F821
+    import numpy as np
+    import torch
+
+    from certify.errors import InvalidInputError, UsageError
+    from certify.models.datasets import load_dataset
+
+    if args.input:
+        path = Path(args.input)
+        try:
+            array = np.load(path) if path.suffix == ".npy" else torch.load(path, weights_only=True)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise InvalidInputError(f"cannot read input file {path}: {exc}") from exc
+        x = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array)
+        return x if data is None or x.dim() > len(data.input_shape) else x.unsqueeze(0)
+    dataset = load_dataset(args.dataset) if args.dataset else data
+    if dataset is None:
+        raise UsageError("give --input FILE, or --dataset NAME with --index I (the model is not from the zoo)")
+    if not 0 <= args.index < dataset.x_test.shape[0]:
+        raise UsageError(f"--index {args.index} out of range: the {dataset.name} test split has {dataset.x_test.shape[0]} examples")
+    return dataset.x_test[args.index : args.index + 1]
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from certify.certificates.builder import certify_explanations
+    from certify.explain.registry import make_explainer
+    from certify.models.spec import load_model
+
+    model, data = load_model(args.model)
+    x = _load_input(args, data)
+    explainer = make_explainer(args.method, model, **dict(args.param or []))
+    (cert,) = certify_explanations(explainer, x, target=args.target, eps=args.eps, k=args.topk, model_spec=args.model)
+    cert.write(Path(args.out))
+    if args.json:
+        print(cert.to_json())
+    else:
+        print(f"wrote {args.out}: {args.method} explanation of class {cert.target}")
+        for c in cert.claims:
+            value = "refused: " + (c.reason or "") if c.value is None else f"{c.relation} {c.value:.6g} ({c.kind})"
+            print(f"  {c.id:15s} {value}")
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from certify.certificates.checker import verify_file
+
+    report = verify_file(Path(args.certificate), args.model)
+    if args.json:
+        print(json.dumps({"valid": report.valid, "problems": report.problems,
+                          "claims": [c.__dict__ for c in report.checks]}, indent=2))
+    else:
+        for problem in report.problems:
+            print(f"INVALID: {problem}")
+        for c in report.checks:
+            print(f"  {c.id:15s} {c.status:17s} {c.detail}")
+        print("certificate valid" if report.valid else "certificate INVALID: " + "; ".join(report.failures()))
+    return EXIT_OK if report.valid else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="certify", description="Certified explanations for PyTorch classifiers.")
     parser.add_argument("--version", action="version", version=f"certify {certify.__version__}")
@@ -69,6 +139,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", default="reports", help="directory for THEOREMS.md/.json (default: reports)")
     check.add_argument("--json", action="store_true", help="print the results as JSON")
     check.set_defaults(run=_cmd_check)
+
+    explain = sub.add_parser("explain", help="explain one input and write its certificate")
+    explain.add_argument("--model", required=True, help="zoo name (zoo:NAME), TorchScript file or module:callable")
+    explain.add_argument("--method", required=True, help="explanation method (gradient, integrated-gradients, smoothgrad, moreaugrad, ...)")
+    source = explain.add_mutually_exclusive_group()
+    source.add_argument("--input", help="one input as .npy or .pt (with or without the batch dimension)")
+    source.add_argument("--dataset", help="embedded data set to take the input from (default: the zoo model's)")
+    explain.add_argument("--index", type=int, default=0, help="index into the data set's test split (default 0)")
+    explain.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")
+    explain.add_argument("--param", type=_param, action="append", metavar="KEY=VALUE", help="method parameter, repeatable (e.g. rho=0.3)")
+    explain.add_argument("--eps", type=float, default=0.1, help="L2 radius of the stability claims (default 0.1)")
+    explain.add_argument("--topk", type=int, default=None, help="k of the top-k claim (default 10%% of the features)")
+    explain.add_argument("--out", required=True, help="certificate file to write (JSON)")
+    explain.add_argument("--json", action="store_true", help="print the certificate")
+    explain.set_defaults(run=_cmd_explain)
+
+    verify = sub.add_parser("verify", help="re-check a certificate: exit 0 valid, 1 a claim fails, 2 unusable input")
+    verify.add_argument("certificate", help="certificate file (JSON)")
+    verify.add_argument("--model", help="model SPEC (default: the one recorded in the certificate)")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(run=_cmd_verify)
     return parser
 
 

@@ -76,6 +76,7 @@ class _Context:
         self.target = cert.target
         self.base_dir = base_dir
         self.claims = {c.id: c for c in cert.claims}
+        self.values: dict[str, float] = {}
 
     def logits(self, points: Tensor) -> Tensor:
         with torch.no_grad():
@@ -87,13 +88,24 @@ class _Context:
         others = torch.cat([z[: self.target], z[self.target + 1 :]])
         return z[self.target] - others
 
-    def assumption(self, claim: Claim, type_: str) -> Claim:
+    def verified(self, claim_id: str) -> float:
+        """The checker's own re-derived (sound) value for claim `claim_id`, computed once: dependents use it,
+        not the claimed value, so loosening an assumption never invalidates what rests on it."""
+        if claim_id not in self.values:
+            dep = self.claims.get(claim_id)
+            if dep is None or dep.kind != "certified" or dep.value is None or dep.type not in RULES:
+                kind = "missing" if dep is None else dep.kind
+                raise _Invalid(f"rests on {claim_id!r}, which is {kind}, not a certified claim")
+            rule, relation = RULES[dep.type]
+            self.values[claim_id] = _compare(dep, rule(self, dep), relation)[0]
+        return self.values[claim_id]
+
+    def assumption(self, claim: Claim, type_: str) -> float:
+        """Re-derived value of the assumption of type `type_` that `claim` lists."""
         for a in claim.assumptions:
             dep = self.claims.get(a)
             if dep is not None and dep.type == type_:
-                if dep.kind != "certified" or dep.value is None:
-                    raise _Invalid(f"rests on {dep.id!r}, which is {dep.kind}, not certified")
-                return dep
+                return self.verified(a)
         raise _Invalid(f"no assumption of type {type_!r} listed")
 
     def array(self, claim: Claim, key: str) -> Tensor:
@@ -141,7 +153,7 @@ def _spectral_norm(matrix: Tensor) -> float:
     return float(torch.linalg.matrix_norm(matrix, ord=2))
 
 
-def check_lipschitz_product(ctx: _Context, claim: Claim) -> str:
+def check_lipschitz_product(ctx: _Context, claim: Claim) -> float:
     """L_p(row . logits) <= ||W_L^T row||_q * prod_k ||W_k||_{p->p}, activations 1-Lipschitz (p = 2 or inf)."""
     p = float(claim.witness["p"])
     row = torch.as_tensor(claim.witness["row"], dtype=torch.float64)
@@ -155,7 +167,7 @@ def check_lipschitz_product(ctx: _Context, claim: Claim) -> str:
         value = float(head.abs().sum()) * math.prod(float(w.abs().sum(dim=1).max()) for w in mats[:-1])
     else:
         raise _Invalid(f"p = {p} not supported")
-    return _compare_upper(claim, up(value) * (1 + 1e-10 * len(mats)))
+    return up(value) * (1 + 1e-10 * len(mats))
 
 
 def _hessian_eigen_bounds(ctx: _Context, row: Tensor) -> tuple[float, float]:
@@ -191,16 +203,16 @@ def _hessian_eigen_bounds(ctx: _Context, row: Tensor) -> tuple[float, float]:
     return down(low), up(high)
 
 
-def check_weak_convexity(ctx: _Context, claim: Claim) -> str:
+def check_weak_convexity(ctx: _Context, claim: Claim) -> float:
     """row . f is lambda-weakly convex with lambda = max(0, -m)."""
     low, _ = _hessian_eigen_bounds(ctx, torch.as_tensor(claim.witness["row"], dtype=torch.float64))
-    return _compare_upper(claim, up(max(0.0, -low)))
+    return up(max(0.0, -low))
 
 
-def check_curvature(ctx: _Context, claim: Claim) -> str:
+def check_curvature(ctx: _Context, claim: Claim) -> float:
     """||Hess(row . f)|| <= beta = max(M, -m, 0)."""
     low, high = _hessian_eigen_bounds(ctx, torch.as_tensor(claim.witness["row"], dtype=torch.float64))
-    return _compare_upper(claim, up(max(high, -low, 0.0)))
+    return up(max(high, -low, 0.0))
 
 
 def _residual(ctx: _Context, z: Tensor, rho: float, sparsity: float, group_size: int | None) -> float:
@@ -236,67 +248,65 @@ def _group_residual(g: Tensor, u: Tensor, eta: float, group_size: int) -> Tensor
     return torch.where(un > 0, active, inactive)
 
 
-def check_solver_error(ctx: _Context, claim: Claim) -> str:
+def check_solver_error(ctx: _Context, claim: Claim) -> float:
     """||a - MG_exact||_2 <= ||r|| / (1 - rho lambda) + ||a - (x - z)/rho||: r recomputed at the stored
     iterate z, the second term the rounding of the stored explanation a against (x - z)/rho."""
     w = claim.witness
     rho, eta = float(w["rho"]), float(w.get("sparsity", 0.0))
-    lam = ctx.assumption(claim, "weak-convexity").value
+    lam = ctx.assumption(claim, "weak-convexity")
     if not rho * lam < 1:
         raise _Invalid(f"rho * lambda = {rho * lam} >= 1: no bound exists")
     z = ctx.array(claim, "z").view_as(ctx.x)
     rounding = float(((ctx.x - z) / rho - ctx.explanation).norm())
     r = _residual(ctx, z, rho, eta, w.get("group_size"))
-    return _compare_upper(claim, up(up(r) / down(1 - rho * lam) + up(rounding)))
+    return up(up(r) / down(1 - rho * lam) + up(rounding))
 
 
-def check_stability_vanilla(ctx: _Context, claim: Claim) -> str:
+def check_stability_vanilla(ctx: _Context, claim: Claim) -> float:
     """sup_{||d|| <= eps} ||MG(x+d) - MG(x)|| <= eps/min(rho, 1/lambda - rho) + (||r|| + tol)/(1 - rho lambda)."""
     w = claim.witness
     eps, rho, tol = float(w["eps"]), float(w["rho"]), float(w["tol"])
-    lam = ctx.assumption(claim, "weak-convexity").value
-    err = ctx.assumption(claim, "solver-error").value
+    lam = ctx.assumption(claim, "weak-convexity")
+    err = ctx.assumption(claim, "solver-error")
     if not rho * lam < 1:
         raise _Invalid("rho * lambda >= 1")
     inv = 1.0 / lam - rho if lam > 0 else math.inf
     bound = up(eps / down(min(rho, inv))) + err + up(tol / down(1 - rho * lam))
-    return _compare_upper(claim, up(bound))
+    return up(bound)
 
 
-def check_stability_sparse(ctx: _Context, claim: Claim) -> str:
+def check_stability_sparse(ctx: _Context, claim: Claim) -> float:
     """Corrected Corollary 2: beta eps / (1 - rho beta) + solver terms, with beta certified and rho beta < 1."""
     w = claim.witness
     eps, rho, tol = float(w["eps"]), float(w["rho"]), float(w["tol"])
-    beta = ctx.assumption(claim, "curvature").value
-    lam = ctx.assumption(claim, "weak-convexity").value
-    err = ctx.assumption(claim, "solver-error").value
+    beta = ctx.assumption(claim, "curvature")
+    lam = ctx.assumption(claim, "weak-convexity")
+    err = ctx.assumption(claim, "solver-error")
     if not rho * beta < 1:
         raise _Invalid("rho * beta >= 1")
     bound = up(beta * eps / down(1 - rho * beta)) + err + up(tol / down(1 - rho * lam))
-    return _compare_upper(claim, up(bound))
+    return up(bound)
 
 
-def check_stability_gradient(ctx: _Context, claim: Claim) -> str:
+def check_stability_gradient(ctx: _Context, claim: Claim) -> float:
     """||grad f(x + d) - grad f(x)|| <= beta eps for a beta-smooth score."""
-    beta = ctx.assumption(claim, "curvature").value
-    return _compare_upper(claim, up(beta * float(claim.witness["eps"])))
+    beta = ctx.assumption(claim, "curvature")
+    return up(beta * float(claim.witness["eps"]))
 
 
-def check_topk(ctx: _Context, claim: Claim) -> str:
+def check_topk(ctx: _Context, claim: Claim) -> float:
     """Feature i stays in the top-k by |a| under any change of norm <= B if |a_i| - |a_(k+1)| > sqrt(2) B
     (ties broken against i); their count / k lower-bounds the top-k intersection ratio."""
     k = int(claim.witness["k"])
-    bound_claim = ctx.claims.get(claim.witness.get("bound", ""))
-    if bound_claim is None or bound_claim.kind != "certified" or bound_claim.value is None:
-        raise _Invalid("the stability bound it rests on is missing or not certified")
+    bound = ctx.verified(claim.witness["bound"])
     mags = ctx.explanation.abs().flatten().sort(descending=True).values
     if not 0 < k < mags.numel():
         raise _Invalid(f"k = {k} out of range")
-    kept = int((mags[:k] - mags[k] > up(SQRT2 * bound_claim.value)).sum())
-    return _compare_lower(claim, kept / k)
+    kept = int((mags[:k] - mags[k] > up(SQRT2 * bound)).sum())
+    return kept / k
 
 
-def check_flip_witness(ctx: _Context, claim: Claim) -> str:
+def check_flip_witness(ctx: _Context, claim: Claim) -> float:
     """r* <= ||delta||_p: x + delta (inside the domain, if one is stated) is classified differently."""
     delta = ctx.array(claim, "delta").view_as(ctx.x)
     p = float(claim.witness["p"])
@@ -307,10 +317,10 @@ def check_flip_witness(ctx: _Context, claim: Claim) -> str:
             raise _Invalid("x + delta leaves the input domain")
     if float(ctx.margins(point).min()) >= 0:
         raise _Invalid("x + delta does not change the decision (margin >= 0 in float64)")
-    return _compare_upper(claim, up(float(delta.flatten().norm(p))))
+    return up(float(delta.flatten().norm(p)))
 
 
-def check_lipschitz_radius(ctx: _Context, claim: Claim) -> str:
+def check_lipschitz_radius(ctx: _Context, claim: Claim) -> float:
     """r* >= min_j m_cj(x) / L_j, with L_j >= the Lipschitz constant of m_cj in the norm of the ball."""
     constants = claim.witness["lipschitz"]
     p = float(claim.witness["p"])
@@ -318,7 +328,7 @@ def check_lipschitz_radius(ctx: _Context, claim: Claim) -> str:
     mats, _ = _affine_maps(ctx.model, tuple(ctx.x.shape[1:]))
     margins = ctx.margins(ctx.x)
     if float(margins.min()) <= 0:
-        return _compare_lower(claim, 0.0)
+        return 0.0
     others = [j for j in range(mats[-1].shape[0]) if j != ctx.target]
     radii = []
     for m, j, claimed_l in zip(margins, others, constants):
@@ -334,48 +344,41 @@ def check_lipschitz_radius(ctx: _Context, claim: Claim) -> str:
         if claimed_l < down(bound):
             raise _Invalid(f"Lipschitz constant for class {j} claimed {claimed_l:.6g} < re-derived {bound:.6g}")
         radii.append(down(float(m)) / up(claimed_l))
-    return _compare_lower(claim, down(min(radii)))
+    return down(min(radii))
 
 
-def check_gap(ctx: _Context, claim: Claim) -> str:
-    """gap = upper - lower of two listed claims on the same quantity."""
-    upper = ctx.claims[claim.witness["upper"]]
-    lower = ctx.claims[claim.witness["lower"]]
-    if upper.value is None or lower.value is None:
-        raise _Invalid("upper or lower claim has no value")
-    if lower.value > upper.value:
-        raise _Invalid(f"lower bound {lower.value} exceeds upper bound {upper.value}")
-    return _compare_upper(claim, up(upper.value - lower.value))
+def check_gap(ctx: _Context, claim: Claim) -> float:
+    """gap = upper - lower of two listed claims on the same quantity (their re-derived values)."""
+    upper, lower = ctx.verified(claim.witness["upper"]), ctx.verified(claim.witness["lower"])
+    if lower > upper:
+        raise _Invalid(f"lower bound {lower} exceeds upper bound {upper}")
+    return up(upper - lower)
 
 
-def _compare_upper(claim: Claim, rederived: float) -> str:
-    if claim.relation != "<=":
-        raise _Invalid(f"relation {claim.relation!r} where an upper bound is expected")
-    if not claim.value >= rederived:
+def _compare(claim: Claim, rederived: float, relation: str) -> tuple[float, str]:
+    """Accept the claim if it is no tighter than the re-derived value; returns (re-derived, message)."""
+    if claim.relation != relation:
+        raise _Invalid(f"relation {claim.relation!r} where {relation!r} is expected")
+    if relation == "<=" and not claim.value >= rederived:
         raise _Invalid(f"claimed {claim.value:.10g} is below the re-derived upper bound {rederived:.10g}")
-    return f"claimed {claim.value:.6g} >= re-derived {rederived:.6g}"
-
-
-def _compare_lower(claim: Claim, rederived: float) -> str:
-    if claim.relation != ">=":
-        raise _Invalid(f"relation {claim.relation!r} where a lower bound is expected")
-    if not claim.value <= rederived:
+    if relation == ">=" and not claim.value <= rederived:
         raise _Invalid(f"claimed {claim.value:.10g} is above the re-derived lower bound {rederived:.10g}")
-    return f"claimed {claim.value:.6g} <= re-derived {rederived:.6g}"
+    word = ">=" if relation == "<=" else "<="
+    return rederived, f"claimed {claim.value:.6g} {word} re-derived {rederived:.6g}"
 
 
-RULES: dict[str, Callable[[_Context, Claim], str]] = {
-    "lipschitz-product": check_lipschitz_product,
-    "weak-convexity": check_weak_convexity,
-    "curvature": check_curvature,
-    "solver-error": check_solver_error,
-    "stability-vanilla": check_stability_vanilla,
-    "stability-sparse": check_stability_sparse,
-    "stability-gradient": check_stability_gradient,
-    "topk-stability": check_topk,
-    "flip-witness": check_flip_witness,
-    "lipschitz-radius": check_lipschitz_radius,
-    "gap": check_gap,
+RULES: dict[str, tuple[Callable[[_Context, Claim], float], str]] = {
+    "lipschitz-product": (check_lipschitz_product, "<="),
+    "weak-convexity": (check_weak_convexity, "<="),
+    "curvature": (check_curvature, "<="),
+    "solver-error": (check_solver_error, "<="),
+    "stability-vanilla": (check_stability_vanilla, "<="),
+    "stability-sparse": (check_stability_sparse, "<="),
+    "stability-gradient": (check_stability_gradient, "<="),
+    "topk-stability": (check_topk, ">="),
+    "flip-witness": (check_flip_witness, "<="),
+    "lipschitz-radius": (check_lipschitz_radius, ">="),
+    "gap": (check_gap, "<="),
 }
 
 
@@ -401,7 +404,9 @@ def verify_certificate(cert: Certificate, model: nn.Module, base_dir: Path | Non
             report.checks.append(ClaimCheck(claim.id, "invalid", f"no re-check rule for claim type {claim.type!r}"))
         else:
             try:
-                report.checks.append(ClaimCheck(claim.id, "valid", RULES[claim.type](ctx, claim)))
+                rule, relation = RULES[claim.type]
+                ctx.values[claim.id], message = _compare(claim, rule(ctx, claim), relation)
+                report.checks.append(ClaimCheck(claim.id, "valid", message))
             except _Invalid as exc:
                 report.checks.append(ClaimCheck(claim.id, "invalid", str(exc)))
             except (KeyError, TypeError, ValueError) as exc:

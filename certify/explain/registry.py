@@ -9,12 +9,14 @@ from certify.errors import UnsupportedError
 from certify.explain.base import Explainer
 from certify.explain.gradient import Gradient
 from certify.explain.integrated_gradients import IntegratedGradients
+from certify.explain.moreaugrad import MoreauGrad
 from certify.explain.smoothgrad import SmoothGrad
 
 METHODS: dict[str, Callable[..., Explainer]] = {
     Gradient.method_name: Gradient,
     IntegratedGradients.method_name: IntegratedGradients,
     SmoothGrad.method_name: SmoothGrad,
+    MoreauGrad.method_name: MoreauGrad,
 }
 
 

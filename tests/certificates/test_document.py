@@ -1,0 +1,71 @@
+"""Certificate documents: round trip, schema validity (JSON Schema file), and clear errors on bad files."""
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+import certify.certificates as pkg
+from certify.certificates.builder import certify_explanations
+from certify.certificates.document import INLINE_LIMIT, decode_array, encode_array, parse_certificate
+from certify.errors import CertificateFormatError
+from certify.explain import Gradient
+from certify.models import zoo
+
+SCHEMA = json.loads((Path(pkg.__file__).parent / "certificate.schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def cert():
+    model, data = zoo.load("digits-softplus-mlp")
+    return certify_explanations(Gradient(model), data.x_test[:1], model_spec="digits-softplus-mlp")[0]
+
+
+def test_round_trip_and_schema(cert, tmp_path):
+    text = cert.to_json()
+    jsonschema.validate(json.loads(text), SCHEMA)
+    again = parse_certificate(text)
+    assert again.to_json() == text
+    refused = json.loads(text)
+    refused["claims"][0].update(kind="refused", value=None, reason="because")
+    jsonschema.validate(refused, SCHEMA)
+    parse_certificate(json.dumps(refused))
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("claims"), "missing field 'claims'"),
+        (lambda d: d.update(version=99), "version 99"),
+        (lambda d: d["claims"][0].update(kind="guaranteed"), "kind 'guaranteed'"),
+        (lambda d: d["claims"][0].update(value="big"), "numeric value"),
+        (lambda d: d["claims"][0].update(kind="refused"), "no value and a reason"),
+        (lambda d: d["claims"][1].update(id=d["claims"][0]["id"]), "duplicate claim ids"),
+        (lambda d: d["claims"][0].update(assumptions=["ghost"]), "unknown claims"),
+        (lambda d: d.update(target="7"), "'target' must be int"),
+    ],
+)
+def test_malformed_documents_name_the_problem(cert, mutate, message):
+    doc = json.loads(cert.to_json())
+    mutate(doc)
+    with pytest.raises(CertificateFormatError, match=message):
+        parse_certificate(json.dumps(doc))
+
+
+def test_not_json_and_not_object():
+    with pytest.raises(CertificateFormatError, match="not valid JSON"):
+        parse_certificate('{"schema": "certify-certi')
+    with pytest.raises(CertificateFormatError, match="JSON object"):
+        parse_certificate("[1, 2]")
+
+
+def test_arrays_inline_and_sidecar(tmp_path):
+    small = np.arange(6.0).reshape(2, 3)
+    assert np.array_equal(decode_array(encode_array(small), "small"), small)
+    big = np.random.default_rng(0).normal(size=INLINE_LIMIT + 1)
+    record = encode_array(big, tmp_path / "big.npy")
+    assert "sidecar" in record and np.array_equal(decode_array(record, "big", tmp_path), big)
+    record["sha256"] = "0" * 64
+    with pytest.raises(CertificateFormatError, match="sha256"):
+        decode_array(record, "big", tmp_path)
