@@ -236,10 +236,11 @@ class MoreauGrad(Explainer):
                 state.best_residual = torch.where(better, residual, state.best_residual)
             else:  # Algorithm 1 returns its last iterate
                 state.best_y, state.best_residual = state.y, residual
-            margin = 2.0 * grad.noise if self.smoothed else 0.0
-            done_converged = finite & (residual + margin <= self.tol)
-            finished = done_converged | ~finite | (k == self.max_iter)
-            if bool(finished.any()):
+            margin = 2.0 * grad.noise if self.smoothed else None
+            done_converged = finite & ((residual + margin if self.smoothed else residual) <= self.tol)
+            finished = done_converged | ~finite if k < self.max_iter else torch.ones_like(finite)
+            count = int(finished.sum())  # the loop's only host synchronisation
+            if count:
                 rows = state.index[finished]
                 out_u[rows] = torch.where(_rows(finite[finished], x), state.best_y[finished], math.nan)
                 out_residual[rows] = torch.where(finite[finished], state.best_residual[finished], math.inf)
@@ -247,7 +248,7 @@ class MoreauGrad(Explainer):
                 evaluations[rows] = spent
                 converged[rows] = done_converged[finished]
                 diverged[rows] = ~finite[finished]
-            if bool(finished.all()):
+            if count == finished.shape[0]:
                 break
             running = ~finished
             if self.smoothed and bool((residual[running] <= margin[running]).any()):
@@ -256,15 +257,16 @@ class MoreauGrad(Explainer):
             u_next = self.penalty.prox(state.y - _rows(gamma, x) * smooth_grad, gamma * eta)
             state.prev_y, state.prev_grad = state.y, grad.value
             if accelerated:
-                restart = ((state.y - u_next) * (u_next - state.u)).flatten(1).sum(dim=1) > 0
-                t_next = (1.0 + torch.sqrt(1.0 + 4.0 * state.momentum.square())) / 2.0
-                beta = torch.where(restart, torch.zeros_like(t_next), (state.momentum - 1.0) / t_next)
-                state.momentum = torch.where(restart, torch.ones_like(t_next), t_next)
-                state.y = u_next + _rows(beta, x) * (u_next - state.u)
+                advance = u_next - state.u
+                restart = torch.linalg.vecdot((state.y - u_next).flatten(1), advance.flatten(1)) > 0
+                t_next = 0.5 + torch.sqrt(0.25 + state.momentum.square())  # t' = (1 + sqrt(1 + 4 t^2)) / 2
+                beta = ((state.momentum - 1.0) / t_next).masked_fill(restart, 0.0)
+                state.momentum = t_next.masked_fill(restart, 1.0)
+                state.y = u_next + _rows(beta, x) * advance
             else:
                 state.y = u_next
             state.u = u_next
-            if bool(finished.any()):
+            if count:
                 state = state.keep(running)
 
         z = x + out_u
@@ -289,14 +291,13 @@ class MoreauGrad(Explainer):
             return state.curvature.new_full(state.curvature.shape, self.step if self.step is not None else 0.1)
         if self.smoothed:
             estimate = STEIN * grad.max_norm / self.smoothing_sigma
-        elif has_secant:
+        elif has_secant:  # y_k == y_{k-1} gives dg = 0 too (same point, same gradient), hence estimate 0
             dy = _row_norms(state.y - state.prev_y)
-            dg = _row_norms(grad.value - state.prev_grad)
-            estimate = torch.where(dy > 0, dg / torch.clamp(dy, min=torch.finfo(dy.dtype).tiny), torch.zeros_like(dy))
+            estimate = _row_norms(grad.value - state.prev_grad) / torch.clamp(dy, min=torch.finfo(dy.dtype).tiny)
         else:
-            estimate = torch.zeros_like(state.curvature)
+            return torch.full_like(state.curvature, self.rho)
         state.curvature = torch.maximum(state.curvature, estimate)
-        return 1.0 / (1.0 / self.rho + state.curvature)
+        return torch.reciprocal(state.curvature + 1.0 / self.rho)
 
     # ------------------------------------------------------------------ certificate
     def solver_error_bound(

@@ -142,4 +142,6 @@ class Penalty:
 
     def minimal_subgradient(self, g: Tensor, u: Tensor, eta: float) -> Tensor:
         """r = the minimal-norm element of g + eta * dP(u), where g = grad s(u) (DESIGN section 4.1)."""
+        if self.kind == "none":
+            return g
         return g + self.subgradient_choice(g, u, eta)
