@@ -27,7 +27,8 @@ Intermediate bounds are tightened layer by layer: each unstable unit's box is re
 lower and upper bounds (intersected with the previous box), so the final LP is at least as tight as
 CROWN on the same boxes. Problems are compiled once per (network, layer, norm) with CVXPY Parameters
 (DPP) and re-solved with new data. Solvers: HiGHS (p = 1, inf: an LP), Clarabel (p = 2: an SOCP).
-Anything but an optimal status yields a refusal, never a number.
+HiGHS may wrongly report boxes of width ~1e-10 (pixels pinned by the domain) infeasible: a solve that is
+not optimal is retried with Clarabel. Anything but an optimal status yields a refusal, never a number.
 """
 from __future__ import annotations
 
@@ -115,14 +116,15 @@ class TriangleLP:
             for name, tensor in values.items():
                 params[name].value = tensor[0].cpu().numpy()
         self.c.value = c.cpu().numpy()
-        try:
-            if self.p == 2:
-                self.problem.solve(solver=cp.CLARABEL, **CLARABEL_TOLERANCES)
-            else:
-                self.problem.solve(solver=cp.HIGHS)
-        except cp.error.SolverError as exc:
-            return LPBound(math.nan, math.nan, f"solver error: {exc}")
-        status = self.problem.status
+        status = "not solved"
+        for solver, options in ([] if self.p == 2 else [(cp.HIGHS, {})]) + [(cp.CLARABEL, CLARABEL_TOLERANCES)]:
+            try:
+                self.problem.solve(solver=solver, **options)
+                status = self.problem.status
+            except (cp.error.SolverError, ValueError) as exc:  # ValueError: CVXPY cannot unpack an unknown status
+                status = f"solver error: {exc}"
+            if status == cp.OPTIMAL:
+                break
         if status != cp.OPTIMAL:
             return LPBound(math.nan, math.nan, status)
         dual = lambda con: torch.as_tensor(np.asarray(con.dual_value, dtype=np.float64).reshape(-1))  # noqa: E731

@@ -74,8 +74,7 @@ def _encode(net: AffineNetwork, x: cp.Variable, boxes: list[tuple[np.ndarray, np
             d = cp.Variable(idx.size, boolean=True)
             lo, up = lower[idx], upper[idx]
             constraints += [a[idx] >= z[idx], a[idx] >= 0, a[idx] <= cp.multiply(up, d), a[idx] <= z[idx] - cp.multiply(lo, 1 - d)]
-        constraints += [z >= lower, z <= upper]
-        h = a
+        h = a  # the boxes are implied by the input region; stating them again upsets HiGHS on ~1e-10 widths
     return net.weights[-1].cpu().numpy() @ h + net.biases[-1].cpu().numpy(), constraints
 
 
@@ -88,7 +87,7 @@ def _boxes(net: AffineNetwork, region: InputSet) -> list[list[tuple[np.ndarray, 
 def _solve(problem: cp.Problem) -> str:
     try:
         problem.solve(solver=cp.HIGHS, **HIGHS_TOLERANCES)
-    except cp.error.SolverError as exc:
+    except (cp.error.SolverError, ValueError) as exc:  # ValueError: CVXPY cannot unpack an unknown status
         return f"solver error: {exc}"
     return problem.status
 
