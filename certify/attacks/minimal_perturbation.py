@@ -410,7 +410,7 @@ def kkt_stationarity(
     support: Tensor,
     p: float,
     active_tol: float = 1e-6,
-    iterations: int = 100,
+    iterations: int = 60,
 ) -> tuple[Tensor, Tensor]:
     """(lam*, residual): the multiplier lam >= 0 minimising dist(0, d||delta||_p + lam grad + N_box(x + delta))
     and that distance, per row. The distance is convex in lam (the distance from an affine image to a convex
