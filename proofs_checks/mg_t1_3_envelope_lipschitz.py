@@ -5,8 +5,9 @@ If g is lambda-weakly convex and 0 < rho < 1/lambda, grad g^rho is 1/min(rho, 1/
     ||grad g^rho(x) - grad g^rho(x')||_2 <= ||x - x'||_2 / min(rho, 1/lambda - rho).
 
 Checked (i) on random one-hidden-layer softplus networks (exact lambda from W1^T diag(min(v, 0) beta/4) W1)
-over sampled pairs at several distances, through the solver, adding both solver-error bounds
-(`MoreauGrad.solver_error_bound`, certified) to the right-hand side; (ii) tightness in closed form:
+over sampled pairs at several distances and over adversarial pairs along the eigenvector of f_c's most
+extreme curvature at z*, through the solver, adding both solver-error bounds (`MoreauGrad.solver_error_bound`,
+certified) to the right-hand side; (ii) tightness in closed form:
 g = -lambda/2 ||x||^2 gives MG = -lambda x/(1 - rho lambda), slope 1/(1/lambda - rho), which equals the
 bound when rho >= 1/(2 lambda) (also measured through the solver); g = |x1| - lambda/2 x2^2 gives
 MG = (clip(x1/rho, -1, 1), -lambda x2/(1 - rho lambda)), Lipschitz constant max(1/rho, lambda/(1 - rho lambda))
@@ -55,6 +56,34 @@ def _random_pairs(report: Report, ctx: CheckContext) -> None:
     run_property(strategy, case, ctx.examples(10, 80))
 
 
+def _adversarial_pairs(report: Report, ctx: CheckContext) -> None:
+    """Pairs x, x + t e with e the eigenvector of the most extreme curvature of f_c at z*(x): the local slope
+    of MG along e is |h / (1 + rho h)|, the largest the envelope can show there."""
+    tally = report.tally("adversarial pairs along extreme curvature: same inequality", kind="adversarial")
+
+    def case(args: tuple[NetSpec, float, int]) -> None:
+        spec, fraction, seed = args
+        net = spec.build()
+        lam, _ = one_hidden_curvature(net, 0, spec.beta)
+        rho = rho_below(lam, fraction)
+        x = torch.randn(1, spec.inputs, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        _, center = reference(net, x, 0, rho, tol=1e-10)
+        hessian = torch.func.hessian(lambda p: net(p.unsqueeze(0))[0, 0])(center.diagnostics["z"][0]).detach()
+        values, vectors = torch.linalg.eigh(hessian)
+        worst = int(torch.argmax((values / (1 + rho * values)).abs()))
+        shifted = x + torch.tensor([[1e-3], [1e-2], [1e-1]], dtype=torch.float64) * vectors[:, worst]
+        solver, explanation = reference(net, torch.cat([x, shifted]), 0, rho, tol=1e-10)
+        errors = solver.solver_error_bound(explanation, lam).value
+        mg = explanation.attributions
+        for i in range(1, 4):
+            distance = float((shifted[i - 1] - x[0]).norm())
+            bound = distance * _bound(rho, lam) + float(errors[0] + errors[i])
+            tally.record(float((mg[i] - mg[0]).norm()), bound, f"{spec}, rho={rho:.4g}, lambda={lam:.4g}, |dx|={distance:.0e}")
+
+    strategy = st.tuples(net_specs(act="softplus", max_depth=1, max_width=16), st.floats(0.1, 0.95), st.integers(0, 10**6))
+    run_property(strategy, case, ctx.examples(10, 80))
+
+
 def _symbolic_tightness(report: Report) -> None:
     tally = report.tally("closed-form tightness cases reach the bound", kind="symbolic")
     lam, rho, x, z = sp.symbols("lambda rho x z", positive=True)
@@ -96,5 +125,6 @@ def _measured_tightness(report: Report) -> None:
 @theorem("MG-T1.3", "Lipschitz constant of the envelope gradient", "Zhang & Farnia, Theorem 1(3)")
 def check(ctx: CheckContext, report: Report) -> None:
     _random_pairs(report, ctx)
+    _adversarial_pairs(report, ctx)
     _symbolic_tightness(report)
     _measured_tightness(report)

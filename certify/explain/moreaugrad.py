@@ -108,7 +108,12 @@ class MoreauGrad(Explainer):
     contiguous blocks otherwise; must divide the input), `smoothing_sigma` >= 0 (absolute noise std of
     the smoothed mode; 0 = off), `samples` >= 1 (initial Monte Carlo sample size), `step` (gamma; default
     0.1 as in the paper for fixed-step, adaptive for accelerated), `max_iter`, `tol` > 0 (residual
-    tolerance), `method`, `seed` (noise generator; None uses the global one)."""
+    tolerance), `method`, `seed` (noise generator; None uses the global one).
+
+    `explain()` diagnostics, one entry per example: `inputs` (x), `z` (the returned point; x - rho * MG),
+    `residual_norm` (||r|| at z; inf if diverged), `iterations` (steps taken), `converged` (tolerance met),
+    `diverged` (non-finite iterate or gradient: attributions NaN), `gradient_evaluations` (gradients of f_c,
+    counting each Monte Carlo sample), and in smoothed mode `final_samples` (the sample size reached)."""
 
     method_name = "moreaugrad"
 
