@@ -35,6 +35,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         bad = [i for i, v in summary["theorems"].items() if v in ("violated", "error")]
         if bad:
             print(f"theorem checks that failed: {', '.join(bad)}")
+        for method, verified in summary["certificates"].items():
+            print(f"  {method:22s} certificates {verified}")
     return EXIT_OK
 
 

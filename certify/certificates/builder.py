@@ -168,8 +168,8 @@ def _moreaugrad_claims(claims: _ClaimSet, explainer: Any, explanation: Explanati
                          {"eps": eps, "rho": rho, "tol": tol}))
 
 
-def _topk_claim(claims: _ClaimSet, attributions: Tensor, k: int) -> None:
-    stmt = f"top-{k} intersection ratio (ranking by |a|, ties against) under every ||d||_2 <= eps >= value"
+def _topk_claim(claims: _ClaimSet, attributions: Tensor, k: int, eps: float) -> None:
+    stmt = f"top-{k} intersection ratio (ranking by |a|, ties against) >= value under every ||d||_2 <= {eps:g}"
     bound = _claim_value(claims, "stability")
     if bound is None:
         claims.refuse("topk", "topk-stability", stmt, "stability", "rests on the stability claim, which was refused")
@@ -242,7 +242,7 @@ def certify_explanations(
             claims.refuse("stability", "stability", f"||a(x + d) - a(x)|| bounded for ||d||_2 <= {eps:g}",
                           explanation.method, f"{explanation.method} has no stability theorem the package can certify"
                           " (a Monte Carlo or quadrature estimate of a gradient functional; for ReLU nets the gradient is discontinuous)")
-        _topk_claim(claims, explanation.attributions[i], k)
+        _topk_claim(claims, explanation.attributions[i], k, eps)
         certificates.append(Certificate(
             provenance=_provenance(model, model_spec, explainer, seconds),
             input=encode_array(inputs[i : i + 1].detach().cpu().numpy()),
