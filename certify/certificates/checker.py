@@ -77,6 +77,14 @@ class _Context:
         self.base_dir = base_dir
         self.claims = {c.id: c for c in cert.claims}
         self.values: dict[str, float] = {}
+        self._affine: tuple[list[Tensor], list[nn.Module]] | None = None
+
+    @property
+    def affine(self) -> tuple[list[Tensor], list[nn.Module]]:
+        """The model's dense affine stages and activations (computed once per certificate)."""
+        if self._affine is None:
+            self._affine = _affine_maps(self.model, tuple(self.x.shape[1:]))
+        return self._affine
 
     def logits(self, points: Tensor) -> Tensor:
         with torch.no_grad():
@@ -157,7 +165,7 @@ def check_lipschitz_product(ctx: _Context, claim: Claim) -> float:
     """L_p(row . logits) <= ||W_L^T row||_q * prod_k ||W_k||_{p->p}, activations 1-Lipschitz (p = 2 or inf)."""
     p = float(claim.witness["p"])
     row = torch.as_tensor(claim.witness["row"], dtype=torch.float64)
-    mats, acts = _affine_maps(ctx.model, tuple(ctx.x.shape[1:]))
+    mats, acts = ctx.affine
     if not all(isinstance(a, (nn.ReLU, nn.Softplus)) and getattr(a, "beta", 1) > 0 for a in acts):
         raise _Invalid("activations are not all 1-Lipschitz")
     head = mats[-1].T @ row
@@ -176,7 +184,7 @@ def _hessian_eigen_bounds(ctx: _Context, row: Tensor) -> tuple[float, float]:
     others). Hess f = sum_I J_I^T diag(g_I s''(z_I)) J_I with s'' in [0, b/4], s' in [0, 1]; the g_I are
     bounded by backward interval arithmetic from g_{L-1} = W_L^T row; J_1 = W_1 exactly (eigenvalues of
     W_1^T diag(w) W_1 at the interval ends), ||J_I|| <= prod_k ||W_k|| for I >= 2."""
-    mats, acts = _affine_maps(ctx.model, tuple(ctx.x.shape[1:]))
+    mats, acts = ctx.affine
     if not acts or not all(isinstance(a, nn.Softplus) for a in acts):
         raise _Invalid("curvature bounds exist only for softplus networks")
     g_lo = g_hi = mats[-1].T @ row
@@ -325,7 +333,7 @@ def check_lipschitz_radius(ctx: _Context, claim: Claim) -> float:
     constants = claim.witness["lipschitz"]
     p = float(claim.witness["p"])
     q = 1.0 if math.isinf(p) else (math.inf if p == 1 else p / (p - 1))
-    mats, _ = _affine_maps(ctx.model, tuple(ctx.x.shape[1:]))
+    mats, _ = ctx.affine
     margins = ctx.margins(ctx.x)
     if float(margins.min()) <= 0:
         return 0.0
