@@ -31,7 +31,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"certify demo: wrote {summary['files']['html']} (and {Path(summary['files']['markdown']).name}, heatmaps.png, THEOREMS.md, summary.json)")
+        print(f"certify demo: wrote {summary['files']['html']} (and {Path(summary['files']['markdown']).name}, heatmaps.png, certificates/, THEOREMS.md, summary.json)")
         bad = [i for i, v in summary["theorems"].items() if v in ("violated", "error")]
         if bad:
             print(f"theorem checks that failed: {', '.join(bad)}")
@@ -124,6 +124,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.valid else EXIT_FAILED
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from certify.reports.report import write_report
+
+    md, page, js = write_report(Path(args.directory))
+    print(json.dumps({"html": str(page), "markdown": str(md), "json": str(js)}) if args.json else f"wrote {page}, {md.name} and {js.name}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="certify", description="Certified explanations for PyTorch classifiers.")
     parser.add_argument("--version", action="version", version=f"certify {certify.__version__}")
@@ -162,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--model", help="model SPEC (default: the one recorded in the certificate)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(run=_cmd_verify)
+
+    report = sub.add_parser("report", help="rebuild the HTML/Markdown/JSON report from a run's artefacts")
+    report.add_argument("directory", help="output directory of `certify demo` (summary.json, evaluation.json, ...)")
+    report.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    report.set_defaults(run=_cmd_report)
     return parser
 
 

@@ -22,9 +22,10 @@ from certify.certificates.document import decode_array
 from certify.explain.registry import make_explainer
 from certify.models import model_hash, zoo
 from certify.models.training import accuracy
+from certify.metrics import gini_index, zero_fraction
 from certify.progress import progress_bar
-from certify.reports.document import Document
 from certify.reports.heatmaps import heatmap_grid
+from certify.reports.report import write_report
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
     predicted = model(x).argmax(dim=1)
 
     attributions: dict[str, torch.Tensor] = {}
-    rows, claim_rows = [], []
+    method_rows, claim_rows, verified_counts = [], [], {}
     cert_dir = out_dir / "certificates"
     cert_dir.mkdir(exist_ok=True)
     for name, params in progress_bar(config.methods, desc="explaining and certifying", unit="method"):
@@ -98,51 +99,43 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
         attributions[label] = torch.cat([torch.as_tensor(decode_array(c.explanation, label)) for c in certificates])
         verified = 0
         for i, cert in enumerate(certificates):
-            path = cert.write(cert_dir / f"{label}-{i}.json")
-            verified += verify_certificate(cert, model, path.parent).valid
-        rows.append([label, json.dumps(params), f"{seconds:.3f}", f"{verified}/{len(certificates)} verified"])
+            cert.write(cert_dir / f"{label}-{i}.json")
+            verified += verify_certificate(cert, model, cert_dir).valid
+        verified_counts[label] = f"{verified}/{len(certificates)} verified"
+        method_rows.append([
+            label, json.dumps(params), f"{seconds:.3f}", verified_counts[label],
+            f"{float(gini_index(attributions[label]).mean()):.3f}", f"{float(zero_fraction(attributions[label]).mean()):.3f}",
+        ])
         claim_rows += _claim_rows(label, certificates)
     titles = [f"label {int(a)} / pred {int(b)}" for a, b in zip(y, predicted)]
-    grid = heatmap_grid(x, attributions, titles, out_dir / "heatmaps.png")
+    heatmap_grid(x, attributions, titles, out_dir / "heatmaps.png")
 
     results = run_checks(quick=config.theorem_checks_quick, progress=True)
-    theorems_md, _ = write_table(results, out_dir, quick=config.theorem_checks_quick)
+    write_table(results, out_dir, quick=config.theorem_checks_quick)
 
-    doc = Document("certify demo")
-    doc.paragraph(
-        f"Model `{config.model}` (weights sha256 {model_hash(model)[:16]}…), test accuracy "
-        f"{accuracy(model, data.x_test, data.y_test):.4f} on {data.name}; {len(x)} test examples, "
-        "explained for the predicted class. Every explanation has the sign of the gradient it generalises."
-    )
-    doc.heading("Explanations")
-    doc.image(grid, "Each row: input, then each method's signed explanation (red > 0, blue < 0).")
-    doc.table(["method", "parameters", "seconds (explain + certify)", "certificates"], rows)
-    doc.heading("Certificates")
-    doc.paragraph(
-        f"Claims per method over the {len(x)} examples (stability radius eps = {config.eps} in L2). Certified values "
-        "are re-checked by the independent checker (`certify verify`); refused claims say why no number is guaranteed."
-    )
-    doc.table(["method", "claim", "kind", "value (median, min-max)", "note"], claim_rows)
-    doc.heading("Theorem checks (quick)")
-    doc.table(
-        ["id", "verdict", "cases", "violations", "worst ratio"],
-        [[r.id, r.verdict, r.cases, r.violations, "-" if r.worst_ratio is None else r.worst_ratio] for r in results],
-    )
-    doc.paragraph(f"Full statements, parts and counterexamples: {theorems_md.name}.")
-    doc.heading("Environment")
-    doc.paragraph(
-        f"certify {certify.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
-        f"{platform.machine()}, device cpu."
-    )
-    md, page = doc.write(out_dir)
     summary = {
         "model": config.model,
-        "examples": len(x),
-        "methods": [r[0] for r in rows],
-        "seconds": {r[0]: float(r[2]) for r in rows},
-        "certificates": {r[0]: r[3] for r in rows},
+        "description": (
+            f"Model `{config.model}` (weights sha256 {model_hash(model)[:16]}…), test accuracy "
+            f"{accuracy(model, data.x_test, data.y_test):.4f} on {data.name}; {len(x)} test examples, explained for "
+            "the predicted class. Every explanation has the sign of the gradient it generalises."
+        ),
+        "method_rows": method_rows,
+        "certificate_note": (
+            f"Claims per method over the {len(x)} examples (stability radius eps = {config.eps} in L2). Certified "
+            "values are re-checked by the independent checker (`certify verify`); refused claims say why no number "
+            "is guaranteed."
+        ),
+        "claim_rows": claim_rows,
+        "certificates": verified_counts,
         "theorems": {r.id: r.verdict for r in results},
-        "files": {"markdown": str(md), "html": str(page), "heatmaps": str(grid), "theorems": str(theorems_md)},
+        "environment": {
+            "certify": certify.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "device": "cpu", "torch threads": torch.get_num_threads(),
+            **{f"seconds {row[0]}": row[2] for row in method_rows},
+        },
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    md, page, _ = write_report(out_dir)
+    summary["files"] = {"markdown": str(md), "html": str(page)}
     return summary

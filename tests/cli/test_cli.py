@@ -46,6 +46,12 @@ def test_demo_writes_outputs_and_keeps_existing_files(tmp_path, monkeypatch, cap
     monkeypatch.setattr("proofs_checks.runner.ordered_ids", lambda registry: ["MG-T2"])
     assert main(["demo", "--quick", "--out", str(tmp_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["methods"] == ["gradient", "smoothgrad"] and summary["theorems"] == {"MG-T2": "holds"}
+    assert list(summary["certificates"]) == ["gradient", "smoothgrad"] and summary["theorems"] == {"MG-T2": "holds"}
+    assert summary["certificates"]["gradient"] == "2/2 verified"
     html = (tmp_path / "index.html").read_text()
     assert html.count("data:image/png;base64,") == 1 and keep.read_text() == "mine"
+
+
+def test_report_rebuilds_from_artefacts_or_refuses(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == EXIT_USAGE
+    assert "no summary.json" in capsys.readouterr().err

@@ -1,0 +1,143 @@
+"""The report (`certify report DIR`, and the end of `certify demo`): one self-contained HTML file plus
+Markdown and JSON, rebuilt from the artefacts a run leaves in DIR:
+
+* `summary.json`: model, examples, methods with timings, certificate claims (issued / refused and why),
+  environment (written by the demo);
+* `heatmaps.png`: inputs and every method's explanation;
+* `evaluation.json` (optional): the robustness study of `certify evaluate`;
+* `THEOREMS.json` (optional): the theorem table of `certify check`.
+
+Figures of the robustness study (metric vs eps per method, certified vs empirical) are drawn here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from certify.errors import UsageError  # noqa: E402
+from certify.reports.document import Document  # noqa: E402
+
+METRICS = (("normalized_l2_distance", "normalised L2 distance (lower = more robust)"),
+           ("topk_intersection", "top-k intersection (higher = more robust)"),
+           ("ssim", "SSIM (higher = more robust)"))
+
+
+def _load(path: Path) -> Any | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def robustness_figure(evaluation: dict[str, Any], path: Path) -> Path:
+    """Mean metric vs eps, one line per method, for random (dashed) and adversarial (solid) perturbations."""
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.6))
+    for ax, (key, title) in zip(axes, METRICS):
+        for method, rows in evaluation["methods"].items():
+            eps = [r["eps"] for r in rows]
+            line = ax.plot(eps, [r["adversarial"][key]["mean"] for r in rows], marker="o", label=method)[0]
+            ax.plot(eps, [r["random"][key]["mean"] for r in rows], ls="--", color=line.get_color())
+        ax.set_xlabel("eps (L2)")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("solid: adversarial attack, dashed: random perturbation of the same norm", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def certified_figure(evaluation: dict[str, Any], path: Path) -> Path | None:
+    """Observed worst ||a(x+d) - a(x)||_2 against the certified bound, per certified method and eps."""
+    certified = {m: rows for m, rows in evaluation["methods"].items() if any(r.get("certified_bound") for r in rows)}
+    if not certified:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method, rows in certified.items():
+        rows = [r for r in rows if r.get("certified_bound")]
+        eps = [r["eps"] for r in rows]
+        line = ax.plot(eps, [r["certified_bound"]["median"] for r in rows], marker="s", label=f"{method}: certified bound")[0]
+        ax.plot(eps, [r["observed_change"]["max"] for r in rows], marker="o", ls="--", color=line.get_color(),
+                label=f"{method}: observed (max over attacks)")
+    ax.set_xlabel("eps (L2)")
+    ax.set_ylabel("||a(x + d) - a(x)||_2")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _robustness_rows(evaluation: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for method, entries in evaluation["methods"].items():
+        for r in entries:
+            cell = lambda kind, key: f"{r[kind][key]['mean']:.3f} ± {r[kind][key]['std']:.3f}"  # noqa: E731
+            cert = r.get("certified_bound")
+            rows.append([
+                method, r["eps"],
+                cell("random", "normalized_l2_distance"), cell("adversarial", "normalized_l2_distance"),
+                cell("random", "topk_intersection"), cell("adversarial", "topk_intersection"),
+                cell("adversarial", "ssim"),
+                "-" if not cert else f"{cert['median']:.4g}",
+                "-" if not cert else f"{r['observed_change']['max'] / cert['min']:.3f}",
+                "-" if r.get("certified_topk") is None else f"{r['certified_topk']['mean']:.3f}",
+            ])
+    return rows
+
+
+def build_report(out_dir: Path) -> Document:
+    """The report document for the artefacts in `out_dir` (figures are written there too)."""
+    summary = _load(out_dir / "summary.json")
+    if summary is None:
+        raise UsageError(f"{out_dir} holds no summary.json: run `certify demo --out {out_dir}` first")
+    evaluation = _load(out_dir / "evaluation.json")
+    theorems = _load(out_dir / "THEOREMS.json")
+    doc = Document("certify report")
+    doc.paragraph(summary["description"])
+    doc.heading("Explanations")
+    if (out_dir / "heatmaps.png").exists():
+        doc.image(out_dir / "heatmaps.png", "Each row: input, then each method's signed explanation (red > 0, blue < 0).")
+    doc.table(["method", "parameters", "seconds (explain + certify)", "certificates", "Gini of |a|", "zero fraction"],
+              summary["method_rows"])
+    doc.heading("Certificates")
+    doc.paragraph(summary["certificate_note"])
+    doc.table(["method", "claim", "kind", "value (median, min-max)", "statement or reason"], summary["claim_rows"])
+    if evaluation is not None:
+        doc.heading("Robustness: certified vs empirical")
+        doc.paragraph(evaluation["description"])
+        doc.table(["method", "eps", "dist random", "dist attack", "top-k random", "top-k attack", "SSIM attack",
+                   "certified ||da|| bound", "observed/certified", "certified top-k >="], _robustness_rows(evaluation))
+        doc.image(robustness_figure(evaluation, out_dir / "robustness.png"), "Robustness metrics against eps.")
+        figure = certified_figure(evaluation, out_dir / "certified_vs_empirical.png")
+        if figure is not None:
+            doc.image(figure, "Certified stability bound against the largest change any perturbation produced.")
+        doc.heading("The paper's claim")
+        doc.paragraph(evaluation["verdict"])
+    if theorems is not None:
+        doc.heading("Theorem checks")
+        doc.table(["id", "source", "verdict", "cases", "violations", "worst ratio"],
+                  [[r["id"], r["source"], r["verdict"], r["cases"], r["violations"],
+                    "-" if r["worst_ratio"] is None else r["worst_ratio"]] for r in theorems["results"]])
+        refuted = [r for r in theorems["results"] if r["verdict"] == "refuted"]
+        for r in refuted:
+            doc.paragraph(f"{r['id']} refuted: {r['counterexample']}")
+    doc.heading("Timings and environment")
+    doc.table(["item", "value"], [[k, v] for k, v in summary["environment"].items()])
+    return doc
+
+
+def write_report(out_dir: Path) -> tuple[Path, Path, Path]:
+    """Write index.md, index.html and report.json (the report's data) into out_dir."""
+    out_dir = Path(out_dir)
+    doc = build_report(out_dir)
+    md, page = doc.write(out_dir)
+    data = {"summary": _load(out_dir / "summary.json"), "evaluation": _load(out_dir / "evaluation.json"),
+            "theorems": _load(out_dir / "THEOREMS.json")}
+    js = out_dir / "report.json"
+    js.write_text(json.dumps(data, indent=1))
+    return md, page, js
