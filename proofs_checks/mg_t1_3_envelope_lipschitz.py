@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from certify.explain.moreaugrad import MoreauGrad
 from certify.explain.prox import soft_threshold
 from proofs_checks.framework import CheckContext, Report, run_property, theorem
-from proofs_checks.moreau_support import QuadraticScore, one_hidden_curvature, reference, rho_below
+from proofs_checks.moreau_support import QuadraticScore, one_hidden_curvature, one_hidden_hessian, reference, rho_below
 from proofs_checks.nets import NetSpec, net_specs
 
 
@@ -68,8 +68,7 @@ def _adversarial_pairs(report: Report, ctx: CheckContext) -> None:
         rho = rho_below(lam, fraction)
         x = torch.randn(1, spec.inputs, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         _, center = reference(net, x, 0, rho, tol=1e-10)
-        hessian = torch.func.hessian(lambda p: net(p.unsqueeze(0))[0, 0])(center.diagnostics["z"][0]).detach()
-        values, vectors = torch.linalg.eigh(hessian)
+        values, vectors = torch.linalg.eigh(one_hidden_hessian(net, 0, spec.beta, center.diagnostics["z"][0]))
         worst = int(torch.argmax((values / (1 + rho * values)).abs()))
         shifted = x + torch.tensor([[1e-3], [1e-2], [1e-1]], dtype=torch.float64) * vectors[:, worst]
         solver, explanation = reference(net, torch.cat([x, shifted]), 0, rho, tol=1e-10)

@@ -100,3 +100,11 @@ def envelope_slope_case(spec: NetSpec, fraction: float, seed: int, sparsity: flo
     _, center = reference(net, x, 0, rho, sparsity)
     slopes = envelope_directional_derivatives(net, x, d, 0, rho, sparsity)
     return SlopeCase(rho, lam, net, center, d, slopes)
+
+
+def one_hidden_hessian(net: nn.Sequential, c: int, beta: float, z: Tensor) -> Tensor:
+    """Hessian of f_c at z [n] for Linear -> Softplus(beta) -> Linear: W1^T diag(v * s''(W1 z + b1)) W1 with
+    s''(t) = beta sigmoid(beta t)(1 - sigmoid(beta t))."""
+    w1, b1, v = net[0].weight.detach(), net[0].bias.detach(), net[2].weight.detach()[c]
+    sig = torch.sigmoid(beta * (w1 @ z + b1))
+    return w1.T @ torch.diag(v * beta * sig * (1 - sig)) @ w1

@@ -93,7 +93,7 @@ class _ActiveSet:
 
 
 def _row_norms(t: Tensor) -> Tensor:
-    return t.flatten(1).norm(dim=1)
+    return torch.linalg.vector_norm(t.flatten(1), dim=1)
 
 
 def _rows(v: Tensor, like: Tensor) -> Tensor:

@@ -128,7 +128,7 @@ def test_finished_examples_stop_costing_gradients():
 def test_accelerated_needs_fewer_gradients_than_fixed_step(digits_mlp):
     model, data = digits_mlp
     model64 = copy.deepcopy(model).double()
-    x = data.x_test[:4].double()
+    x = data.x_test[:2].double()
     fast = MoreauGrad(model64, rho=1.0, tol=1e-6).explain(x)
     slow = MoreauGrad(model64, rho=1.0, tol=1e-6, step=0.1, method="fixed-step", max_iter=2000).explain(x)
     assert bool(fast.diagnostics["converged"].all()) and bool(slow.diagnostics["converged"].all())
@@ -162,7 +162,7 @@ def test_group_mode_on_images_requires_a_dividing_group_size():
 
     model, data = zoo.load("digits-softplus-cnn")
     x = data.x_test[:2]
-    explanation = MoreauGrad(model, sparsity=0.1, group_size=2, tol=1e-3).explain(x)
+    explanation = MoreauGrad(model, sparsity=0.1, group_size=2, tol=1e-2, max_iter=100).explain(x)
     blocks = explanation.attributions.reshape(2, 1, 4, 2, 4, 2).abs().sum(dim=(1, 3, 5))
     patch_zero = explanation.attributions.reshape(2, 1, 4, 2, 4, 2).eq(0).all(dim=3).all(dim=4).all(dim=1)
     assert torch.equal(blocks == 0, patch_zero)  # whole patches vanish together
