@@ -124,6 +124,42 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.valid else EXIT_FAILED
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from certify.evaluation import StudyConfig, run_study
+    from certify.explain.registry import PRESETS
+    from certify.models.datasets import load_dataset
+    from certify.models.spec import load_model
+    from certify.errors import UsageError
+
+    model, data = load_model(args.model)
+    if args.dataset:
+        data = load_dataset(args.dataset)
+    if data is None:
+        raise UsageError("--dataset is required for a model that is not from the zoo")
+    unknown = [m for m in args.methods if m not in PRESETS]
+    if unknown:
+        raise UsageError(f"unknown methods {unknown}; choose from {sorted(PRESETS)}")
+    config = StudyConfig(n=args.n, eps=tuple(args.eps), k=args.k, steps=args.steps, restarts=args.restarts, seed=args.seed)
+    result = run_study(model, data, args.model, args.methods, config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(result, indent=1))
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{'method':20s} {'eps':>6s} {'dist rand':>10s} {'dist att':>9s} {'topk att':>9s} {'certified':>10s} {'obs/cert':>9s}")
+        for method, rows in result["methods"].items():
+            for r in rows:
+                cert = r["certified_bound"]
+                ratio = "-" if not cert else f"{r['observed_change']['max'] / cert['min']:.3f}"
+                print(f"{method:20s} {r['eps']:6g} {r['random']['normalized_l2_distance']['mean']:10.4f} "
+                      f"{r['adversarial']['normalized_l2_distance']['mean']:9.4f} {r['adversarial']['topk_intersection']['mean']:9.3f} "
+                      f"{'-' if not cert else format(cert['median'], '.4g'):>10s} {ratio:>9s}")
+        print(result["verdict"])
+        print(f"violations of certified bounds: {result['violations']}; wrote {out / 'evaluation.json'}")
+    return EXIT_FAILED if result["violations"] else EXIT_OK
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from certify.reports.report import write_report
 
@@ -170,6 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--model", help="model SPEC (default: the one recorded in the certificate)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(run=_cmd_verify)
+
+    evaluate = sub.add_parser("evaluate", help="robustness study: metrics under random and adversarial perturbations vs certificates")
+    evaluate.add_argument("--model", required=True, help="model SPEC")
+    evaluate.add_argument("--dataset", help="embedded data set (default: the zoo model's)")
+    evaluate.add_argument("--n", type=int, default=32, help="number of test inputs (default 32)")
+    evaluate.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="L2 radii")
+    evaluate.add_argument("--methods", nargs="+", default=["gradient", "integrated-gradients", "smoothgrad", "moreaugrad", "sparse-moreaugrad"],
+                          help="method presets")
+    evaluate.add_argument("--k", type=float, default=0.2, help="top-k as a fraction of the features (default 0.2)")
+    evaluate.add_argument("--steps", type=int, default=20, help="attack steps (default 20)")
+    evaluate.add_argument("--restarts", type=int, default=2, help="attack restarts (default 2)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out", default="evaluation-output", help="directory for evaluation.json")
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.set_defaults(run=_cmd_evaluate)
 
     report = sub.add_parser("report", help="rebuild the HTML/Markdown/JSON report from a run's artefacts")
     report.add_argument("directory", help="output directory of `certify demo` (summary.json, evaluation.json, ...)")

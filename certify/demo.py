@@ -19,7 +19,8 @@ import certify
 from certify.certificates.builder import certify_explanations
 from certify.certificates.checker import verify_certificate
 from certify.certificates.document import decode_array
-from certify.explain.registry import make_explainer
+from certify.evaluation import StudyConfig, run_study
+from certify.explain.registry import PRESETS, make_preset
 from certify.models import model_hash, zoo
 from certify.models.training import accuracy
 from certify.metrics import gini_index, zero_fraction
@@ -30,36 +31,29 @@ from certify.reports.report import write_report
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """What the demo runs: method presets (`certify.explain.registry.PRESETS`) with parameter overrides,
+    the stability radius of the certificates, and the robustness study's size."""
+
     model: str = zoo.DEFAULT_MODEL
     examples: int = 8
     methods: tuple[tuple[str, dict[str, Any]], ...] = (
         ("gradient", {}),
         ("integrated-gradients", {"n_steps": 64}),
-        ("smoothgrad", {"sigma": 0.15, "samples": 256, "relative": True, "seed": 0}),
-        ("moreaugrad", {"rho": 0.3, "tol": 1e-6}),
-        ("moreaugrad", {"rho": 0.3, "sparsity": 0.25, "tol": 1e-6}),
+        ("smoothgrad", {"samples": 256}),
+        ("moreaugrad", {"tol": 1e-6}),
+        ("sparse-moreaugrad", {"tol": 1e-6}),
     )
     eps: float = 0.1
+    study: StudyConfig = StudyConfig(n=32, eps=(0.1, 0.25, 0.5, 1.0), steps=20, restarts=2)
     theorem_checks_quick: bool = True
 
     @classmethod
     def quick(cls) -> "DemoConfig":
         return cls(
             examples=4,
-            methods=(
-                ("gradient", {}),
-                ("integrated-gradients", {"n_steps": 32}),
-                ("smoothgrad", {"sigma": 0.15, "samples": 64, "relative": True, "seed": 0}),
-                ("moreaugrad", {"rho": 0.3, "tol": 1e-5}),
-                ("moreaugrad", {"rho": 0.3, "sparsity": 0.25, "tol": 1e-5}),
-            ),
+            methods=tuple((label, {}) for label in PRESETS),
+            study=StudyConfig(n=8, eps=(0.25, 1.0), steps=8, restarts=1),
         )
-
-
-def _label(name: str, params: dict[str, Any]) -> str:
-    if name == "moreaugrad" and params.get("sparsity"):
-        return "sparse-moreaugrad" if not params.get("group_size") else "group-moreaugrad"
-    return name
 
 
 def _claim_rows(label: str, certificates: list) -> list[list[str]]:
@@ -91,10 +85,10 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
     method_rows, claim_rows, verified_counts = [], [], {}
     cert_dir = out_dir / "certificates"
     cert_dir.mkdir(exist_ok=True)
-    for name, params in progress_bar(config.methods, desc="explaining and certifying", unit="method"):
-        label = _label(name, params)
+    for label, overrides in progress_bar(config.methods, desc="explaining and certifying", unit="method"):
+        explainer = make_preset(label, model, **overrides)
         start = time.perf_counter()
-        certificates = certify_explanations(make_explainer(name, model, **params), x, eps=config.eps, model_spec=config.model)
+        certificates = certify_explanations(explainer, x, eps=config.eps, model_spec=config.model)
         seconds = time.perf_counter() - start
         attributions[label] = torch.cat([torch.as_tensor(decode_array(c.explanation, label)) for c in certificates])
         verified = 0
@@ -103,12 +97,15 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
             verified += verify_certificate(cert, model, cert_dir).valid
         verified_counts[label] = f"{verified}/{len(certificates)} verified"
         method_rows.append([
-            label, json.dumps(params), f"{seconds:.3f}", verified_counts[label],
+            label, json.dumps(explainer.params()), f"{seconds:.3f}", verified_counts[label],
             f"{float(gini_index(attributions[label]).mean()):.3f}", f"{float(zero_fraction(attributions[label]).mean()):.3f}",
         ])
         claim_rows += _claim_rows(label, certificates)
     titles = [f"label {int(a)} / pred {int(b)}" for a, b in zip(y, predicted)]
     heatmap_grid(x, attributions, titles, out_dir / "heatmaps.png")
+
+    evaluation = run_study(model, data, config.model, [label for label, _ in config.methods], config.study)
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
 
     results = run_checks(quick=config.theorem_checks_quick, progress=True)
     write_table(results, out_dir, quick=config.theorem_checks_quick)
@@ -128,6 +125,7 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
         ),
         "claim_rows": claim_rows,
         "certificates": verified_counts,
+        "robustness_verdict": evaluation["verdict"],
         "theorems": {r.id: r.verdict for r in results},
         "environment": {
             "certify": certify.__version__, "torch": torch.__version__, "python": platform.python_version(),

@@ -41,7 +41,11 @@ def test_demo_writes_outputs_and_keeps_existing_files(tmp_path, monkeypatch, cap
 
     keep = tmp_path / "notes.txt"
     keep.write_text("mine")
-    small = demo.DemoConfig(examples=2, methods=(("gradient", {}), ("smoothgrad", {"samples": 4})))
+    small = demo.DemoConfig(
+        examples=2,
+        methods=(("gradient", {}), ("smoothgrad", {"samples": 4})),
+        study=demo.StudyConfig(n=2, eps=(0.5,), steps=2, restarts=1),
+    )
     monkeypatch.setattr(demo.DemoConfig, "quick", classmethod(lambda cls: small))
     monkeypatch.setattr("proofs_checks.runner.ordered_ids", lambda registry: ["MG-T2"])
     assert main(["demo", "--quick", "--out", str(tmp_path), "--json"]) == 0
@@ -49,7 +53,9 @@ def test_demo_writes_outputs_and_keeps_existing_files(tmp_path, monkeypatch, cap
     assert list(summary["certificates"]) == ["gradient", "smoothgrad"] and summary["theorems"] == {"MG-T2": "holds"}
     assert summary["certificates"]["gradient"] == "2/2 verified"
     html = (tmp_path / "index.html").read_text()
-    assert html.count("data:image/png;base64,") == 1 and keep.read_text() == "mine"
+    assert html.count("data:image/png;base64,") == 3 and keep.read_text() == "mine"  # heatmaps, 2 study plots
+    assert "Robustness: certified vs empirical" in html and "The paper&#x27;s claim" in html
+    assert main(["report", str(tmp_path)]) == 0  # the report rebuilds from the artefacts
 
 
 def test_report_rebuilds_from_artefacts_or_refuses(tmp_path, capsys):
