@@ -196,11 +196,15 @@ class LPVerifier:
             self._problems[top] = TriangleLP(self.net, top, self.p)
         return self._problems[top]
 
-    def tightened_boxes(self, input_set: InputSet, boxes: list[Box]) -> tuple[list[Box], list[Relaxation], str]:
+    def tightened_boxes(
+        self, input_set: InputSet, boxes: list[Box]
+    ) -> tuple[list[Box], list[Relaxation], str, dict[tuple[int, int, float], LPDuals]]:
         """Layer by layer, replace each unstable unit's box by its safe LP bounds (one example).
-        Returns the boxes, their relaxations and "optimal" or the first failing status."""
+        Returns the boxes, their relaxations, "optimal" or the first failing status, and the multipliers
+        of each tightening LP keyed by (layer, unit, sign): sign +1 bounds z from below, -1 from above."""
         tightened: list[Box] = []
         relaxations: list[Relaxation] = []
+        duals: dict[tuple[int, int, float], LPDuals] = {}
         for k, (lower, upper) in enumerate(boxes):
             lower, upper = lower.clone(), upper.clone()
             if k > 0:
@@ -213,18 +217,19 @@ class LPVerifier:
                         c[unit] = sign
                         bound = problem.solve(input_set, tightened, relaxations, c)
                         if math.isnan(bound.value):
-                            return tightened, relaxations, bound.status
+                            return tightened, relaxations, bound.status, duals
+                        duals[(k, unit, sign)] = bound.duals
                         if sign > 0:
                             lower[0, unit] = max(float(lower[0, unit]), bound.value)
                         else:
                             upper[0, unit] = min(float(upper[0, unit]), -bound.value)
             tightened.append((lower, upper))
             relaxations.append(relax(self.net.activations[k], lower, upper))
-        return tightened, relaxations, "optimal"
+        return tightened, relaxations, "optimal", duals
 
     def margin_bounds(self, input_set: InputSet, target: Tensor, tighten: bool = True) -> tuple[Tensor, list[dict]]:
         """Safe LP lower bounds [N, K] of f_c - f_j (+inf at j = c; nan where a solve failed) and, per
-        example, the witness (boxes, relaxations, duals per class, statuses)."""
+        example, the witness (boxes, relaxations, duals per class, statuses, tightening multipliers)."""
         input_set = InputSet(input_set.center.cpu(), input_set.eps.cpu(), input_set.p,
                              None if input_set.lo is None else input_set.lo.cpu(),
                              None if input_set.hi is None else input_set.hi.cpu())
@@ -237,11 +242,12 @@ class LPVerifier:
         for i in range(input_set.center.shape[0]):
             one = InputSet(input_set.center[i : i + 1], input_set.eps[i : i + 1], input_set.p, input_set.lo, input_set.hi)
             boxes = [(lo[i : i + 1], hi[i : i + 1]) for lo, hi in all_boxes]
+            tightening: dict[tuple[int, int, float], LPDuals] = {}
             if tighten:
-                boxes, relaxations, status = self.tightened_boxes(one, boxes)
+                boxes, relaxations, status, tightening = self.tightened_boxes(one, boxes)
             else:
                 relaxations, status = [relax(act, *box) for act, box in zip(self.net.activations, boxes)], "optimal"
-            witness: dict = {"boxes": boxes, "relaxations": relaxations, "duals": {}, "status": {}}
+            witness: dict = {"boxes": boxes, "relaxations": relaxations, "duals": {}, "status": {}, "tightening": tightening}
             if status != "optimal":
                 values[i] = math.nan
                 witness["status"]["tightening"] = status

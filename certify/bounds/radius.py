@@ -29,10 +29,11 @@ RADIUS_METHODS = ("crown", "ibp", "lp")
 
 
 def _default_max_radius(input_set: InputSet) -> float:
-    """The p-diameter of the domain box (a larger ball adds no point of the domain), else 1e3."""
+    """The p-diameter of the domain box (a larger ball adds no point of the domain) if finite, else 1e3."""
     if input_set.lo is None:
         return 1e3
-    return float(torch.linalg.vector_norm(input_set.hi - input_set.lo, ord=input_set.p)) or 1e-12
+    diameter = float(torch.linalg.vector_norm(input_set.hi - input_set.lo, ord=input_set.p))
+    return (diameter or 1e-12) if math.isfinite(diameter) else 1e3
 
 
 def _bisect(certify, lo: Tensor, hi: Tensor, tol: float) -> Tensor:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from certify.certificates.document import Certificate, Claim, decode_array, read_certificate
+from certify.certificates.relaxation_check import check_radius_lower
 from certify.errors import CertificateFormatError
 from certify.models.hashing import model_hash
 
@@ -127,10 +128,17 @@ class _Invalid(Exception):
     """A claim that fails its re-check (the message says why)."""
 
 
-def _affine_maps(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Tensor], list[nn.Module]]:
-    """Dense float64 matrices of the affine stages of a Sequential (consecutive affine modules merged),
-    and the activations between them: the checker's own small re-implementation."""
+_SHAPE_ONLY = (nn.Flatten, nn.Identity, nn.Dropout)
+
+
+def _affine_stages(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Tensor], list[Tensor], list[nn.Module]]:
+    """Dense float64 matrices and bias vectors of the affine stages of a Sequential (consecutive affine
+    modules merged), and the activations between them: the checker's own small re-implementation. The
+    bias is the stage's value at 0; the matrix is a single Linear's weight (exact), else the stage applied
+    to the basis minus the bias (exact for float32 weights within 2^29 of their bias in magnitude, else
+    within one rounding)."""
     mats: list[Tensor] = []
+    biases: list[Tensor] = []
     acts: list[nn.Module] = []
     pending: list[nn.Module] = []
     shape = input_shape
@@ -143,7 +151,12 @@ def _affine_maps(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[T
         with torch.no_grad():
             basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
             zero = chain(torch.zeros(1, *shape, dtype=torch.float64))
-            mats.append((chain(basis) - zero).reshape(n, -1).T)
+            linear = [m for m in pending if not isinstance(m, _SHAPE_ONLY)]
+            if len(linear) == 1 and isinstance(linear[0], nn.Linear):
+                mats.append(linear[0].weight.detach().clone())  # exact, no bias to subtract
+            else:
+                mats.append((chain(basis) - zero).reshape(n, -1).T)
+            biases.append(zero.reshape(-1))
             shape = tuple(zero.shape[1:])
         pending.clear()
 
@@ -154,6 +167,12 @@ def _affine_maps(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[T
         else:
             pending.append(copy.deepcopy(m))
     flush()
+    return mats, biases, acts
+
+
+def _affine_maps(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Tensor], list[nn.Module]]:
+    """The matrices of `_affine_stages` and the activations (no biases)."""
+    mats, _, acts = _affine_stages(model, input_shape)
     return mats, acts
 
 
@@ -387,6 +406,7 @@ RULES: dict[str, tuple[Callable[[_Context, Claim], float], str]] = {
     "flip-witness": (check_flip_witness, "<="),
     "lipschitz-radius": (check_lipschitz_radius, ">="),
     "gap": (check_gap, "<="),
+    "radius-lower": (check_radius_lower, ">="),
 }
 
 

@@ -1,0 +1,122 @@
+"""Claims "radius-lower" (r*(x) >= value) from relaxation bounds, with the witness the independent checker
+(`relaxation_check`) needs to re-derive them exactly.
+
+    r*(x) = inf { ||x' - x||_p : x' in the domain, argmax f(x') != c }.
+
+The radius is bisected by `certify.bounds.radius.certified_radius` (CROWN, or the triangle LP with
+LP-tightened boxes), the value written is that radius rounded down by the builder's margin, and the
+witness is computed on the ball of exactly the written value:
+
+* "crown": the lower slopes alpha of every hidden unit (the checker re-derives all boxes from them);
+* "lp": the same alphas (for the CROWN boxes the LP starts from), and the dual multipliers (w, y1, y2)
+  of every box-tightening LP (per layer, units, lower and upper) and of the final LP per class j != c.
+
+Only ReLU networks are claimed: the checker's exact arithmetic has no exp or log for softplus.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from certify.bounds.crown import layer_bounds, margin_bounds_on_set
+from certify.bounds.lp import LPDuals, LPVerifier
+from certify.bounds.network import AffineNetwork, from_module
+from certify.bounds.radius import certified_radius
+from certify.bounds.sets import InputSet, norm_order
+from certify.certificates.builder import round_down
+from certify.certificates.document import Claim, encode_array
+from certify.errors import UnsupportedError, UsageError
+
+CLAIM_TYPE = "radius-lower"
+METHODS = ("crown", "lp")
+
+
+def _p_text(p: float) -> str:
+    return "inf" if math.isinf(p) else str(int(p))
+
+
+def _stack(duals: list[LPDuals], key: str, layers: int) -> list[dict]:
+    """One encoded [rows, width_k] array per hidden layer k < layers, rows in the order of `duals`."""
+    return [encode_array(torch.stack([getattr(d, key)[k] for d in duals]).cpu().numpy()) for k in range(layers)]
+
+
+def _dual_record(duals: list[LPDuals], layers: int) -> dict:
+    return {key: _stack(duals, key, layers) for key in ("w", "y1", "y2")}
+
+
+def _lp_witness(net: AffineNetwork, input_set: InputSet, target: int) -> tuple[Tensor, dict]:
+    values, (witness,) = LPVerifier(net, input_set.p).margin_bounds(input_set, torch.tensor([target]))
+    by_layer: dict[int, list[int]] = {}
+    for layer, unit, sign in witness["tightening"]:
+        if sign > 0:
+            by_layer.setdefault(layer, []).append(unit)
+    tightening = [
+        {
+            "layer": layer,
+            "units": units,
+            "lower": _dual_record([witness["tightening"][(layer, u, 1.0)] for u in units], layer),
+            "upper": _dual_record([witness["tightening"][(layer, u, -1.0)] for u in units], layer),
+        }
+        for layer, units in sorted(by_layer.items())
+    ]
+    classes = sorted(witness["duals"])
+    final = {"classes": classes, **_dual_record([witness["duals"][j] for j in classes], net.depth - 1)}
+    return values[0], {"tightening": tightening, "final": final}
+
+
+def relaxation_radius_claim(
+    net: AffineNetwork | nn.Module,
+    x: Tensor,
+    target: int,
+    p: float | int | str,
+    domain: tuple[Tensor | float, Tensor | float] | None = None,
+    method: str = "crown",
+    tol: float = 1e-4,
+    claim_id: str = CLAIM_TYPE,
+) -> Claim:
+    """A certified claim r*(x) >= value for one example x [1, ...] and its class `target`, by `method`
+    ("crown" or "lp") bisected to `tol`, with an exactly re-checkable witness; a refused claim (with the
+    reason) for an unsupported model or when no positive radius is certified."""
+    if method not in METHODS:
+        raise UsageError(f"unknown relaxation method {method!r}; choose one of {METHODS}")
+    if x.shape[0] != 1:
+        raise UsageError(f"one example expected (x of shape [1, ...]), got batch size {x.shape[0]}")
+    order = norm_order(p)
+    statement = (f"r*(x) >= value: no perturbation delta with ||delta||_{_p_text(order)} <= value"
+                 + (" and x + delta in the domain box" if domain is not None else "")
+                 + f" changes the decision from class {target}")
+    refuse = lambda reason: Claim.refused(claim_id, CLAIM_TYPE, statement, method, reason)  # noqa: E731
+    if isinstance(net, nn.Module):
+        try:
+            net = from_module(net, tuple(x.shape[1:]))
+        except UnsupportedError as exc:
+            return refuse(f"the model is not supported by the bound code: {exc}")
+    if not net.activations or any(a.name != "relu" for a in net.activations):
+        return refuse("the exactly re-checkable relaxation claim covers ReLU networks with a hidden layer only")
+    x = x.detach().to(torch.float64).cpu()
+    result = certified_radius(net.to("cpu"), x, torch.tensor([target]), order, method, domain, tol)
+    radius = float(result.value[0])
+    if not radius > 0:
+        return refuse(f"{method} certifies no positive radius (misclassified input or a margin too small at x)")
+    value = round_down(radius)
+    input_set = InputSet.build(x, value, order, domain)
+    _, relaxations = layer_bounds(net, input_set, "crown")
+    witness: dict = {"scheme": method, "p": _p_text(order),
+                     "alphas": [encode_array(r.lower_slope[0].numpy()) for r in relaxations]}
+    if domain is not None:
+        lo, hi = (np.nan_to_num(torch.as_tensor(d, dtype=torch.float64).expand(x.shape[1:]).numpy()) for d in domain)
+        witness["domain"] = {"lo": encode_array(lo), "hi": encode_array(hi)}  # +-inf written as +-DBL_MAX
+    if method == "crown":
+        margins = margin_bounds_on_set(net, input_set, torch.tensor([target]), "crown")[0][0]
+    else:
+        margins, lp_witness = _lp_witness(net, input_set, target)
+        witness.update(lp_witness)
+    if not bool((margins > 0).all()):  # nan (a failed solve) also lands here
+        return refuse(f"the {method} margins are not proven > 0 at the rounded radius {value:.6g} "
+                      "(relaxation not monotone in the radius here)")
+    return Claim(claim_id, CLAIM_TYPE, statement, ">=", value, "certified",
+                 f"{method}-bisection; re-checked in exact dyadic rational arithmetic",
+                 witness=witness)
