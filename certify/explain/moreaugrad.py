@@ -108,7 +108,7 @@ class MoreauGrad(Explainer):
     contiguous blocks otherwise; must divide the input), `smoothing_sigma` >= 0 (absolute noise std of
     the smoothed mode; 0 = off), `samples` >= 1 (initial Monte Carlo sample size), `step` (gamma; default
     0.1 as in the paper for fixed-step, adaptive for accelerated), `max_iter`, `tol` > 0 (residual
-    tolerance), `method`, `seed` (noise generator; None uses the global one).
+    tolerance; float32 rounding floors the residual near 1e-6 on the digits models, so use float64 below that), `method`, `seed` (noise generator; None uses the global one).
 
     `explain()` diagnostics, one entry per example: `inputs` (x), `z` (the returned point; x - rho * MG),
     `residual_norm` (||r|| at z; inf if diverged), `iterations` (steps taken), `converged` (tolerance met),
