@@ -9,14 +9,16 @@ the mask M of the k features with the largest |a(x)| (ties to the lower index, a
 
 by normalised projected gradient steps x' <- P(x' - step * grad J / ||grad J||_2), where P scales the
 displacement back into the ball and then clamps to the domain box (clamping moves every coordinate towards
-x, since x lies in the box, so the result stays in the ball). The class constraint is not differentiated:
-every iterate is evaluated (the last one included) and per example the best iterate, over all steps and
-restarts, whose predicted class is still c is kept. Restart 0 starts at x, the others at uniform random
-points of the ball. The radius used for the steps is shrunk by a rounding margin so that the returned point
-is in the ball in exact arithmetic; at the end every returned point is re-checked in float64 (distance,
-domain, and the predicted class both in the input dtype and on a float64 copy of the model). An example
-whose best point fails a check, or where no valid point lowered J, gets delta = 0 and `success` False: the
-attack never returns a point that flips the class or leaves the ball or the domain.
+x, since x lies in the box, so the result stays in the ball). `objective="distance"` instead maximises the
+normalised L2 distance || a'/||a'|| - a/||a|| ||_2 to a = a(x) (paper eq. 6), i.e. minimises J = its negative.
+The class constraint is not differentiated: every iterate is evaluated (the last one included) and per
+example the iterate with the lowest J, over all steps and restarts, whose predicted class is still c is
+kept. Restart 0 starts at x, the others at uniform random points of the ball. The radius used for the
+steps is shrunk by a rounding margin so that the returned point is in the ball in exact arithmetic; at the
+end every returned point is re-checked in float64 (distance, domain, and the predicted class both in the
+input dtype and on a float64 copy of the model). An example whose best point fails a check, or where no
+valid point lowered J (re-evaluated on the real explanation of the returned point), gets delta = 0 and
+`success` False: the attack never returns a point that flips the class or leaves the ball or the domain.
 
 **Differentiating through the explainer** (grad J needs d a(x')/d x'):
 
@@ -38,7 +40,7 @@ random restarts: `zero_gradient` reports it per example. The softplus models are
 **API** (for `certify evaluate` and the reports):
 
     interpretation_attack(explainer, x, eps, k=0.2, steps=20, restarts=2, step_size=None, domain=None,
-                          seed=0, target=None, surrogate_steps=10) -> AttackResult
+                          seed=0, target=None, surrogate_steps=10, objective="topk-mass") -> AttackResult
     random_perturbation(explainer_or_model, x, eps, domain=None, seed=0, k=0.2, target=None,
                         tries=20) -> AttackResult
 
@@ -71,6 +73,7 @@ from certify.metrics.similarity import topk_intersection
 from certify.scores import class_scores
 from certify.validation import TargetLike, check_eval_mode, evaluate_logits, resolve_target, validate_inputs
 
+OBJECTIVES = ("topk-mass", "distance")
 Bound = Union[float, Tensor]
 Domain = Union[tuple[Bound, Bound], None]
 
@@ -83,8 +86,9 @@ class AttackResult:
     found a valid point with a lower top-k mass share than at x, the random baseline found a draw that keeps
     the class (else delta = 0). `in_ball`, `in_domain`,
     `class_preserved`: the float64 checks of the returned point (always True; a failing candidate is
-    replaced by x and counted in `rejected`). `objective` / `initial_objective`: the top-k mass share J at
-    x + delta / at x (float64). `topk_intersection`: |top-k(a(x)) & top-k(a(x + delta))| / k. The explanation
+    replaced by x and counted in `rejected`). `objective` / `initial_objective`: J at x + delta / at x (float64;
+    the top-k mass share, or minus the normalised L2 distance to a(x), as `params["objective"]` says; the random
+    baseline reports the top-k mass share). `topk_intersection`: |top-k(a(x)) & top-k(a(x + delta))| / k. The explanation
     fields are None when `random_perturbation` was given a bare model."""
 
     inputs: Tensor
@@ -227,6 +231,13 @@ def topk_mass(a: Tensor, mask: Tensor) -> Tensor:
     return (flat * mask).sum(dim=1) / torch.clamp(flat.sum(dim=1), min=torch.finfo(flat.dtype).tiny)
 
 
+def normalized_distance(a: Tensor, b: Tensor) -> Tensor:
+    """|| a/||a|| - b/||b|| ||_2 per example (paper eq. 6), differentiable in a and b; `certify.metrics`'s
+    `normalized_l2_distance` is the detached float64 metric."""
+    unit = lambda t: t.flatten(1) / _rows(torch.clamp(_norms(t), min=torch.finfo(t.dtype).tiny), t.flatten(1))  # noqa: E731
+    return _norms(unit(a) - unit(b))
+
+
 def _input_gradient(model: nn.Module, points: Tensor, target: Tensor) -> Tensor:
     """grad_x f_c at `points`, kept in the graph (create_graph=True) so it can be differentiated again."""
     if not points.requires_grad:
@@ -307,21 +318,31 @@ class _Differentiable:
 
 @dataclass
 class _Reference:
-    """The explanation a(x) that the attack moves away from: its top-k mask and top-k mass share J(x)."""
+    """The explanation a(x) that the attack moves away from, its top-k mask, and the objective J (to minimise):
+    the top-k mass share, or minus the normalised L2 distance to a(x) (`objective="distance"`)."""
 
     oracle: _Differentiable
     attributions: Tensor
     mask: Tensor
-    objective: Tensor
     k: int | float
+    kind: str
+
+    def objective(self, a: Tensor, rows: Tensor) -> Tensor:
+        """J of explanations `a` [B, ...] of the examples `rows`, differentiable in a (in a's dtype)."""
+        if self.kind == "topk-mass":
+            return topk_mass(a, self.mask[rows])
+        return -normalized_distance(a, self.attributions[rows].detach().to(a.dtype))
 
 
-def _reference(explainer: Explainer, problem: _Problem, k: int | float, seed: int, surrogate_steps: int) -> _Reference:
+def _reference(
+    explainer: Explainer, problem: _Problem, k: int | float, kind: str, seed: int, surrogate_steps: int
+) -> _Reference:
+    if kind not in OBJECTIVES:
+        raise UsageError(f"objective must be one of {OBJECTIVES}, got {kind!r}")
     oracle = _Differentiable(explainer, problem.x, seed, surrogate_steps)
     examples = torch.arange(problem.x.shape[0], device=problem.x.device)
     attributions = oracle.explain(problem.x, problem.target, examples)
-    mask = _topk_mask(attributions, k)
-    return _Reference(oracle, attributions, mask, topk_mass(attributions.double(), mask), k)
+    return _Reference(oracle, attributions, _topk_mask(attributions, k), k, kind)
 
 
 # ---------------------------------------------------------------------------------------------- attacks
@@ -337,6 +358,7 @@ def interpretation_attack(
     seed: int = 0,
     target: TargetLike = None,
     surrogate_steps: int = 10,
+    objective: str = "topk-mass",
 ) -> AttackResult:
     """The L2 top-k interpretation attack of the module docstring, batched over examples and restarts."""
     if not isinstance(explainer, Explainer):
@@ -350,12 +372,12 @@ def interpretation_attack(
     problem = _setup(explainer.model, x, eps, domain, target)
     x, n = problem.x, problem.x.shape[0]
     step = float(step_size) if step_size is not None else 2.5 * problem.eps / max(steps, 1)
-    reference = _reference(explainer, problem, k, seed, surrogate_steps)
-    oracle, initial = reference.oracle, reference.objective
-    examples = torch.arange(n, device=x.device)
+    reference = _reference(explainer, problem, k, objective, seed, surrogate_steps)
+    oracle, examples = reference.oracle, torch.arange(n, device=x.device)
+    initial = reference.objective(reference.attributions.double(), examples)
 
     rows = examples.repeat(restarts)  # restart-major: row r * n + i is example i
-    base, tgt, cls, row_mask = x[rows], problem.target[rows], problem.predicted[rows], reference.mask[rows]
+    base, tgt, cls = x[rows], problem.target[rows], problem.predicted[rows]
     generator = torch.Generator(device=x.device).manual_seed(seed)
     starts = _sphere(base.shape, base, generator) * _rows(
         problem.radius * torch.rand(base.shape[0], generator=generator, dtype=torch.float64, device=x.device)
@@ -367,16 +389,16 @@ def interpretation_attack(
     for t in range(steps + 1):
         point = point.detach().requires_grad_(t < steps)
         value = oracle.explain(point.detach(), tgt, rows)
-        objective = topk_mass(value.detach().double(), row_mask)
-        valid = torch.isfinite(objective) & (_predict(problem.model, point.detach()) == cls)
-        better = valid & (objective < best_value)
+        current = reference.objective(value.detach().double(), rows)
+        valid = torch.isfinite(current) & (_predict(problem.model, point.detach()) == cls)
+        better = valid & (current < best_value)
         best_point = torch.where(_rows(better, base), point.detach(), best_point)
-        best_value = torch.where(better, objective, best_value)
+        best_value = torch.where(better, current, best_value)
         if t == steps:
             break
         with torch.enable_grad():
             surrogate = oracle.differentiable(point, tgt, rows, value)
-            (grad,) = torch.autograd.grad(topk_mass(surrogate, row_mask).sum(), point)
+            (grad,) = torch.autograd.grad(reference.objective(surrogate, rows).sum(), point)
         norm = _norms(grad.double())
         moving = torch.isfinite(norm) & (norm > 0)
         zero_gradient &= ~moving
@@ -386,7 +408,7 @@ def interpretation_attack(
     choice = best_value.view(restarts, n).argmin(dim=0)  # first restart on ties
     pick = choice * n + examples
     perturbed, improved = best_point[pick], best_value[pick] < initial
-    params = {"attack": "topk-mass-l2", "eps": problem.eps, "k": k, "steps": steps, "restarts": restarts,
+    params = {"attack": "explanation-l2", "objective": objective, "eps": problem.eps, "k": k, "steps": steps, "restarts": restarts,
               "step_size": step, "seed": seed, "surrogate_steps": surrogate_steps, "method": explainer.method_name}
     result = _finish(problem, perturbed, improved, reference, params, require_improvement=True)
     result.zero_gradient = zero_gradient.view(restarts, n).all(dim=0)
@@ -424,7 +446,7 @@ def random_perturbation(
             break
     params = {"attack": "random-sphere", "eps": problem.eps, "k": k, "tries": tries, "seed": seed,
               "method": explainer.method_name if explainer is not None else None}
-    reference = None if explainer is None else _reference(explainer, problem, k, seed, 1)
+    reference = None if explainer is None else _reference(explainer, problem, k, "topk-mass", seed, 1)
     return _finish(problem, perturbed, found, reference, params, require_improvement=False)
 
 
@@ -443,15 +465,16 @@ def _finish(
     candidate = _verify(problem, model64, perturbed)
     rejected = found & ~candidate.valid
     success = found & candidate.valid
-    attributions = objective = overlap = None
+    attributions = initial = objective = overlap = None
     if reference is not None:
-        attributions = reference.oracle.explain(perturbed, problem.target, torch.arange(x.shape[0], device=x.device))
-        objective = topk_mass(attributions.double(), reference.mask)
+        examples = torch.arange(x.shape[0], device=x.device)
+        attributions = reference.oracle.explain(perturbed, problem.target, examples)
+        initial = reference.objective(reference.attributions.double(), examples)
+        objective = reference.objective(attributions.double(), examples)
         if require_improvement:
-            success &= objective < reference.objective
-        keep = _rows(success, x)
-        attributions = torch.where(keep, attributions, reference.attributions)
-        objective = torch.where(success, objective, reference.objective)
+            success &= objective < initial
+        attributions = torch.where(_rows(success, x), attributions, reference.attributions)
+        objective = torch.where(success, objective, initial)
         overlap = topk_intersection(reference.attributions, attributions, reference.k)
     perturbed = torch.where(_rows(success, x), perturbed, x)
     final = _verify(problem, model64, perturbed)  # the returned points (x itself where nothing was kept)
@@ -460,6 +483,6 @@ def _finish(
         predicted_class=problem.predicted, target=problem.target, success=success, in_ball=final.in_ball,
         in_domain=final.in_domain, class_preserved=final.class_preserved, rejected=rejected,
         original_attributions=None if reference is None else reference.attributions, attributions=attributions,
-        initial_objective=None if reference is None else reference.objective, objective=objective,
+        initial_objective=initial, objective=objective,
         topk_intersection=overlap, params=params,
     )

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from certify.attacks.interpretation import AttackResult, interpretation_attack, random_perturbation, topk_mass
 from certify.errors import InvalidInputError, ModelModeError, UnsupportedError, UsageError
 from certify.explain import Gradient, IntegratedGradients, LagrangeDual, MoreauGrad, SmoothGrad
+from certify.metrics import normalized_l2_distance
 from certify.models import zoo
 
 ZOO = ["digits-softplus-mlp", "digits-relu-mlp", "digits-softplus-cnn", "breast-cancer-softplus-mlp", "moons-softplus-mlp"]
@@ -50,12 +51,15 @@ def _check_returned(result: AttackResult, model, x, eps, lo, hi):
     eps=st.floats(1e-3, 4.0),
     start=st.integers(0, 40),
     seed=st.integers(0, 2**16),
+    objective=st.sampled_from(["topk-mass", "distance"]),
 )
-def test_attack_never_flips_the_class_nor_leaves_the_ball_or_domain(name, method, eps, start, seed):
+def test_attack_never_flips_the_class_nor_leaves_the_ball_or_domain(name, method, eps, start, seed, objective):
     model, data = _load(name)
     x = data.x_test[start : start + 4]
     explainer = EXPLAINERS[method](model)
-    result = interpretation_attack(explainer, x, eps, k=0.25, steps=4, restarts=2, domain=data.domain, seed=seed)
+    result = interpretation_attack(
+        explainer, x, eps, k=0.25, steps=4, restarts=2, domain=data.domain, seed=seed, objective=objective
+    )
     lo, hi = data.domain
     _check_returned(result, model, x, eps, lo, hi)
     assert torch.all(result.objective[result.success] < result.initial_objective[result.success])
@@ -75,6 +79,10 @@ def test_attack_beats_random_noise_on_gradient_explanations():
     # the returned explanation is the explainer's own at the returned point
     assert torch.allclose(attack.attributions, explainer.attribute(attack.perturbed), atol=1e-6)
     assert torch.allclose(attack.objective, topk_mass(attack.attributions.double(), _mask(attack, 0.2)))
+    far = interpretation_attack(explainer, x, eps, steps=20, restarts=2, domain=data.domain, objective="distance")
+    moved = normalized_l2_distance(far.original_attributions, far.attributions)
+    assert torch.allclose(far.objective, -moved) and far.success.float().mean() >= 0.9
+    assert moved.mean() > normalized_l2_distance(noise.original_attributions, noise.attributions).mean() + 0.02
 
 
 def _mask(result, k):
@@ -173,7 +181,7 @@ def test_bad_input_errors():
             interpretation_attack(g, x, eps)
     with pytest.raises(UsageError):
         interpretation_attack(g, x, 1e-9)  # below the float32 resolution
-    for kwargs in ({"steps": -1}, {"restarts": 0}, {"surrogate_steps": 0}, {"step_size": 0.0}, {"k": 0}, {"k": 1.5}, {"k": 65}):
+    for kwargs in ({"steps": -1}, {"restarts": 0}, {"surrogate_steps": 0}, {"step_size": 0.0}, {"objective": "ssim"}, {"k": 0}, {"k": 1.5}, {"k": 65}):
         with pytest.raises(UsageError):
             interpretation_attack(g, x, 1.0, **kwargs)
     with pytest.raises(InvalidInputError):
