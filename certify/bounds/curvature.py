@@ -217,11 +217,25 @@ def curvature_bound(net: AffineNetwork, c_row: Tensor, region: InputSet | None =
     )
 
 
-def _scalar_function(net_or_model: AffineNetwork | nn.Module, c_row: Tensor, input_shape: tuple[int, ...]):
-    """f(x_flat) = c_row . logits for one flat float64 example."""
+def _batched_function(net_or_model: AffineNetwork | nn.Module, c_row: Tensor, input_shape: tuple[int, ...]):
+    """f(points) = c_row . logits for flat points [B, n] (one value per point)."""
     if isinstance(net_or_model, AffineNetwork):
-        return lambda x: net_or_model.forward(x[None])[0] @ c_row
-    return lambda x: net_or_model(x.reshape(1, *input_shape))[0] @ c_row
+        return lambda x: net_or_model.forward(x) @ c_row
+    return lambda x: net_or_model(x.reshape(x.shape[0], *input_shape)) @ c_row
+
+
+def _hessian_vector_product(f, points: Tensor):
+    """v -> Hess f(points) v for [B, n] directions, by double backward through one retained gradient graph
+    (plain autograd: torch.func's first call costs tens of seconds on a loaded CPU)."""
+    points = points.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (gradient,) = torch.autograd.grad(f(points).sum(), points, create_graph=True)
+
+    def product(_: Tensor, v: Tensor) -> Tensor:
+        with torch.enable_grad():
+            return torch.autograd.grad((gradient * v).sum(), points, retain_graph=True)[0].detach()
+
+    return product
 
 
 def rayleigh_ritz_extremes(hvp, points: Tensor, steps: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -261,13 +275,11 @@ def curvature_estimate(
     seed: int = 0,
 ) -> BoundResult:
     """Estimated curvature of f = c_row . logits at x [N, ...] and at `samples` random points of the l2
-    ball of `radius` around each, by Hessian-vector products (torch.func) and Lanczos / Rayleigh-Ritz.
+    ball of `radius` around each, by Hessian-vector products (double backward) and Lanczos / Rayleigh-Ritz.
 
     value [N]: estimated weak convexity max(0, -lambda_min) over the points of each example; details:
     min_eigenvalue, max_eigenvalue, curvature (max |eigenvalue|), each [N]. Kind: estimated (Ritz values
     lie inside the spectrum, so they never exceed the certified bounds)."""
-    from torch.func import grad, jvp, vmap
-
     if radius < 0 or samples < 0 or steps < 1:
         raise UsageError("radius and samples must be >= 0 and steps >= 1")
     n_ex = x.shape[0]
@@ -276,7 +288,7 @@ def curvature_estimate(
     device = net_or_model.weights[0].device if is_net else next(net_or_model.parameters()).device
     flat = x.detach().reshape(n_ex, -1).to(dtype=dtype, device=device)
     row = torch.as_tensor(c_row, dtype=dtype, device=device)
-    f = _scalar_function(net_or_model, row, tuple(x.shape[1:]))
+    f = _batched_function(net_or_model, row, tuple(x.shape[1:]))
     generator = torch.Generator().manual_seed(seed)
     points = flat
     if samples:
@@ -284,8 +296,7 @@ def curvature_estimate(
         direction = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True)
         scale = torch.rand((n_ex, samples, 1), generator=generator, dtype=dtype).to(device) ** (1 / flat.shape[1])
         points = torch.cat([flat, (flat[:, None] + radius * scale * direction).reshape(-1, flat.shape[1])])
-    hvp = vmap(lambda p, v: jvp(grad(f), (p,), (v,))[1])
-    low, high = (v.detach() for v in rayleigh_ritz_extremes(hvp, points, steps, generator))
+    low, high = rayleigh_ritz_extremes(_hessian_vector_product(f, points), points, steps, generator)
     owner = torch.cat([torch.arange(n_ex), torch.arange(n_ex).repeat_interleave(samples)]).to(device)
     low_ex = torch.full((n_ex,), math.inf, dtype=dtype, device=device).scatter_reduce(0, owner, low, "amin")
     high_ex = torch.full((n_ex,), -math.inf, dtype=dtype, device=device).scatter_reduce(0, owner, high, "amax")
