@@ -82,14 +82,16 @@ Domain = Union[tuple[Bound, Bound], None]
 class AttackResult:
     """Outcome per example (tensors of length N, or [N, ...] like the inputs).
 
-    `perturbed` = x + delta is the point that was verified; `delta` = perturbed - x. `success`: the attack
-    found a valid point with a lower top-k mass share than at x, the random baseline found a draw that keeps
-    the class (else delta = 0). `in_ball`, `in_domain`,
-    `class_preserved`: the float64 checks of the returned point (always True; a failing candidate is
-    replaced by x and counted in `rejected`). `objective` / `initial_objective`: J at x + delta / at x (float64;
-    the top-k mass share, or minus the normalised L2 distance to a(x), as `params["objective"]` says; the random
-    baseline reports the top-k mass share). `topk_intersection`: |top-k(a(x)) & top-k(a(x + delta))| / k. The explanation
-    fields are None when `random_perturbation` was given a bare model."""
+    * `perturbed` = x + delta, the point that was verified; `delta` = perturbed - x; `delta_norm` in float64.
+    * `success`: the attack found a valid point with a lower J than at x; the random baseline found a draw
+      that keeps the class. Elsewhere delta = 0.
+    * `in_ball`, `in_domain`, `class_preserved`: the float64 checks of the returned point (always True: a
+      candidate that fails one is replaced by x and counted in `rejected`).
+    * `objective`, `initial_objective`: J at x + delta and at x (float64): the top-k mass share, or minus the
+      normalised L2 distance to a(x), as `params["objective"]` says (the random baseline reports the top-k
+      mass share). `topk_intersection`: |top-k(a(x)) & top-k(a(x + delta))| / k.
+    * `zero_gradient` (attack only): every attack gradient of the example was zero (ReLU networks).
+    * The explanation fields are None when `random_perturbation` was given a bare model."""
 
     inputs: Tensor
     perturbed: Tensor
@@ -142,8 +144,9 @@ def _setup(model: nn.Module, x: Tensor, eps: float, domain: Domain, target: Targ
     with torch.no_grad():
         logits = evaluate_logits(model, x)
     # fl(x + d) - x = d + e with |e_i| <= u |x_i + d_i|, and the cast of d adds u ||d||: keep u(||x|| + eps)
-    # (+ the relative u) of room so that the rounded point is within eps in exact arithmetic.
-    u = torch.finfo(x.dtype).eps
+    # (+ the relative u) of room so that the rounded point is within eps in exact arithmetic. u is twice the
+    # dtype's machine epsilon plus 64 float64 epsilons for the float64 norm and scaling.
+    u = 2.0 * torch.finfo(x.dtype).eps + 64.0 * torch.finfo(torch.float64).eps
     largest = float(torch.linalg.vector_norm(x.double().flatten(1), dim=1).max())
     radius = (eps - u * (largest + eps)) / (1.0 + u)
     if radius <= 0.5 * eps:
@@ -218,7 +221,9 @@ def _verify(problem: _Problem, model64: nn.Module, perturbed: Tensor) -> _Checks
 def _topk_mask(a: Tensor, k: int | float) -> Tensor:
     """The top-k features of |a| with the tie rule of `certify.metrics.topk_intersection` (float mask [N, D])."""
     flat = a.detach().flatten(1).double()
-    topk_intersection(flat, flat, k)  # validates k against the feature count
+    if isinstance(k, bool):
+        raise UsageError(f"k must be a count or a fraction, got {k!r}")
+    topk_intersection(flat, flat, k)  # validates k against the feature count, with the metric's message
     count = k if isinstance(k, int) else int(math.ceil(float(k) * flat.shape[1]))
     order = torch.sort(flat.abs(), dim=1, descending=True, stable=True).indices[:, :count]
     return torch.zeros_like(flat).scatter_(1, order, 1.0)
@@ -231,7 +236,7 @@ def topk_mass(a: Tensor, mask: Tensor) -> Tensor:
     return (flat * mask).sum(dim=1) / torch.clamp(flat.sum(dim=1), min=torch.finfo(flat.dtype).tiny)
 
 
-def normalized_distance(a: Tensor, b: Tensor) -> Tensor:
+def _normalized_distance(a: Tensor, b: Tensor) -> Tensor:
     """|| a/||a|| - b/||b|| ||_2 per example (paper eq. 6), differentiable in a and b; `certify.metrics`'s
     `normalized_l2_distance` is the detached float64 metric."""
     unit = lambda t: t.flatten(1) / _rows(torch.clamp(_norms(t), min=torch.finfo(t.dtype).tiny), t.flatten(1))  # noqa: E731
@@ -331,7 +336,7 @@ class _Reference:
         """J of explanations `a` [B, ...] of the examples `rows`, differentiable in a (in a's dtype)."""
         if self.kind == "topk-mass":
             return topk_mass(a, self.mask[rows])
-        return -normalized_distance(a, self.attributions[rows].detach().to(a.dtype))
+        return -_normalized_distance(a, self.attributions[rows].detach().to(a.dtype))
 
 
 def _reference(

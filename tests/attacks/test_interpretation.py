@@ -203,3 +203,16 @@ def test_bad_input_errors():
     trained = copy.deepcopy(model).train()
     with pytest.raises(ModelModeError):
         interpretation_attack(Gradient(trained), x, 1.0)
+
+
+def test_rounding_margin_keeps_float32_points_in_the_ball():
+    """For inputs of large norm, x + d in float32 is off by ulps of x; the step radius leaves room for that."""
+    model, data = _load("moons-softplus-mlp")
+    x, eps = data.x_test[:16] * 3000.0, 0.05  # ulp(3000) ~ 2.4e-4: unguarded points would leave the ball
+    noise = random_perturbation(model, x, eps, seed=0)
+    assert bool(noise.in_ball.all()) and torch.all(noise.delta_norm <= eps)
+    assert not bool(noise.rejected.any())  # no candidate had to be reset by the final float64 check
+    assert torch.all(noise.delta_norm[noise.success] > 0.9 * eps)
+    attack = interpretation_attack(Gradient(model), x, eps, k=1, steps=5, restarts=2)
+    assert torch.all(torch.linalg.vector_norm((attack.perturbed.double() - x.double()), dim=1) <= eps)
+    assert not bool(attack.rejected.any())
