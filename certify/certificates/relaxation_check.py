@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Callable
 
 import numpy as np
@@ -127,9 +128,9 @@ def _floor_float(m: int, e: int) -> float:
     """Largest float64 <= m 2^e (keeps 53 leading bits, rounding the mantissa towards -inf)."""
     shift = max(m.bit_length() - 53, 0)
     value = math.ldexp(m >> shift, e + shift)
-    if value != 0 and abs(value) >= 2.2250738585072014e-308:
+    if abs(value) >= 2.2250738585072014e-308 or Fraction(value) <= Fraction(m) * Fraction(2) ** e:
         return value
-    return math.nextafter(value, -math.inf) if m else 0.0  # below the normal range ldexp may round
+    return math.nextafter(value, -math.inf)  # below the normal range ldexp rounded upwards
 
 
 def _relu(values: np.ndarray) -> np.ndarray:

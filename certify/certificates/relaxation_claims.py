@@ -10,6 +10,8 @@ witness is computed on the ball of exactly the written value:
 * "crown": the lower slopes alpha of every hidden unit (the checker re-derives all boxes from them);
 * "lp": the same alphas (for the CROWN boxes the LP starts from), and the dual multipliers (w, y1, y2)
   of every box-tightening LP (per layer, units, lower and upper) and of the final LP per class j != c.
+  When an LP solve is not optimal at the written radius (no multipliers), the claim carries the CROWN
+  witness instead if CROWN proves that radius, and is refused otherwise.
 
 Only ReLU networks are claimed: the checker's exact arithmetic has no exp or log for softplus.
 """
@@ -48,7 +50,10 @@ def _dual_record(duals: list[LPDuals], layers: int) -> dict:
 
 
 def _lp_witness(net: AffineNetwork, input_set: InputSet, target: int) -> tuple[Tensor, dict]:
+    """Safe LP margin bounds [K] and the multipliers; no multipliers when a solve was not optimal (nan)."""
     values, (witness,) = LPVerifier(net, input_set.p).margin_bounds(input_set, torch.tensor([target]))
+    if torch.isnan(values).any():
+        return values[0], {}
     by_layer: dict[int, list[int]] = {}
     for layer, unit, sign in witness["tightening"]:
         if sign > 0:
@@ -109,14 +114,16 @@ def relaxation_radius_claim(
     if domain is not None:
         lo, hi = (np.nan_to_num(torch.as_tensor(d, dtype=torch.float64).expand(x.shape[1:]).numpy()) for d in domain)
         witness["domain"] = {"lo": encode_array(lo), "hi": encode_array(hi)}  # +-inf written as +-DBL_MAX
-    if method == "crown":
-        margins = margin_bounds_on_set(net, input_set, torch.tensor([target]), "crown")[0][0]
-    else:
+    label = f"{method}-bisection; re-checked in exact dyadic rational arithmetic"
+    if method == "lp":
         margins, lp_witness = _lp_witness(net, input_set, target)
         witness.update(lp_witness)
-    if not bool((margins > 0).all()):  # nan (a failed solve) also lands here
+    if method == "crown" or torch.isnan(margins).any():
+        # an LP solve that is not optimal leaves no multipliers: the radius stands only if CROWN proves it
+        if method == "lp":
+            witness["scheme"], label = "crown", label + " (CROWN witness: an LP solve was not optimal here)"
+        margins = margin_bounds_on_set(net, input_set, torch.tensor([target]), "crown")[0][0]
+    if not bool((margins > 0).all()):
         return refuse(f"the {method} margins are not proven > 0 at the rounded radius {value:.6g} "
                       "(relaxation not monotone in the radius here)")
-    return Claim(claim_id, CLAIM_TYPE, statement, ">=", value, "certified",
-                 f"{method}-bisection; re-checked in exact dyadic rational arithmetic",
-                 witness=witness)
+    return Claim(claim_id, CLAIM_TYPE, statement, ">=", value, "certified", label, witness=witness)

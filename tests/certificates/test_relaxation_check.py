@@ -1,0 +1,198 @@
+"""radius-lower claims: honest CROWN and LP claims verify in exact arithmetic (random small ReLU nets,
+digits-relu-mlp in Linf and L2); a radius raised by 10% fails naming a margin; a tiny raise that is still
+provable passes; edited slopes and multipliers are re-derived (valid or a named failure, never trusted);
+hidden boxes are never read from the witness; unsupported models and misclassified inputs are refused."""
+import copy
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from certify.certificates.checker import verify_certificate
+from certify.certificates.document import Certificate, decode_array, encode_array, parse_certificate
+from certify.certificates.relaxation_check import Exact, ExactSet, _ceil_sqrt
+from certify.certificates.relaxation_claims import relaxation_radius_claim
+from certify.models import zoo
+from certify.models.builders import mlp
+from certify.models.hashing import model_hash
+
+
+def _certificate(model, x, target, claim):
+    cert = Certificate({"model": {"sha256": model_hash(model)}}, encode_array(x.double().numpy()), target,
+                       encode_array(np.zeros(1)), [claim])
+    return parse_certificate(cert.to_json())
+
+
+def _check(model, cert, value=None, witness=None):
+    """(status, detail) of the one claim, optionally with its value or witness replaced."""
+    cert = copy.deepcopy(cert)
+    if value is not None:
+        cert.claims[0].value = value
+    if witness is not None:
+        cert.claims[0].witness = witness
+    (check,) = verify_certificate(cert, model).checks
+    return check.status, check.detail
+
+
+def _random_net(seed, widths=(4, 12, 10, 3)):
+    torch.manual_seed(seed)
+    return mlp(widths[0], widths[-1], hidden=widths[1:-1]).double().eval()
+
+
+def _claim_and_cert(model, x, p, domain=None, method="crown", tol=1e-4):
+    target = int(model(x.to(next(model.parameters()).dtype)).argmax())
+    claim = relaxation_radius_claim(model, x, target, p, domain, method, tol=tol)
+    return claim, _certificate(model, x, target, claim)
+
+
+def _honest_raised_loosened(model, x, p, domain, method, tol=1e-4):
+    claim, cert = _claim_and_cert(model, x, p, domain, method, tol)
+    assert claim.kind == "certified" and claim.value > 0, claim.reason
+    assert ("domain" in claim.witness) == (domain is not None)
+    status, detail = _check(model, cert)
+    assert status == "valid", detail
+    status, detail = _check(model, cert, value=claim.value * 1.1)
+    assert status == "invalid" and "margin f_" in detail, detail
+    assert _check(model, cert, value=claim.value * 0.5)[0] == "valid"  # loosened: still true
+    return claim
+
+
+@pytest.mark.parametrize("p", [math.inf, 2, 1])
+def test_honest_crown_claims_verify_and_raised_ones_fail_on_random_nets(p):
+    for seed in range(4):
+        x = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        domain = (x[0] - 0.5, x[0] + 2.0) if seed % 2 else None
+        assert _honest_raised_loosened(_random_net(seed), x, p, domain, "crown").witness["scheme"] == "crown"
+
+
+@pytest.mark.parametrize("p", [math.inf, 2])
+def test_honest_lp_claims_verify_and_raised_ones_fail_on_random_nets(p):
+    schemes = []
+    for seed in range(2):
+        x = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        domain = (x[0] - 0.5, x[0] + 2.0) if seed % 2 else None
+        claim = _honest_raised_loosened(_random_net(seed, widths=(4, 8, 8, 3)), x, p, domain, "lp", tol=1e-3)
+        schemes.append(claim.witness["scheme"])
+    assert "lp" in schemes  # (a "crown" witness only where a solve was not optimal at the radius)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model, data = zoo.load("digits-relu-mlp")
+    x = data.x_test[:1]
+    return model, x, (data.domain_lo, data.domain_hi)
+
+
+@pytest.mark.parametrize("p", [math.inf, 2])
+def test_digits_crown_claims_verify_exactly(digits, p):
+    model, x, domain = digits
+    claim, cert = _claim_and_cert(model, x, p, domain)
+    assert claim.kind == "certified" and claim.value > 1e-3 and claim.method.startswith("crown-bisection")
+    assert _check(model, cert)[0] == "valid"
+    status, detail = _check(model, cert, value=claim.value * 1.1)
+    assert status == "invalid" and "not proven > 0" in detail
+    # raised by less than the bisection's resolution: still provable, and accepted (it is still true)
+    assert _check(model, cert, value=claim.value * (1 + 1e-7))[0] == "valid"
+
+
+def test_slopes_are_used_as_given_and_checked(digits):
+    model, x, domain = digits
+    claim, cert = _claim_and_cert(model, x, math.inf, domain)
+    alphas = [decode_array(a, "alpha") for a in claim.witness["alphas"]]
+    # any alpha in [0, 1] is a valid lower line: an edited slope is re-derived with, never rejected as such
+    flipped = copy.deepcopy(claim.witness)
+    flipped["alphas"] = [encode_array(1.0 - a) for a in alphas]
+    status, detail = _check(model, cert, witness=flipped)
+    assert status == "valid" or "not proven > 0" in detail
+    halved = copy.deepcopy(claim.witness)
+    halved["alphas"] = [encode_array(np.full_like(a, 0.5)) for a in alphas]
+    status, detail = _check(model, cert, witness=halved)
+    assert status == "valid" or "not proven > 0" in detail
+    # a slope outside [0, 1] is not a valid relu lower line: fails
+    bad = copy.deepcopy(claim.witness)
+    bad["alphas"][1] = encode_array(np.where(alphas[1] > 0, 1.5, alphas[1]))
+    status, detail = _check(model, cert, witness=bad)
+    assert status == "invalid" and "[0, 1]" in detail
+
+
+def test_hidden_boxes_are_rederived_not_read(digits):
+    """A witness carrying hand-tightened boxes (here: every unit pinned to a stable point box) does not
+    rescue a raised radius: the checker never reads boxes, it re-derives them."""
+    model, x, domain = digits
+    claim, cert = _claim_and_cert(model, x, math.inf, domain)
+    forged = copy.deepcopy(claim.witness)
+    forged["boxes"] = [{"lo": encode_array(np.ones(64)), "hi": encode_array(np.ones(64))} for _ in range(2)]
+    status, detail = _check(model, cert, value=claim.value * 1.1, witness=forged)
+    assert status == "invalid" and "not proven > 0" in detail
+    assert _check(model, cert, witness=forged)[0] == "valid"
+
+
+def test_lp_multipliers_are_rederived():
+    model = _random_net(0, widths=(4, 16, 16, 3))
+    x = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    claim, cert = _claim_and_cert(model, x, math.inf, method="lp", tol=1e-3)
+    assert claim.kind == "certified", claim.reason
+    witness = claim.witness
+    assert witness["tightening"], "expected unstable units tightened by LPs in layer 1"
+    assert _check(model, cert)[0] == "valid"
+    # final multipliers zeroed: the dual bound collapses to c^T b_top plus the input term: fails, named
+    zeroed = copy.deepcopy(witness)
+    for key in ("w", "y1", "y2"):
+        zeroed["final"][key] = [encode_array(np.zeros_like(decode_array(a, key))) for a in witness["final"][key]]
+    status, detail = _check(model, cert, witness=zeroed)
+    assert status == "invalid" and "not proven > 0" in detail
+    # negative y multipliers are clipped to 0 (a valid choice), never used with their sign
+    negated = copy.deepcopy(witness)
+    negated["final"]["y2"] = [encode_array(-decode_array(a, "y2")) for a in witness["final"]["y2"]]
+    status, detail = _check(model, cert, witness=negated)
+    assert status == "valid" or "not proven > 0" in detail
+    # a tightening multiplier scaled up: the box it gives is re-derived from it (looser or empty), never trusted
+    scaled = copy.deepcopy(witness)
+    scaled["tightening"][0]["lower"]["w"] = [encode_array(3 * decode_array(a, "w")) for a in witness["tightening"][0]["lower"]["w"]]
+    status, detail = _check(model, cert, witness=scaled)
+    assert status == "valid" or "not proven > 0" in detail or "empty" in detail
+
+
+def test_refusals():
+    softplus = mlp(4, 3, hidden=(8,), act="softplus").double().eval()
+    x = torch.randn(1, 4, dtype=torch.float64)
+    claim = relaxation_radius_claim(softplus, x, 0, 2)
+    assert claim.kind == "refused" and "ReLU" in claim.reason
+    pooled = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.MaxPool1d(2), nn.Linear(2, 2)).double().eval()
+    claim = relaxation_radius_claim(pooled, x, 0, 2)
+    assert claim.kind == "refused" and "not supported" in claim.reason
+    model = _random_net(1)
+    wrong = int(model(x).argmin())
+    claim = relaxation_radius_claim(model, x, wrong, math.inf)
+    assert claim.kind == "refused" and "no positive radius" in claim.reason
+    assert verify_certificate(_certificate(model, x, wrong, claim), model).checks[0].status == "refused"
+
+
+def test_exact_arithmetic_is_exact():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=20) * 10.0 ** rng.integers(-30, 30, 20), [0.0, 5e-324, -1e300]])
+    a = Exact.of(values)
+    assert (a.floor() == values).all() and (a.ceil() == values).all()
+    total = (Exact.of(np.array([0.1])) + Exact.of(np.array([0.2])))
+    exact = Fraction(0.1) + Fraction(0.2)
+    lo, hi = total.floor()[0], total.ceil()[0]
+    assert Fraction(lo) <= exact <= Fraction(hi) and lo < hi  # 0.1 + 0.2 is not a float
+    assert [_ceil_sqrt(n) for n in (0, 1, 2, 4, 10**40 + 1)] == [0, 1, 2, 2, 10**20 + 1]
+
+
+def test_l2_support_is_a_lower_bound_within_rounding():
+    rng = np.random.default_rng(1)
+    x0, r = rng.normal(size=7), rng.normal(size=(3, 7))
+    eps = 0.37
+    support = ExactSet.build(x0, eps, 2.0, None).lower_support(Exact.of(r))
+    exact_low = [Fraction(v) for v in support.floor()]
+    reference = r @ x0 - eps * np.linalg.norm(r, axis=1)
+    for low, ref, row in zip(exact_low, reference, r):
+        assert low <= Fraction(float(ref)) + Fraction(1, 10**12)
+        # the bound is attained up to rounding at x0 - eps r / ||r||
+        assert float(low) > ref - 1e-12 * (1 + abs(ref))
+    box = ExactSet.build(x0, eps, math.inf, (x0 - 0.1, x0 + 1.0)).lower_support(Exact.of(r))
+    np.testing.assert_allclose(box.floor(), (np.minimum(r * (x0 - 0.1), r * (x0 + eps))).sum(1), rtol=1e-12)
