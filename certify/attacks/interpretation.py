@@ -189,6 +189,12 @@ def _sphere(shape: torch.Size, like: Tensor, generator: torch.Generator) -> Tens
     return (v / _rows(torch.clamp(_norms(v), min=1e-300), v)).to(like.dtype)
 
 
+def _ball(like: Tensor, radius: float, generator: torch.Generator) -> Tensor:
+    """Uniform points of the ball of `radius`, one per row: direction uniform, norm radius * U^(1/d)."""
+    u = torch.rand(like.shape[0], generator=generator, dtype=torch.float64, device=like.device)
+    return _sphere(like.shape, like, generator) * _rows((radius * u.pow(1.0 / like[0].numel())).to(like.dtype), like)
+
+
 def _predict(model: nn.Module, points: Tensor) -> Tensor:
     with torch.no_grad():
         return model(points).argmax(dim=1)
@@ -239,7 +245,9 @@ def topk_mass(a: Tensor, mask: Tensor) -> Tensor:
 def _normalized_distance(a: Tensor, b: Tensor) -> Tensor:
     """|| a/||a|| - b/||b|| ||_2 per example (paper eq. 6), differentiable in a and b; `certify.metrics`'s
     `normalized_l2_distance` is the detached float64 metric."""
-    unit = lambda t: t.flatten(1) / _rows(torch.clamp(_norms(t), min=torch.finfo(t.dtype).tiny), t.flatten(1))  # noqa: E731
+    def unit(t: Tensor) -> Tensor:
+        return t.flatten(1) / torch.clamp(_norms(t), min=torch.finfo(t.dtype).tiny).unsqueeze(1)
+
     return _norms(unit(a) - unit(b))
 
 
@@ -281,7 +289,8 @@ class _Differentiable:
             samples = explainer.samples
         if samples:
             generator = torch.Generator(device=x.device).manual_seed(seed)
-            self.noise = torch.randn((x.shape[0], samples, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device)
+            shape = (x.shape[0], samples, *x.shape[1:])
+            self.noise = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
 
     def explain(self, points: Tensor, target: Tensor, rows: Tensor) -> Tensor:
         """The real explanation at `points` (SmoothGrad with the fixed noise)."""
@@ -384,9 +393,7 @@ def interpretation_attack(
     rows = examples.repeat(restarts)  # restart-major: row r * n + i is example i
     base, tgt, cls = x[rows], problem.target[rows], problem.predicted[rows]
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    starts = _sphere(base.shape, base, generator) * _rows(
-        problem.radius * torch.rand(base.shape[0], generator=generator, dtype=torch.float64, device=x.device)
-        .pow(1.0 / base[0].numel()).to(x.dtype), base)
+    starts = _ball(base, problem.radius, generator)
     starts[:n] = 0.0  # restart 0 starts at x
     point = _project(base, base + starts, problem.radius, problem.lo, problem.hi)
     best_point, best_value = base.clone(), initial[rows].clone()
@@ -407,14 +414,16 @@ def interpretation_attack(
         norm = _norms(grad.double())
         moving = torch.isfinite(norm) & (norm > 0)
         zero_gradient &= ~moving
-        direction = torch.where(_rows(moving, grad), grad / _rows(torch.clamp(norm, min=1e-300).to(grad.dtype), grad), 0.0)
+        unit = (grad.double() / _rows(torch.clamp(norm, min=1e-300), grad)).to(grad.dtype)
+        direction = torch.where(_rows(moving, grad), unit, 0.0)
         point = _project(base, point.detach() - step * direction, problem.radius, problem.lo, problem.hi)
 
     choice = best_value.view(restarts, n).argmin(dim=0)  # first restart on ties
     pick = choice * n + examples
     perturbed, improved = best_point[pick], best_value[pick] < initial
-    params = {"attack": "explanation-l2", "objective": objective, "eps": problem.eps, "k": k, "steps": steps, "restarts": restarts,
-              "step_size": step, "seed": seed, "surrogate_steps": surrogate_steps, "method": explainer.method_name}
+    params = {"attack": "explanation-l2", "objective": objective, "eps": problem.eps, "k": k, "steps": steps,
+              "restarts": restarts, "step_size": step, "seed": seed, "surrogate_steps": surrogate_steps,
+              "method": explainer.method_name}
     result = _finish(problem, perturbed, improved, reference, params, require_improvement=True)
     result.zero_gradient = zero_gradient.view(restarts, n).all(dim=0)
     return result
@@ -443,7 +452,8 @@ def random_perturbation(
     generator = torch.Generator(device=x.device).manual_seed(seed)
     perturbed, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(tries):
-        candidate = _project(x, x + problem.radius * _sphere(x.shape, x, generator), problem.radius, problem.lo, problem.hi)
+        draw = x + problem.radius * _sphere(x.shape, x, generator)
+        candidate = _project(x, draw, problem.radius, problem.lo, problem.hi)
         take = ~found & (_predict(model, candidate) == problem.predicted)
         perturbed = torch.where(_rows(take, x), candidate, perturbed)
         found |= take
@@ -464,7 +474,7 @@ def _finish(
     require_improvement: bool,
 ) -> AttackResult:
     """Verify the candidates in float64, reset failures to x, explain the returned points and, with
-    `require_improvement`, also reset the examples whose real top-k mass share is not below the one at x."""
+    `require_improvement`, also reset the examples whose real objective J is not below the one at x."""
     x = problem.x
     model64 = copy.deepcopy(problem.model).double()
     candidate = _verify(problem, model64, perturbed)

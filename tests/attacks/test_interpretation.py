@@ -13,7 +13,9 @@ from certify.explain import Gradient, IntegratedGradients, LagrangeDual, MoreauG
 from certify.metrics import normalized_l2_distance
 from certify.models import zoo
 
-ZOO = ["digits-softplus-mlp", "digits-relu-mlp", "digits-softplus-cnn", "breast-cancer-softplus-mlp", "moons-softplus-mlp"]
+ZOO = [
+    "digits-softplus-mlp", "digits-relu-mlp", "digits-softplus-cnn", "breast-cancer-softplus-mlp", "moons-softplus-mlp"
+]
 EXPLAINERS = {
     "gradient": lambda m: Gradient(m),
     "ig": lambda m: IntegratedGradients(m, n_steps=8),
@@ -116,7 +118,10 @@ def test_the_attack_follows_the_derivative_of_the_real_explanation(method, unrol
     # IG_i = x_i * (...) vanishes at the zero pixels, where |IG_i| has a kink: central differences err by O(h)
     h = 1e-8 if isinstance(explainer, IntegratedGradients) else 1e-5
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
-    fd = (topk_mass(oracle.explain(x + h * v, target, rows), mask) - topk_mass(oracle.explain(x - h * v, target, rows), mask)) / (2 * h)
+    def objective(point):
+        return topk_mass(oracle.explain(point, target, rows), mask)
+
+    fd = (objective(x + h * v) - objective(x - h * v)) / (2 * h)
     ad = (grad * v).flatten(1).sum(1)
     exact = not isinstance(explainer, MoreauGrad)
     rtol = 1e-5 if exact or unrolled == 30 else 1e-2
@@ -181,7 +186,9 @@ def test_bad_input_errors():
             interpretation_attack(g, x, eps)
     with pytest.raises(UsageError):
         interpretation_attack(g, x, 1e-9)  # below the float32 resolution
-    for kwargs in ({"steps": -1}, {"restarts": 0}, {"surrogate_steps": 0}, {"step_size": 0.0}, {"objective": "ssim"}, {"k": 0}, {"k": 1.5}, {"k": 65}):
+    bad = [{"steps": -1}, {"restarts": 0}, {"surrogate_steps": 0}, {"step_size": 0.0}, {"objective": "ssim"},
+           {"k": 0}, {"k": 1.5}, {"k": 65}, {"k": True}]
+    for kwargs in bad:
         with pytest.raises(UsageError):
             interpretation_attack(g, x, 1.0, **kwargs)
     with pytest.raises(InvalidInputError):
@@ -216,3 +223,12 @@ def test_rounding_margin_keeps_float32_points_in_the_ball():
     attack = interpretation_attack(Gradient(model), x, eps, k=1, steps=5, restarts=2)
     assert torch.all(torch.linalg.vector_norm((attack.perturbed.double() - x.double()), dim=1) <= eps)
     assert not bool(attack.rejected.any())
+
+
+def test_smoothed_moreaugrad_surrogate_moves_and_stays_valid():
+    model, data = _load("digits-softplus-mlp")
+    x = data.x_test[:3]
+    explainer = MoreauGrad(model, rho=0.2, smoothing_sigma=0.1, samples=8, max_iter=50, tol=1e-3, seed=0)
+    result = interpretation_attack(explainer, x, 0.5, steps=2, restarts=1, domain=data.domain, surrogate_steps=3)
+    assert not bool(result.zero_gradient.any()) and bool(result.valid.all())
+    assert torch.all(result.objective <= result.initial_objective)
