@@ -1,5 +1,3 @@
 """Minimal-perturbation attacks: witnesses (upper bounds on the minimal flipping radius) and the primal-dual
-core of the Lagrange-dual explainer."""
-from certify.attacks.minimal_perturbation import MinimalPerturbation, minimal_perturbation
-
-__all__ = ["MinimalPerturbation", "minimal_perturbation"]
+core of the Lagrange-dual explainer (`certify.attacks.minimal_perturbation.minimal_perturbation`; the
+function is not re-exported here, so that the package attribute keeps naming the module)."""
