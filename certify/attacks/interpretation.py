@@ -34,8 +34,10 @@ valid point lowered J (re-evaluated on the real explanation of the returned poin
   selection always use the real solver's explanation, never the surrogate's value.
 
 For ReLU networks the second derivatives of f_c vanish almost everywhere, so grad J is zero for gradient,
-IG and SmoothGrad explanations (and for the MoreauGrad surrogate) and the attack only moves through its
-random restarts: `zero_gradient` reports it per example. The softplus models are the meaningful case.
+IG and SmoothGrad explanations (and for the MoreauGrad surrogate): `zero_gradient` reports it per example.
+Where grad J is zero (or not finite) the step follows a uniform random direction instead, so the attack
+degrades to a random search that keeps its best valid iterate, not to standing still; it is no longer a
+gradient attack there, and the softplus models are the meaningful case.
 
 **API** (for `certify evaluate` and the reports):
 
@@ -415,7 +417,7 @@ def interpretation_attack(
         moving = torch.isfinite(norm) & (norm > 0)
         zero_gradient &= ~moving
         unit = (grad.double() / _rows(torch.clamp(norm, min=1e-300), grad)).to(grad.dtype)
-        direction = torch.where(_rows(moving, grad), unit, 0.0)
+        direction = torch.where(_rows(moving, grad), unit, _sphere(grad.shape, grad, generator))
         point = _project(base, point.detach() - step * direction, problem.radius, problem.lo, problem.hi)
 
     choice = best_value.view(restarts, n).argmin(dim=0)  # first restart on ties

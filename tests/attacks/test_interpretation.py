@@ -131,9 +131,10 @@ def test_the_attack_follows_the_derivative_of_the_real_explanation(method, unrol
 def test_relu_gradient_explanations_give_the_attack_zero_gradient():
     model, data = _load("digits-relu-mlp")
     x = data.x_test[:5]
-    result = interpretation_attack(Gradient(model), x, 0.5, steps=3, restarts=1, domain=data.domain)
+    result = interpretation_attack(Gradient(model), x, 0.5, steps=6, restarts=1, domain=data.domain)
     assert bool(result.zero_gradient.all())
-    assert not bool(result.success.any()) and torch.all(result.delta == 0)  # restart 0 never moves
+    # restart 0 starts at x and can only move by the random-search fallback
+    assert bool(result.success.any()) and bool(result.valid.all())
     softplus, _ = _load("digits-softplus-mlp")
     assert not bool(interpretation_attack(Gradient(softplus), x, 0.5, steps=3, restarts=1).zero_gradient.any())
 
