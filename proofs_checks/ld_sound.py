@@ -1,4 +1,6 @@
-"""LD-SOUND (first half). Verification-layer soundness (DESIGN section 5; ANCHORS 4.10, 4.12).
+"""LD-SOUND. Verification-layer soundness (DESIGN section 5; ANCHORS 4.10, 4.12).
+
+First half, margin bounds:
 
 For a network f, an input x0 with class c, the set S = {x : ||x - x0||_p <= eps} intersected with the
 domain [0, 1]^n, and every j != c, each certified lower bound B_j of the margin m_cj = f_c - f_j over S
@@ -11,7 +13,8 @@ and, for exact optima, LP(LP-tightened boxes) >= CROWN on the same set (the LP's
 the region CROWN bounds, with boxes at least as tight): asserted up to the solver tolerance, every
 crossing reported. How often IBP beats CROWN is reported without assertion.
 
-The second half (certified radius <= exact r* <= witnessed upper radius) is added with the radius checks.
+Second half, radii (`proofs_checks.ld_sound_radius`): on tiny ReLU nets, every certified lower bound on
+the minimal flipping radius r* <= exact r* (MILP) <= the norm of every verified flipping witness.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from certify.bounds.milp import exact_margin_lower_bounds
 from certify.bounds.network import from_module
 from certify.bounds.sets import InputSet
 from proofs_checks.framework import CheckContext, Report, run_property, theorem
+from proofs_checks.ld_sound_radius import radius_soundness
 from proofs_checks.nets import net_specs
 
 LP_TOLERANCE = 1e-7  # relative/absolute slack for LP >= CROWN (solver accuracy of the duals)
@@ -117,3 +121,4 @@ def check(ctx: CheckContext, report: Report) -> None:
     )
     run_property(strategy, case, ctx.examples(8, 80))
     report.note(f"LP below CROWN (within tolerance) in {len(crossings)} margins" + (f": {crossings[:5]}" if crossings else ""))
+    radius_soundness(ctx, report)

@@ -29,8 +29,9 @@ DOMAIN = (0.0, 1.0)
 
 def tiny_relu_net(seed: int) -> nn.Sequential:
     """A 6-12-12-3 ReLU MLP in float64 (PyTorch's default init from `seed`, weights x4, biases x2)."""
-    torch.manual_seed(seed)
-    net = mlp(6, 3, (12, 12), "relu").double()
+    with torch.random.fork_rng():  # leave the global RNG as it was
+        torch.manual_seed(seed)
+        net = mlp(6, 3, (12, 12), "relu").double()
     with torch.no_grad():
         for module in net:
             if isinstance(module, nn.Linear):

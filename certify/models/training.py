@@ -34,7 +34,7 @@ def train_classifier(
     """Adam on the cross-entropy, shuffled mini-batches from a seeded generator, on CPU in float32.
 
     Returns the model in eval mode. The result depends only on the arguments (same weights every run)."""
-    with single_threaded():
+    with single_threaded(), torch.random.fork_rng():  # the caller's global RNG state is restored
         torch.manual_seed(seed)  # parameter initialisation
         for module in model.modules():
             if hasattr(module, "reset_parameters"):
