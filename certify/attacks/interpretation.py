@@ -22,9 +22,10 @@ valid point lowered J (re-evaluated on the real explanation of the returned poin
 
 **Differentiating through the explainer** (grad J needs d a(x')/d x'):
 
-* `Gradient`, `IntegratedGradients` (zero baseline, the explainer's quadrature), `SmoothGrad` (one fixed
-  draw of noise for the whole attack, also used for a(x) and the returned a(x + delta)): the explanation is
-  rebuilt with `torch.autograd.grad(..., create_graph=True)` (double backpropagation).
+* `Gradient`, `IntegratedGradients` (zero baseline, the explainer's quadrature, all nodes in one batch:
+  `internal_batch_size` is not applied), `SmoothGrad` (one fixed draw of noise for the whole attack, also
+  used for a(x) and the returned a(x + delta)): the explanation is rebuilt with
+  `torch.autograd.grad(..., create_graph=True)` (double backpropagation).
 * `MoreauGrad` (vanilla, sparse, group, smoothed with one fixed noise draw): a surrogate. The real solver
   gives z*(x') (detached); then K = `surrogate_steps` proximal-gradient steps of the inner problem,
   u <- prox_{gamma eta P}(u - gamma (grad f_c(x' + u) + u / rho)) with gamma = rho / 2, are unrolled from
