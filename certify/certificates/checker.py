@@ -8,6 +8,8 @@ What it does (DESIGN section 5, "Certificate checking"):
   the stored explanation from (x - z)/rho enters the solver-error bound;
 * re-derives constants from the weights by its own small code: the product-of-norms Lipschitz bound and
   the curvature bounds of softplus networks (symmetric eigensolver, with a rounding margin);
+* re-derives relaxation lower bounds on the flipping radius (claim type radius-lower) in exact rational
+  arithmetic from the stored slopes and LP multipliers, re-deriving every hidden box (`relaxation_check`);
 * re-checks the arithmetic of derived claims (stability from lambda, rho, eps; top-k from the explanation
   and the bound; radius from margins and Lipschitz constants; gaps);
 * labels solver-reported claims (MILP optima) as not re-checkable, and estimated claims as estimates.

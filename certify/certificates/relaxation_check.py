@@ -41,6 +41,7 @@ with a domain the larger of the ball and box values (both are valid lower bounds
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable
@@ -71,9 +72,9 @@ class Exact:
         ints = (mantissa * 2.0**53).astype(np.int64)  # exact: |mantissa| < 1
         expo = expo.astype(np.int64) - 53
         base = int(expo.min()) if a.size else 0
-        shifts = (expo - base).ravel().tolist()
-        out = np.array([int(i) << s for i, s in zip(ints.ravel().tolist(), shifts)] or [0], dtype=object)
-        return cls(out[: a.size].reshape(a.shape), base)
+        out = np.empty(a.size, dtype=object)
+        out[:] = [i << s for i, s in zip(ints.ravel().tolist(), (expo - base).ravel().tolist())]
+        return cls(out.reshape(a.shape), base)
 
     def _aligned(self, other: "Exact") -> tuple[np.ndarray, np.ndarray, int]:
         if self.exp == other.exp:
@@ -127,7 +128,10 @@ class Exact:
 def _floor_float(m: int, e: int) -> float:
     """Largest float64 <= m 2^e (keeps 53 leading bits, rounding the mantissa towards -inf)."""
     shift = max(m.bit_length() - 53, 0)
-    value = math.ldexp(m >> shift, e + shift)
+    try:
+        value = math.ldexp(m >> shift, e + shift)
+    except OverflowError:
+        return sys.float_info.max if m > 0 else -math.inf
     if abs(value) >= 2.2250738585072014e-308 or Fraction(value) <= Fraction(m) * Fraction(2) ** e:
         return value
     return math.nextafter(value, -math.inf)  # below the normal range ldexp rounded upwards
@@ -182,7 +186,6 @@ class Line:
     lower_slope: Exact
     upper_slope: Exact
     upper_intercept: Exact
-    s: np.ndarray  # the upper slope as float64 (for the dual bound)
 
 
 def relu_lines(lower: np.ndarray, upper: np.ndarray, alpha: np.ndarray | None) -> Line:
@@ -196,7 +199,7 @@ def relu_lines(lower: np.ndarray, upper: np.ndarray, alpha: np.ndarray | None) -
     slope_l = np.where(lower >= 0, 1.0, np.where(upper <= 0, 0.0, alpha))
     s_exact, lo, hi = Exact.of(s), Exact.of(lower), Exact.of(upper)
     intercept = (Exact.of(_relu(lower)) - s_exact * lo).maximum(Exact.of(_relu(upper)) - s_exact * hi)
-    return Line(Exact.of(slope_l), s_exact, intercept, s)
+    return Line(Exact.of(slope_l), s_exact, intercept)
 
 
 class ReluNetwork:

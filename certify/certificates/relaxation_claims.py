@@ -4,8 +4,9 @@
     r*(x) = inf { ||x' - x||_p : x' in the domain, argmax f(x') != c }.
 
 The radius is bisected by `certify.bounds.radius.certified_radius` (CROWN, or the triangle LP with
-LP-tightened boxes), the value written is that radius rounded down by the builder's margin, and the
-witness is computed on the ball of exactly the written value:
+LP-tightened boxes), the value written is that radius rounded down by the builder's margin (or, when
+the margins are positive only by a hair there and a re-solve does not prove them, one bisection tolerance
+lower), and the witness is computed on the ball of exactly the written value:
 
 * "crown": the lower slopes alpha of every hidden unit (the checker re-derives all boxes from them);
 * "lp": the same alphas (for the CROWN boxes the LP starts from), and the dual multipliers (w, y1, y2)
@@ -106,7 +107,19 @@ def relaxation_radius_claim(
     radius = float(result.value[0])
     if not radius > 0:
         return refuse(f"{method} certifies no positive radius (misclassified input or a margin too small at x)")
-    value = round_down(radius)
+    # at the bisection's edge a margin may be positive by a hair; one tolerance lower it has room
+    for value in (round_down(radius), round_down(radius - tol)):
+        if value > 0:
+            found = _witness(net, x, target, order, domain, method, value)
+            if found is not None:
+                return Claim(claim_id, CLAIM_TYPE, statement, ">=", value, "certified", found[1], witness=found[0])
+    return refuse(f"the {method} margins are not proven > 0 at the rounded radius {round_down(radius):.6g} "
+                  f"nor one tolerance below it (relaxation not monotone in the radius there)")
+
+
+def _witness(net: AffineNetwork, x: Tensor, target: int, order: float, domain: tuple | None, method: str,
+             value: float) -> tuple[dict, str] | None:
+    """The witness and method label proving every margin > 0 on the ball of radius `value`, or None."""
     input_set = InputSet.build(x, value, order, domain)
     _, relaxations = layer_bounds(net, input_set, "crown")
     witness: dict = {"scheme": method, "p": _p_text(order),
@@ -123,7 +136,4 @@ def relaxation_radius_claim(
         if method == "lp":
             witness["scheme"], label = "crown", label + " (CROWN witness: an LP solve was not optimal here)"
         margins = margin_bounds_on_set(net, input_set, torch.tensor([target]), "crown")[0][0]
-    if not bool((margins > 0).all()):
-        return refuse(f"the {method} margins are not proven > 0 at the rounded radius {value:.6g} "
-                      "(relaxation not monotone in the radius here)")
-    return Claim(claim_id, CLAIM_TYPE, statement, ">=", value, "certified", label, witness=witness)
+    return (witness, label) if bool((margins > 0).all()) else None
