@@ -1,0 +1,192 @@
+"""Tests of the per-pair minimal-perturbation solver: closed forms on linear classifiers, projections,
+domain handling, bad input, the KKT evaluator, and agreement with an exact MILP on a tiny ReLU net."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from certify.attacks.minimal_perturbation import (
+    STATUS_AT_BOUNDARY,
+    STATUS_NO_WITNESS,
+    STATUS_WITNESS,
+    DomainBox,
+    kkt_stationarity,
+    lp_norm,
+    minimal_perturbation,
+    project_lp_ball,
+    project_simplex,
+    resolve_norm,
+)
+from certify.bounds.milp import exact_minimal_radius
+from certify.bounds.network import from_module
+from certify.errors import InvalidInputError, UsageError
+
+
+def linear(weight: list[list[float]], bias: list[float]) -> nn.Linear:
+    layer = nn.Linear(len(weight[0]), len(weight)).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight, dtype=torch.float64))
+        layer.bias.copy_(torch.tensor(bias, dtype=torch.float64))
+    return layer.eval()
+
+
+def closed_form_radius(model: nn.Linear, x: torch.Tensor, c: int, p: float) -> float:
+    w, b = model.weight.detach(), model.bias.detach()
+    logits = w @ x + b
+    q = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
+    return min(float((logits[c] - logits[j]) / torch.linalg.vector_norm(w[c] - w[j], ord=q)) for j in range(len(b)) if j != c)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_linear_classifier_matches_closed_form(p: float) -> None:
+    model = linear([[1.0, 2.0, -1.0], [-0.5, 0.3, 0.8], [0.2, -1.0, 0.1]], [0.5, 0.0, -0.2])
+    x = torch.tensor([[1.0, 0.5, 0.2], [0.3, -0.4, 1.0]], dtype=torch.float64)
+    target = model(x).argmax(1)
+    result = minimal_perturbation(model, x, target, p=p, max_iter=300, restarts=1)
+    for i in range(2):
+        exact = closed_form_radius(model, x[i], int(target[i]), p)
+        assert exact <= float(result.norm[i]) <= exact * 1.01
+    assert bool(result.flipped.all())
+    assert (result.status == STATUS_WITNESS).all()
+    # the witness really flips the decision and its norm is the reported one (rounded up)
+    flipped = model(x + result.delta).argmax(1) != target
+    assert bool(flipped.all())
+    assert torch.all(lp_norm(result.delta.reshape(2, -1), p) <= result.norm)
+
+
+def test_sensitivity_is_minus_the_unit_perturbation_for_p2() -> None:
+    model = linear([[1.0, 2.0], [-1.0, 0.5]], [0.3, 0.0])
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    result = minimal_perturbation(model, x, model(x).argmax(1), p=2, max_iter=300, restarts=1)
+    unit = result.delta / result.delta.norm()
+    assert torch.allclose(result.sensitivity, -unit, atol=1e-3)
+    w = (model.weight[0] - model.weight[1]).detach()
+    assert float(result.multiplier[0]) == pytest.approx(1.0 / float(w.norm()), rel=1e-3)
+    assert float(result.kkt_residual[0]) < 1e-3
+
+
+def test_domain_is_respected_and_no_witness_gives_inf() -> None:
+    model = linear([[1.0, 0.0], [0.0, 0.0]], [0.0, -0.5])  # f_0 - f_1 = x_0 + 0.5: flips only for x_0 < -0.5
+    x = torch.tensor([[0.5, 0.5], [0.1, 0.9]], dtype=torch.float64)
+    result = minimal_perturbation(model, x, torch.zeros(2, dtype=torch.long), p=2, domain=(0.0, 1.0), max_iter=100)
+    assert torch.isinf(result.norm).all()
+    assert (result.status == STATUS_NO_WITNESS).all()
+    assert not bool(result.flipped.any())
+    assert "no flipping perturbation" in result.reasons()[0]
+    wide = minimal_perturbation(model, x, torch.zeros(2, dtype=torch.long), p=2, domain=(-1.0, 1.0), max_iter=200)
+    points = x + wide.delta
+    assert bool(((points >= -1.0) & (points <= 1.0)).all())
+    assert float(wide.norm[0]) == pytest.approx(1.0, rel=1e-2)
+
+
+def test_support_restricts_the_perturbation() -> None:
+    model = linear([[1.0, 1.0], [0.0, 0.0]], [0.0, 0.0])
+    x = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    support = torch.tensor([[False, True]])
+    result = minimal_perturbation(model, x, torch.zeros(1, dtype=torch.long), p=2, support=support, max_iter=200)
+    assert float(result.delta[0, 0]) == 0.0
+    assert float(result.norm[0]) == pytest.approx(1.0, rel=1e-2)
+
+
+def test_margin_not_positive_means_zero_radius() -> None:
+    model = linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
+    x = torch.tensor([[1.0, 2.0], [1.0, 1.0]], dtype=torch.float64)  # class 0 is wrong, then tied
+    result = minimal_perturbation(model, x, torch.zeros(2, dtype=torch.long), p=2, max_iter=20)
+    assert (result.status == STATUS_AT_BOUNDARY).all()
+    assert torch.equal(result.norm, torch.zeros(2, dtype=torch.float64))
+    assert result.flipped.tolist() == [True, False]  # strictly misclassified vs tied
+    assert "r* = 0" in result.reasons()[1]
+
+
+def test_bad_input_is_refused() -> None:
+    model = linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
+    x = torch.tensor([[2.0, 0.0]], dtype=torch.float64)
+    target = torch.zeros(1, dtype=torch.long)
+    with pytest.raises(UsageError, match="p must be"):
+        minimal_perturbation(model, x, target, p=3)
+    with pytest.raises(UsageError, match="method"):
+        minimal_perturbation(model, x, target, method="newton")
+    with pytest.raises(InvalidInputError, match="excludes"):
+        minimal_perturbation(model, x, target, domain=(0.0, 1.0))
+    with pytest.raises(UsageError, match="lo > hi"):
+        minimal_perturbation(model, x, target, domain=(3.0, 2.0))
+    with pytest.raises(UsageError, match="max_iter"):
+        minimal_perturbation(model, x, target, max_iter=0)
+    assert resolve_norm("inf") == math.inf and resolve_norm(1) == 1.0
+
+
+def test_projections() -> None:
+    generator = torch.Generator().manual_seed(0)
+    v = torch.randn(50, 7, generator=generator, dtype=torch.float64) * 3
+    radius = torch.rand(50, generator=generator, dtype=torch.float64) + 0.1
+    for p in (1.0, 2.0, math.inf):
+        projected = project_lp_ball(v, radius, p)
+        assert torch.all(lp_norm(projected, p) <= radius * (1 + 1e-12))
+    w = project_simplex(v)
+    assert torch.allclose(w.sum(1), torch.ones(50, dtype=torch.float64)) and bool((w >= 0).all())
+    # L1 projection is optimal: no random feasible point of the ball is closer
+    projected = project_lp_ball(v[:1], radius[:1], 1.0)
+    candidates = torch.randn(2000, 7, generator=generator, dtype=torch.float64)
+    candidates = candidates / lp_norm(candidates, 1.0).unsqueeze(1) * radius[0] * torch.rand(2000, 1, generator=generator, dtype=torch.float64)
+    assert float((projected - v[:1]).norm()) <= float((candidates - v[:1]).norm(dim=1).min()) + 1e-12
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_kkt_evaluator_on_closed_form_optimum(p: float) -> None:
+    w = torch.tensor([[0.5, -2.0, 1.0]], dtype=torch.float64)
+    margin = 0.7
+    q = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
+    r = margin / float(torch.linalg.vector_norm(w, ord=q))
+    direction = {2.0: w / w.norm(), math.inf: torch.sign(w), 1.0: torch.tensor([[0.0, -1.0, 0.0]], dtype=torch.float64)}[p]
+    delta = -r * direction
+    inf = torch.full((1, 3), math.inf, dtype=torch.float64)
+    lam, residual = kkt_stationarity(torch.zeros(1, 3, dtype=torch.float64), delta, w, DomainBox(-inf, inf), torch.ones(1, 3, dtype=torch.float64), p)
+    assert float(residual[0]) < 1e-9
+    assert float(lam[0]) == pytest.approx(1.0 / float(torch.linalg.vector_norm(w, ord=q)), rel=1e-8)
+    # a non-optimal direction has a clearly positive residual
+    _, bad = kkt_stationarity(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[r, 0.0, 0.0]], dtype=torch.float64), w, DomainBox(-inf, inf), torch.ones(1, 3, dtype=torch.float64), p)
+    assert float(bad[0]) > 0.1
+
+
+def test_kkt_normal_cone_at_an_active_bound() -> None:
+    # min ||delta||_2 s.t. x_0 + x_1 + delta_0 + delta_1 <= 0 with x_1 + delta_1 >= 0.9: x_1 is pinned at its
+    # lower bound, all the change goes into coordinate 0; stationarity holds with a normal-cone multiplier.
+    w = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    x = torch.tensor([[0.5, 1.0]], dtype=torch.float64)
+    box = DomainBox(torch.tensor([[-5.0, 0.9]], dtype=torch.float64), torch.tensor([[5.0, 5.0]], dtype=torch.float64))
+    delta = torch.tensor([[-1.4, -0.1]], dtype=torch.float64)  # the exact optimum: x + delta = (-0.9, 0.9)
+    lam, residual = kkt_stationarity(x, delta, w, box, torch.ones(1, 2, dtype=torch.float64), 2.0)
+    assert float(residual[0]) < 1e-9
+    assert float(lam[0]) > 0
+
+
+def test_default_matches_milp_on_a_tiny_relu_net() -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    with torch.no_grad():
+        for module in net:
+            if isinstance(module, nn.Linear):
+                module.weight.mul_(3.0)
+    x = 0.3 + 0.4 * torch.rand(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    target = net(x).argmax(1)
+    result = minimal_perturbation(net, x, target, p=math.inf, domain=(0.0, 1.0), max_iter=300)
+    exact = exact_minimal_radius(from_module(net, (4,)), x, target, math.inf, domain=(torch.zeros(4), torch.ones(4)))
+    values = exact.value.numpy()
+    assert np.all(np.isfinite(values))
+    assert np.all(values <= result.norm.numpy() + 1e-7)  # no witness beats the exact radius
+    assert np.all(result.norm.numpy() <= values * 1.02 + 1e-9)  # and the default gets within 2%
+
+
+def test_gda_runs_and_reports_valid_witnesses() -> None:
+    model = linear([[1.0, 2.0], [-1.0, 0.5]], [0.3, 0.0])
+    x = torch.tensor([[1.0, 1.0], [0.5, 0.2]], dtype=torch.float64)
+    target = model(x).argmax(1)
+    result = minimal_perturbation(model, x, target, p=2, method="gda", max_iter=300, restarts=1)
+    for i in range(2):
+        if bool(result.flipped[i]):
+            assert float(result.norm[i]) >= closed_form_radius(model, x[i], int(target[i]), 2.0) * (1 - 1e-12)
+    assert result.gradient_evaluations.tolist() == [301, 301]

@@ -1,0 +1,69 @@
+"""Tests of the lower / upper / gap bounds on the minimal flipping radius."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from certify.bounds.minimal_radius import minimal_radius_bounds
+from certify.errors import UsageError
+from certify.models.builders import mlp
+
+
+def tiny_relu(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    net = mlp(6, 3, (12, 12), "relu").double()
+    with torch.no_grad():
+        for module in net:
+            if isinstance(module, nn.Linear):
+                module.weight.mul_(4.0)
+                module.bias.mul_(2.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize("p", [math.inf, 1.0])
+def test_lower_exact_upper_are_ordered_on_a_tiny_relu_net(p: float) -> None:
+    net = tiny_relu(0)
+    x = 0.3 + 0.4 * torch.rand(3, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    bounds = minimal_radius_bounds(net, x, p=p, domain=(0.0, 1.0), lower_methods=("lipschitz", "ibp", "crown"), max_iter=200)
+    assert torch.isfinite(bounds.exact).all()
+    assert torch.all(bounds.lower <= bounds.exact + 1e-7)
+    assert torch.all(bounds.exact <= bounds.upper + 1e-7)
+    for method in ("lipschitz", "ibp", "crown"):
+        assert torch.all(bounds.results[method].value <= bounds.exact + 1e-7)
+    assert torch.allclose(bounds.gap, bounds.upper - bounds.lower)
+    assert all(name in ("trivial (r* >= 0)", "lipschitz-margin", "ibp-bisection", "crown-bisection") for name in bounds.lower_method)
+    assert bounds.results["exact"].kind.value == "solver-reported"
+
+
+def test_p2_skips_the_milp_and_reports_certified_bounds() -> None:
+    net = tiny_relu(1)
+    x = 0.3 + 0.4 * torch.rand(2, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    bounds = minimal_radius_bounds(net, x, p=2, domain=(0.0, 1.0), max_iter=150)
+    assert torch.isnan(bounds.exact).all() and "exact" not in bounds.results
+    assert torch.all(bounds.lower > 0) and torch.all(bounds.lower <= bounds.upper)
+
+
+def test_no_witness_gives_infinite_upper_with_reason() -> None:
+    model = nn.Linear(2, 2).double().eval()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64))
+        model.bias.copy_(torch.tensor([0.5, 0.0], dtype=torch.float64))
+    x = torch.tensor([[0.5, 0.5]], dtype=torch.float64)  # f_0 - f_1 = x_0 + 0.5 > 0 on [0, 1]^2
+    bounds = minimal_radius_bounds(model, x, p=2, domain=(0.0, 1.0), max_iter=50)
+    assert math.isinf(float(bounds.upper[0])) and "no flipping perturbation" in bounds.upper_reason[0]
+    assert math.isinf(float(bounds.gap[0]))
+
+
+def test_misclassified_input_has_zero_bounds_and_bad_methods_are_refused() -> None:
+    net = tiny_relu(2)
+    x = 0.3 + 0.4 * torch.rand(1, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    wrong = (int(net(x).argmax(1)) + 1) % 3
+    bounds = minimal_radius_bounds(net, x, target=wrong, p=math.inf, domain=(0.0, 1.0), max_iter=20)
+    assert float(bounds.lower[0]) == 0.0 and float(bounds.upper[0]) == 0.0 and float(bounds.exact[0]) == 0.0
+    with pytest.raises(UsageError):
+        minimal_radius_bounds(net, x, lower_methods=("sdp",))
+    with pytest.raises(UsageError):
+        minimal_radius_bounds(net, x, p=5)
