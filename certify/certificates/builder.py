@@ -12,10 +12,15 @@ Claims issued when their assumptions hold, and refused with the reason when they
   beta eps/(1 - rho beta) (DESIGN Errata: Corollary 2 as stated is false), each plus the solver terms
   ||r(x)||/(1 - rho lambda) + tol/(1 - rho lambda); `topk`: certified lower bound on the top-k
   intersection ratio under any ||d||_2 <= eps (feature i stays if |a_i| - |a_(k+1)| > sqrt(2) B);
-* Integrated Gradients and SmoothGrad: a refusal saying why no stability guarantee is given.
+* the Lagrange-dual explainer: bounds on the minimal flipping radius r* in its norm p: `radius-upper`
+  (a verified flipping perturbation, re-evaluated by the checker), `radius-lipschitz` (min_j m_cj(x)/L_cj),
+  `radius-relaxation` (CROWN bisection with an exactly re-checkable witness, ReLU networks),
+  `radius-exact` (MILP, solver-reported, tiny ReLU networks, p in {1, inf}) and `radius-gap`;
+* Integrated Gradients, SmoothGrad and the Lagrange-dual sensitivity: a refusal saying why no stability
+  guarantee is given.
 
-Values are written with an outward relative margin `MARGIN` (upper bounds rounded up, lower bounds
-down), larger than the checker's own rounding allowance, so an honest certificate verifies and a claim
+Values are written with the outward relative margin `document.MARGIN` (upper bounds rounded up, lower
+bounds down), larger than the checker's own rounding allowance, so an honest certificate verifies and a claim
 tightened by more than the margin does not.
 """
 from __future__ import annotations
@@ -33,23 +38,17 @@ from torch import Tensor, nn
 import certify
 from certify.bounds.curvature import curvature_bound, weak_convexity
 from certify.bounds.lipschitz import lipschitz_product
+from certify.bounds.milp import exact_minimal_radius
+from certify.bounds.minimal_radius import EXACT_MAX_HIDDEN_UNITS
 from certify.bounds.network import AffineNetwork, from_module
 from certify.bounds.results import BoundResult
-from certify.certificates.document import Certificate, Claim, encode_array
+from certify.certificates.document import Certificate, Claim, encode_array, round_down, round_up
+from certify.certificates.relaxation_claims import relaxation_radius_claim
 from certify.errors import UnsupportedError, UsageError
 from certify.explain.base import Explainer, Explanation
 from certify.models.hashing import model_hash
 
-MARGIN = 1e-9
 SQRT2 = math.sqrt(2.0)
-
-
-def round_up(value: float) -> float:
-    return value + abs(value) * MARGIN + 1e-300
-
-
-def round_down(value: float) -> float:
-    return value - abs(value) * MARGIN - 1e-300
 
 
 def _unit_row(num_classes: int, c: int) -> list[float]:
@@ -75,7 +74,7 @@ class _ClaimSet:
                    relation: str = "<=", assumptions: list[str] | None = None, witness: dict | None = None) -> Claim:
         if result.refused or value is None or not math.isfinite(value):
             return self.refuse(id, type, statement, result.method, result.reason or "no finite bound")
-        rounded = round_up(value) if relation == "<=" else round_down(value)
+        rounded = {"<=": round_up, ">=": round_down, "==": float}[relation](value)
         return self.add(Claim(id, type, statement, relation, rounded, result.kind.value, result.method,
                               assumptions or [], witness or {}, result.confidence))
 
@@ -168,6 +167,82 @@ def _moreaugrad_claims(claims: _ClaimSet, explainer: Any, explanation: Explanati
                          {"eps": eps, "rho": rho, "tol": tol}))
 
 
+def _norm_text(p: float) -> str:
+    return "inf" if math.isinf(p) else str(int(p))
+
+
+def _lagrange_claims(claims: _ClaimSet, net: AffineNetwork | str, explainer: Any, explanation: Explanation,
+                     i: int, x: Tensor, num_classes: int) -> None:
+    """Lower and upper bounds on r* = min ||delta||_p s.t. the decision changes (within the domain)."""
+    p, d = explainer.p, explanation.diagnostics
+    p_json = "inf" if math.isinf(p) else p  # JSON has no infinity; the checker reads float("inf")
+    c = int(explanation.target[i])
+    stmt_up = f"r*(x) <= value: x + delta (||delta||_{_norm_text(p)} = value) is classified differently"
+    status = int(d["status"][i])
+    domain = _domain_record(explainer.domain, tuple(x.shape[1:]))
+    if status == 0:
+        witness = {"p": p_json, "delta": encode_array(d["delta"][i : i + 1].detach().double().cpu().numpy())}
+        if domain is not None:
+            witness["domain"] = domain
+        claims.add(Claim("radius-upper", "flip-witness", stmt_up, "<=", round_up(float(d["norm"][i])), "certified",
+                         f"lagrange-dual-{explainer.method}", [], witness))
+    else:
+        reason = ("the input is already misclassified or tied (m_c(x) <= 0), so r* = 0" if status == 1
+                  else "no flipping perturbation found within the iteration budget: the upper bound is infinite")
+        claims.refuse("radius-upper", "flip-witness", stmt_up, f"lagrange-dual-{explainer.method}", reason)
+    if isinstance(net, str):
+        claims.refuse("radius-lipschitz", "lipschitz-radius", "r*(x) >= value", "lipschitz-product", net)
+        return
+    stmt_low = f"r*(x) >= value: no ||delta||_{_norm_text(p)} <= value changes the decision from class {c}"
+    others = [j for j in range(num_classes) if j != c]
+    rows = torch.zeros(len(others), num_classes, dtype=torch.float64)
+    rows[:, c] = 1.0
+    rows[torch.arange(len(others)), others] = -1.0
+    lip = lipschitz_product(net, math.inf if math.isinf(p) else 2, rows)  # p = 1 uses l2: ||.||_2 <= ||.||_1
+    with torch.no_grad():
+        logits = net.forward(x.detach().double().flatten(1).cpu())[0]
+    margins = logits[c] - logits[others]
+    value = max(0.0, float((margins / lip.value).min()))
+    claims.from_bound("radius-lipschitz", "lipschitz-radius", stmt_low, lip, value, relation=">=",
+                      witness={"p": p_json, "lipschitz": [round_up(float(v)) for v in lip.value]})
+    claims.add(relaxation_radius_claim(net, x.detach(), c, p, explainer.domain, "crown", claim_id="radius-relaxation"))
+    lowers = [cl.id for cl in claims.claims if cl.id in ("radius-lipschitz", "radius-relaxation") and cl.kind == "certified"]
+    if _small_relu(net) and not p == 2 and status == 0:
+        exact = exact_minimal_radius(net, x.detach().double().flatten(1).cpu(), torch.tensor([c]), p, _domain_pair(explainer.domain),
+                                     upper=float(d["norm"][i]) * (1 + 1e-6))
+        value = float(exact.value[0])
+        witness = {"solver": exact.details["solver"], "tolerances": exact.details["tolerances"],
+                   "status": {str(j): v for j, v in exact.details["status"][0].items()}}
+        claims.from_bound("radius-exact", "exact-radius", "r*(x) = value (MILP optimum, solver-reported)", exact,
+                          value if math.isfinite(value) else None, relation="==", witness=witness)
+    upper = next((cl for cl in claims.claims if cl.id == "radius-upper" and cl.kind == "certified"), None)
+    if upper is not None and lowers:
+        best = max(lowers, key=lambda cid: next(cl.value for cl in claims.claims if cl.id == cid))
+        lower_value = next(cl.value for cl in claims.claims if cl.id == best)
+        claims.add(Claim("radius-gap", "gap", "r* upper bound - certified lower bound <= value", "<=",
+                         round_up(upper.value - lower_value), "certified", "difference",
+                         ["radius-upper", best], {"upper": "radius-upper", "lower": best}))
+
+
+def _small_relu(net: AffineNetwork) -> bool:
+    return all(a.name == "relu" for a in net.activations) and sum(w.shape[0] for w in net.weights[:-1]) <= EXACT_MAX_HIDDEN_UNITS
+
+
+def _domain_record(domain: Any, shape: tuple[int, ...]) -> list[list] | None:
+    """The domain box as two nested lists for a witness, None when absent or unbounded everywhere. JSON has
+    no infinity: an unbounded side is written as -/+1e308 (no input reaches it)."""
+    if domain is None:
+        return None
+    lo, hi = (torch.broadcast_to(torch.as_tensor(b, dtype=torch.float64), shape) for b in domain)
+    if bool(torch.isinf(lo).all() and torch.isinf(hi).all()):
+        return None
+    return [lo.clamp(-1e308, 1e308).tolist(), hi.clamp(-1e308, 1e308).tolist()]
+
+
+def _domain_pair(domain: Any) -> tuple[Tensor, Tensor] | None:
+    return None if domain is None else tuple(torch.as_tensor(b, dtype=torch.float64) for b in domain)
+
+
 def _topk_claim(claims: _ClaimSet, attributions: Tensor, k: int, eps: float) -> None:
     stmt = f"top-{k} intersection ratio (ranking by |a|, ties against) >= value under every ||d||_2 <= {eps:g}"
     bound = _claim_value(claims, "stability")
@@ -238,7 +313,9 @@ def certify_explanations(
             _gradient_claims(claims, eps)
         elif moreau:
             _moreaugrad_claims(claims, explainer, explanation, i, eps, solver_errors.get(c))
-        else:
+        if explanation.method == "lagrange-dual":
+            _lagrange_claims(claims, net, explainer, explanation, i, inputs[i : i + 1], num_classes)
+        if explanation.method not in ("gradient", "moreaugrad"):
             claims.refuse("stability", "stability", f"||a(x + d) - a(x)|| bounded for ||d||_2 <= {eps:g}",
                           explanation.method, f"{explanation.method} has no stability theorem the package can certify"
                           " (a Monte Carlo or quadrature estimate of a gradient functional; for ReLU nets the gradient is discontinuous)")

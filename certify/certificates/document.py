@@ -26,8 +26,19 @@ from certify.errors import CertificateFormatError
 SCHEMA_ID = "certify-certificate"
 SCHEMA_VERSION = 1
 INLINE_LIMIT = 65536
+MARGIN = 1e-9  # relative outward rounding of every value a builder writes (the checker allows only 1e-12)
 KINDS = ("certified", "probabilistic", "estimated", "solver-reported", "refused")
 RELATIONS = ("<=", ">=", "==")
+
+
+def round_up(value: float) -> float:
+    """An upper bound as written into a certificate: value widened by the relative MARGIN."""
+    return value + abs(value) * MARGIN + 1e-300
+
+
+def round_down(value: float) -> float:
+    """A lower bound as written into a certificate: value narrowed by the relative MARGIN."""
+    return value - abs(value) * MARGIN - 1e-300
 
 
 def array_sha256(array: np.ndarray) -> str:

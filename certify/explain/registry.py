@@ -9,6 +9,7 @@ from certify.errors import UnsupportedError
 from certify.explain.base import Explainer
 from certify.explain.gradient import Gradient
 from certify.explain.integrated_gradients import IntegratedGradients
+from certify.explain.lagrange_dual import LagrangeDual
 from certify.explain.moreaugrad import MoreauGrad
 from certify.explain.smoothgrad import SmoothGrad
 
@@ -17,6 +18,7 @@ METHODS: dict[str, Callable[..., Explainer]] = {
     IntegratedGradients.method_name: IntegratedGradients,
     SmoothGrad.method_name: SmoothGrad,
     MoreauGrad.method_name: MoreauGrad,
+    LagrangeDual.method_name: LagrangeDual,
 }
 
 
@@ -36,6 +38,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "smoothgrad": ("smoothgrad", {"sigma": 0.15, "samples": 64, "relative": True, "seed": 0}),
     "moreaugrad": ("moreaugrad", {"rho": 0.3, "tol": 1e-5}),
     "sparse-moreaugrad": ("moreaugrad", {"rho": 0.3, "sparsity": 0.25, "tol": 1e-5}),
+    "lagrange-dual": ("lagrange-dual", {"p": 2}),
 }
 
 
