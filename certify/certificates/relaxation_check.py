@@ -25,8 +25,9 @@ Schemes (witness["scheme"]):
   of +-I through the layers below with the re-derived boxes and the stored alphas; the margins' lower
   bound is the same back-substitution of the rows e_c - e_j (Zhang et al. 2018; Salman et al. 2019).
 * "lp": the CROWN boxes as above, then each box listed in witness["tightening"] is intersected with the
-  LP dual bound of +-z_k[unit] from the stored multipliers, over the tightened boxes below; the margins'
-  bound is the dual bound from witness["final"]. The dual bound (DESIGN section 5 and certify.bounds.lp):
+  LP dual bound of +-z_k[unit] from the stored multipliers, over the tightened boxes below; each
+  margin's bound is the larger of its CROWN bound and (for the classes witness["final"] lists) the dual
+  bound from the final multipliers, both valid. The dual bound (DESIGN section 5 and certify.bounds.lp):
   for min c^T z_top over the triangle relaxation, any w (free) and y1, y2 >= 0 (negative entries are
   clipped to 0) give
       c^T b_top + sum_k w_k^T b_k - sum_k y2_k^T t_k + sum_k [min_{z_k in box} r_z^T z_k
@@ -357,14 +358,19 @@ def prove_margins(weights: list[torch.Tensor], biases: list[torch.Tensor], x0: n
     boxes, lines = crown_boxes(net, input_set, [decode(a) for a in witness["alphas"]], fail)
     rows, others = _margin_rows(net.widths[-1], target)
     top = net.depth - 1
-    if scheme == "crown":
-        bound = net.backward(input_set, top, rows, lines)
-    else:
+    bound = net.backward(input_set, top, rows, lines)
+    if scheme == "lp":
         boxes, lines = lp_boxes(net, input_set, boxes, witness["tightening"], decode, fail)
         final = witness["final"]
-        if [int(j) for j in final["classes"]] != others:
-            raise fail(f"final multipliers are for classes {final['classes']}, expected {others}")
-        bound = net.dual_bound(input_set, top, rows, _duals(final, top, decode), boxes, lines)
+        listed = [others.index(int(j)) if int(j) in others else -1 for j in final["classes"]]
+        if listed and (min(listed) < 0 or len(set(listed)) != len(listed)):
+            raise fail(f"final multipliers are for classes {final['classes']}; expected distinct classes among {others}")
+        if listed:
+            lp = net.dual_bound(input_set, top, Exact(rows.ints[listed], rows.exp), _duals(final, top, decode), boxes, lines)
+            full, best, exp = bound._aligned(Exact(bound.ints[listed], bound.exp).maximum(lp))
+            full = full.copy()
+            full[listed] = best
+            bound = Exact(full, exp)  # each margin: the better of its CROWN and LP dual bounds
     values = bound.floor().tolist()
     for j, value, exact in zip(others, values, bound.ints):
         if not exact > 0:

@@ -10,9 +10,9 @@ lower), and the witness is computed on the ball of exactly the written value:
 
 * "crown": the lower slopes alpha of every hidden unit (the checker re-derives all boxes from them);
 * "lp": the same alphas (for the CROWN boxes the LP starts from), and the dual multipliers (w, y1, y2)
-  of every box-tightening LP (per layer, units, lower and upper) and of the final LP per class j != c.
-  When an LP solve is not optimal at the written radius (no multipliers), the claim carries the CROWN
-  witness instead if CROWN proves that radius, and is refused otherwise.
+  of every box-tightening LP (per layer, units, lower and upper) and of the final LP per class j != c
+  whose solve was optimal (a margin without one keeps its CROWN bound). When a tightening LP is not
+  optimal at the written radius, the claim carries the CROWN witness instead if CROWN proves that radius.
 
 Only ReLU networks are claimed: the checker's exact arithmetic has no exp or log for softplus.
 """
@@ -29,8 +29,7 @@ from certify.bounds.lp import LPDuals, LPVerifier
 from certify.bounds.network import AffineNetwork, from_module
 from certify.bounds.radius import certified_radius
 from certify.bounds.sets import InputSet, norm_order
-from certify.certificates.builder import round_down
-from certify.certificates.document import Claim, encode_array
+from certify.certificates.document import Claim, encode_array, round_down
 from certify.errors import UnsupportedError, UsageError
 
 CLAIM_TYPE = "radius-lower"
@@ -51,10 +50,11 @@ def _dual_record(duals: list[LPDuals], layers: int) -> dict:
 
 
 def _lp_witness(net: AffineNetwork, input_set: InputSet, target: int) -> tuple[Tensor, dict]:
-    """Safe LP margin bounds [K] and the multipliers; no multipliers when a solve was not optimal (nan)."""
+    """Safe LP margin bounds [K] (nan where the final LP was not optimal) and the multipliers of the
+    tightening LPs and of the optimal final LPs; all nan and no multipliers if a tightening LP failed."""
     values, (witness,) = LPVerifier(net, input_set.p).margin_bounds(input_set, torch.tensor([target]))
-    if torch.isnan(values).any():
-        return values[0], {}
+    if "tightening" in witness["status"]:
+        return torch.full_like(values[0], math.nan), {}
     by_layer: dict[int, list[int]] = {}
     for layer, unit, sign in witness["tightening"]:
         if sign > 0:
@@ -68,7 +68,7 @@ def _lp_witness(net: AffineNetwork, input_set: InputSet, target: int) -> tuple[T
         }
         for layer, units in sorted(by_layer.items())
     ]
-    classes = sorted(witness["duals"])
+    classes = sorted(j for j, d in witness["duals"].items() if d is not None)
     final = {"classes": classes, **_dual_record([witness["duals"][j] for j in classes], net.depth - 1)}
     return values[0], {"tightening": tightening, "final": final}
 
@@ -128,12 +128,12 @@ def _witness(net: AffineNetwork, x: Tensor, target: int, order: float, domain: t
         lo, hi = (np.nan_to_num(torch.as_tensor(d, dtype=torch.float64).expand(x.shape[1:]).numpy()) for d in domain)
         witness["domain"] = {"lo": encode_array(lo), "hi": encode_array(hi)}  # +-inf written as +-DBL_MAX
     label = f"{method}-bisection; re-checked in exact dyadic rational arithmetic"
+    margins = margin_bounds_on_set(net, input_set, torch.tensor([target]), "crown")[0][0]
     if method == "lp":
-        margins, lp_witness = _lp_witness(net, input_set, target)
-        witness.update(lp_witness)
-    if method == "crown" or torch.isnan(margins).any():
-        # an LP solve that is not optimal leaves no multipliers: the radius stands only if CROWN proves it
-        if method == "lp":
-            witness["scheme"], label = "crown", label + " (CROWN witness: an LP solve was not optimal here)"
-        margins = margin_bounds_on_set(net, input_set, torch.tensor([target]), "crown")[0][0]
+        lp_margins, lp_witness = _lp_witness(net, input_set, target)
+        if lp_witness:  # a margin whose final LP was not optimal keeps its CROWN bound (so does the checker)
+            margins = torch.where(torch.isnan(lp_margins), margins, torch.maximum(margins, lp_margins))
+            witness.update(lp_witness)
+        else:  # a tightening LP was not optimal: no LP boxes; the radius stands only if CROWN proves it
+            witness["scheme"], label = "crown", label + " (CROWN witness: a tightening LP was not optimal here)"
     return (witness, label) if bool((margins > 0).all()) else None

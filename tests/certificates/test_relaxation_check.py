@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from certify.certificates.checker import verify_certificate
+from certify.certificates.checker import _affine_stages, verify_certificate
 from certify.certificates.document import Certificate, decode_array, encode_array, parse_certificate
-from certify.certificates.relaxation_check import Exact, ExactSet, _ceil_sqrt
+from certify.certificates.relaxation_check import Exact, ExactSet, _ceil_sqrt, prove_margins
 from certify.certificates.relaxation_claims import relaxation_radius_claim
 from certify.models import zoo
 from certify.models.builders import mlp
@@ -35,6 +35,21 @@ def _check(model, cert, value=None, witness=None):
         cert.claims[0].witness = witness
     (check,) = verify_certificate(cert, model).checks
     return check.status, check.detail
+
+
+class _Failed(Exception):
+    pass
+
+
+def _decode(record):
+    return decode_array(record, "witness")
+
+
+def _zero_final(witness):
+    zeroed = copy.deepcopy(witness)
+    for key in ("w", "y1", "y2"):
+        zeroed["final"][key] = [encode_array(np.zeros_like(decode_array(a, key))) for a in witness["final"][key]]
+    return zeroed
 
 
 def _random_net(seed, widths=(4, 12, 10, 3)):
@@ -138,12 +153,17 @@ def test_lp_multipliers_are_rederived():
     witness = claim.witness
     assert witness["tightening"], "expected unstable units tightened by LPs in layer 1"
     assert _check(model, cert)[0] == "valid"
-    # final multipliers zeroed: the dual bound collapses to c^T b_top plus the input term: fails, named
-    zeroed = copy.deepcopy(witness)
-    for key in ("w", "y1", "y2"):
-        zeroed["final"][key] = [encode_array(np.zeros_like(decode_array(a, key))) for a in witness["final"][key]]
-    status, detail = _check(model, cert, witness=zeroed)
-    assert status == "invalid" and "not proven > 0" in detail
+    # final multipliers zeroed: the dual bound collapses to c^T b_top plus the input term, and each margin
+    # falls back to its CROWN bound (still valid): strictly lower bounds, or a named failure
+    zeroed = _zero_final(witness)
+    weights, biases, _ = _affine_stages(model, (4,))
+    target, x0 = cert.target, x.reshape(-1).numpy()
+    honest = prove_margins(weights, biases, x0, target, claim.value, witness, _decode, _Failed)
+    try:
+        crown_only = prove_margins(weights, biases, x0, target, claim.value, zeroed, _decode, _Failed)
+        assert all(z <= h + 1e-9 * (1 + abs(h)) for z, h in zip(crown_only, honest))
+    except _Failed as exc:
+        assert "not proven > 0" in str(exc)
     # negative y multipliers are clipped to 0 (a valid choice), never used with their sign
     negated = copy.deepcopy(witness)
     negated["final"]["y2"] = [encode_array(-decode_array(a, "y2")) for a in witness["final"]["y2"]]
@@ -196,3 +216,20 @@ def test_l2_support_is_a_lower_bound_within_rounding():
         assert float(low) > ref - 1e-12 * (1 + abs(ref))
     box = ExactSet.build(x0, eps, math.inf, (x0 - 0.1, x0 + 1.0)).lower_support(Exact.of(r))
     np.testing.assert_allclose(box.floor(), (np.minimum(r * (x0 - 0.1), r * (x0 + eps))).sum(1), rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_digits_lp_claim_beyond_crown_rests_on_its_multipliers(digits):
+    """On digits-relu-mlp the LP radius exceeds the CROWN one (about 2 minutes of LP solves): it verifies
+    exactly, and without its final multipliers (CROWN bounds only) or its tightening LPs it fails."""
+    model, x, domain = digits
+    claim, cert = _claim_and_cert(model, x, math.inf, domain, "lp")
+    crown, _ = _claim_and_cert(model, x, math.inf, domain, "crown")
+    assert claim.witness["scheme"] == "lp" and claim.value > crown.value
+    assert _check(model, cert)[0] == "valid"
+    status, detail = _check(model, cert, witness=_zero_final(claim.witness))
+    assert status == "invalid" and "not proven > 0" in detail
+    untightened = copy.deepcopy(claim.witness)
+    untightened["tightening"] = []
+    status, detail = _check(model, cert, witness=untightened)
+    assert status == "invalid" and "not proven > 0" in detail
