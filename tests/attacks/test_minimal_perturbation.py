@@ -165,8 +165,9 @@ def test_kkt_normal_cone_at_an_active_bound() -> None:
 
 
 def test_default_matches_milp_on_a_tiny_relu_net() -> None:
-    torch.manual_seed(1)
-    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    with torch.random.fork_rng():  # leave the global RNG as it was
+        torch.manual_seed(1)
+        net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
     with torch.no_grad():
         for module in net:
             if isinstance(module, nn.Linear):

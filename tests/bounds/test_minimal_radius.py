@@ -13,8 +13,9 @@ from certify.models.builders import mlp
 
 
 def tiny_relu(seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    net = mlp(6, 3, (12, 12), "relu").double()
+    with torch.random.fork_rng():  # leave the global RNG as it was
+        torch.manual_seed(seed)
+        net = mlp(6, 3, (12, 12), "relu").double()
     with torch.no_grad():
         for module in net:
             if isinstance(module, nn.Linear):
