@@ -587,12 +587,16 @@ def minimal_perturbation(
     best_norm = pair_norms.gather(1, best_pair.view(-1, 1)).squeeze(1)
     input_margin = _margin_of(logits, target)
     at_boundary = input_margin <= 0
-    keep = torch.isfinite(best_norm) & ~at_boundary
+    candidate = torch.isfinite(best_norm) & ~at_boundary
     zeros = torch.zeros_like(x_flat)
-    delta = torch.where(keep.unsqueeze(-1), delta_rows[rows], zeros)
-    sensitivity = torch.where(keep.unsqueeze(-1), lam[rows].unsqueeze(-1) * grads[rows], zeros)
+    delta = torch.where(candidate.unsqueeze(-1), delta_rows[rows], zeros)
+    # the reported x + delta itself (not only the solver's point) must be in the domain and flip m_c
     with torch.no_grad():
         final_margin = _margin_of(model64((x_flat + delta).reshape(n, *shape)), target)
+    keep = candidate & (final_margin < 0) & box.contains(x_flat + delta)
+    delta = torch.where(keep.unsqueeze(-1), delta, zeros)
+    final_margin = torch.where(keep | ~candidate, final_margin, input_margin)
+    sensitivity = torch.where(keep.unsqueeze(-1), lam[rows].unsqueeze(-1) * grads[rows], zeros)
     status = torch.full((n,), STATUS_NO_WITNESS, dtype=torch.long, device=inputs.device)
     status = torch.where(keep, torch.full_like(status, STATUS_WITNESS), status)
     status = torch.where(at_boundary, torch.full_like(status, STATUS_AT_BOUNDARY), status)

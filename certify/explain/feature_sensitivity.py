@@ -197,7 +197,7 @@ def feature_sensitivity(
     flips = solved.flipped.view(n, g) & (solved.status.view(n, g) == 0)
     at_boundary = solved.input_margin.view(n, g)[:, 0] <= 0
     try:
-        net = from_module(model, shape)
+        net = from_module(model, shape).to(inputs.device)
         x_flat = inputs.detach().to(torch.float64).reshape(n, -1)
         whole = certify_cannot_flip(net, x_flat, target, masks, box.lo, box.hi, bound_method, 1, 1, ~flips)
         split = certify_cannot_flip(
