@@ -28,13 +28,12 @@ import math
 import torch
 from torch import Tensor
 
-from certify.bounds.curvature import hessian_eigen_bounds
+from certify.bounds.curvature import SOFTPLUS_THRESHOLD, hessian_eigen_bounds
 from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import UNIT_ROUNDOFF, rounding_margin
 from certify.errors import TargetError, UsageError
 
-SOFTPLUS_THRESHOLD = 20.0  # torch.nn.Softplus default
 
 
 def forward_with_error(net: AffineNetwork, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,7 +70,9 @@ def _phi_and_grad(net: AffineNetwork, x: Tensor, x0: Tensor, rows: Tensor, eta: 
     return phi.detach(), grad
 
 
-def _inner_minimise(net, x0, rows, eta, mu, smooth, iterations):
+def _inner_minimise(
+    net: AffineNetwork, x0: Tensor, rows: Tensor, eta: Tensor, mu: Tensor, smooth: Tensor, iterations: int
+) -> Tensor:
     """Nesterov's method for the mu-strongly convex, smooth phi_eta (one problem per row, batched)."""
     kappa = smooth / mu
     momentum = ((kappa.sqrt() - 1) / (kappa.sqrt() + 1))[:, None]
@@ -84,7 +85,7 @@ def _inner_minimise(net, x0, rows, eta, mu, smooth, iterations):
     return x
 
 
-def _dual_lower_bound(net, x_hat, x0, rows, eta, mu):
+def _dual_lower_bound(net: AffineNetwork, x_hat: Tensor, x0: Tensor, rows: Tensor, eta: Tensor, mu: Tensor) -> Tensor:
     """Rigorous lower bound on d(eta) at the inexact minimiser x_hat."""
     _, grad = _phi_and_grad(net, x_hat, x0, rows, eta)
     logits, err = forward_with_error(net, x_hat)

@@ -43,6 +43,8 @@ from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet, rounding_margin
 from certify.errors import UsageError
 
+SOFTPLUS_THRESHOLD = 20.0  # torch.nn.Softplus default
+
 RELU_REFUSAL = (
     "f is a ReLU network, piecewise linear: where a kink lowers the slope f is not weakly convex for any "
     "lambda and its Hessian is unbounded, so no curvature bound exists in general; only the Gaussian-"
@@ -87,6 +89,16 @@ def _second_derivative_range(act: Activation, z: Interval) -> Interval:
     return Interval((lo - slack).clamp_min(0.0), hi + slack)
 
 
+def _activation_enclosure(act: Activation, z: Interval) -> tuple[Tensor, Tensor]:
+    """Range of the (monotone) activation over [l, u], covering both the exact softplus (log-add-exp) and
+    torch's Softplus, which returns t itself above beta t > 20 (below the exact value by < e^-20 / beta)."""
+    if act.name == "relu":
+        return torch.relu(z.lo), torch.relu(z.hi)
+    exact_lo = torch.logaddexp(torch.zeros_like(z.lo), act.beta * z.lo) / act.beta
+    exact_hi = torch.logaddexp(torch.zeros_like(z.hi), act.beta * z.hi) / act.beta
+    return exact_lo - math.exp(-SOFTPLUS_THRESHOLD) / act.beta, exact_hi
+
+
 def preactivation_intervals(net: AffineNetwork, region: InputSet | None) -> list[Interval]:
     """Interval bounds [N, n_k] on the hidden pre-activations z_1..z_{L-1} over the region (N = 1 and
     infinite bounds when region is None), by interval arithmetic from the region's outer box."""
@@ -103,7 +115,7 @@ def preactivation_intervals(net: AffineNetwork, region: InputSet | None) -> list
         z = Interval(z.lo + b, z.hi + b)
         z = Interval(z.lo - rounding_margin(z.lo.abs() + b.abs(), 2), z.hi + rounding_margin(z.hi.abs() + b.abs(), 2))
         out.append(z)
-        a_lo, a_hi = act(z.lo), act(z.hi)  # monotone activations
+        a_lo, a_hi = _activation_enclosure(act, z)
         box = Interval(a_lo - rounding_margin(a_lo.abs(), 4), a_hi + rounding_margin(a_hi.abs(), 4))
     return out
 
