@@ -6,13 +6,14 @@ Exit codes (certify.errors): 0 success; 1 a check or claim failed; 2 unusable ce
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import certify
-from certify.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CertifyError
+from certify.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CertifyError, UnsupportedError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,12 +91,17 @@ def _load_input(args: argparse.Namespace, data) -> "torch.Tensor":  # noqa: F821
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from certify.certificates.builder import certify_explanations
-    from certify.explain.registry import make_explainer
+    from certify.explain.registry import METHODS, make_explainer
     from certify.models.spec import load_model
 
+    if args.method not in METHODS:
+        raise UnsupportedError(f"unknown explanation method {args.method!r}; choose one of {sorted(METHODS)}")
     model, data = load_model(args.model)
     x = _load_input(args, data)
-    explainer = make_explainer(args.method, model, **dict(args.param or []))
+    params = dict(args.param or [])
+    if data is not None and "domain" in inspect.signature(METHODS[args.method]).parameters:
+        params.setdefault("domain", data.domain)  # the data set's input box, unless given
+    explainer = make_explainer(args.method, model, **params)
     (cert,) = certify_explanations(explainer, x, target=args.target, eps=args.eps, k=args.topk, model_spec=args.model)
     cert.write(Path(args.out))
     if args.json:
@@ -125,8 +131,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from certify.evaluation import StudyConfig, run_study
-    from certify.explain.registry import PRESETS
+    from certify.evaluation import ATTACKABLE, StudyConfig, run_study
     from certify.models.datasets import load_dataset
     from certify.models.spec import load_model
     from certify.errors import UsageError
@@ -136,9 +141,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data = load_dataset(args.dataset)
     if data is None:
         raise UsageError("--dataset is required for a model that is not from the zoo")
-    unknown = [m for m in args.methods if m not in PRESETS]
+    unknown = [m for m in args.methods if m not in ATTACKABLE]
     if unknown:
-        raise UsageError(f"unknown methods {unknown}; choose from {sorted(PRESETS)}")
+        raise UsageError(f"unknown methods {unknown}; choose from {sorted(ATTACKABLE)}")
     config = StudyConfig(n=args.n, eps=tuple(args.eps), k=args.k, steps=args.steps, restarts=args.restarts, seed=args.seed)
     result = run_study(model, data, args.model, args.methods, config)
     out = Path(args.out)

@@ -19,7 +19,7 @@ import certify
 from certify.certificates.builder import certify_explanations
 from certify.certificates.checker import verify_certificate
 from certify.certificates.document import decode_array
-from certify.evaluation import StudyConfig, run_study
+from certify.evaluation import ATTACKABLE, StudyConfig, run_study
 from certify.explain.registry import PRESETS, make_preset
 from certify.models import model_hash, zoo
 from certify.models.training import accuracy
@@ -42,6 +42,7 @@ class DemoConfig:
         ("smoothgrad", {"samples": 256}),
         ("moreaugrad", {"tol": 1e-6}),
         ("sparse-moreaugrad", {"tol": 1e-6}),
+        ("lagrange-dual", {}),
     )
     eps: float = 0.1
     study: StudyConfig = StudyConfig(n=32, eps=(0.1, 0.25, 0.5, 1.0), steps=20, restarts=2)
@@ -86,7 +87,7 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
     cert_dir = out_dir / "certificates"
     cert_dir.mkdir(exist_ok=True)
     for label, overrides in progress_bar(config.methods, desc="explaining and certifying", unit="method"):
-        explainer = make_preset(label, model, **overrides)
+        explainer = make_preset(label, model, domain=data.domain, **overrides)
         start = time.perf_counter()
         certificates = certify_explanations(explainer, x, eps=config.eps, model_spec=config.model)
         seconds = time.perf_counter() - start
@@ -104,7 +105,8 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
     titles = [f"label {int(a)} / pred {int(b)}" for a, b in zip(y, predicted)]
     heatmap_grid(x, attributions, titles, out_dir / "heatmaps.png")
 
-    evaluation = run_study(model, data, config.model, [label for label, _ in config.methods], config.study)
+    attackable = [label for label, _ in config.methods if label in ATTACKABLE]
+    evaluation = run_study(model, data, config.model, attackable, config.study)
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
 
     results = run_checks(quick=config.theorem_checks_quick, progress=True)

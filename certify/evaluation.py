@@ -38,6 +38,7 @@ from certify.progress import progress_bar
 
 BASELINES = ("gradient", "integrated-gradients", "smoothgrad")
 MOREAU = ("moreaugrad", "sparse-moreaugrad")
+ATTACKABLE = BASELINES + MOREAU  # the presets the interpretation attack can differentiate through
 
 
 @dataclass(frozen=True)

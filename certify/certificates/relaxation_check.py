@@ -380,7 +380,8 @@ def prove_margins(weights: list[torch.Tensor], biases: list[torch.Tensor], x0: n
 
 
 def check_radius_lower(ctx: Any, claim: Any) -> float:
-    """Rule for "radius-lower": the claimed radius if every margin is proven > 0 on its ball (module doc)."""
+    """Rule for "radius-lower": max(claimed radius, the witness's radius) if every margin is proven > 0 on
+    that ball (module doc)."""
     from certify.certificates.checker import _affine_stages, _Invalid  # lazy: the checker imports this module
 
     weights, biases, acts = _affine_stages(ctx.model, tuple(ctx.x.shape[1:]))
@@ -391,5 +392,9 @@ def check_radius_lower(ctx: Any, claim: Any) -> float:
     def decode(record: Any) -> np.ndarray:
         return decode_array(record, f"claim {claim.id} witness", ctx.base_dir)
 
-    prove_margins(weights, biases, x0, ctx.target, float(claim.value), claim.witness, decode, _Invalid)
-    return float(claim.value)
+    # proven at the radius the witness was built for when that is larger: a loosened claim then re-derives
+    # to the original radius (so claims resting on it, such as a gap, stay valid); a raised one is proven
+    # at its own, larger radius or fails
+    radius = max(float(claim.value), float(claim.witness.get("radius", claim.value)))
+    prove_margins(weights, biases, x0, ctx.target, radius, claim.witness, decode, _Invalid)
+    return radius

@@ -112,7 +112,8 @@ def relaxation_radius_claim(
         if value > 0:
             found = _witness(net, x, target, order, domain, method, value)
             if found is not None:
-                return Claim(claim_id, CLAIM_TYPE, statement, ">=", value, "certified", found[1], witness=found[0])
+                witness = {**found[0], "radius": value}  # the radius the witness proves (>= the claim)
+                return Claim(claim_id, CLAIM_TYPE, statement, ">=", value, "certified", found[1], witness=witness)
     return refuse(f"the {method} margins are not proven > 0 at the rounded radius {round_down(radius):.6g} "
                   f"nor one tolerance below it (relaxation not monotone in the radius there)")
 

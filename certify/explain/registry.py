@@ -1,6 +1,7 @@
 """Explainers by name, for the CLI and the demo: `make_explainer(name, model, **params)`."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from torch import nn
@@ -42,9 +43,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def make_preset(label: str, model: nn.Module, **overrides: Any) -> Explainer:
-    """The explainer of preset `label`, with parameters overridden by `overrides`."""
+def make_preset(label: str, model: nn.Module, domain: Any = None, **overrides: Any) -> Explainer:
+    """The explainer of preset `label`, with parameters overridden by `overrides`; `domain` (the input
+    box of the data) is passed to the methods that take one (the Lagrange-dual explainer)."""
     if label not in PRESETS:
         raise UnsupportedError(f"unknown method preset {label!r}; choose one of {sorted(PRESETS)}")
     name, params = PRESETS[label]
+    if domain is not None and "domain" in inspect.signature(METHODS[name]).parameters:
+        params = {**params, "domain": domain}
     return make_explainer(name, model, **{**params, **overrides})

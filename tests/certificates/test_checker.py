@@ -16,6 +16,7 @@ from certify.certificates.document import encode_array, parse_certificate
 from certify.cli import main
 from certify.errors import CertificateFormatError
 from certify.explain import Gradient, IntegratedGradients
+from certify.explain.lagrange_dual import LagrangeDual
 from certify.explain.moreaugrad import MoreauGrad
 from certify.models import zoo
 
@@ -39,6 +40,50 @@ def certificates(model):
     }.items():
         out[name] = certify_explanations(explainer, x, eps=0.05, model_spec=MODEL)
     return out
+
+
+@pytest.fixture(scope="module")
+def relu_lagrange():
+    """Lagrange-dual certificates on the digits ReLU MLP (L2 and Linf) and on the blobs net (Linf, with a MILP claim)."""
+    out = []
+    for name, p in (("digits-relu-mlp", 2), ("digits-relu-mlp", float("inf")), ("blobs-relu-mlp", float("inf"))):
+        relu, data = zoo.load(name)
+        (cert,) = certify_explanations(LagrangeDual(relu, p=p, domain=data.domain), data.x_test[:1], model_spec=name)
+        out.append((cert, relu))
+    return out
+
+
+def test_lagrange_dual_certificates_bound_the_radius(relu_lagrange):
+    for cert, relu in relu_lagrange:
+        claims = {c.id: c for c in cert.claims}
+        assert claims["radius-upper"].kind == claims["radius-lipschitz"].kind == claims["radius-relaxation"].kind == "certified"
+        assert claims["radius-lipschitz"].value <= claims["radius-relaxation"].value <= claims["radius-upper"].value
+        assert verify_certificate(cert, relu).valid
+    blobs = {c.id: c for c in relu_lagrange[2][0].claims}
+    assert blobs["radius-exact"].kind == "solver-reported"
+    assert blobs["radius-relaxation"].value <= blobs["radius-exact"].value <= blobs["radius-upper"].value * (1 + 1e-6)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, 2), st.integers(0, 20), st.floats(0.5, 0.9))
+def test_tightening_lagrange_claims_fails(relu_lagrange, which, pick, factor):
+    cert, relu = relu_lagrange[which]
+    claims = [c for c in _numeric_certified(cert) if c.id.startswith("radius")]
+    claim = claims[pick % len(claims)]
+    tight = verify_certificate(_tamper(cert, claim.id, factor, True), relu)
+    assert not tight.valid and any(f.startswith(claim.id + ":") for f in tight.failures()), (claim.id, tight.failures())
+    assert verify_certificate(_tamper(cert, claim.id, factor, False), relu).valid
+
+
+@pytest.mark.parametrize("method", ["gradient", "integrated-gradients", "smoothgrad", "moreaugrad", "lagrange-dual"])
+@pytest.mark.parametrize("model_name", ["digits-softplus-mlp", "digits-relu-mlp"])
+def test_cli_explain_then_verify_round_trips(tmp_path, method, model_name):
+    out = tmp_path / "cert.json"
+    args = ["explain", "--model", f"zoo:{model_name}", "--method", method, "--index", "4", "--out", str(out)]
+    if method == "moreaugrad":
+        args += ["--param", "rho=0.3"]
+    assert main(args) == 0
+    assert main(["verify", str(out)]) == 0
 
 
 def _numeric_certified(cert):
