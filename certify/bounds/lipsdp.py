@@ -158,18 +158,26 @@ def _compile(structure: _Structure, variant: str, gram: cp.Parameter) -> tuple[c
     return problem, theta, rho
 
 
+def _tolerances(eps: float) -> list[float]:
+    """1e-4, 1e-5, ... down to eps (eps itself last)."""
+    steps = [COARSE_EPS]
+    while steps[-1] / 10 > eps * (1 + 1e-9):
+        steps.append(steps[-1] / 10)
+    return steps + [eps] if eps < COARSE_EPS * (1 - 1e-9) else [max(eps, COARSE_EPS)]
+
+
 def lipsdp(
     net: AffineNetwork,
     variant: str = "neuron",
     c: Tensor | None = None,
-    eps: float = 1e-6,
+    eps: float = 1e-5,
     max_iters: int = 10_000,
 ) -> BoundResult:
     """Certified l2 Lipschitz bound by LipSDP-Neuron or -Layer (solved by SCS, re-derived rigorously).
 
     Value convention as `certify.bounds.lipschitz.lipschitz_product` (0-dim for the logit vector, [K] for
     the rows of c). One SDP per row (a compiled CVXPY problem reused through a Parameter), solved to
-    SCS tolerance 1e-4 and then refined to `eps` from that point; the best certified value over the
+    SCS tolerance 1e-4 and then refined tenfold per solve down to `eps`, each from the previous point; the best certified value over the
     solves that SCS reports optimal is kept (a refinement that stalls keeps the coarse multipliers). A
     refusal if no solve of a row is optimal or no multipliers certify a bound."""
     if variant not in VARIANTS:
@@ -196,7 +204,7 @@ def lipsdp(
         start = time.perf_counter()
         best: tuple[float, np.ndarray, float] | None = None
         reason = "no solve"
-        for tolerance in sorted({COARSE_EPS, eps}, reverse=True):  # coarse, then refined (warm-started)
+        for tolerance in _tolerances(eps):  # coarse, then refined (warm-started)
             try:
                 problem.solve(solver=cp.SCS, eps_abs=tolerance, eps_rel=tolerance, max_iters=max_iters, warm_start=True)
             except cp.SolverError as err:
