@@ -53,8 +53,8 @@ def forward_with_error(net: AffineNetwork, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def _pairs(target: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
     """For targets [N]: the other classes [N, C-1] and the margin rows e_c - e_j [N, C-1, C]."""
-    classes = torch.arange(num_classes, device=target.device)
-    others = torch.stack([classes[classes != c] for c in target.tolist()]) if target.numel() else classes[None, :0]
+    offsets = torch.arange(num_classes - 1, device=target.device)[None, :]
+    others = offsets + (offsets >= target[:, None]).long()
     rows = torch.zeros(target.shape[0], num_classes - 1, num_classes, dtype=torch.float64, device=target.device)
     rows.scatter_(2, target[:, None, None].expand(-1, num_classes - 1, 1), 1.0)
     rows.scatter_(2, others[:, :, None], -1.0)

@@ -197,36 +197,31 @@ def _curvature(net: AffineNetwork, c_row: Tensor, region: InputSet | None, metho
     return low, high, assumptions + [f"softplus activations (beta {betas}): sigma'' in (0, beta/4]"]
 
 
+def _hessian_result(net: AffineNetwork, c_row: Tensor, region: InputSet | None, method: str, value_of) -> BoundResult:
+    out = _curvature(net, c_row, region, method)
+    if isinstance(out, BoundResult):
+        return out
+    low, high, assumptions = out
+    two_d = torch.as_tensor(c_row).dim() == 2
+    return BoundResult(
+        _shape(value_of(low, high).clamp_min(0.0) + 0.0, two_d, region), Kind.CERTIFIED, method, assumptions,
+        details={"min_eigenvalue_lower": _shape(low, two_d, region), "max_eigenvalue_upper": _shape(high, two_d, region)},
+    )
+
+
 def weak_convexity(net: AffineNetwork, c_row: Tensor, region: InputSet | None = None) -> BoundResult:
     """Certified lambda >= 0 with f + lambda/2 ||x||^2 convex, f = c_row . logits (module docstring).
 
     c_row [C] gives a scalar (global) or [N] (per example of the region); c_row [K, C] gives [K] or [N, K].
-    ReLU networks: a refusal (not weakly convex in general), unless no unit changes state on the region."""
-    out = _curvature(net, c_row, region, "weak-convexity-hessian-bound")
-    if isinstance(out, BoundResult):
-        return out
-    low, high, assumptions = out
-    two_d = torch.as_tensor(c_row).dim() == 2
-    value = _shape((-low).clamp_min(0.0) + 0.0, two_d, region)
-    return BoundResult(
-        value, Kind.CERTIFIED, "weak-convexity-hessian-bound", assumptions,
-        details={"min_eigenvalue_lower": _shape(low, two_d, region), "max_eigenvalue_upper": _shape(high, two_d, region)},
-    )
+    details carry m <= lambda_min and M >= lambda_max. ReLU networks: a refusal (not weakly convex in
+    general), unless no unit changes state on the region."""
+    return _hessian_result(net, c_row, region, "weak-convexity-hessian-bound", lambda low, high: -low)
 
 
 def curvature_bound(net: AffineNetwork, c_row: Tensor, region: InputSet | None = None) -> BoundResult:
-    """Certified two-sided beta with ||Hess f(x)||_2 <= beta (same shapes and refusals as weak_convexity);
-    details carry m <= lambda_min and M >= lambda_max separately."""
-    out = _curvature(net, c_row, region, "curvature-hessian-bound")
-    if isinstance(out, BoundResult):
-        return out
-    low, high, assumptions = out
-    two_d = torch.as_tensor(c_row).dim() == 2
-    value = _shape(torch.maximum(high, -low).clamp_min(0.0), two_d, region)
-    return BoundResult(
-        value, Kind.CERTIFIED, "curvature-hessian-bound", assumptions,
-        details={"min_eigenvalue_lower": _shape(low, two_d, region), "max_eigenvalue_upper": _shape(high, two_d, region)},
-    )
+    """Certified two-sided beta with ||Hess f(x)||_2 <= beta (same shapes, details and refusals as
+    weak_convexity)."""
+    return _hessian_result(net, c_row, region, "curvature-hessian-bound", lambda low, high: torch.maximum(high, -low))
 
 
 def _batched_function(net_or_model: AffineNetwork | nn.Module, c_row: Tensor, input_shape: tuple[int, ...]):
