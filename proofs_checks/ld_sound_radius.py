@@ -45,11 +45,13 @@ def tiny_inputs(seed: int, count: int) -> torch.Tensor:
     return 0.3 + 0.4 * torch.rand(count, 6, generator=generator, dtype=torch.float64)
 
 
-def tiny_net_bounds(seed: int, count: int, p: float, lower_methods: tuple[str, ...]) -> tuple[torch.Tensor, RadiusBounds]:
+def tiny_net_bounds(
+    seed: int, count: int, p: float, lower_methods: tuple[str, ...], max_iter: int = 200
+) -> tuple[torch.Tensor, RadiusBounds]:
     """Inputs and all bounds on r* for the tiny net of `seed` (the MILP always runs)."""
     x = tiny_inputs(seed, count)
     bounds = minimal_radius_bounds(
-        tiny_relu_net(seed), x, p=p, domain=DOMAIN, lower_methods=lower_methods, exact=True, max_iter=200
+        tiny_relu_net(seed), x, p=p, domain=DOMAIN, lower_methods=lower_methods, exact=True, max_iter=max_iter
     )
     return x, bounds
 
