@@ -143,7 +143,7 @@ def algorithm_one_errors(horizons: list[int], steps) -> tuple[list[float], float
 
 
 def _algorithm_one_rate(report: Report, ctx: CheckContext) -> None:
-    horizons = [100, 300, 1000, 3000] if ctx.quick else [100, 300, 1000, 3000, 10000, 30000]
+    horizons = [100, 300, 1000] if ctx.quick else [100, 300, 1000, 3000, 10000, 30000]
     for schedule, steps in (
         ("eta = 0.5/sqrt(T)", lambda t: {"step_size": 0.5 / math.sqrt(t), "dual_step_size": 0.5 / math.sqrt(t)}),
         ("fixed default steps", lambda t: {}),
