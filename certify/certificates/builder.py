@@ -49,6 +49,7 @@ from certify.explain.base import Explainer, Explanation
 from certify.models.hashing import model_hash
 
 SQRT2 = math.sqrt(2.0)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def _unit_row(num_classes: int, c: int) -> list[float]:
@@ -125,46 +126,65 @@ def _gradient_claims(claims: _ClaimSet, eps: float) -> None:
                      "beta-smoothness", ["curvature"], {"eps": eps}))
 
 
+def _smoothed_claim(claims: _ClaimSet, sigma: float) -> None:
+    """Proposition 1 (sharpened): h = E f_c(. + sigma Z) is sqrt(2/pi) L / sigma-smooth, hence weakly convex
+    with that constant, for f_c L-Lipschitz (L from the certified 'lipschitz' claim)."""
+    stmt = f"h = E f_c(. + {sigma:g} Z) is lambda-weakly convex and ||Hess h|| <= lambda (lambda = sqrt(2/pi) L / sigma)"
+    lipschitz = _claim_value(claims, "lipschitz")
+    if lipschitz is None:
+        claims.refuse("weak-convexity-smoothed", "smoothed-weak-convexity", stmt, "gaussian-smoothing-prop1",
+                      "no certified Lipschitz constant of f_c")
+        return
+    claims.add(Claim("weak-convexity-smoothed", "smoothed-weak-convexity", stmt, "<=",
+                     round_up(SQRT_2_OVER_PI * lipschitz / sigma), "certified", "gaussian-smoothing-prop1",
+                     ["lipschitz"], {"sigma": sigma}))
+
+
 def _moreaugrad_claims(claims: _ClaimSet, explainer: Any, explanation: Explanation, i: int, eps: float,
                        solver_error: BoundResult | None) -> None:
+    """Solver error and stability of (sparse, group, smoothed) MoreauGrad. In smoothed mode lambda and beta
+    are those of h (Proposition 1) and the solver error is probabilistic (Monte Carlo residual), so the
+    stability claim carries its confidence."""
     rho, tol, eta = explainer.rho, explainer.tol, explainer.sparsity
+    smoothed = explainer.smoothing_sigma > 0
+    lam_id = "weak-convexity-smoothed" if smoothed else "weak-convexity"
+    beta_id = "weak-convexity-smoothed" if smoothed else "curvature"
     stmt_err = "||a - MG_exact(x)||_2 <= value (a the stored explanation)"
-    lam = _claim_value(claims, "weak-convexity")
+    lam = _claim_value(claims, lam_id)
     if solver_error is None or lam is None:
-        reason = "no certified weak-convexity constant lambda for f_c (see claim 'weak-convexity')"
-        claims.refuse("solver-error", "solver-error", stmt_err, "moreaugrad-solver-error", reason)
+        claims.refuse("solver-error", "solver-error", stmt_err, "moreaugrad-solver-error",
+                      f"no certified weak-convexity constant (see claim {lam_id!r})")
     else:
         value = float(solver_error.value[i]) if not solver_error.refused else None
         z = solver_error.witness.get("z")
         witness = {"rho": rho, "sparsity": eta, "group_size": explainer.group_size,
                    "z": encode_array(z[i : i + 1].cpu().numpy()) if z is not None else None}
-        claims.from_bound("solver-error", "solver-error", stmt_err, solver_error, value, assumptions=["weak-convexity"], witness=witness)
-    err = _claim_value(claims, "solver-error")
+        claims.from_bound("solver-error", "solver-error", stmt_err, solver_error, value, assumptions=[lam_id], witness=witness)
+    err_claim = next(c for c in claims.claims if c.id == "solver-error")
+    err = err_claim.value
+    kind, confidence = err_claim.kind, err_claim.confidence
     stmt = f"||MG(x + d) - MG(x)||_2 <= value for all ||d||_2 <= {eps:g} (computed explanations, tol {tol:g})"
-    if explainer.smoothing_sigma > 0:
-        claims.refuse("stability", "stability-vanilla", stmt, "moreaugrad", "smoothed mode: the stability claim needs the probabilistic route, not issued")
-        return
+    type_ = "stability-vanilla" if eta == 0 else "stability-sparse"
     if err is None or lam is None:
-        claims.refuse("stability", "stability-vanilla" if eta == 0 else "stability-sparse", stmt, "moreaugrad",
+        claims.refuse("stability", type_, stmt, "moreaugrad",
                       "rests on a solver-error bound and a weak-convexity constant, one of which was refused")
         return
     if eta == 0:
         inv = 1.0 / lam - rho if lam > 0 else math.inf
         value = eps / min(rho, inv) + err + tol / (1 - rho * lam)
-        claims.add(Claim("stability", "stability-vanilla", stmt, "<=", round_up(value), "certified",
-                         "moreaugrad-corollary-1", ["weak-convexity", "solver-error"], {"eps": eps, "rho": rho, "tol": tol}))
-    else:
-        beta = _claim_value(claims, "curvature")
-        if beta is None or rho * beta >= 1:
-            why = "no certified curvature bound beta" if beta is None else f"rho * beta = {rho * beta:.4g} >= 1"
-            claims.refuse("stability", "stability-sparse", stmt, "corrected-corollary-2",
-                          f"{why}: the sparse stability bound beta eps/(1 - rho beta) needs rho beta < 1 "
-                          "(the paper's Corollary 2 is false as stated, DESIGN Errata)")
-            return
-        value = beta * eps / (1 - rho * beta) + err + tol / (1 - rho * lam)
-        claims.add(Claim("stability", "stability-sparse", stmt, "<=", round_up(value), "certified",
-                         "corrected-corollary-2", ["curvature", "weak-convexity", "solver-error"],
-                         {"eps": eps, "rho": rho, "tol": tol}))
+        claims.add(Claim("stability", type_, stmt, "<=", round_up(value), kind, "moreaugrad-corollary-1",
+                         [lam_id, "solver-error"], {"eps": eps, "rho": rho, "tol": tol}, confidence))
+        return
+    beta = _claim_value(claims, beta_id)
+    if beta is None or rho * beta >= 1:
+        why = "no certified curvature bound beta" if beta is None else f"rho * beta = {rho * beta:.4g} >= 1"
+        claims.refuse("stability", type_, stmt, "corrected-corollary-2",
+                      f"{why}: the sparse stability bound beta eps/(1 - rho beta) needs rho beta < 1 "
+                      "(the paper's Corollary 2 is false as stated, DESIGN Errata)")
+        return
+    value = beta * eps / (1 - rho * beta) + err + tol / (1 - rho * lam)
+    claims.add(Claim("stability", type_, stmt, "<=", round_up(value), kind, "corrected-corollary-2",
+                     sorted({beta_id, lam_id}) + ["solver-error"], {"eps": eps, "rho": rho, "tol": tol}, confidence))
 
 
 def _norm_text(p: float) -> str:
@@ -247,7 +267,7 @@ def _topk_claim(claims: _ClaimSet, attributions: Tensor, k: int, eps: float) -> 
     stmt = f"top-{k} intersection ratio (ranking by |a|, ties against) >= value under every ||d||_2 <= {eps:g}"
     bound = _claim_value(claims, "stability")
     if bound is None:
-        claims.refuse("topk", "topk-stability", stmt, "stability", "rests on the stability claim, which was refused")
+        claims.refuse("topk", "topk-stability", stmt, "stability", "rests on the stability claim, which is not certified (refused or probabilistic)")
         return
     mags = attributions.detach().double().abs().flatten().sort(descending=True).values
     kept = int((mags[:k] - mags[k] > SQRT2 * bound * (1 + 1e-6)).sum())
@@ -301,9 +321,12 @@ def certify_explanations(
     solver_errors: dict[int, BoundResult] = {}
     if moreau:
         for c, cs in model_claims.items():
-            lam = _claim_value(cs, "weak-convexity")
+            if explainer.smoothing_sigma > 0:
+                _smoothed_claim(cs, explainer.smoothing_sigma)
+            lam = _claim_value(cs, "weak-convexity-smoothed" if explainer.smoothing_sigma > 0 else "weak-convexity")
             if lam is not None:
-                solver_errors[c] = explainer.solver_error_bound(explanation, weak_convexity=lam)
+                solver_errors[c] = explainer.solver_error_bound(explanation, weak_convexity=lam,
+                                                                lipschitz=_claim_value(cs, "lipschitz"))
     seconds = time.perf_counter() - start
     for i in range(inputs.shape[0]):
         c = int(explanation.target[i])

@@ -291,6 +291,11 @@ def check_solver_error(ctx: _Context, claim: Claim) -> float:
     return up(up(r) / down(1 - rho * lam) + up(rounding))
 
 
+def check_smoothed_weak_convexity(ctx: _Context, claim: Claim) -> float:
+    """Proposition 1, sharpened by Stein's lemma: h = E f(. + sigma Z) has ||Hess h|| <= sqrt(2/pi) L / sigma."""
+    return up(math.sqrt(2.0 / math.pi) * up(ctx.assumption(claim, "lipschitz-product")) / down(float(claim.witness["sigma"])))
+
+
 def check_stability_vanilla(ctx: _Context, claim: Claim) -> float:
     """sup_{||d|| <= eps} ||MG(x+d) - MG(x)|| <= eps/min(rho, 1/lambda - rho) + (||r|| + tol)/(1 - rho lambda)."""
     w = claim.witness
@@ -403,6 +408,7 @@ RULES: dict[str, tuple[Callable[[_Context, Claim], float], str]] = {
     "weak-convexity": (check_weak_convexity, "<="),
     "curvature": (check_curvature, "<="),
     "solver-error": (check_solver_error, "<="),
+    "smoothed-weak-convexity": (check_smoothed_weak_convexity, "<="),
     "stability-vanilla": (check_stability_vanilla, "<="),
     "stability-sparse": (check_stability_sparse, "<="),
     "stability-gradient": (check_stability_gradient, "<="),
@@ -430,6 +436,8 @@ def verify_certificate(cert: Certificate, model: nn.Module, base_dir: Path | Non
             report.checks.append(ClaimCheck(claim.id, "refused", claim.reason or ""))
         elif claim.kind == "solver-reported":
             report.checks.append(ClaimCheck(claim.id, "not re-checkable", "solver-reported optimum (MIP gap and tolerances recorded)"))
+        elif claim.kind == "probabilistic":
+            report.checks.append(ClaimCheck(claim.id, "not re-checkable", f"probabilistic (Monte Carlo) claim, confidence {claim.confidence}"))
         elif claim.kind == "estimated":
             report.checks.append(ClaimCheck(claim.id, "estimate", "an estimate, no guarantee"))
         elif claim.type not in RULES:

@@ -1,6 +1,7 @@
 """The independent checker: honest certificates verify; tightened claims, other weights or another input
 fail; loosened claims stay valid; unreadable files are unusable input (exit 2)."""
 import copy
+import math
 import json
 import subprocess
 import sys
@@ -185,3 +186,19 @@ def test_checker_imports_no_solver_or_bound_code():
         "assert not bad, bad\n"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_smoothed_mode_uses_proposition_1_and_is_probabilistic(model):
+    x = zoo.load(MODEL)[1].x_test[:1]
+    explainer = MoreauGrad(model, rho=0.05, smoothing_sigma=0.5, samples=16, tol=5e-2, max_iter=100, seed=0)
+    (cert,) = certify_explanations(explainer, x)
+    smoothed = cert.claim("weak-convexity-smoothed")
+    assert smoothed.kind == "certified"
+    assert smoothed.value == pytest.approx(math.sqrt(2 / math.pi) * cert.claim("lipschitz").value / 0.5, rel=1e-8)
+    assert cert.claim("solver-error").kind == cert.claim("stability").kind == "probabilistic"
+    assert cert.claim("stability").confidence == 0.99
+    report = verify_certificate(cert, model)
+    assert report.valid
+    assert {c.id: c.status for c in report.checks}["stability"] == "not re-checkable"
+    tightened = _tamper(cert, "weak-convexity-smoothed", 0.9, True)
+    assert not verify_certificate(tightened, model).valid
