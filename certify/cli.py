@@ -156,7 +156,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for method, rows in result["methods"].items():
             for r in rows:
                 cert = r["certified_bound"]
-                ratio = "-" if not cert else f"{r['observed_change']['max'] / cert['min']:.3f}"
+                ratio = "-" if not cert else f"{r['observed_over_certified']['max']:.3f}"
                 print(f"{method:20s} {r['eps']:6g} {r['random']['normalized_l2_distance']['mean']:10.4f} "
                       f"{r['adversarial']['normalized_l2_distance']['mean']:9.4f} {r['adversarial']['topk_intersection']['mean']:9.3f} "
                       f"{'-' if not cert else format(cert['median'], '.4g'):>10s} {ratio:>9s}")

@@ -32,7 +32,8 @@ def _row(eps, dist, topk, bound=None):
     stat = lambda v: {"mean": v, "std": 0.01, "min": v, "max": v, "median": v}  # noqa: E731
     sim = {"normalized_l2_distance": stat(dist), "topk_intersection": stat(topk), "ssim": stat(0.9)}
     return {"eps": eps, "random": sim, "adversarial": sim, "observed_change": stat(0.1),
-            "certified_bound": None if bound is None else stat(bound), "certified_topk": None}
+            "certified_bound": None if bound is None else stat(bound), "certified_topk": None,
+            "observed_over_certified": None if bound is None else stat(0.1 / bound)}
 
 
 def test_report_embeds_decodable_images_and_all_sections(tmp_path):
