@@ -9,24 +9,12 @@ from torch import nn
 
 from certify.bounds.minimal_radius import minimal_radius_bounds
 from certify.errors import UsageError
-from certify.models.builders import mlp
-
-
-def tiny_relu(seed: int) -> nn.Sequential:
-    with torch.random.fork_rng():  # leave the global RNG as it was
-        torch.manual_seed(seed)
-        net = mlp(6, 3, (12, 12), "relu").double()
-    with torch.no_grad():
-        for module in net:
-            if isinstance(module, nn.Linear):
-                module.weight.mul_(4.0)
-                module.bias.mul_(2.0)
-    return net.eval()
+from proofs_checks.ld_sound_radius import tiny_relu_net
 
 
 @pytest.mark.parametrize("p", [math.inf, 1.0])
 def test_lower_exact_upper_are_ordered_on_a_tiny_relu_net(p: float) -> None:
-    net = tiny_relu(0)
+    net = tiny_relu_net(0)
     x = 0.3 + 0.4 * torch.rand(3, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     bounds = minimal_radius_bounds(net, x, p=p, domain=(0.0, 1.0), lower_methods=("lipschitz", "ibp", "crown"), max_iter=200)
     assert torch.isfinite(bounds.exact).all()
@@ -40,7 +28,7 @@ def test_lower_exact_upper_are_ordered_on_a_tiny_relu_net(p: float) -> None:
 
 
 def test_p2_skips_the_milp_and_reports_certified_bounds() -> None:
-    net = tiny_relu(1)
+    net = tiny_relu_net(1)
     x = 0.3 + 0.4 * torch.rand(2, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     bounds = minimal_radius_bounds(net, x, p=2, domain=(0.0, 1.0), max_iter=150)
     assert torch.isnan(bounds.exact).all() and "exact" not in bounds.results
@@ -59,7 +47,7 @@ def test_no_witness_gives_infinite_upper_with_reason() -> None:
 
 
 def test_misclassified_input_has_zero_bounds_and_bad_methods_are_refused() -> None:
-    net = tiny_relu(2)
+    net = tiny_relu_net(2)
     x = 0.3 + 0.4 * torch.rand(1, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     wrong = (int(net(x).argmax(1)) + 1) % 3
     bounds = minimal_radius_bounds(net, x, target=wrong, p=math.inf, domain=(0.0, 1.0), max_iter=20)
