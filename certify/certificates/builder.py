@@ -50,6 +50,14 @@ from certify.models.hashing import model_hash
 
 SQRT2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+NO_STABILITY = {
+    "integrated-gradients": "a quadrature of gradients along a path from the baseline: the sources give it no "
+    "stability theorem, and for ReLU networks the gradients it sums are discontinuous",
+    "smoothgrad": "a Monte Carlo average of gradients: its expectation is smooth (Proposition 1), but no "
+    "certified bound covers the finite-sample estimate",
+    "lagrange-dual": "the sensitivity lam* grad m_cj(x + delta*) follows the minimal perturbation, which can "
+    "jump to another class pair or region under a small change of x: no stability theorem",
+}
 
 
 def _unit_row(num_classes: int, c: int) -> list[float]:
@@ -340,8 +348,7 @@ def certify_explanations(
             _lagrange_claims(claims, net, explainer, explanation, i, inputs[i : i + 1], num_classes)
         if explanation.method not in ("gradient", "moreaugrad"):
             claims.refuse("stability", "stability", f"||a(x + d) - a(x)|| bounded for ||d||_2 <= {eps:g}",
-                          explanation.method, f"{explanation.method} has no stability theorem the package can certify"
-                          " (a Monte Carlo or quadrature estimate of a gradient functional; for ReLU nets the gradient is discontinuous)")
+                          explanation.method, NO_STABILITY.get(explanation.method, "no stability theorem for this method"))
         _topk_claim(claims, explanation.attributions[i], k, eps)
         certificates.append(Certificate(
             provenance=_provenance(model, model_spec, explainer, seconds),
