@@ -334,17 +334,26 @@ def solve_gda(
     return trace
 
 
-def shrink_along_ray(oracle_margin: Callable[[Tensor], Tensor], x: Tensor, delta: Tensor, steps: int = 30) -> Tensor:
-    """Smallest t in [0, 1] (to 2^-steps) with m(x + t delta) < 0, by bisection; rows without a witness
-    (m(x + delta) >= 0) keep t = 1. x + t delta stays in any box that contains x and x + delta."""
+def shrink_along_ray(
+    oracle_margin: Callable[[Tensor], Tensor], x: Tensor, delta: Tensor, box: DomainBox | None = None, steps: int = 30
+) -> Tensor:
+    """Smallest t in [0, 1] (to 2^-steps) with m(x + held + t free) < 0, by bisection, where `held` are the
+    coordinates of delta on a face of `box` (kept there: scaling them would move the point off an active
+    bound, and the result would not be a KKT point of the boxed problem) and `free` the others. Rows without
+    a witness (m(x + delta) >= 0) keep t = 1. The result stays in any box that contains x and x + delta."""
+    held = torch.zeros_like(delta, dtype=torch.bool)
+    if box is not None:
+        cone_lo, cone_hi = _coordinate_state(x, delta, box, torch.ones_like(delta))
+        held = torch.isinf(cone_lo) | torch.isinf(cone_hi)
+    fixed, free = torch.where(held, delta, 0.0), torch.where(held, 0.0, delta)
     lo = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     hi = torch.ones_like(lo)
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
-        flipped = oracle_margin(x + mid.unsqueeze(-1) * delta) < 0
+        flipped = oracle_margin(x + fixed + mid.unsqueeze(-1) * free) < 0
         hi = torch.where(flipped, mid, hi)
         lo = torch.where(flipped, lo, mid)
-    return hi.unsqueeze(-1) * delta
+    return fixed + hi.unsqueeze(-1) * free
 
 
 def _coordinate_state(x: Tensor, delta: Tensor, box: DomainBox, support: Tensor) -> tuple[Tensor, Tensor]:
@@ -567,7 +576,7 @@ def minimal_perturbation(
     solver = solve_fmn if method == "fmn" else solve_gda
     trace = solver(oracle, problems, starts, p, max_iter, **options)
     found = torch.isfinite(trace.norm)
-    delta_rows = torch.where(found.unsqueeze(-1), shrink_along_ray(margin_only, problems.x, trace.delta), trace.delta)
+    delta_rows = torch.where(found.unsqueeze(-1), shrink_along_ray(margin_only, problems.x, trace.delta, problems.box), trace.delta)
     # verification: the point must lie in the domain and flip the pair margin in float64
     points = problems.box.clip(problems.x + delta_rows)
     delta_rows = points - problems.x
