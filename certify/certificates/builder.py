@@ -25,6 +25,7 @@ tightened by more than the margin does not.
 """
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import time
@@ -284,6 +285,7 @@ def _topk_claim(claims: _ClaimSet, attributions: Tensor, k: int, eps: float) -> 
 
 
 def _provenance(model: nn.Module, model_spec: str | None, explainer: Explainer, seconds: float) -> dict[str, Any]:
+    params = explainer.params()
     return {
         "package": f"certify {certify.__version__}",
         "torch": torch.__version__,
@@ -292,7 +294,7 @@ def _provenance(model: nn.Module, model_spec: str | None, explainer: Explainer, 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(next(iter(model.parameters())).device) if any(True for _ in model.parameters()) else "cpu",
         "model": {"spec": model_spec, "sha256": model_hash(model), "architecture": repr(model)},
-        "explainer": {"method": explainer.method_name, "params": explainer.params(), "seed": explainer.params().get("seed")},
+        "explainer": {"method": explainer.method_name, "params": params, "seed": params.get("seed")},
         "seconds": seconds,
     }
 
@@ -335,7 +337,7 @@ def certify_explanations(
             if lam is not None:
                 solver_errors[c] = explainer.solver_error_bound(explanation, weak_convexity=lam,
                                                                 lipschitz=_claim_value(cs, "lipschitz"))
-    seconds = time.perf_counter() - start
+    provenance = _provenance(model, model_spec, explainer, time.perf_counter() - start)  # hashes the weights once
     for i in range(inputs.shape[0]):
         c = int(explanation.target[i])
         claims = _ClaimSet()
@@ -351,7 +353,7 @@ def certify_explanations(
                           explanation.method, NO_STABILITY.get(explanation.method, "no stability theorem for this method"))
         _topk_claim(claims, explanation.attributions[i], k, eps)
         certificates.append(Certificate(
-            provenance=_provenance(model, model_spec, explainer, seconds),
+            provenance=copy.deepcopy(provenance),
             input=encode_array(inputs[i : i + 1].detach().cpu().numpy()),
             target=c,
             explanation=encode_array(explanation.attributions[i : i + 1].detach().cpu().numpy()),
