@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from certify.attacks.minimal_perturbation import minimal_perturbation
+from certify.explain.minimal_perturbation import minimal_perturbation
 from certify.bounds.milp import exact_minimal_radius
 from certify.bounds.network import from_module
 from certify.bounds.radius import certified_radius

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from certify.attacks.minimal_perturbation import minimal_perturbation
+from certify.explain.minimal_perturbation import minimal_perturbation
 from certify.bounds.crc import curvature_radius
 from certify.bounds.curvature import curvature_bound, curvature_estimate, weak_convexity
 from certify.bounds.lipschitz import lipschitz_estimate, lipschitz_product

@@ -1,14 +1,24 @@
-"""Input validation shared by every explainer and bound: one place that names each problem clearly."""
+"""Input validation shared by every explainer and bound: one place that names each problem clearly.
+
+Also the one place for parameter checks (`positive_number`, `nonnegative_number`, `positive_int`: a radius
+eps, a sigma, a count), for the autograd context every gradient computation runs in (`autograd_enabled`,
+`grad_ready`: explainers work when called inside `torch.inference_mode()` or `torch.no_grad()`), and for
+the check that attributions are finite (`check_finite_attributions`)."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+import contextlib
+import functools
+import math
+import numbers
+from typing import Any, Callable, Iterator, Sequence, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
 
-from certify.errors import InvalidInputError, ModelModeError, TargetError
+from certify.errors import InvalidInputError, ModelModeError, TargetError, UsageError
 
 TargetLike = Union[None, int, Sequence[int], Tensor]
+T = TypeVar("T")
 
 
 def check_eval_mode(model: nn.Module) -> None:
@@ -80,3 +90,79 @@ def resolve_target(target: TargetLike, logits: Tensor) -> Tensor:
         bad = resolved[out_of_range].tolist()
         raise TargetError(f"target classes {bad[:10]} out of range for a model with {num_classes} classes")
     return resolved
+
+
+def positive_number(value: object, name: str = "eps") -> float:
+    """`value` as a float if it is a finite real number > 0 (not a bool); else UsageError naming `name`.
+    inf, NaN, 0 and negative values are refused: a radius or scale of inf would turn every bound into inf
+    (or NaN) and be written as a certified number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def nonnegative_number(value: object, name: str) -> float:
+    """`value` as a float if it is a finite real number >= 0 (not a bool); else UsageError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def positive_int(value: object, name: str, least: int = 1) -> int:
+    """`value` if it is an int >= `least` (not a bool); else UsageError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+@contextlib.contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """Run the block with autograd on, also when the caller is inside `torch.inference_mode()` or
+    `torch.no_grad()` (every gradient-based explanation needs it). Inputs created under inference mode must
+    still be passed through `grad_ready`."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def with_autograd(function: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: run `function` under `autograd_enabled()` (for public entry points that differentiate)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with autograd_enabled():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def grad_ready(inputs: Tensor, model: nn.Module | None = None) -> Tensor:
+    """`inputs` (any tensor: inputs, targets) usable by autograd: an inference tensor (created under
+    `torch.inference_mode()`) is cloned into a normal tensor. A model whose parameters are inference tensors cannot be differentiated at all:
+    that raises UsageError naming inference_mode."""
+    if model is not None:
+        frozen = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_inference()]
+        if frozen:
+            raise UsageError(
+                f"the model's parameters {frozen[:3]} were created under torch.inference_mode(), so autograd cannot "
+                "differentiate through them; create or load the model outside inference_mode (explainers may "
+                "themselves be called inside it)"
+            )
+    if inputs.is_inference():
+        with torch.inference_mode(False):
+            return inputs.clone()
+    return inputs
+
+
+def check_finite_attributions(attributions: Tensor, method: str, exempt: Tensor | None = None) -> None:
+    """Refuse non-finite attributions: InvalidInputError naming the examples. `exempt` [N] (bool) marks rows an
+    explainer already reports as failed (e.g. a diverged solver, whose attributions are NaN by design)."""
+    bad = ~torch.isfinite(attributions.detach()).flatten(1).all(dim=1)
+    if exempt is not None:
+        bad = bad & ~exempt.to(bad.device)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten().tolist()
+        raise InvalidInputError(
+            f"{method}: non-finite attributions for examples {rows[:10]}{' ...' if len(rows) > 10 else ''}: the "
+            "model's logits are finite but its gradient is NaN or Inf at the input or at points the method "
+            "evaluates (e.g. sqrt or log at 0, or an overflow); no explanation is returned for such inputs"
+        )

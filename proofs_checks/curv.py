@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from certify.attacks.minimal_perturbation import minimal_perturbation
+from certify.explain.minimal_perturbation import minimal_perturbation
 from certify.bounds.crc import curvature_radius
 from certify.bounds.curvature import curvature_bound, curvature_estimate, weak_convexity
 from certify.bounds.network import from_module

@@ -36,14 +36,14 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from certify.attacks.minimal_perturbation import (
+from certify.explain.minimal_perturbation import (
     DomainBox,
-    dual_exponent,
     kkt_stationarity,
     lp_norm,
     minimal_perturbation,
     pair_margin_gradients,
 )
+from certify.vocabulary import dual_norm
 from proofs_checks.framework import CheckContext, Report, run_property, theorem
 from proofs_checks.nets import NetSpec, net_specs
 
@@ -86,7 +86,7 @@ def _linear_exact(report: Report, ctx: CheckContext) -> None:
         name = f"w={np.round(w, 3).tolist()}, m={margin:.3g}, p={p}, box={boxed}, seed={seed}"
         residual_tally.record(float(res), EXACT_TOL, name)
         if not boxed:
-            multiplier_tally.record_close(float(lam) * float(np.linalg.norm(w, dual_exponent(p))), 1.0, EXACT_TOL, name)
+            multiplier_tally.record_close(float(lam) * float(np.linalg.norm(w, dual_norm(p))), 1.0, EXACT_TOL, name)
 
     vectors = st.lists(st.floats(-3, 3, allow_nan=False), min_size=2, max_size=6)
     strategy = st.tuples(vectors, st.floats(0.05, 1.0), st.integers(0, 2), st.booleans(), st.integers(0, 2**16))
@@ -105,7 +105,7 @@ def _witness_kkt(spec: NetSpec, p: float, bound: float, count: int = 4):
     delta = result.delta[keep]
     point = x[keep] + delta
     _, grad = pair_margin_gradients(net, point, (spec.inputs,), target[keep], result.pair_class[keep])
-    scaled = result.multiplier[keep] * lp_norm(grad, dual_exponent(p))
+    scaled = result.multiplier[keep] * lp_norm(grad, dual_norm(p))
     unit = delta / lp_norm(delta, 2.0).clamp_min(1e-300).unsqueeze(-1)
     alignment = lp_norm(result.sensitivity[keep] + unit, 2.0)
     interior = ((point - (-bound)).abs().amin(1) > 1e-9) & ((bound - point).abs().amin(1) > 1e-9)

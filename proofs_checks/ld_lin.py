@@ -32,14 +32,14 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from certify.attacks.minimal_perturbation import (
+from certify.explain.minimal_perturbation import (
     PairProblems,
-    dual_exponent,
     minimal_perturbation,
     pair_margin_gradients,
     resolve_domain,
     solve_gda,
 )
+from certify.vocabulary import dual_norm
 from proofs_checks.framework import CheckContext, Report, run_property, theorem
 
 SOLVER_RTOL = 1e-2
@@ -78,7 +78,7 @@ def linear_classifier(weight: np.ndarray, bias: np.ndarray) -> nn.Linear:
 def exact_radius(weight: np.ndarray, bias: np.ndarray, x: np.ndarray, c: int, p: float) -> float:
     """min_{j != c} (f_c - f_j)(x) / ||w_c - w_j||_q."""
     logits = weight @ x + bias
-    q = dual_exponent(p)
+    q = dual_norm(p)
     return min(
         (logits[c] - logits[j]) / np.linalg.norm(weight[c] - weight[j], ord=q) for j in range(weight.shape[0]) if j != c
     )

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from certify.bounds.minimal_radius import RadiusBounds, minimal_radius_bounds
+from certify.radius_bounds import RadiusBounds, minimal_radius_bounds
 from certify.models.builders import mlp
 from proofs_checks.framework import CheckContext, Report
 

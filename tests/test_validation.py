@@ -1,10 +1,25 @@
-"""Bad input to any explainer gets a clear error of the package's own type, naming the problem."""
+"""Bad input to any explainer gets a clear error of the package's own type, naming the problem; bad radii
+(eps = inf, nan, 0, negative) are usage errors wherever they enter, in the API and on the command line."""
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from certify.errors import InvalidInputError, ModelModeError, TargetError
+from certify.attacks.interpretation import interpretation_attack, random_perturbation
+from certify.certificates.builder import certify_explanations
+from certify.cli import main
+from certify.errors import EXIT_USAGE, InvalidInputError, ModelModeError, TargetError, UsageError
+from certify.evaluation import StudyConfig
 from certify.explain import Gradient, IntegratedGradients, SmoothGrad
+from certify.validation import (
+    autograd_enabled,
+    check_finite_attributions,
+    grad_ready,
+    nonnegative_number,
+    positive_int,
+    positive_number,
+)
 
 EXPLAINERS = [Gradient, lambda m: IntegratedGradients(m, n_steps=4), lambda m: SmoothGrad(m, samples=2)]
 
@@ -72,3 +87,76 @@ def test_model_output_must_be_logits_matrix(x):
     model = nn.Sequential(nn.Linear(64, 10), nn.Flatten(0)).eval()
     with pytest.raises(InvalidInputError, match=r"logits of shape \[batch, classes\]"):
         Gradient(model).attribute(x)
+
+
+BAD_RADII = [math.inf, -math.inf, math.nan, 0.0, -0.1, True, "0.1", None]
+
+
+@pytest.mark.parametrize("value", BAD_RADII)
+def test_positive_number_refuses_non_finite_and_non_positive_values(value):
+    with pytest.raises(UsageError, match="eps must be a finite number > 0"):
+        positive_number(value, "eps")
+
+
+def test_parameter_checks_accept_good_values_and_name_the_parameter():
+    assert positive_number(0.1) == 0.1 and positive_number(2, "rho") == 2.0
+    assert nonnegative_number(0, "sigma") == 0.0
+    with pytest.raises(UsageError, match="sigma must be a finite number >= 0"):
+        nonnegative_number(math.inf, "sigma")
+    assert positive_int(3, "samples") == 3
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(UsageError, match="samples must be an integer >= 1"):
+            positive_int(bad, "samples")
+    with pytest.raises(UsageError, match="sigma must be a finite number >= 0"):
+        SmoothGrad(nn.Linear(2, 2), sigma=math.inf)
+
+
+@pytest.mark.parametrize("eps", [math.inf, math.nan, 0.0, -0.1])
+def test_bad_eps_is_a_usage_error_at_every_api_entry(digits_mlp, eps):
+    model, data = digits_mlp
+    x = data.x_test[:1]
+    explainer = Gradient(model)
+    with pytest.raises(UsageError, match="eps must be a finite number > 0"):
+        certify_explanations(explainer, x, eps=eps)
+    with pytest.raises(UsageError, match="eps must be a finite number > 0"):
+        interpretation_attack(explainer, x, eps)
+    with pytest.raises(UsageError, match="eps must be a finite number > 0"):
+        random_perturbation(explainer, x, eps)
+    with pytest.raises(UsageError, match="eps"):
+        StudyConfig(eps=(0.1, eps))
+
+
+@pytest.mark.parametrize("eps", ["inf", "nan", "0", "-1", "Infinity"])
+def test_bad_eps_on_the_command_line_exits_64_without_a_traceback(tmp_path, capsys, eps):
+    out = tmp_path / "c.json"
+    for argv in (["explain", "--model", "zoo:digits-relu-mlp", "--method", "gradient", f"--eps={eps}", "--out", str(out)],
+                 ["evaluate", "--model", "zoo:digits-relu-mlp", "--eps", "0.1", f"{eps}"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "eps must be a finite number > 0" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_autograd_helpers_work_inside_inference_mode():
+    model = nn.Linear(3, 2)
+    with torch.inference_mode():
+        x = torch.ones(2, 3)
+        with autograd_enabled():
+            y = grad_ready(x, model).requires_grad_(True)
+            (grad,) = torch.autograd.grad(model(y).sum(), y)
+    assert torch.allclose(grad, model.weight.sum(0).expand(2, 3))
+    with torch.inference_mode():
+        frozen = nn.Linear(3, 2)
+    with pytest.raises(UsageError, match="inference_mode"):
+        grad_ready(torch.ones(1, 3), frozen)
+
+
+def test_non_finite_attributions_are_refused_naming_the_examples():
+    a = torch.zeros(4, 3)
+    a[2, 1] = math.nan
+    a[3, 0] = math.inf
+    with pytest.raises(InvalidInputError, match=r"gradient: non-finite attributions for examples \[2, 3\]"):
+        check_finite_attributions(a, "gradient")
+    check_finite_attributions(a, "moreaugrad", exempt=torch.tensor([False, False, True, True]))

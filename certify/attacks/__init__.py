@@ -1,3 +1,4 @@
-"""Minimal-perturbation attacks: witnesses (upper bounds on the minimal flipping radius) and the primal-dual
-core of the Lagrange-dual explainer (`certify.attacks.minimal_perturbation.minimal_perturbation`; the
-function is not re-exported here, so that the package attribute keeps naming the module)."""
+"""Attack layer: interpretation attacks and random baselines that perturb an input to move its explanation
+(`certify.attacks.interpretation`). It depends on the solver layer (`certify.explain`) only; the
+minimal-perturbation solver behind the Lagrange-dual explainer lives there
+(`certify.explain.minimal_perturbation`)."""

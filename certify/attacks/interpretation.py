@@ -66,15 +66,26 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from certify.bounds.sets import project_ball, sample_ball
 from certify.errors import InvalidInputError, UnsupportedError, UsageError
 from certify.explain.base import Explainer
 from certify.explain.gradient import Gradient
 from certify.explain.integrated_gradients import IntegratedGradients, quadrature
 from certify.explain.moreaugrad import MoreauGrad
 from certify.explain.smoothgrad import SmoothGrad
-from certify.metrics.similarity import topk_intersection
+from certify.metrics.similarity import topk_intersection, topk_mask
 from certify.scores import class_scores
-from certify.validation import TargetLike, check_eval_mode, evaluate_logits, resolve_target, validate_inputs
+from certify.validation import (
+    TargetLike,
+    check_eval_mode,
+    evaluate_logits,
+    grad_ready,
+    positive_int,
+    positive_number,
+    resolve_target,
+    validate_inputs,
+    with_autograd,
+)
 
 OBJECTIVES = ("topk-mass", "distance")
 Bound = Union[float, Tensor]
@@ -137,10 +148,9 @@ class _Problem:
 
 
 def _setup(model: nn.Module, x: Tensor, eps: float, domain: Domain, target: TargetLike) -> _Problem:
-    x = validate_inputs(x).detach()
+    x = grad_ready(validate_inputs(x), model).detach()
     check_eval_mode(model)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
-        raise UsageError(f"eps must be a finite number > 0, got {eps!r}")
+    eps = positive_number(eps, "eps")
     lo, hi = _domain(domain, x)
     if bool((x < lo).any() | (x > hi).any()):
         raise InvalidInputError("inputs lie outside the domain box [lo, hi]; the attack keeps x + delta in it")
@@ -154,7 +164,7 @@ def _setup(model: nn.Module, x: Tensor, eps: float, domain: Domain, target: Targ
     radius = (eps - u * (largest + eps)) / (1.0 + u)
     if radius <= 0.5 * eps:
         raise UsageError(f"eps = {eps!r} is below the rounding resolution of {x.dtype} inputs of norm {largest:.3g}")
-    return _Problem(model, x, float(eps), radius, lo, hi, logits.argmax(dim=1), resolve_target(target, logits))
+    return _Problem(model, x, float(eps), radius, lo, hi, logits.argmax(dim=1), grad_ready(resolve_target(target, logits)))
 
 
 def _domain(domain: Domain, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -180,10 +190,10 @@ def _norms(t: Tensor) -> Tensor:
 
 
 def _project(x: Tensor, point: Tensor, radius: float, lo: Tensor, hi: Tensor) -> Tensor:
-    """Scale point - x into the ball of `radius` (in float64), then clamp to the box [lo, hi]."""
-    delta = (point - x).double()
-    scale = torch.clamp(radius / torch.clamp(_norms(delta), min=1e-300), max=1.0)
-    return torch.clamp(x + (delta * _rows(scale, delta)).to(x.dtype), lo, hi)
+    """Project point - x onto the l2 ball of `radius` (in float64), then clamp to the box [lo, hi]."""
+    x64 = x.detach().double().flatten(1)
+    delta = project_ball(point.detach().double().flatten(1), x64, radius, 2.0) - x64
+    return torch.clamp(x + delta.view_as(x).to(x.dtype), lo, hi)
 
 
 def _sphere(shape: torch.Size, like: Tensor, generator: torch.Generator) -> Tensor:
@@ -193,9 +203,9 @@ def _sphere(shape: torch.Size, like: Tensor, generator: torch.Generator) -> Tens
 
 
 def _ball(like: Tensor, radius: float, generator: torch.Generator) -> Tensor:
-    """Uniform points of the ball of `radius`, one per row: direction uniform, norm radius * U^(1/d)."""
-    u = torch.rand(like.shape[0], generator=generator, dtype=torch.float64, device=like.device)
-    return _sphere(like.shape, like, generator) * _rows((radius * u.pow(1.0 / like[0].numel())).to(like.dtype), like)
+    """Uniform points of the l2 ball of `radius` around 0, one per row of `like` (`certify.bounds.sets.sample_ball`)."""
+    origin = torch.zeros(like.shape[0], like[0].numel(), dtype=torch.float64, device=like.device)
+    return sample_ball(origin, radius, 2.0, 1, generator).view_as(like).to(like.dtype)
 
 
 def _predict(model: nn.Module, points: Tensor) -> Tensor:
@@ -228,14 +238,9 @@ def _verify(problem: _Problem, model64: nn.Module, perturbed: Tensor) -> _Checks
 
 # ---------------------------------------------------------------------------------------------- explanations
 def _topk_mask(a: Tensor, k: int | float) -> Tensor:
-    """The top-k features of |a| with the tie rule of `certify.metrics.topk_intersection` (float mask [N, D])."""
-    flat = a.detach().flatten(1).double()
-    if isinstance(k, bool):
-        raise UsageError(f"k must be a count or a fraction, got {k!r}")
-    topk_intersection(flat, flat, k)  # validates k against the feature count, with the metric's message
-    count = k if isinstance(k, int) else int(math.ceil(float(k) * flat.shape[1]))
-    order = torch.sort(flat.abs(), dim=1, descending=True, stable=True).indices[:, :count]
-    return torch.zeros_like(flat).scatter_(1, order, 1.0)
+    """The top-k features of |a| (`certify.metrics.topk_mask`, its tie rule and its check of k), as a float64
+    mask [N, D]."""
+    return topk_mask(a, k).to(torch.float64)
 
 
 def topk_mass(a: Tensor, mask: Tensor) -> Tensor:
@@ -363,6 +368,7 @@ def _reference(
 
 
 # ---------------------------------------------------------------------------------------------- attacks
+@with_autograd
 def interpretation_attack(
     explainer: Explainer,
     x: Tensor,
@@ -381,11 +387,9 @@ def interpretation_attack(
     if not isinstance(explainer, Explainer):
         raise UsageError(f"explainer must be a certify Explainer, got {type(explainer).__name__}")
     for name, value, least in (("steps", steps, 0), ("restarts", restarts, 1), ("surrogate_steps", surrogate_steps, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
-    if step_size is not None and (isinstance(step_size, bool) or not isinstance(step_size, (int, float))
-                                  or not (math.isfinite(step_size) and step_size > 0)):
-        raise UsageError(f"step_size must be a finite number > 0, got {step_size!r}")
+        positive_int(value, name, least)
+    if step_size is not None:
+        positive_number(step_size, "step_size")
     problem = _setup(explainer.model, x, eps, domain, target)
     x, n = problem.x, problem.x.shape[0]
     step = float(step_size) if step_size is not None else 2.5 * problem.eps / max(steps, 1)
@@ -432,6 +436,7 @@ def interpretation_attack(
     return result
 
 
+@with_autograd
 def random_perturbation(
     explainer_or_model: Explainer | nn.Module,
     x: Tensor,
@@ -444,8 +449,7 @@ def random_perturbation(
 ) -> AttackResult:
     """The weak baseline: x + eps * v with v uniform on the unit sphere, clamped to the domain, with v redrawn
     (up to `tries` times) for the examples whose class flips; delta = 0 and success False where all flip."""
-    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
-        raise UsageError(f"tries must be an integer >= 1, got {tries!r}")
+    positive_int(tries, "tries")
     explainer = explainer_or_model if isinstance(explainer_or_model, Explainer) else None
     model = explainer.model if explainer is not None else explainer_or_model
     if not isinstance(model, nn.Module):

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from certify.bounds.lipschitz import output_rows
 from certify.bounds.network import Activation, AffineNetwork
 from certify.bounds.results import BoundResult, Kind
-from certify.bounds.sets import InputSet, rounding_margin
+from certify.bounds.sets import InputSet, rounding_margin, sample_ball
 from certify.errors import UsageError
 
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.Softplus default
@@ -299,10 +299,7 @@ def curvature_estimate(
     generator = torch.Generator().manual_seed(seed)
     points = flat
     if samples:
-        direction = torch.randn((n_ex, samples, flat.shape[1]), generator=generator, dtype=dtype).to(device)
-        direction = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True)
-        scale = torch.rand((n_ex, samples, 1), generator=generator, dtype=dtype).to(device) ** (1 / flat.shape[1])
-        points = torch.cat([flat, (flat[:, None] + radius * scale * direction).reshape(-1, flat.shape[1])])
+        points = torch.cat([flat, sample_ball(flat, radius, 2.0, samples, generator)])
     low, high = rayleigh_ritz_extremes(_hessian_vector_product(f, points), points, steps, generator)
     owner = torch.cat([torch.arange(n_ex), torch.arange(n_ex).repeat_interleave(samples)]).to(device)
     low_ex = torch.full((n_ex,), math.inf, dtype=dtype, device=device).scatter_reduce(0, owner, low, "amin")

@@ -31,15 +31,16 @@ from torch import Tensor
 
 from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
-from certify.bounds.sets import dual_order, norm_order, rounding_margin
+from certify.bounds.sets import project_ball, rounding_margin, sample_ball
 from certify.errors import UnsupportedError, UsageError
+from certify.vocabulary import dual_norm, norm_name, parse_norm
 
 ROW_METHODS = {2.0: "spectral norm", math.inf: "max absolute row sum"}
 
 
 def lipschitz_norm_order(p: float | int | str) -> float:
     """p as a float in {2, inf} (the norms this module bounds); anything else raises UnsupportedError."""
-    order = norm_order(p)
+    order = parse_norm(p)
     if order not in ROW_METHODS:
         raise UnsupportedError(f"Lipschitz bounds are implemented for p = 2 and p = inf, not p = {p!r}")
     return order
@@ -86,9 +87,9 @@ def lipschitz_product(net: AffineNetwork, p: float | int | str = 2, c: Tensor | 
     for value in norms:
         product = product * value
     if rows is not None:
-        product = row_norm_upper(net.weights[-1], rows, dual_order(order)) * product
+        product = row_norm_upper(net.weights[-1], rows, dual_norm(order)) * product
     product = product + rounding_margin(product, len(norms) + 1)
-    label = "inf" if order == math.inf else "2"
+    label = norm_name(order)
     return BoundResult(
         value=product,
         kind=Kind.CERTIFIED,
@@ -102,28 +103,6 @@ def lipschitz_product(net: AffineNetwork, p: float | int | str = 2, c: Tensor | 
     )
 
 
-def _sample_ball(x: Tensor, radius: float, p: float, samples: int, generator: torch.Generator) -> Tensor:
-    """`samples` points uniformly in the l_p ball of `radius` around each row of x [N, n]: [N * samples, n]."""
-    n_ex, n = x.shape
-    shape = (n_ex, samples, n)
-    if p == 2.0:
-        direction = torch.randn(shape, generator=generator, dtype=x.dtype).to(x.device)
-        direction = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True)
-        scale = torch.rand((n_ex, samples, 1), generator=generator, dtype=x.dtype).to(x.device) ** (1.0 / n)
-        offset = radius * scale * direction
-    else:
-        offset = radius * (2 * torch.rand(shape, generator=generator, dtype=x.dtype).to(x.device) - 1)
-    return (x[:, None, :] + offset).reshape(-1, n)
-
-
-def _project_ball(points: Tensor, centers: Tensor, radius: float, p: float) -> Tensor:
-    delta = points - centers
-    if p == 2.0:
-        norm = torch.linalg.vector_norm(delta, dim=-1, keepdim=True).clamp_min(1e-300)
-        return centers + delta * torch.clamp(radius / norm, max=1.0)
-    return centers + delta.clamp(-radius, radius)
-
-
 def _local_norms(net: AffineNetwork, points: Tensor, rows: Tensor | None, p: float) -> Tensor:
     """Local gradient norms at each point: [M, K] (dual norm of grad c_k . f) or [M] (Jacobian p->p norm).
 
@@ -135,7 +114,7 @@ def _local_norms(net: AffineNetwork, points: Tensor, rows: Tensor | None, p: flo
     ]
     jacobian = torch.stack(grads, dim=1)  # [M, K, n]
     if rows is not None:
-        return torch.linalg.vector_norm(jacobian, ord=dual_order(p), dim=-1)
+        return torch.linalg.vector_norm(jacobian, ord=dual_norm(p), dim=-1)
     if p == 2.0:
         return torch.linalg.matrix_norm(jacobian, ord=2)
     return jacobian.abs().sum(-1).amax(-1)
@@ -167,7 +146,7 @@ def lipschitz_estimate(
     if centers.shape[1] != net.input_size:
         raise UsageError(f"inputs have {centers.shape[1]} features, the network expects {net.input_size}")
     generator = torch.Generator().manual_seed(seed)
-    points = torch.cat([centers, _sample_ball(centers, radius, order, samples, generator)])
+    points = torch.cat([centers, sample_ball(centers, radius, order, samples, generator)])
     anchors = torch.cat([centers, centers.repeat_interleave(samples, dim=0)])
     best = None
     for step in range(steps + 1):
@@ -180,11 +159,11 @@ def lipschitz_estimate(
         (ascent,) = torch.autograd.grad(norms.sum(), points)
         with torch.no_grad():
             direction = ascent / torch.linalg.vector_norm(ascent, dim=-1, keepdim=True).clamp_min(1e-300)
-            points = _project_ball(points + step_size * radius * direction, anchors, radius, order)
+            points = project_ball(points + step_size * radius * direction, anchors, radius, order)
     n_ex = centers.shape[0]
     owner = torch.cat([torch.arange(n_ex), torch.arange(n_ex).repeat_interleave(samples)]).to(best.device)
     per_example = _max_by_owner(best, owner, n_ex)
-    label = "inf" if order == math.inf else "2"
+    label = norm_name(order)
     return BoundResult(
         value=per_example.amax(0),
         kind=Kind.ESTIMATED,

@@ -22,22 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from certify.errors import InvalidInputError, UnsupportedError, UsageError
+from certify.errors import InvalidInputError, UsageError
+from certify.vocabulary import dual_norm, norm_name, parse_norm
 
 UNIT_ROUNDOFF = 2.0**-53
-NORMS = (1.0, 2.0, math.inf)
-
-
-def norm_order(p: float | int | str) -> float:
-    """p as a float in {1, 2, inf}; anything else raises UnsupportedError."""
-    value = math.inf if p in ("inf", "linf", "Linf") else float(p)
-    if value not in NORMS:
-        raise UnsupportedError(f"norm p={p!r} is not supported; choose 1, 2 or inf")
-    return value
-
-
-def dual_order(p: float) -> float:
-    return {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
 
 
 def rounding_margin(magnitude: Tensor, terms: int) -> Tensor:
@@ -46,6 +34,57 @@ def rounding_margin(magnitude: Tensor, terms: int) -> Tensor:
     n = terms + 2
     gamma = n * UNIT_ROUNDOFF / (1.0 - n * UNIT_ROUNDOFF)
     return 2.0 * gamma * magnitude + 1e-300
+
+
+def project_simplex(v: Tensor, total: float | Tensor = 1.0) -> Tensor:
+    """Euclidean projection of each row of v [B, D] onto {w >= 0, sum w = total} (total a float or [B];
+    sort-based, Duchi, Shalev-Shwartz, Singer & Chandra, ICML 2008)."""
+    u, _ = torch.sort(v, dim=-1, descending=True)
+    cumulative = u.cumsum(dim=-1) - torch.as_tensor(total, dtype=v.dtype, device=v.device).reshape(-1, 1)
+    ranks = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype, device=v.device)
+    positive = u - cumulative / ranks > 0
+    rho = positive.to(torch.long).cumsum(dim=-1).argmax(dim=-1, keepdim=True)  # last index where positive
+    theta = cumulative.gather(-1, rho) / (rho + 1).to(v.dtype)
+    return (v - theta).clamp_min(0.0)
+
+
+def project_ball(points: Tensor, centers: Tensor, radius: float | Tensor, p: float | int | str) -> Tensor:
+    """Euclidean projection of each row of points [B, D] onto the l_p ball of `radius` (a float or [B])
+    around the matching row of centers [B, D] (or [D]); exact for p = 1 (through the simplex projection of
+    |delta|), 2 and inf. The one ball projection of the package."""
+    order = parse_norm(p)
+    delta = points - centers
+    r = torch.as_tensor(radius, dtype=delta.dtype, device=delta.device).clamp_min(0.0).reshape(-1, 1)
+    if order == math.inf:
+        return centers + torch.maximum(torch.minimum(delta, r), -r)
+    norm = torch.linalg.vector_norm(delta, ord=order, dim=-1, keepdim=True)
+    if order == 2.0:
+        return centers + delta * torch.where(norm > r, r / norm.clamp_min(torch.finfo(delta.dtype).tiny), torch.ones_like(norm))
+    projected = torch.sign(delta) * project_simplex(delta.abs(), r.expand(delta.shape[0], 1).squeeze(-1))
+    return centers + torch.where(norm <= r, delta, projected)
+
+
+def sample_ball(centers: Tensor, radius: float, p: float | int | str, samples: int, generator: torch.Generator) -> Tensor:
+    """`samples` points uniformly distributed in the l_p ball of `radius` around each row of centers [N, n]:
+    [N * samples, n] (rows of one center together). p = 2: uniform direction, norm radius U^(1/n);
+    p = inf: uniform in the box; p = 1: random signs times radius E_i / (E_0 + ... + E_n), E exponential
+    (uniform on the l1 ball). The one ball sampler of the package."""
+    order = parse_norm(p)
+    n_ex, n = centers.shape
+    shape = (n_ex, samples, n)
+    dtype, device = centers.dtype, centers.device
+    if order == 2.0:
+        direction = torch.randn(shape, generator=generator, dtype=dtype, device=generator.device).to(device)
+        direction = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True).clamp_min(1e-300)
+        scale = torch.rand((n_ex, samples, 1), generator=generator, dtype=dtype, device=generator.device).to(device) ** (1.0 / n)
+        offset = radius * scale * direction
+    elif order == math.inf:
+        offset = radius * (2 * torch.rand(shape, generator=generator, dtype=dtype, device=generator.device).to(device) - 1)
+    else:
+        expo = -torch.log1p(-torch.rand((n_ex, samples, n + 1), generator=generator, dtype=dtype, device=generator.device)).to(device)
+        signs = torch.randint(0, 2, shape, generator=generator, device=generator.device).to(device=device, dtype=dtype) * 2 - 1
+        offset = radius * signs * expo[..., :n] / expo.sum(-1, keepdim=True)
+    return (centers[:, None, :] + offset).reshape(-1, n)
 
 
 @dataclass
@@ -69,7 +108,7 @@ class InputSet:
         domain: tuple[Tensor, Tensor] | None = None,
     ) -> "InputSet":
         """Flatten x [N, ...] to float64 [N, n]; eps a float or [N]; domain (lo, hi) broadcastable to one example."""
-        order = norm_order(p)
+        order = parse_norm(p)
         center = x.detach().reshape(x.shape[0], -1).to(torch.float64)
         if not torch.isfinite(center).all():
             raise InvalidInputError("inputs contain NaN or Inf")
@@ -118,7 +157,7 @@ class InputSet:
         if self.p == math.inf:
             return box_value
         center_terms = a * self.center[:, None, :]
-        dual = torch.linalg.vector_norm(a, ord=dual_order(self.p), dim=-1)
+        dual = torch.linalg.vector_norm(a, ord=dual_norm(self.p), dim=-1)
         magnitude = center_terms.abs().sum(-1) + self.eps[:, None] * dual
         ball_value = center_terms.sum(-1) - self.eps[:, None] * dual - rounding_margin(magnitude, self.size + 2)
         return torch.maximum(ball_value, box_value) if self.lo is not None else ball_value
@@ -132,6 +171,5 @@ class InputSet:
         return inside
 
     def describe(self) -> str:
-        p = "inf" if self.p == math.inf else str(int(self.p))
-        text = f"input in the L{p} ball of radius eps around x"
+        text = f"input in the L{norm_name(self.p)} ball of radius eps around x"
         return text + (" intersected with the input domain box" if self.lo is not None else "")

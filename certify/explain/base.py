@@ -3,7 +3,8 @@
 `attribute(inputs, target=None, **kw)` returns a tensor with the inputs' shape, batch first; `target` is an
 int, one class per example (list or tensor), or None for the predicted class (DESIGN section 3). `explain`
 returns the same attributions with the method's parameters, the targets used and per-example diagnostics.
-Every public call validates its inputs, the model's mode and the targets before any computation.
+Every public call validates its inputs, the model's mode, the targets and its keyword options before any
+computation, and its attributions after.
 """
 from __future__ import annotations
 
@@ -14,7 +15,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from certify.validation import TargetLike, check_eval_mode, evaluate_logits, resolve_target, validate_inputs
+from certify.errors import UsageError
+from certify.validation import (
+    TargetLike,
+    autograd_enabled,
+    check_eval_mode,
+    check_finite_attributions,
+    evaluate_logits,
+    grad_ready,
+    resolve_target,
+    validate_inputs,
+)
 
 
 @dataclass
@@ -37,10 +48,16 @@ class Explanation:
 class Explainer(ABC):
     """Shared base of every explainer: validation, target resolution and the attribute/explain pair.
 
-    Subclasses implement `_explain(inputs, target, **kw)` on validated inputs with resolved targets
-    (a long tensor [N] on the inputs' device) and name themselves with `method_name`."""
+    Subclasses implement `_explain(inputs, target, **options)` on validated inputs with resolved targets
+    (a long tensor [N] on the inputs' device), name themselves with `method_name` and list the keyword
+    options `explain`/`attribute` accept beyond inputs and target in `explain_options` (e.g. Integrated
+    Gradients' `baselines`). Both public calls work inside `torch.inference_mode()` and `torch.no_grad()`
+    (gradients are computed with autograd switched back on, on a normal copy of inference-mode inputs), and
+    both refuse non-finite attributions (InvalidInputError naming the examples) rather than return them;
+    only rows an explainer itself reports as failed (diagnostic `diverged`) keep NaN attributions."""
 
     method_name: str = "explainer"
+    explain_options: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
@@ -51,17 +68,32 @@ class Explainer(ABC):
         """The constructor parameters that determine the explanation (recorded in certificates)."""
         return {}
 
-    def explain(self, inputs: Tensor, target: TargetLike = None, **kwargs: Any) -> Explanation:
+    def explain(self, inputs: Tensor, target: TargetLike = None, **options: Any) -> Explanation:
+        """The explanation of `inputs` [N, ...] for `target` (None: the predicted class; an int; or one class
+        per example), with the method's parameters and per-example diagnostics. `options`: see
+        `explain_options` of the method."""
+        unknown = sorted(set(options) - set(self.explain_options))
+        if unknown:
+            accepted = ", ".join(self.explain_options) if self.explain_options else "none"
+            raise UsageError(
+                f"{type(self).__name__}.explain() and .attribute() got unknown options {unknown}; "
+                f"accepted options besides inputs and target: {accepted}"
+            )
         inputs = validate_inputs(inputs)
         check_eval_mode(self.model)
-        with torch.no_grad():
-            logits = evaluate_logits(self.model, inputs)
-        resolved = resolve_target(target, logits)
-        return self._explain(inputs, resolved, **kwargs)
+        with autograd_enabled():
+            inputs = grad_ready(inputs, self.model)
+            with torch.no_grad():
+                logits = evaluate_logits(self.model, inputs)
+            resolved = grad_ready(resolve_target(target, logits))
+            explanation = self._explain(inputs, resolved, **options)
+        check_finite_attributions(explanation.attributions, self.method_name, explanation.diagnostics.get("diverged"))
+        return explanation
 
-    def attribute(self, inputs: Tensor, target: TargetLike = None, **kwargs: Any) -> Tensor:
-        return self.explain(inputs, target, **kwargs).attributions
+    def attribute(self, inputs: Tensor, target: TargetLike = None, **options: Any) -> Tensor:
+        """The attributions of `explain(inputs, target, **options)`: a tensor with the inputs' shape."""
+        return self.explain(inputs, target, **options).attributions
 
     @abstractmethod
-    def _explain(self, inputs: Tensor, target: Tensor, **kwargs: Any) -> Explanation:
+    def _explain(self, inputs: Tensor, target: Tensor, **options: Any) -> Explanation:
         """Compute the explanation of validated `inputs` for classes `target`."""

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from certify.errors import InvalidInputError, UsageError
 from certify.explain.base import Explainer, Explanation
 from certify.scores import class_scores, score_gradients
+from certify.validation import positive_int
 
 QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -43,7 +44,11 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class IntegratedGradients(Explainer):
+    """`IntegratedGradients(model, n_steps=50, method="gausslegendre", internal_batch_size=None)`; `explain` and
+    `attribute` take `baselines` (a tensor broadcastable to the inputs, a number, or None for zeros)."""
+
     method_name = "integrated-gradients"
+    explain_options = ("baselines",)
 
     def __init__(
         self,
@@ -53,10 +58,9 @@ class IntegratedGradients(Explainer):
         internal_batch_size: int | None = None,
     ) -> None:
         super().__init__(model)
-        if n_steps < 1:
-            raise UsageError(f"n_steps must be >= 1, got {n_steps}")
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise UsageError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+        positive_int(n_steps, "n_steps")
+        if internal_batch_size is not None:
+            positive_int(internal_batch_size, "internal_batch_size")
         quadrature(method, n_steps)  # validates the method name now rather than at the first call
         self.n_steps, self.method, self.internal_batch_size = n_steps, method, internal_batch_size
 

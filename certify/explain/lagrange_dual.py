@@ -5,7 +5,7 @@ For input x and class c (the target), with margin m_c = f_c - max_{j != c} f_j a
 
     r* = min ||delta||_p  s.t.  m_c(x + delta) <= 0,  lo <= x + delta <= hi,
 
-solved per class pair m_cj = f_c - f_j and minimised over j (`certify.attacks.minimal_perturbation`).
+solved per class pair m_cj = f_c - f_j and minimised over j (`certify.explain.minimal_perturbation`).
 The Lagrangian is L(delta, lam) = ||delta||_p + lam * m_c(x + delta) with lam >= 0. **Sign erratum:** the
 proposal writes lam * (max_j f_j - f_c) = -lam * m_c, which has the wrong sign for the constraint
 m_c <= 0; the package uses +lam * m_c (DESIGN section 9).
@@ -17,23 +17,25 @@ s = -delta*/||delta*||_2): it points from the boundary back towards x, with the 
 section 3's sign rule: the sign of the gradient it generalises).
 
 Per-example diagnostics of `explain()` (float64 unless stated):
-  delta [N, ...] (the witness, 0 where none), norm (||delta||_p rounded up: a certified upper bound on r*
-  when flipped; 0 when m_c(x) <= 0; inf when no witness was found), flipped (bool, m_c(x + delta) < 0 by a
-  float64 forward pass), margin (m_c(x + delta)), input_margin (m_c(x)), pair_class (long, the j attaining
-  the minimum, -1 if none), multiplier (lam*), kkt_residual (distance from 0 to the KKT set, see
-  `kkt_stationarity`), iterations (long), gradient_evaluations (long), status (long; see
-  `STATUS_MESSAGES`: 0 witness, 1 margin <= 0 so r* = 0, 2 no witness within budget).
+  delta [N, ...] (the witness, 0 where none), norm (||delta||_p of that delta, rounded up: a certified upper
+  bound on r* when flipped; 0 when m_c(x) <= 0; inf when no witness was found), flipped (bool, m_c < 0 at
+  x + delta both for a float64 copy of the model and for the model in its own dtype at x + delta.to(x.dtype)),
+  margin (m_c(x + delta), float64), model_margin (the same from the model in its own dtype), input_margin
+  (m_c(x)), pair_class (long, the j attaining the minimum, -1 if none), multiplier (lam*), kkt_residual
+  (distance from 0 to the KKT set, see `kkt_stationarity`), iterations (long), gradient_evaluations (long),
+  status (long; see `STATUS_MESSAGES`: 0 witness, 1 margin <= 0 so r* = 0, 2 no witness within budget, 3 the
+  model's dtype and float64 disagree on the decision at x).
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import Tensor, nn
 
-from certify.attacks.minimal_perturbation import METHODS, STATUS_MESSAGES, minimal_perturbation, resolve_norm
-from certify.errors import UsageError
 from certify.explain.base import Explainer, Explanation
+from certify.explain.minimal_perturbation import STATUS_MESSAGES, check_solver_options, minimal_perturbation
+from certify.validation import positive_int
+from certify.vocabulary import norm_json, parse_norm
 
 __all__ = ["LagrangeDual", "STATUS_MESSAGES"]
 
@@ -59,12 +61,10 @@ class LagrangeDual(Explainer):
         **solver_options: float,
     ) -> None:
         super().__init__(model)
-        if method not in METHODS:
-            raise UsageError(f"unknown method {method!r}; choose one of {METHODS}")
-        for name, value in (("max_iter", max_iter), ("restarts", restarts)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UsageError(f"{name} must be a positive int, got {value!r}")
-        self.p = resolve_norm(p)
+        check_solver_options(method, solver_options)
+        positive_int(max_iter, "max_iter")
+        positive_int(restarts, "restarts")
+        self.p = parse_norm(p)
         self.domain = domain
         self.max_iter = max_iter
         self.method = method
@@ -74,7 +74,7 @@ class LagrangeDual(Explainer):
 
     def params(self) -> dict[str, Any]:
         return {
-            "p": "inf" if self.p == math.inf else int(self.p),
+            "p": norm_json(self.p),
             "method": self.method,
             "max_iter": self.max_iter,
             "restarts": self.restarts,
@@ -101,6 +101,7 @@ class LagrangeDual(Explainer):
             "norm": result.norm,
             "flipped": result.flipped,
             "margin": result.margin,
+            "model_margin": result.model_margin,
             "input_margin": result.input_margin,
             "pair_class": result.pair_class,
             "multiplier": result.multiplier,

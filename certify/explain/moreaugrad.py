@@ -51,13 +51,15 @@ import torch
 from torch import Tensor, nn
 
 from certify.bounds.results import BoundResult, Kind
-from certify.errors import UsageError
+from certify.bounds.smoothing import vector_mean_deviation
+from certify.errors import InvalidInputError, UsageError
 from certify.explain.base import Explainer, Explanation
 from certify.explain.prox import Penalty, check_groups
 from certify.scores import score_gradients
+from certify.validation import autograd_enabled, nonnegative_number, positive_int, positive_number
+from certify.vocabulary import STEIN_CONSTANT
 
 Method = Literal["accelerated", "fixed-step"]
-STEIN = math.sqrt(2.0 / math.pi)
 MAX_SAMPLE_GROWTH = 64
 ROUNDING_MARGIN = 1e-12  # relative margin on float64 residual evaluations in the certificate
 
@@ -132,18 +134,14 @@ class MoreauGrad(Explainer):
         seed: int | None = None,
     ) -> None:
         super().__init__(model)
-        _positive("rho", rho)
-        _positive("tol", tol)
-        if not (isinstance(sparsity, (int, float)) and math.isfinite(sparsity) and sparsity >= 0):
-            raise UsageError(f"sparsity must be a finite number >= 0, got {sparsity!r}")
-        if not (isinstance(smoothing_sigma, (int, float)) and math.isfinite(smoothing_sigma) and smoothing_sigma >= 0):
-            raise UsageError(f"smoothing_sigma must be a finite number >= 0, got {smoothing_sigma!r}")
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise UsageError(f"samples must be an integer >= 1, got {samples!r}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise UsageError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+        positive_number(rho, "rho")
+        positive_number(tol, "tol")
+        nonnegative_number(sparsity, "sparsity")
+        nonnegative_number(smoothing_sigma, "smoothing_sigma")
+        positive_int(samples, "samples")
+        positive_int(max_iter, "max_iter")
         if step is not None:
-            _positive("step", step)
+            positive_number(step, "step")
         if method not in ("accelerated", "fixed-step"):
             raise UsageError(f"method must be 'accelerated' or 'fixed-step', got {method!r}")
         if group_size is not None:
@@ -204,9 +202,7 @@ class MoreauGrad(Explainer):
         return _Gradient(mean, noise_level, max_norm)
 
     # ------------------------------------------------------------------ solver
-    def _explain(self, inputs: Tensor, target: Tensor, **kwargs: Any) -> Explanation:
-        if kwargs:
-            raise UsageError(f"MoreauGrad.explain takes no extra arguments, got {sorted(kwargs)}")
+    def _explain(self, inputs: Tensor, target: Tensor) -> Explanation:
         if self.penalty.kind == "group":
             check_groups(inputs.shape, self.group_size)
         x = inputs.detach()
@@ -274,6 +270,14 @@ class MoreauGrad(Explainer):
             if count:
                 state = state.keep(running)
 
+        at_input = diverged & (iterations == 0)
+        if bool(at_input.any()):
+            rows = torch.nonzero(at_input).flatten().tolist()
+            raise InvalidInputError(
+                f"moreaugrad: the model's gradient is NaN or Inf at the input of examples {rows[:10]} (in smoothed "
+                "mode: at its first noisy samples) although its logits are finite (e.g. sqrt or log at 0); no "
+                "explanation is returned for such inputs"
+            )
         z = x + out_u
         attributions = (x - z) / rho
         diagnostics = {
@@ -295,7 +299,7 @@ class MoreauGrad(Explainer):
         if self.step is not None or not accelerated:
             return state.curvature.new_full(state.curvature.shape, self.step if self.step is not None else 0.1)
         if self.smoothed:
-            estimate = STEIN * grad.max_norm / self.smoothing_sigma
+            estimate = STEIN_CONSTANT * grad.max_norm / self.smoothing_sigma
         elif has_secant:  # y_k == y_{k-1} gives dg = 0 too (same point, same gradient), hence estimate 0
             dy = _row_norms(state.y - state.prev_y)
             estimate = _row_norms(grad.value - state.prev_grad) / torch.clamp(dy, min=torch.finfo(dy.dtype).tiny)
@@ -332,10 +336,9 @@ class MoreauGrad(Explainer):
         Refuses when rho * lambda >= 1 (F_x need not be strongly convex: no bound exists), in smoothed mode
         without `lipschitz`, and when a sample gradient exceeds `lipschitz` (the assumption is false)."""
         method = "moreaugrad-solver-error"
-        if not (isinstance(weak_convexity, (int, float)) and math.isfinite(weak_convexity) and weak_convexity >= 0):
-            raise UsageError(f"weak_convexity must be a finite number >= 0, got {weak_convexity!r}")
+        nonnegative_number(weak_convexity, "weak_convexity")
         if lipschitz is not None:
-            _positive("lipschitz", lipschitz)
+            positive_number(lipschitz, "lipschitz")
         if not 0.0 < confidence < 1.0:
             raise UsageError(f"confidence must lie in (0, 1), got {confidence!r}")
         if explanation.method != self.method_name or "z" not in explanation.diagnostics:
@@ -371,7 +374,8 @@ class MoreauGrad(Explainer):
             generator = None
             if self.seed is not None:
                 generator = torch.Generator(device=x.device).manual_seed(self.seed + 1_000_003)
-            grad = self._gradient(model, z, target, m, generator)
+            with autograd_enabled():
+                grad = self._gradient(model, z, target, m, generator)
             worst = float(grad.max_norm[ok].max()) if bool(ok.any()) else 0.0
             if worst > lipschitz:
                 return BoundResult.refuse(
@@ -379,12 +383,13 @@ class MoreauGrad(Explainer):
                     f"a sample gradient has norm {worst:.6g} > the given Lipschitz constant {lipschitz:.6g}",
                     assumptions,
                 )
-            deviation = deviation + lipschitz / math.sqrt(m) * (1.0 + math.sqrt(2.0 * math.log(1.0 / (1.0 - confidence))))
+            deviation = deviation + vector_mean_deviation(lipschitz, m, 1.0 - confidence)
             gradient = grad.value
             assumptions.append(f"every sample gradient norm <= L = {lipschitz:.6g} (checked on the {m} fresh draws)")
             details["residual_samples"] = m
         else:
-            gradient = score_gradients(model, z, target)[1]
+            with autograd_enabled():
+                gradient = score_gradients(model, z, target)[1]
         u = z - x
         residual = _row_norms(self.penalty.minimal_subgradient(gradient + u / rho, u, self.sparsity))
         rounding = _row_norms(explanation.attributions.detach().to(torch.float64) - (x - z) / rho)
@@ -397,7 +402,3 @@ class MoreauGrad(Explainer):
                                witness={"z": z}, details=details)
         return BoundResult(value, Kind.CERTIFIED, method, assumptions, witness={"z": z}, details=details)
 
-
-def _positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise UsageError(f"{name} must be a finite number > 0, got {value!r}")

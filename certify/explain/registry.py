@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from certify.errors import UnsupportedError
+from certify.errors import UnsupportedError, UsageError
 from certify.explain.base import Explainer
 from certify.explain.gradient import Gradient
 from certify.explain.integrated_gradients import IntegratedGradients
@@ -24,9 +24,16 @@ METHODS: dict[str, Callable[..., Explainer]] = {
 
 
 def make_explainer(name: str, model: nn.Module, **params: Any) -> Explainer:
-    """The explainer registered under `name`, constructed with `params`."""
+    """The explainer registered under `name`, constructed with `params`; a parameter the method does not take
+    is a UsageError naming the accepted ones."""
     if name not in METHODS:
         raise UnsupportedError(f"unknown explanation method {name!r}; choose one of {sorted(METHODS)}")
+    signature = inspect.signature(METHODS[name])
+    named = [n for n, prm in signature.parameters.items() if n != "model" and prm.kind != prm.VAR_KEYWORD]
+    open_ended = any(prm.kind == prm.VAR_KEYWORD for prm in signature.parameters.values())
+    unknown = sorted(set(params) - set(named))
+    if unknown and not open_ended:  # an open-ended constructor (solver options) checks its own extra options
+        raise UsageError(f"unknown parameters {unknown} for method {name!r}; accepted: {', '.join(named) or 'none'}")
     return METHODS[name](model, **params)
 
 

@@ -13,13 +13,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from certify.errors import InvalidInputError, UsageError
+from certify.errors import InvalidInputError
 from certify.explain.base import Explainer, Explanation
 from certify.scores import score_gradients
+from certify.validation import nonnegative_number, positive_int
 
 
 class SmoothGrad(Explainer):
+    """`SmoothGrad(model, sigma=0.15, samples=50, relative=False, samples_per_chunk=None, seed=0)`; `explain` and
+    `attribute` take `noise` (standard-normal draws [N, samples, ...] to use instead of the generator)."""
+
     method_name = "smoothgrad"
+    explain_options = ("noise",)
 
     def __init__(
         self,
@@ -31,12 +36,10 @@ class SmoothGrad(Explainer):
         seed: int | None = 0,
     ) -> None:
         super().__init__(model)
-        if sigma < 0:
-            raise UsageError(f"sigma must be >= 0, got {sigma}")
-        if samples < 1:
-            raise UsageError(f"samples must be >= 1, got {samples}")
-        if samples_per_chunk is not None and samples_per_chunk < 1:
-            raise UsageError(f"samples_per_chunk must be >= 1, got {samples_per_chunk}")
+        nonnegative_number(sigma, "sigma")
+        positive_int(samples, "samples")
+        if samples_per_chunk is not None:
+            positive_int(samples_per_chunk, "samples_per_chunk")
         self.sigma, self.samples, self.relative = sigma, samples, relative
         self.samples_per_chunk, self.seed = samples_per_chunk, seed
 

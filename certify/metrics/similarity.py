@@ -26,11 +26,25 @@ def normalized_l2_distance(a: Tensor, b: Tensor) -> Tensor:
     return (unit(a) - unit(b)).norm(dim=1)
 
 
-def _topk_mask(t: Tensor, k: int, signed: bool) -> Tensor:
-    """Boolean mask of the k largest entries per row (|value| unless signed); ties go to the lower index
-    (a stable sort), so the result is deterministic."""
-    order = torch.sort(t if signed else t.abs(), dim=1, descending=True, stable=True).indices[:, :k]
-    return torch.zeros_like(t, dtype=torch.bool).scatter_(1, order, True)
+def topk_count(k: int | float, n: int) -> int:
+    """The number of features a top-k of n features keeps: k itself for a count (int, 1 <= k <= n), or
+    ceil(k n) for a fraction 0 < k < 1. Anything else raises UsageError."""
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise UsageError(f"k must be a count in 1..{n} or a fraction in (0, 1), got {k!r}")
+    count = k if isinstance(k, int) else int(math.ceil(float(k) * n)) if 0 < k < 1 else 0
+    if not 1 <= count <= n:
+        raise UsageError(f"k must be a count in 1..{n} or a fraction in (0, 1), got {k!r}")
+    return count
+
+
+def topk_mask(t: Tensor, k: int | float, signed: bool = False) -> Tensor:
+    """Boolean mask [N, D] of the top-k features of each example of t [N, ...] (ranked by |value|, or by
+    signed value with `signed=True`); `k` a count or a fraction (`topk_count`). Ties go to the lower index
+    (a stable sort), so the result is deterministic. The one definition of a top-k set in the package."""
+    flat = t.detach().flatten(1)
+    count = topk_count(k, flat.shape[1])
+    order = torch.sort(flat if signed else flat.abs(), dim=1, descending=True, stable=True).indices[:, :count]
+    return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
 
 
 def topk_intersection(a: Tensor, b: Tensor, k: int | float, signed: bool = False) -> Tensor:
@@ -38,12 +52,8 @@ def topk_intersection(a: Tensor, b: Tensor, k: int | float, signed: bool = False
     MoreauGrad code does: for signed maps that keeps only the largest positive entries). `k` is a count
     (int >= 1) or a fraction of the features (0 < k < 1). Identical maps give 1."""
     a, b = _pair(a, b)
-    n = a.shape[1]
-    count = k if isinstance(k, int) and not isinstance(k, bool) else int(math.ceil(float(k) * n))
-    if isinstance(k, float) and not 0 < k < 1 or not 1 <= count <= n:
-        raise UsageError(f"k must be a count in 1..{n} or a fraction in (0, 1), got {k!r}")
-    both = _topk_mask(a, count, signed) & _topk_mask(b, count, signed)
-    return both.sum(dim=1).double() / count
+    both = topk_mask(a, k, signed) & topk_mask(b, k, signed)
+    return both.sum(dim=1).double() / topk_count(k, a.shape[1])
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 3, data_range: float | None = None) -> Tensor:

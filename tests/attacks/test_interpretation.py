@@ -233,3 +233,16 @@ def test_smoothed_moreaugrad_surrogate_moves_and_stays_valid():
     result = interpretation_attack(explainer, x, 0.5, steps=2, restarts=1, domain=data.domain, surrogate_steps=3)
     assert not bool(result.zero_gradient.any()) and bool(result.valid.all())
     assert torch.all(result.objective <= result.initial_objective)
+
+
+def test_attacks_work_inside_inference_mode():
+    model, data = _load("digits-softplus-mlp")
+    x = data.x_test[:2]
+    explainer = Gradient(model)
+    expected = interpretation_attack(explainer, x, 0.5, steps=3, restarts=1, domain=data.domain)
+    expected_noise = random_perturbation(explainer, x, 0.5, seed=0)
+    with torch.inference_mode():
+        inside = x.clone()
+        attack = interpretation_attack(explainer, inside, 0.5, steps=3, restarts=1, domain=data.domain)
+        noise = random_perturbation(explainer, inside, 0.5, seed=0)
+    assert torch.equal(attack.perturbed, expected.perturbed) and torch.equal(noise.perturbed, expected_noise.perturbed)

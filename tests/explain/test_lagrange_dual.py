@@ -1,4 +1,4 @@
-"""Tests of the Lagrange-dual explainer and the per-feature / per-group minimal flips on zoo models."""
+"""Tests of the Lagrange-dual explainer on zoo models."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,6 @@ from torch import nn
 
 from certify.errors import InvalidInputError, ModelModeError, UsageError
 from certify.explain import LagrangeDual
-from certify.explain.feature_sensitivity import AT_BOUNDARY, CANNOT_FLIP, FLIPS, feature_groups, feature_sensitivity
 from certify.models import zoo
 
 
@@ -73,40 +72,3 @@ def test_bad_parameters_and_inputs(digits) -> None:
     trained = nn.Sequential(nn.Linear(64, 10), nn.Dropout(0.5)).train()
     with pytest.raises(ModelModeError):
         LagrangeDual(trained).explain(data.x_test[:1])
-
-
-def test_feature_groups_shapes() -> None:
-    assert feature_groups((5,)).shape == (5, 5)
-    patches = feature_groups((1, 8, 8), group_size=2)
-    assert patches.shape == (16, 1, 8, 8) and bool((patches.sum(0) == 1).all())
-    with pytest.raises(UsageError):
-        feature_groups((64,), group_size=2)
-
-
-def test_feature_sensitivity_is_consistent_on_a_linear_model() -> None:
-    # f_0 - f_1 = 2 x_0 + 0.5 x_1 - 1 on [0, 1]^3 at x = (0.8, 0.4, 0.5): margin 0.8
-    model = nn.Linear(3, 2).double().eval()
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[2.0, 0.5, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64))
-        model.bias.copy_(torch.tensor([-1.0, 0.0], dtype=torch.float64))
-    x = torch.tensor([[0.8, 0.4, 0.5]], dtype=torch.float64)
-    result = feature_sensitivity(model, x, p=2, domain=(0.0, 1.0), max_iter=200)
-    # feature 0 alone flips at x_0 < 0.4 (change 0.4); features 1 and 2 cannot flip within [0, 1]
-    assert result.status[0].tolist() == [FLIPS, CANNOT_FLIP, CANNOT_FLIP]
-    assert float(result.change[0, 0]) == pytest.approx(0.4, rel=1e-2)
-    assert math.isinf(float(result.change[0, 1]))
-    assert float(result.witness[0, 0, 1]) == 0.0 and float(result.witness[0, 0, 2]) == 0.0
-    misclassified = feature_sensitivity(model, x, target=1, p=2, domain=(0.0, 1.0), max_iter=20)
-    assert (misclassified.status == AT_BOUNDARY).all()
-
-
-def test_feature_sensitivity_on_digits_patches_never_contradicts_itself() -> None:
-    model, data = zoo.load("digits-relu-cnn")
-    x = data.x_test[:1]
-    result = feature_sensitivity(model, x, p=2, domain=data.domain, group_size=4, max_iter=60, restarts=1)
-    assert result.status.shape == (1, 4)
-    assert not bool((result.flips & result.cannot_flip).any())
-    points = x.double().unsqueeze(1) + result.witness
-    with torch.no_grad():
-        predicted = copy.deepcopy(model).double()(points.reshape(-1, 1, 8, 8)).argmax(1).view(1, 4)
-    assert bool((predicted[result.flips] != result.target.view(1, 1).expand(1, 4)[result.flips]).all())

@@ -40,16 +40,23 @@ Methods:
   lam <- max(0, lam + eta_lam m_cj(x + delta)) from delta = 0, lam = 1 (the projection on lam >= 0 is the
   dual feasibility the proposal leaves implicit), plus the domain projection. Kept as the baseline.
 
-Every returned witness is re-checked by a float64 forward pass on a float64 copy of the model: a
-perturbation is a witness only if x + delta lies in the domain and m_c(x + delta) < 0 there (then the
-decision has flipped: some class scores strictly above c). Its norm is rounded outwards, so
-r* <= ||delta||_p is a certified upper bound for the float64 network. Where no witness was found the norm is
-reported as inf (status NO_WITNESS), never a made-up number; where m_c(x) <= 0 already, r* = 0
-(status AT_BOUNDARY).
+Every returned witness is re-checked twice: the model as the user runs it evaluates x + delta computed in
+the inputs' dtype (x + delta.to(x.dtype), on the inputs' device), and a float64 copy of the model evaluates
+x + delta in float64; a perturbation is a witness only if both points lie in the domain and m_c < 0 for both
+(then the decision has flipped: some class scores strictly above c). A float64 witness found by bisection
+sits on the float64 boundary, where the rounding of a float32 (or bfloat16) model can leave the decision
+unchanged, so `settle_witness` snaps it to the point the user's model evaluates and, where needed, moves it
+outwards along its ray (then bisects) until both decisions flip. The reported norm is that of the delta
+returned (float64 of the stored values), rounded outwards, so r* <= ||delta||_p is a certified upper bound
+for the float64 network, with a witness that also flips the model in its own dtype. Where no witness was
+found the norm is reported as inf (status NO_WITNESS), never a made-up number; where m_c(x) <= 0 already, in
+both evaluations, r* = 0 (status AT_BOUNDARY); where the two evaluations disagree on the decision at x itself
+(a margin within rounding of 0), no witness is reported (status DTYPE_DISAGREES).
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -57,68 +64,33 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from certify.bounds.sets import project_ball, project_simplex
 from certify.errors import InvalidInputError, UsageError
+from certify.validation import grad_ready, positive_int, with_autograd
+from certify.vocabulary import dual_norm, parse_norm
 
 METHODS = ("fmn", "gda")
 STATUS_WITNESS = 0
 STATUS_AT_BOUNDARY = 1
 STATUS_NO_WITNESS = 2
+STATUS_DTYPE_DISAGREES = 3
 STATUS_MESSAGES = {
-    STATUS_WITNESS: "a flipping perturbation was found and verified by a float64 forward pass",
-    STATUS_AT_BOUNDARY: "the margin m_c(x) <= 0 already (misclassified or tied for this target): r* = 0",
-    STATUS_NO_WITNESS: "no flipping perturbation found within the iteration budget and the domain: upper bound inf",
+    STATUS_WITNESS: "a flipping perturbation was found and verified by forward passes of the model in its own dtype "
+    "and of a float64 copy",
+    STATUS_AT_BOUNDARY: "the margin m_c(x) <= 0 already (misclassified or tied for this target), in the model's own "
+    "dtype and in float64: r* = 0",
+    STATUS_NO_WITNESS: "no flipping perturbation found within the iteration budget and the domain that flips the "
+    "decision both of the model as run (its own dtype) and of its float64 copy: upper bound inf",
+    STATUS_DTYPE_DISAGREES: "the model in its own dtype and its float64 copy disagree on whether the decision at x is "
+    "the target (the margin is within rounding of 0): no witness is reported",
 }
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _EPS64 = torch.finfo(torch.float64).eps
 
 
-def resolve_norm(p: float | int | str) -> float:
-    """p as a float in {1.0, 2.0, inf}; anything else is a UsageError."""
-    value = p
-    if isinstance(p, str):
-        value = math.inf if p.lower() in ("inf", "linf", "l_inf") else p
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"p must be 1, 2 or inf, got {p!r}") from None
-    if value not in (1.0, 2.0, math.inf):
-        raise UsageError(f"p must be 1, 2 or inf, got {p!r}")
-    return value
-
-
-def dual_exponent(p: float) -> float:
-    """q with 1/p + 1/q = 1."""
-    return {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
-
-
 def lp_norm(v: Tensor, p: float) -> Tensor:
     """Row norms ||v_b||_p of a [B, D] tensor."""
     return torch.linalg.vector_norm(v, ord=p, dim=-1)
-
-
-def project_simplex(v: Tensor, total: float | Tensor = 1.0) -> Tensor:
-    """Euclidean projection of each row onto {w >= 0, sum w = total} (sort-based; Duchi et al., ICML 2008)."""
-    u, _ = torch.sort(v, dim=-1, descending=True)
-    cumulative = u.cumsum(dim=-1) - torch.as_tensor(total, dtype=v.dtype, device=v.device).reshape(-1, 1)
-    ranks = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype, device=v.device)
-    positive = u - cumulative / ranks > 0
-    rho = positive.to(torch.long).cumsum(dim=-1).argmax(dim=-1, keepdim=True)  # last index where positive
-    theta = cumulative.gather(-1, rho) / (rho + 1).to(v.dtype)
-    return (v - theta).clamp_min(0.0)
-
-
-def project_lp_ball(v: Tensor, radius: Tensor, p: float) -> Tensor:
-    """Euclidean projection of each row of v [B, D] onto the ball ||.||_p <= radius_b (exact for p = 2, inf;
-    for p = 1 through the simplex projection of |v|)."""
-    r = radius.clamp_min(0.0).unsqueeze(-1)
-    if p == math.inf:
-        return torch.maximum(torch.minimum(v, r), -r)
-    norm = lp_norm(v, p).unsqueeze(-1)
-    if p == 2.0:
-        return v * torch.where(norm > r, r / norm.clamp_min(torch.finfo(v.dtype).tiny), torch.ones_like(norm))
-    inside = norm <= r
-    projected = torch.sign(v) * project_simplex(v.abs(), r.squeeze(-1))
-    return torch.where(inside, v, projected)
 
 
 def float64_model(model: nn.Module) -> nn.Module:
@@ -268,7 +240,7 @@ def solve_fmn(
 ) -> SolverTrace:
     """Fast-minimum-norm iteration (see the module docstring). Steps are relative to the current radius."""
     x, box, support = problems.x, problems.box, problems.support
-    q = dual_exponent(p)
+    q = dual_norm(p)
     delta = start.clone()
     eps = lp_norm(delta, p)
     trace = SolverTrace(delta.clone(), torch.full_like(eps, math.inf), torch.zeros_like(eps, dtype=torch.long))
@@ -286,7 +258,7 @@ def solve_fmn(
         eps = torch.where(adversarial, torch.minimum(eps * (1.0 - gamma), trace.norm), grow)
         direction = grad / lp_norm(grad, 2.0).clamp_min(1e-300).unsqueeze(-1)
         delta = delta - (step * eps).unsqueeze(-1) * direction
-        delta = project_lp_ball(delta, eps, p) * support
+        delta = project_ball(delta, torch.zeros_like(delta), eps, p) * support
         delta = box.clip(x + delta) - x
     margin, _ = oracle(x + delta)
     _record_best(trace, delta, margin, p, max_iter)
@@ -431,7 +403,7 @@ def kkt_stationarity(
     minimiser is 1 / ||g||_q, inside the bracket. NaN where delta = 0 (no perturbation, no KKT point)."""
     cone_lo, cone_hi = _coordinate_state(x, delta, box, support)
     free = (cone_lo == 0) & (cone_hi == 0)
-    q = dual_exponent(p)
+    q = dual_norm(p)
     scale = lp_norm(grad * free, q)
     scale = torch.where(scale > 0, scale, lp_norm(grad * support, q)).clamp_min(1e-300)
     a = torch.zeros_like(scale)
@@ -468,17 +440,21 @@ def kkt_stationarity(
 class MinimalPerturbation:
     """Per example (N rows): the best verified witness over the class pairs and its certificates.
 
-    delta [N, *shape] float64 (0 where none), norm [N] (outward-rounded ||delta||_p, 0 when m_c(x) <= 0, inf
-    when no witness), flipped [N] (m_c(x + delta) < 0 by a float64 forward pass), margin [N] = m_c(x + delta),
+    delta [N, *shape] float64 (0 where none), norm [N] (outward-rounded ||delta||_p of the returned delta, 0 when
+    m_c(x) <= 0, inf when no witness), flipped [N] (m_c(x + delta) < 0 both in float64 and for the model in its
+    own dtype at x + delta.to(x.dtype)), margin [N] = m_c(x + delta) in float64, model_margin [N] = the same
+    margin from the model in its own dtype,
     input_margin [N] = m_c(x), pair_class [N] (the j of the best pair, -1 if none), multiplier [N] (lam* from
     the KKT conditions of that pair), sensitivity [N, *shape] = lam* grad m_cj(x + delta), kkt_residual [N],
     iterations [N] (the iteration that found the witness), status [N] (see STATUS_MESSAGES), pair_norms
-    [N, C] (witness norm per pair, inf where none and for the target itself), gradient_evaluations [N]."""
+    [N, C] (float64-verified witness norm per pair before `settle_witness`, inf where none and for the target
+    itself), gradient_evaluations [N]."""
 
     delta: Tensor
     norm: Tensor
     flipped: Tensor
     margin: Tensor
+    model_margin: Tensor
     input_margin: Tensor
     pair_class: Tensor
     multiplier: Tensor
@@ -510,7 +486,7 @@ def _random_starts(oracle: MarginOracle, problems: PairProblems, p: float, resta
     if restarts == 1:
         return zero
     margin, grad = oracle(x)
-    radius = margin.clamp_min(0.0) / lp_norm(grad * support, dual_exponent(p)).clamp_min(1e-300)
+    radius = margin.clamp_min(0.0) / lp_norm(grad * support, dual_norm(p)).clamp_min(1e-300)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     noise = torch.randn((restarts - 1,) + tuple(x.shape), generator=generator, dtype=x.dtype, device=x.device) * support
     direction = noise / lp_norm(noise, p).clamp_min(1e-300).unsqueeze(-1)
@@ -524,6 +500,95 @@ def _margin_of(logits: Tensor, target: Tensor) -> Tensor:
     return logits.gather(1, target.view(-1, 1)).squeeze(1) - others.amax(dim=1)
 
 
+def settle_witness(
+    model: nn.Module,
+    model64: nn.Module,
+    inputs: Tensor,
+    target: Tensor,
+    delta: Tensor,
+    active: Tensor,
+    box: DomainBox,
+    growth_steps: int = 50,
+    bisection_steps: int = 30,
+) -> tuple[Tensor, Tensor]:
+    """(delta', accepted) per example: the witness as the user's model sees it.
+
+    A float64 witness found by bisection sits within 2^-30 of the float64 decision boundary, where the
+    rounding of the model's own dtype (float32, bfloat16, ...) can leave the decision unchanged. A
+    displacement d [N, D] (float64) is *accepted* when, with y = inputs + d.to(inputs.dtype) computed in the
+    inputs' dtype (what the user evaluates) and x64 + d in float64: m_c(y) < 0 for `model` as given, m_c(x64 + d)
+    < 0 for `model64`, and both points lie in `box`. Every candidate is first snapped to the user's point,
+    d = float64(y) - x64, so that both evaluations are of the same point whenever that difference is exact.
+
+    Rows of `active` whose d fails are moved outwards along the ray (the coordinates on a face of the box stay
+    there, as in `shrink_along_ray`): t = 1 + 2^(k - 46) for k = 0, 1, ... (up to t = 1 + 2^(growth_steps - 47)),
+    clipped to the box, until accepted; then bisection between the last rejected and the first accepted t.
+    A row is returned with accepted False (and its input d) when no t is accepted."""
+    n = inputs.shape[0]
+    shape = inputs.shape
+    x_user = inputs.detach()
+    x64 = x_user.to(torch.float64).reshape(n, -1)
+
+    def user_point(d: Tensor) -> Tensor:
+        return x_user + d.reshape(shape).to(x_user.dtype)
+
+    def snap(d: Tensor) -> Tensor:
+        return user_point(d).to(torch.float64).reshape(n, -1) - x64
+
+    def accepts(d: Tensor) -> Tensor:
+        y = user_point(d)
+        with torch.no_grad():
+            m_user = _margin_of(model(y), target)
+            m64 = _margin_of(model64((x64 + d).reshape(shape)), target)
+        inside = box.contains(x64 + d) & box.contains(y.to(torch.float64).reshape(n, -1))
+        return (m_user < 0) & (m64 < 0) & inside & active
+
+    cone_lo, cone_hi = _coordinate_state(x64, delta, box, torch.ones_like(delta))
+    held = torch.isinf(cone_lo) | torch.isinf(cone_hi)
+    fixed, free = torch.where(held, delta, 0.0), torch.where(held, 0.0, delta)
+
+    def at(t: Tensor) -> Tensor:
+        return snap(box.clip(x64 + fixed + t.unsqueeze(-1) * free) - x64)
+
+    one = torch.ones(n, dtype=torch.float64, device=x64.device)
+    accepted = accepts(at(one))
+    lo, hi = one.clone(), one.clone()
+    grown = torch.zeros_like(accepted)
+    for k in range(growth_steps):
+        pending = active & ~accepted
+        if not bool(pending.any()):
+            break
+        t = one + 2.0 ** (k - 46)
+        good = pending & accepts(at(t))
+        hi = torch.where(good, t, hi)
+        lo = torch.where(pending & ~good, t, lo)
+        grown |= good
+        accepted |= good
+    for _ in range(bisection_steps if bool(grown.any()) else 0):
+        mid = 0.5 * (lo + hi)
+        good = grown & accepts(at(mid))
+        hi = torch.where(good, mid, hi)
+        lo = torch.where(grown & ~good, mid, lo)
+    settled = at(hi)
+    accepted = accepted & accepts(settled)  # the returned displacement itself, re-verified
+    return torch.where(accepted.unsqueeze(-1), settled, delta), accepted
+
+
+def check_solver_options(method: str, options: dict[str, object]) -> None:
+    """Refuse options that the solver of `method` does not take (UsageError naming the accepted ones)."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {METHODS}")
+    solver = solve_fmn if method == "fmn" else solve_gda
+    accepted = [n for n, prm in inspect.signature(solver).parameters.items() if prm.default is not inspect.Parameter.empty]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UsageError(
+            f"unknown options {unknown}: neither parameters of the minimal-perturbation solver nor options of its "
+            f"{method!r} method (those are: {', '.join(accepted)})"
+        )
+
+
+@with_autograd
 def minimal_perturbation(
     model: nn.Module,
     inputs: Tensor,
@@ -543,13 +608,13 @@ def minimal_perturbation(
     witness.
 
     `support` (bool, broadcastable to `inputs`) restricts which coordinates may change (per-feature and
-    per-group sensitivity); `options` are passed to the solver (step sizes and schedules)."""
-    p = resolve_norm(p)
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of {METHODS}")
-    for name, value in (("max_iter", max_iter), ("restarts", restarts)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UsageError(f"{name} must be a positive int, got {value!r}")
+    per-group sensitivity); `options` are passed to the solver (step sizes and schedules). Works inside
+    `torch.inference_mode()`."""
+    p = parse_norm(p)
+    check_solver_options(method, options)
+    positive_int(max_iter, "max_iter")
+    positive_int(restarts, "restarts")
+    inputs, target = grad_ready(inputs, model), grad_ready(target)
     model64 = float64_model(model)
     n, shape = inputs.shape[0], tuple(inputs.shape[1:])
     x_flat = inputs.detach().to(torch.float64).reshape(n, -1)
@@ -577,13 +642,11 @@ def minimal_perturbation(
     trace = solver(oracle, problems, starts, p, max_iter, **options)
     found = torch.isfinite(trace.norm)
     delta_rows = torch.where(found.unsqueeze(-1), shrink_along_ray(margin_only, problems.x, trace.delta, problems.box), trace.delta)
-    # verification: the point must lie in the domain and flip the pair margin in float64
+    # verification of each pair row: the point must lie in the domain and flip the pair margin in float64
     points = problems.box.clip(problems.x + delta_rows)
     delta_rows = points - problems.x
-    margins, grads = oracle(points)
-    verified = (margins < 0) & problems.box.contains(points) & found
-    row_norms = torch.where(verified, outward_norm(delta_rows, p), torch.full_like(margins, math.inf))
-    lam, residual = kkt_stationarity(problems.x, delta_rows, grads, problems.box, problems.support, p)
+    verified = (margin_only(points) < 0) & problems.box.contains(points) & found
+    row_norms = torch.where(verified, outward_norm(delta_rows, p), torch.full_like(trace.norm, math.inf))
 
     # best restart per pair, then best pair per example
     pairs = num_classes - 1
@@ -593,38 +656,50 @@ def minimal_perturbation(
     pair_norms = per_restart.gather(0, best_restart.view(1, -1)).view(n, pairs)
     best_pair = pair_norms.argmin(dim=1)
     rows = pair_rows[torch.arange(n, device=inputs.device) * pairs + best_pair]
-    best_norm = pair_norms.gather(1, best_pair.view(-1, 1)).squeeze(1)
+    others = base.j.view(n, pairs)
+    pair_class = others.gather(1, best_pair.view(-1, 1)).squeeze(1)
     input_margin = _margin_of(logits, target)
-    at_boundary = input_margin <= 0
-    candidate = torch.isfinite(best_norm) & ~at_boundary
+    with torch.no_grad():
+        model_input_margin = _margin_of(model(inputs.detach()), target).to(torch.float64)
+    # r* = 0 when the decision at x is not c, both as the user runs the model and in float64; where the two
+    # disagree (a margin within rounding of 0) no witness is reported
+    at_boundary = (input_margin <= 0) & (model_input_margin <= 0)
+    disagree = (input_margin <= 0) != (model_input_margin <= 0)
+    candidate = torch.isfinite(pair_norms.gather(1, best_pair.view(-1, 1)).squeeze(1)) & ~at_boundary & ~disagree
     zeros = torch.zeros_like(x_flat)
     delta = torch.where(candidate.unsqueeze(-1), delta_rows[rows], zeros)
-    # the reported x + delta itself (not only the solver's point) must be in the domain and flip m_c
+    # the returned x + delta must flip the decision of the model as the user runs it (the inputs' dtype and
+    # device) and of the float64 copy, and lie in the domain; its norm is that of the delta returned
+    delta, keep = settle_witness(model, model64, inputs, target, delta, candidate, box)
+    delta = torch.where(keep.unsqueeze(-1), delta, zeros)
     with torch.no_grad():
         final_margin = _margin_of(model64((x_flat + delta).reshape(n, *shape)), target)
-    keep = candidate & (final_margin < 0) & box.contains(x_flat + delta)
-    delta = torch.where(keep.unsqueeze(-1), delta, zeros)
-    final_margin = torch.where(keep | ~candidate, final_margin, input_margin)
-    sensitivity = torch.where(keep.unsqueeze(-1), lam[rows].unsqueeze(-1) * grads[rows], zeros)
+        model_margin = _margin_of(model(inputs.detach() + delta.reshape(n, *shape).to(inputs.dtype)), target)
+    model_margin = model_margin.to(torch.float64)
+    # the KKT multiplier and residual of the best pair at the returned witness
+    _, grads = pair_margin_gradients(model64, x_flat + delta, shape, target, pair_class.clamp_min(0))
+    lam, residual = kkt_stationarity(x_flat, delta, grads, box, mask, p)
+    sensitivity = torch.where(keep.unsqueeze(-1), lam.unsqueeze(-1) * grads, zeros)
     status = torch.full((n,), STATUS_NO_WITNESS, dtype=torch.long, device=inputs.device)
     status = torch.where(keep, torch.full_like(status, STATUS_WITNESS), status)
     status = torch.where(at_boundary, torch.full_like(status, STATUS_AT_BOUNDARY), status)
-    norm = torch.where(keep, best_norm, torch.full_like(best_norm, math.inf))
+    status = torch.where(disagree, torch.full_like(status, STATUS_DTYPE_DISAGREES), status)
+    norm = torch.where(keep, outward_norm(delta, p), torch.full_like(input_margin, math.inf))
     norm = torch.where(at_boundary, torch.zeros_like(norm), norm)
     nan = torch.full_like(norm, math.nan)
-    others = base.j.view(n, pairs)
     all_pairs = torch.full((n, num_classes), math.inf, dtype=torch.float64, device=inputs.device).scatter(1, others, pair_norms)
     per_example = restarts * pairs * (max_iter + 1) + pairs * (1 if restarts > 1 else 0)
     return MinimalPerturbation(
         delta=delta.reshape(n, *shape),
         norm=norm,
-        flipped=final_margin < 0,
+        flipped=(final_margin < 0) & (model_margin < 0),
         margin=final_margin,
+        model_margin=model_margin,
         input_margin=input_margin,
-        pair_class=torch.where(keep, others.gather(1, best_pair.view(-1, 1)).squeeze(1), torch.full_like(best_pair, -1)),
-        multiplier=torch.where(keep, lam[rows], nan),
+        pair_class=torch.where(keep, pair_class, torch.full_like(pair_class, -1)),
+        multiplier=torch.where(keep, lam, nan),
         sensitivity=sensitivity.reshape(n, *shape),
-        kkt_residual=torch.where(keep, residual[rows], nan),
+        kkt_residual=torch.where(keep, residual, nan),
         iterations=torch.where(keep, trace.iteration[rows], torch.zeros_like(best_pair)),
         status=status,
         pair_norms=all_pairs,

@@ -1,11 +1,15 @@
 """Lower and upper bounds on the minimal decision-flipping radius per example, and their gap
-(issue 5; DESIGN sections 4.3 and 5):
+(issue 5; DESIGN sections 4.3 and 5).
+
+This module composes the verification layer (`certify.bounds`: Lipschitz, relaxation and MILP bounds) with
+the solver layer's witness (`certify.explain.minimal_perturbation`), so it sits above both and below the
+certificate issuers:
 
     r*(x) = inf { ||delta||_p : lo <= x + delta <= hi, m_c(x + delta) <= 0 },   m_c = f_c - max_{j != c} f_j.
 
-* **upper** (certified): ||delta||_p (rounded up) of a witness from `certify.attacks.minimal_perturbation`,
-  verified by a float64 forward pass; inf, with the reason, where no witness was found; 0 where
-  m_c(x) <= 0 (then delta = 0 is feasible).
+* **upper** (certified): ||delta||_p (rounded up) of a witness from `certify.explain.minimal_perturbation`,
+  verified by forward passes of the model in its own dtype and of a float64 copy; inf, with the reason,
+  where no witness was found; 0 where m_c(x) <= 0 (then delta = 0 is feasible).
 * **lower** (certified): the largest of
   - "lipschitz": min_j m_cj(x) / L_cj with L_cj the product-of-norms Lipschitz bound of f_c - f_j in the
     norm dual to p (for p = 1 the l2 constant serves, since ||.||_2 <= ||.||_1); valid with or without the
@@ -27,14 +31,23 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from certify.attacks.minimal_perturbation import MinimalPerturbation, minimal_perturbation, resolve_norm
 from certify.bounds.lipschitz import lipschitz_product
 from certify.bounds.milp import exact_minimal_radius
 from certify.bounds.network import AffineNetwork, from_module
 from certify.bounds.radius import RADIUS_METHODS, certified_radius, lipschitz_radius
 from certify.bounds.results import BoundResult, Kind
 from certify.errors import CertifyError, UnsupportedError, UsageError
-from certify.validation import TargetLike, check_eval_mode, evaluate_logits, resolve_target, validate_inputs
+from certify.explain.minimal_perturbation import MinimalPerturbation, minimal_perturbation
+from certify.validation import (
+    TargetLike,
+    check_eval_mode,
+    evaluate_logits,
+    grad_ready,
+    resolve_target,
+    validate_inputs,
+    with_autograd,
+)
+from certify.vocabulary import parse_norm
 
 LOWER_METHODS = ("lipschitz",) + RADIUS_METHODS
 EXACT_MAX_HIDDEN_UNITS = 64
@@ -107,6 +120,7 @@ def _exact(net: AffineNetwork, x: Tensor, target: Tensor, p: float, domain, uppe
     )
 
 
+@with_autograd
 def minimal_radius_bounds(
     model: nn.Module,
     inputs: Tensor,
@@ -123,13 +137,13 @@ def minimal_radius_bounds(
     networks with at most EXACT_MAX_HIDDEN_UNITS hidden units and p in {1, inf}; True forces it (p = 2
     raises UnsupportedError there), False skips it. `witness` reuses an earlier `minimal_perturbation`
     result for the same inputs and targets; otherwise one is computed with `attack_options`."""
-    order = resolve_norm(p)
+    order = parse_norm(p)
     unknown = [m for m in lower_methods if m not in LOWER_METHODS]
     if unknown:
         raise UsageError(f"unknown lower-bound methods {unknown}; choose from {LOWER_METHODS}")
     if exact not in (True, False, "auto"):
         raise UsageError(f"exact must be True, False or 'auto', got {exact!r}")
-    inputs = validate_inputs(inputs)
+    inputs = grad_ready(validate_inputs(inputs), model)
     check_eval_mode(model)
     with torch.no_grad():
         logits = evaluate_logits(model, inputs)

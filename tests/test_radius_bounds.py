@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from certify.bounds.minimal_radius import minimal_radius_bounds
+from certify.radius_bounds import minimal_radius_bounds
 from certify.errors import UsageError
 from proofs_checks.ld_sound_radius import tiny_relu_net
 
