@@ -1,0 +1,115 @@
+"""certify.models.hashing: the content hashes identify weights and architecture bit for bit, and nothing else."""
+import copy
+import hashlib
+
+import pytest
+import torch
+from torch import nn
+
+from certify.models.builders import Normalize, mlp
+from certify.models.hashing import model_hash, tensor_hash
+
+
+def _model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return mlp(5, 3, hidden=(4,), act="softplus")
+
+
+def _flip_lowest_bit(t: torch.Tensor, index: int = 0) -> None:
+    with torch.no_grad():
+        bits = t.view(-1).view(torch.int32)
+        bits[index] ^= 1
+
+
+def test_tensor_hash_is_sha256_of_dtype_shape_and_bytes():
+    """The documented format, recomputed by hand (a change breaks every stored certificate)."""
+    t = torch.tensor([[1.0, -2.0, 3.5], [0.0, 4.0, -0.25]])
+    expected = hashlib.sha256(b"torch.float32(2, 3)" + t.numpy().tobytes()).hexdigest()
+    assert tensor_hash(t) == expected
+    assert len(tensor_hash(t)) == 64 and int(tensor_hash(t), 16) >= 0
+
+
+def test_model_hash_is_sha256_of_repr_and_named_tensors():
+    model = Normalize([0.5], [2.0])
+    digest = hashlib.sha256(repr(model).encode())
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(value.numpy().tobytes())
+    assert model_hash(model) == digest.hexdigest()
+
+
+def test_one_weight_bit_changes_the_model_hash():
+    model = _model()
+    before = model_hash(model)
+    _flip_lowest_bit(model[2].weight, index=5)
+    after = model_hash(model)
+    assert after != before
+    _flip_lowest_bit(model[2].weight, index=5)
+    assert model_hash(model) == before  # and flipping it back restores it
+
+
+def test_one_bias_bit_and_one_buffer_bit_change_the_hash():
+    model = _model()
+    before = model_hash(model)
+    _flip_lowest_bit(model[0].bias, index=3)
+    assert model_hash(model) != before
+    norm = nn.Sequential(Normalize([0.1, 0.2], [1.0, 1.0]), nn.Linear(2, 2))
+    before = model_hash(norm)
+    _flip_lowest_bit(norm[0].mean, index=1)  # a buffer, not a parameter
+    assert model_hash(norm) != before
+
+
+def test_hash_is_stable_across_copies_and_reloads():
+    model = _model()
+    assert model_hash(copy.deepcopy(model)) == model_hash(model)
+    fresh = _model(seed=123)
+    assert model_hash(fresh) != model_hash(model)
+    fresh.load_state_dict(model.state_dict())
+    assert model_hash(fresh) == model_hash(model)
+    model.eval()
+    assert model_hash(model) == model_hash(fresh)  # train/eval mode is not part of the content
+    model(torch.randn(2, 5)).sum().backward()  # gradients are not part of it either
+    assert model_hash(model) == model_hash(fresh)
+
+
+def test_architecture_without_parameters_is_part_of_the_hash():
+    """ReLU and Softplus networks with the same weights compute different functions: different hashes."""
+    relu, soft = mlp(5, 3, hidden=(4,), act="relu"), mlp(5, 3, hidden=(4,), act="softplus")
+    soft.load_state_dict(relu.state_dict())
+    assert model_hash(relu) != model_hash(soft)
+    sharper = mlp(5, 3, hidden=(4,), act="softplus", beta=2.0)
+    sharper.load_state_dict(relu.state_dict())
+    assert model_hash(sharper) != model_hash(soft)
+
+
+def test_dtype_is_part_of_the_hash():
+    """Same values in another dtype are another model (its rounding differs); bfloat16 is hashed too."""
+    model = _model()
+    as_double = copy.deepcopy(model).double()
+    as_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    hashes = {model_hash(model), model_hash(as_double), model_hash(as_bf16)}
+    assert len(hashes) == 3
+    assert model_hash(as_double) == model_hash(copy.deepcopy(model).double())  # stable within a dtype
+    assert model_hash(as_bf16) == model_hash(copy.deepcopy(model).to(torch.bfloat16))
+    with torch.no_grad():
+        as_bf16[0].weight[0, 0] = as_bf16[0].weight[0, 0] * 2
+    assert model_hash(as_bf16) != model_hash(copy.deepcopy(model).to(torch.bfloat16))
+
+
+def test_tensor_hash_shape_dtype_layout_and_autograd():
+    t = torch.arange(12, dtype=torch.float32)
+    assert tensor_hash(t.view(3, 4)) != tensor_hash(t.view(4, 3)) != tensor_hash(t)  # same bytes, other shape
+    assert tensor_hash(t) != tensor_hash(t.double())
+    assert tensor_hash(t.view(3, 4).T) == tensor_hash(t.view(3, 4).T.contiguous())  # layout does not matter
+    leaf = t.clone().requires_grad_(True)
+    assert tensor_hash(leaf) == tensor_hash(t)
+    assert tensor_hash(torch.tensor([0.0])) != tensor_hash(torch.tensor([-0.0]))  # bytes, not values
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_hash_does_not_depend_on_the_device(device):
+    model = _model()
+    moved = copy.deepcopy(model).to(device)
+    assert model_hash(moved) == model_hash(model)
+    assert tensor_hash(model[0].weight.to(device)) == tensor_hash(model[0].weight)
