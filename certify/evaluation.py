@@ -35,6 +35,7 @@ from certify.explain.registry import make_preset
 from certify.metrics import gini_index, normalized_l2_distance, ssim, topk_intersection, zero_fraction
 from certify.models.datasets import Dataset
 from certify.progress import progress_bar
+from certify.validation import positive_number
 
 BASELINES = ("gradient", "integrated-gradients", "smoothgrad")
 MOREAU = ("moreaugrad", "sparse-moreaugrad")
@@ -51,8 +52,10 @@ class StudyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n < 1 or not self.eps or any(e <= 0 for e in self.eps) or not 0 < self.k < 1:
+        if self.n < 1 or not self.eps or not 0 < self.k < 1:
             raise UsageError(f"invalid study configuration {self}: need n >= 1, eps > 0, 0 < k < 1")
+        for eps in self.eps:
+            positive_number(eps, "eps")
 
 
 def _stats(values: Tensor) -> dict[str, float]:

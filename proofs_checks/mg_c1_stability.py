@@ -17,12 +17,12 @@ observed/bound shows how tight the corollary is.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from hypothesis import strategies as st
 from torch.func import hessian
 
+from certify.bounds.stability import moreaugrad_stability
 from proofs_checks.framework import CheckContext, Report, run_property, theorem
 from proofs_checks.moreau_support import one_hidden_curvature, reference, rho_below
 from proofs_checks.nets import NetSpec, net_specs
@@ -50,7 +50,6 @@ def _case(spec: NetSpec, fraction: float, eps: float, seed: int, tally, ratios: 
     net = spec.build()
     lam, _ = one_hidden_curvature(net, 0, spec.beta)
     rho = rho_below(lam, fraction)
-    constant = 1.0 / min(rho, (1.0 / lam - rho) if lam > 0 else math.inf)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(1, spec.inputs, generator=gen, dtype=torch.float64)
     mg_x, r_x, _ = _solve(net, x, rho)
@@ -61,7 +60,10 @@ def _case(spec: NetSpec, fraction: float, eps: float, seed: int, tally, ratios: 
     for _ in range(ASCENT_STEPS):
         mg, r, z = _solve(net, x + delta, rho)
         change = (mg - mg_x).norm(dim=1)
-        bound = eps * constant + (r_x + r) / (1 - rho * lam)
+        # the issuers' function: Corollary 1 + err(x) + tol / (1 - rho lambda), with err(x) = ||r_x||/(1 - rho lambda)
+        # and tol = ||r|| the residual of the run at x + delta
+        bound = torch.tensor([moreaugrad_stability(eps, rho, float(ri), lam, float(r_x) / (1 - rho * lam)) for ri in r],
+                             dtype=torch.float64)
         i = int(torch.argmax(change / bound))
         if float(change[i] / bound[i]) > worst / worst_bound:
             worst, worst_bound = float(change[i]), float(bound[i])

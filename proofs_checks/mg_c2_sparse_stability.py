@@ -30,6 +30,7 @@ import cvxpy as cp
 import numpy as np
 from hypothesis import strategies as st
 
+from certify.bounds.stability import corollary2_corrected
 from proofs_checks.framework import CheckContext, Report, run_property, theorem
 
 COUNTEREXAMPLE_A = np.array([[1.0, 10.0], [10.0, 101.0]])
@@ -117,7 +118,7 @@ def _corrected_bound(report: Report, ctx: CheckContext) -> None:
             smg, err = sparse_mg_contraction(a_matrix, points, rho, eta, groups)
             change = np.linalg.norm(smg[1:] - smg[0], axis=1)
             worst = int(np.argmax(change))
-            bound = beta * eps / (1 - rho * beta) + err[0] + err[1 + worst]
+            bound = corollary2_corrected(eps, rho, beta) + err[0] + err[1 + worst]  # the issuers' function
             tally.record(change[worst], bound, f"n={n}, seed={seed}, rho*beta={rho_beta:.3f}, eta={eta:.3g}, eps={eps:.3g}")
             if groups == 1 and rho < 1 / max(lam, 1e-300):
                 paper.record(change[worst], eps / min(rho, 1 / lam - rho if lam > 0 else np.inf) + err[0] + err[1 + worst],

@@ -33,8 +33,9 @@ from certify.bounds.crown import check_target, layer_bounds
 from certify.bounds.lp import require_relu
 from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
-from certify.bounds.sets import InputSet, norm_order
+from certify.bounds.sets import InputSet
 from certify.errors import UnsupportedError, UsageError
+from certify.vocabulary import parse_norm
 
 HIGHS_TOLERANCES = {
     "mip_rel_gap": 1e-9,
@@ -108,7 +109,7 @@ def exact_minimal_radius(
 
     NaN where a solve was not optimal, or where no flip exists within `upper` (then r* > upper); +inf
     where no class can be reached anywhere in the domain (no `upper`)."""
-    order = norm_order(p)
+    order = parse_norm(p)
     _require_linear_norm(order)
     require_relu(net, "the MILP")
     net = net.to("cpu")

@@ -9,18 +9,13 @@ tolerances, not re-checkable), and *refused* (no number can be guaranteed: `reas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from torch import Tensor
 
+from certify.vocabulary import Kind
 
-class Kind(str, Enum):
-    CERTIFIED = "certified"
-    PROBABILISTIC = "probabilistic"
-    ESTIMATED = "estimated"
-    SOLVER_REPORTED = "solver-reported"
-    REFUSED = "refused"
+__all__ = ["BoundResult", "Kind"]  # Kind is defined once, in certify.vocabulary
 
 
 @dataclass

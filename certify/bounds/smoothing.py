@@ -33,7 +33,17 @@ from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import rounding_margin
 from certify.errors import UsageError
 
-STEIN_CONSTANT = math.sqrt(2.0 / math.pi)
+from certify.vocabulary import STEIN_CONSTANT
+
+
+def proposition1_constant(lipschitz: float, sigma: float) -> float:
+    """sqrt(2/pi) L / sigma: the curvature (and weak-convexity) constant of h = E f(. + sigma Z) for an
+    L-Lipschitz (l2) f; the one implementation the issuers and the theorem row MG-P1 call."""
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise UsageError(f"sigma must be a finite number > 0, got {sigma}")
+    if not (math.isfinite(lipschitz) and lipschitz >= 0):
+        raise UsageError(f"the Lipschitz constant must be a finite number >= 0, got {lipschitz}")
+    return STEIN_CONSTANT * lipschitz / sigma
 
 
 def smoothed_weak_convexity(lipschitz: BoundResult, sigma: float) -> BoundResult:
@@ -47,7 +57,8 @@ def smoothed_weak_convexity(lipschitz: BoundResult, sigma: float) -> BoundResult
         raise UsageError("Proposition 1 needs an l2 Lipschitz constant")
     if lipschitz.refused:
         return BoundResult.refuse(method, f"no Lipschitz constant: {lipschitz.reason}")
-    value = STEIN_CONSTANT * torch.as_tensor(lipschitz.value, dtype=torch.float64) / sigma
+    lip = torch.as_tensor(lipschitz.value, dtype=torch.float64)
+    value = torch.tensor([proposition1_constant(float(v), sigma) for v in lip.flatten()], dtype=torch.float64).reshape(lip.shape)
     value = value + rounding_margin(value, 3)
     return BoundResult(
         value,

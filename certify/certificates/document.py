@@ -1,44 +1,59 @@
-"""The certificate document: a versioned JSON file holding provenance, the input, the explanation and a
-list of claims (DESIGN sections 1 and 5; JSON Schema in `certificate.schema.json` beside this file).
+"""The certificate document, version 2: a JSON file holding provenance, the function the claims are about,
+the input, the explanation, the target and a list of claims (DESIGN sections 1, 5 and 10; JSON Schema in
+`certificate.schema.json` beside this file, validated at run time).
 
-A claim states one number about the explanation or the model: `value` with `relation` "<=" (an upper
-bound on the quantity named in `statement`), ">=" (a lower bound) or "==" (an exact value), its `kind`
-(certified, probabilistic with `confidence`, estimated, solver-reported, or refused with a `reason` and
-no value), the `method`, the ids of the claims it rests on (`assumptions`), and the `witness` a checker
-needs to re-derive it. Claim `type` names the re-check rule the independent checker applies.
+* `function`: what every claim is about: {"description", "semantics" (the translation summary: ops,
+  softplus handling), "conformance" ({"tolerance", "max_deviation", "points", "passed"})}, or
+  {"refused": reason} when the model could not be translated exactly (then every bound-based claim is
+  refused with that reason).
+* `target` and `target_source` ("given" by the user, or "predicted": the argmax of the model at x).
+* `claims`: typed statements (`certify.certificates.claims`): type, params, relation, value, kind, method,
+  assumptions, witness, confidence, reason, and the statement rendered from type and params.
 
 Arrays (input, explanation, witnesses) are stored inline as nested lists of floats (JSON floats
 round-trip float64 exactly), with their sha256; arrays larger than `INLINE_LIMIT` elements go to a
 sidecar .npy file next to the certificate, referenced by name and hash.
+
+A file that is not JSON, has a duplicated key, fails the schema (an unknown or missing field, a wrong
+version, a kind or claim type not in the registry) or has duplicate / dangling claim ids raises
+`CertificateFormatError` (exit 2 of `certify verify`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 
+from certify.certificates.claims import CLAIM_TYPES, KINDS, RELATIONS, Claim, Kind
 from certify.errors import CertificateFormatError
+from certify.vocabulary import round_down, round_up
+
+__all__ = ["Certificate", "Claim", "Kind", "KINDS", "RELATIONS", "SCHEMA_ID", "SCHEMA_VERSION", "INLINE_LIMIT",
+           "array_sha256", "encode_array", "decode_array", "parse_certificate", "read_certificate", "schema",
+           "round_up", "round_down"]
 
 SCHEMA_ID = "certify-certificate"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INLINE_LIMIT = 65536
-MARGIN = 1e-9  # relative outward rounding of every value a builder writes (the checker allows only 1e-12)
-KINDS = ("certified", "probabilistic", "estimated", "solver-reported", "refused")
-RELATIONS = ("<=", ">=", "==")
+SCHEMA_FILE = Path(__file__).with_name("certificate.schema.json")
+TARGET_SOURCES = ("given", "predicted")
 
 
-def round_up(value: float) -> float:
-    """An upper bound as written into a certificate: value widened by the relative MARGIN."""
-    return value + abs(value) * MARGIN + 1e-300
-
-
-def round_down(value: float) -> float:
-    """A lower bound as written into a certificate: value narrowed by the relative MARGIN."""
-    return value - abs(value) * MARGIN - 1e-300
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the format (package data), with the claim kinds and types of the registry."""
+    doc = json.loads(SCHEMA_FILE.read_text())
+    claim = doc["$defs"]["claim"]["properties"]
+    claim["kind"] = {"enum": list(KINDS)}
+    claim["type"] = {"enum": sorted(CLAIM_TYPES)}
+    claim["relation"] = {"enum": list(RELATIONS)}
+    return doc
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -64,8 +79,10 @@ def decode_array(record: Any, where: str, base_dir: Path | None = None) -> np.nd
         raise CertificateFormatError(f"{where}: not an array record (needs shape and sha256)")
     try:
         if "sidecar" in record:
-            path = (base_dir or Path(".")) / record["sidecar"]
-            a = np.load(path, allow_pickle=False)
+            name = Path(str(record["sidecar"]))
+            if name.name != str(record["sidecar"]):
+                raise CertificateFormatError(f"{where}: a sidecar is a file name next to the certificate, not a path")
+            a = np.load((base_dir or Path(".")) / name, allow_pickle=False)
         else:
             a = np.asarray(record["values"], dtype=np.float64)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -74,34 +91,19 @@ def decode_array(record: Any, where: str, base_dir: Path | None = None) -> np.nd
         raise CertificateFormatError(f"{where}: shape {list(a.shape)} differs from the recorded {record['shape']}")
     if array_sha256(a) != record["sha256"]:
         raise CertificateFormatError(f"{where}: values do not match their sha256")
+    if not np.isfinite(a).all():
+        raise CertificateFormatError(f"{where}: the array holds NaN or infinite values")
     return a
-
-
-@dataclass
-class Claim:
-    id: str
-    type: str
-    statement: str
-    relation: str
-    value: float | None
-    kind: str
-    method: str
-    assumptions: list[str] = field(default_factory=list)
-    witness: dict[str, Any] = field(default_factory=dict)
-    confidence: float | None = None
-    reason: str | None = None
-
-    @classmethod
-    def refused(cls, id: str, type: str, statement: str, method: str, reason: str) -> "Claim":
-        return cls(id, type, statement, "<=", None, "refused", method, reason=reason)
 
 
 @dataclass
 class Certificate:
     provenance: dict[str, Any]
+    function: dict[str, Any]
     input: dict[str, Any]
-    target: int
     explanation: dict[str, Any]
+    target: int
+    target_source: str
     claims: list[Claim]
     schema: str = SCHEMA_ID
     version: int = SCHEMA_VERSION
@@ -124,54 +126,51 @@ class Certificate:
         return path
 
 
-_REQUIRED = {"schema": str, "version": int, "provenance": dict, "input": dict, "target": int, "explanation": dict, "claims": list}
-_CLAIM_REQUIRED = {"id": str, "type": str, "statement": str, "relation": str, "kind": str, "method": str}
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise CertificateFormatError(f"duplicated field {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> float:
+    raise CertificateFormatError(f"{name} is not a JSON number")
 
 
 def parse_certificate(text: str, where: str = "certificate") -> Certificate:
-    """Parse and structurally validate a certificate; CertificateFormatError names what is wrong."""
+    """Parse and validate a certificate against the JSON Schema; CertificateFormatError names what is wrong."""
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise CertificateFormatError(f"{where} is not valid JSON (truncated or corrupt?): {exc}") from exc
+    except CertificateFormatError as exc:
+        raise CertificateFormatError(f"{where}: {exc}") from None
     if not isinstance(raw, dict):
         raise CertificateFormatError(f"{where}: top level must be a JSON object")
-    for key, typ in _REQUIRED.items():
-        if key not in raw:
-            raise CertificateFormatError(f"{where}: missing field {key!r}")
-        if not isinstance(raw[key], typ) or (typ is int and isinstance(raw[key], bool)):
-            raise CertificateFormatError(f"{where}: field {key!r} must be {typ.__name__}")
-    if raw["schema"] != SCHEMA_ID or raw["version"] != SCHEMA_VERSION:
+    if raw.get("schema") != SCHEMA_ID or raw.get("version") != SCHEMA_VERSION:
         raise CertificateFormatError(
-            f"{where}: schema {raw['schema']!r} version {raw['version']} is not {SCHEMA_ID!r} version {SCHEMA_VERSION}"
+            f"{where}: schema {raw.get('schema')!r} version {raw.get('version')!r} is not {SCHEMA_ID!r} version {SCHEMA_VERSION}"
         )
-    claims = []
-    for i, c in enumerate(raw["claims"]):
-        if not isinstance(c, dict):
-            raise CertificateFormatError(f"{where}: claim {i} is not an object")
-        for key, typ in _CLAIM_REQUIRED.items():
-            if not isinstance(c.get(key), typ):
-                raise CertificateFormatError(f"{where}: claim {i} field {key!r} missing or not {typ.__name__}")
-        if c["kind"] not in KINDS or c["relation"] not in RELATIONS:
-            raise CertificateFormatError(f"{where}: claim {c['id']!r} has kind {c['kind']!r} / relation {c['relation']!r}")
-        value = c.get("value")
-        if c["kind"] == "refused":
-            if value is not None or not c.get("reason"):
-                raise CertificateFormatError(f"{where}: refused claim {c['id']!r} must have no value and a reason")
-        elif not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise CertificateFormatError(f"{where}: claim {c['id']!r} needs a numeric value")
-        known = {f for f in Claim.__dataclass_fields__}
-        claims.append(Claim(**{k: v for k, v in c.items() if k in known}))
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        path = "/".join(str(p) for p in first.absolute_path) or "(top level)"
+        raise CertificateFormatError(f"{where}: {path}: {first.message}")
+    claims = [Claim(**c) for c in raw["claims"]]
     ids = [c.id for c in claims]
     if len(set(ids)) != len(ids):
         raise CertificateFormatError(f"{where}: duplicate claim ids")
     for c in claims:
-        missing = [a for a in c.assumptions if a not in ids and not a.startswith("input:")]
+        missing = [a for a in c.assumptions if a not in ids]
         if missing:
             raise CertificateFormatError(f"{where}: claim {c.id!r} rests on unknown claims {missing}")
+        if c.id in c.assumptions:
+            raise CertificateFormatError(f"{where}: claim {c.id!r} rests on itself")
     return Certificate(
-        provenance=raw["provenance"], input=raw["input"], target=raw["target"],
-        explanation=raw["explanation"], claims=claims,
+        provenance=raw["provenance"], function=raw["function"], input=raw["input"], explanation=raw["explanation"],
+        target=raw["target"], target_source=raw["target_source"], claims=claims,
     )
 
 

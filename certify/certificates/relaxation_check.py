@@ -18,7 +18,7 @@ lower line a >= alpha z (alpha = 1 if l >= 0, 0 if u <= 0, else the witness's al
 [0, 1]); upper line a <= s z + t with s = u/(u - l) in float64 (1 if l >= 0, 0 if u <= 0) and the exact
 intercept t = max(relu(l) - s l, relu(u) - s u), valid for any s since relu is convex.
 
-Schemes (witness["scheme"]):
+Schemes (the claim's params.relaxation; the norm p and the domain box are params too, never witness fields):
 
 * "crown": boxes are NOT read from the witness. Layer by layer, the box of z_k is the intersection of
   interval arithmetic (from the input box through the interval boxes below) and CROWN back-substitution
@@ -51,7 +51,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from certify.certificates._common import Invalid
 from certify.certificates.document import decode_array
+from certify.vocabulary import Domain
 
 SCHEMES = ("crown", "lp")
 
@@ -337,20 +339,21 @@ def _duals(record: dict, top: int, decode: Callable[[Any], np.ndarray]) -> dict[
 
 
 def prove_margins(weights: list[torch.Tensor], biases: list[torch.Tensor], x0: np.ndarray, target: int, radius: float,
-                  witness: dict, decode: Callable[[Any], np.ndarray], fail: Fail) -> list[float]:
+                  witness: dict, decode: Callable[[Any], np.ndarray], fail: Fail, p: Any, scheme: str,
+                  domain: tuple[np.ndarray, np.ndarray] | None = None) -> list[float]:
     """Exact lower bounds (rounded down to float64) of the margins f_target - f_j, j != target, over the
-    ball of `radius`; raises fail(...) naming the first margin not proven > 0."""
-    p = math.inf if str(witness["p"]) in ("inf", "Infinity") else float(witness["p"])
+    ball of `radius` in the norm `p` (intersected with the `domain` box [lo, hi]), by the relaxation
+    `scheme` with the witness's slopes and multipliers; raises fail(...) naming the first margin not
+    proven > 0. p, scheme and domain are the claim's params, never read from the witness."""
+    p = math.inf if str(p) in ("inf", "Infinity") else float(p)
     if p not in (1.0, 2.0, math.inf):
-        raise fail(f"norm p = {witness['p']} is not supported")
+        raise fail(f"norm p = {p} is not supported")
     if not (math.isfinite(radius) and radius >= 0):
         raise fail(f"radius {radius} is not a finite number >= 0")
-    scheme = witness.get("scheme")
     if scheme not in SCHEMES:
         raise fail(f"unknown relaxation scheme {scheme!r}; expected one of {SCHEMES}")
-    domain = None
-    if "domain" in witness:
-        domain = tuple(np.broadcast_to(decode(witness["domain"][key]).reshape(-1), x0.shape) for key in ("lo", "hi"))
+    if domain is not None:
+        domain = tuple(np.broadcast_to(np.asarray(d, dtype=np.float64).reshape(-1), x0.shape) for d in domain)
         if ((x0 < domain[0]) | (x0 > domain[1])).any():
             raise fail("the input lies outside the stated domain")
     net = ReluNetwork(weights, biases)
@@ -379,22 +382,31 @@ def prove_margins(weights: list[torch.Tensor], biases: list[torch.Tensor], x0: n
     return values
 
 
-def check_radius_lower(ctx: Any, claim: Any) -> float:
+def check_radius_lower(ctx: Any, claim: Any, weights: list[torch.Tensor], biases: list[torch.Tensor], acts: list[tuple]) -> float:
     """Rule for "radius-lower": max(claimed radius, the witness's radius) if every margin is proven > 0 on
-    that ball (module doc)."""
-    from certify.certificates.checker import _affine_stages, _Invalid  # lazy: the checker imports this module
-
-    weights, biases, acts = _affine_stages(ctx.model, tuple(ctx.x.shape[1:]))
-    if not acts or not all(isinstance(a, nn.ReLU) for a in acts):
-        raise _Invalid("the exact relaxation re-check covers ReLU networks with at least one hidden layer")
+    that ball (module doc). Norm, domain and scheme come from the claim's params, the weights from the
+    checker's own translation."""
+    if not acts or not all(a[0] == "relu" for a in acts):
+        raise Invalid("the exact relaxation re-check covers ReLU networks with at least one hidden layer")
     x0 = ctx.x.reshape(-1).numpy().astype(np.float64)
 
     def decode(record: Any) -> np.ndarray:
         return decode_array(record, f"claim {claim.id} witness", ctx.base_dir)
 
+    params = claim.params
+    domain = None
+    if params["domain"] is not None:
+        box = Domain.from_json(params["domain"])
+        if box is not None and box.bounded:
+            lo, hi = box.tensors(tuple(ctx.x.shape[1:]), torch.float64)
+            domain = (np.nan_to_num(lo.reshape(-1).numpy()), np.nan_to_num(hi.reshape(-1).numpy()))  # +-inf as +-DBL_MAX
     # proven at the radius the witness was built for when that is larger: a loosened claim then re-derives
     # to the original radius (so claims resting on it, such as a gap, stay valid); a raised one is proven
     # at its own, larger radius or fails
-    radius = max(float(claim.value), float(claim.witness.get("radius", claim.value)))
-    prove_margins(weights, biases, x0, ctx.target, radius, claim.witness, decode, _Invalid)
+    extra = claim.witness.get("radius", claim.value)
+    if isinstance(extra, bool) or not isinstance(extra, (int, float)):
+        raise Invalid("witness radius is not a number")
+    radius = max(float(claim.value), float(extra))
+    prove_margins(weights, biases, x0, ctx.target, radius, claim.witness, decode, Invalid, params["p"],
+                  params["relaxation"], domain)
     return radius

@@ -6,7 +6,9 @@
 The radius is bisected by `certify.bounds.radius.certified_radius` (CROWN, or the triangle LP with
 LP-tightened boxes), the value written is that radius rounded down by the builder's margin (or, when
 the margins are positive only by a hair there and a re-solve does not prove them, one bisection tolerance
-lower), and the witness is computed on the ball of exactly the written value:
+lower), and the witness is computed on the ball of exactly the written value. The claim's params
+(`certify.certificates.claims`) are target, p, domain (its JSON, null when unbounded) and relaxation (the
+scheme the witness is for); the witness holds evidence only:
 
 * "crown": the lower slopes alpha of every hidden unit (the checker re-derives all boxes from them);
 * "lp": the same alphas (for the CROWN boxes the LP starts from), and the dual multipliers (w, y1, y2)
@@ -28,16 +30,15 @@ from certify.bounds.crown import layer_bounds, margin_bounds_on_set
 from certify.bounds.lp import LPDuals, LPVerifier
 from certify.bounds.network import AffineNetwork, from_module
 from certify.bounds.radius import certified_radius
-from certify.bounds.sets import InputSet, norm_order
-from certify.certificates.document import Claim, encode_array, round_down
+from certify.bounds.sets import InputSet
+from certify.vocabulary import parse_norm as norm_order
+from certify.certificates.claims import Claim, issue, refuse
+from certify.certificates.document import encode_array
 from certify.errors import UnsupportedError, UsageError
+from certify.vocabulary import Domain, norm_json, round_down
 
 CLAIM_TYPE = "radius-lower"
 METHODS = ("crown", "lp")
-
-
-def _p_text(p: float) -> str:
-    return "inf" if math.isinf(p) else str(int(p))
 
 
 def _stack(duals: list[LPDuals], key: str, layers: int) -> list[dict]:
@@ -78,56 +79,60 @@ def relaxation_radius_claim(
     x: Tensor,
     target: int,
     p: float | int | str,
-    domain: tuple[Tensor | float, Tensor | float] | None = None,
+    domain: Domain | tuple[Tensor | float, Tensor | float] | None = None,
     method: str = "crown",
     tol: float = 1e-4,
     claim_id: str = CLAIM_TYPE,
 ) -> Claim:
     """A certified claim r*(x) >= value for one example x [1, ...] and its class `target`, by `method`
     ("crown" or "lp") bisected to `tol`, with an exactly re-checkable witness; a refused claim (with the
-    reason) for an unsupported model or when no positive radius is certified."""
+    reason) for an unsupported model or when no positive radius is certified. params: target, p, domain
+    (its JSON, null when unbounded) and relaxation (the scheme of the witness)."""
     if method not in METHODS:
         raise UsageError(f"unknown relaxation method {method!r}; choose one of {METHODS}")
     if x.shape[0] != 1:
         raise UsageError(f"one example expected (x of shape [1, ...]), got batch size {x.shape[0]}")
     order = norm_order(p)
-    statement = (f"r*(x) >= value: no perturbation delta with ||delta||_{_p_text(order)} <= value"
-                 + (" and x + delta in the domain box" if domain is not None else "")
-                 + f" changes the decision from class {target}")
-    refuse = lambda reason: Claim.refused(claim_id, CLAIM_TYPE, statement, method, reason)  # noqa: E731
+    box = Domain.of(domain)
+    if box is not None and not box.bounded:
+        box = None
+    pair = None if box is None else box.tensors(tuple(x.shape[1:]))
+    params = {"target": int(target), "p": norm_json(order), "domain": None if box is None else box.to_json(),
+              "relaxation": method}
+    refuse_ = lambda reason: refuse(claim_id, CLAIM_TYPE, params, method, reason)  # noqa: E731
     if isinstance(net, nn.Module):
         try:
             net = from_module(net, tuple(x.shape[1:]))
         except UnsupportedError as exc:
-            return refuse(f"the model is not supported by the bound code: {exc}")
+            return refuse_(f"the model is not supported by the bound code: {exc}")
     if not net.activations or any(a.name != "relu" for a in net.activations):
-        return refuse("the exactly re-checkable relaxation claim covers ReLU networks with a hidden layer only")
+        return refuse_("the exactly re-checkable relaxation claim covers ReLU networks with a hidden layer only")
     x = x.detach().to(torch.float64).cpu()
-    result = certified_radius(net.to("cpu"), x, torch.tensor([target]), order, method, domain, tol)
+    result = certified_radius(net.to("cpu"), x, torch.tensor([target]), order, method, pair, tol)
     radius = float(result.value[0])
     if not radius > 0:
-        return refuse(f"{method} certifies no positive radius (misclassified input or a margin too small at x)")
+        return refuse_(f"{method} certifies no positive radius (misclassified input or a margin too small at x)")
     # at the bisection's edge a margin may be positive by a hair; one tolerance lower it has room
     for value in (round_down(radius), round_down(radius - tol)):
         if value > 0:
-            found = _witness(net, x, target, order, domain, method, value)
+            found = _witness(net, x, target, order, pair, method, value)
             if found is not None:
-                witness = {**found[0], "radius": value}  # the radius the witness proves (>= the claim)
-                return Claim(claim_id, CLAIM_TYPE, statement, ">=", value, "certified", found[1], witness=witness)
-    return refuse(f"the {method} margins are not proven > 0 at the rounded radius {round_down(radius):.6g} "
-                  f"nor one tolerance below it (relaxation not monotone in the radius there)")
+                witness, scheme, label = found
+                witness["radius"] = value  # the radius the witness proves (>= the claim)
+                claim = issue(claim_id, CLAIM_TYPE, {**params, "relaxation": scheme}, value, label, witness=witness)
+                claim.value = value  # already rounded down above: the witness is built on exactly this ball
+                return claim
+    return refuse_(f"the {method} margins are not proven > 0 at the rounded radius {round_down(radius):.6g} "
+                   f"nor one tolerance below it (relaxation not monotone in the radius there)")
 
 
 def _witness(net: AffineNetwork, x: Tensor, target: int, order: float, domain: tuple | None, method: str,
-             value: float) -> tuple[dict, str] | None:
-    """The witness and method label proving every margin > 0 on the ball of radius `value`, or None."""
+             value: float) -> tuple[dict, str, str] | None:
+    """The witness, its scheme and the method label proving every margin > 0 on the ball of radius `value`, or None."""
     input_set = InputSet.build(x, value, order, domain)
     _, relaxations = layer_bounds(net, input_set, "crown")
-    witness: dict = {"scheme": method, "p": _p_text(order),
-                     "alphas": [encode_array(r.lower_slope[0].numpy()) for r in relaxations]}
-    if domain is not None:
-        lo, hi = (np.nan_to_num(torch.as_tensor(d, dtype=torch.float64).expand(x.shape[1:]).numpy()) for d in domain)
-        witness["domain"] = {"lo": encode_array(lo), "hi": encode_array(hi)}  # +-inf written as +-DBL_MAX
+    witness: dict = {"alphas": [encode_array(r.lower_slope[0].numpy()) for r in relaxations]}
+    scheme = method
     label = f"{method}-bisection; re-checked in exact dyadic rational arithmetic"
     margins = margin_bounds_on_set(net, input_set, torch.tensor([target]), "crown")[0][0]
     if method == "lp":
@@ -136,5 +141,5 @@ def _witness(net: AffineNetwork, x: Tensor, target: int, order: float, domain: t
             margins = torch.where(torch.isnan(lp_margins), margins, torch.maximum(margins, lp_margins))
             witness.update(lp_witness)
         else:  # a tightening LP was not optimal: no LP boxes; the radius stands only if CROWN proves it
-            witness["scheme"], label = "crown", label + " (CROWN witness: a tightening LP was not optimal here)"
-    return (witness, label) if bool((margins > 0).all()) else None
+            scheme, label = "crown", label + " (CROWN witness: a tightening LP was not optimal here)"
+    return (witness, scheme, label) if bool((margins > 0).all()) else None

@@ -8,12 +8,13 @@ import pytest
 
 import certify.certificates as pkg
 from certify.certificates.builder import certify_explanations
-from certify.certificates.document import INLINE_LIMIT, decode_array, encode_array, parse_certificate
+from certify.certificates.document import INLINE_LIMIT, decode_array, encode_array, parse_certificate, schema
 from certify.errors import CertificateFormatError
 from certify.explain import Gradient
 from certify.models import zoo
 
-SCHEMA = json.loads((Path(pkg.__file__).parent / "certificate.schema.json").read_text())
+SCHEMA = schema()  # the file shipped beside the package, with the registry's kinds and types filled in
+FILE_SCHEMA = json.loads((Path(pkg.__file__).parent / "certificate.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +26,11 @@ def cert():
 def test_round_trip_and_schema(cert, tmp_path):
     text = cert.to_json()
     jsonschema.validate(json.loads(text), SCHEMA)
+    jsonschema.validate(json.loads(text), FILE_SCHEMA)
     again = parse_certificate(text)
     assert again.to_json() == text
     refused = json.loads(text)
-    refused["claims"][0].update(kind="refused", value=None, reason="because")
+    refused["claims"][1].update(kind="refused", value=None, reason="because")
     jsonschema.validate(refused, SCHEMA)
     parse_certificate(json.dumps(refused))
 
@@ -36,14 +38,21 @@ def test_round_trip_and_schema(cert, tmp_path):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: d.pop("claims"), "missing field 'claims'"),
+        (lambda d: d.pop("claims"), "'claims' is a required property"),
         (lambda d: d.update(version=99), "version 99"),
-        (lambda d: d["claims"][0].update(kind="guaranteed"), "kind 'guaranteed'"),
-        (lambda d: d["claims"][0].update(value="big"), "numeric value"),
-        (lambda d: d["claims"][0].update(kind="refused"), "no value and a reason"),
+        (lambda d: d.update(version=1), "version 1"),
+        (lambda d: d.update(extra=1), "Additional properties"),
+        (lambda d: d["claims"][0].update(extra=1), "Additional properties"),
+        (lambda d: d["claims"][0].pop("params"), "'params' is a required property"),
+        (lambda d: d["claims"][0].update(kind="guaranteed"), "guaranteed"),
+        (lambda d: d["claims"][0].update(type="made-up"), "made-up"),
+        (lambda d: d["claims"][0].update(value="big"), "big"),
+        (lambda d: d["claims"][0].update(kind="refused"), "claims/0"),
         (lambda d: d["claims"][1].update(id=d["claims"][0]["id"]), "duplicate claim ids"),
         (lambda d: d["claims"][0].update(assumptions=["ghost"]), "unknown claims"),
-        (lambda d: d.update(target="7"), "'target' must be int"),
+        (lambda d: d.update(target="7"), "'7' is not of type 'integer'"),
+        (lambda d: d.update(target_source="guessed"), "guessed"),
+        (lambda d: d.pop("function"), "'function' is a required property"),
     ],
 )
 def test_malformed_documents_name_the_problem(cert, mutate, message):
@@ -51,6 +60,14 @@ def test_malformed_documents_name_the_problem(cert, mutate, message):
     mutate(doc)
     with pytest.raises(CertificateFormatError, match=message):
         parse_certificate(json.dumps(doc))
+
+
+def test_duplicated_field_and_non_finite_numbers_are_format_errors(cert):
+    text = cert.to_json()
+    with pytest.raises(CertificateFormatError, match="duplicated field 'target'"):
+        parse_certificate(text.replace('"target": ', '"target": 0, "target": ', 1))
+    with pytest.raises(CertificateFormatError, match="not a JSON number"):
+        parse_certificate(text.replace('"value": ', '"value": NaN, "v": ', 1))
 
 
 def test_not_json_and_not_object():

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from certify.certificates.checker import _affine_stages, verify_certificate
+from certify.certificates.checker import verify_certificate
+from certify.certificates.semantics import translate
 from certify.certificates.document import Certificate, decode_array, encode_array, parse_certificate
 from certify.certificates.relaxation_check import Exact, ExactSet, _ceil_sqrt, prove_margins
 from certify.certificates.relaxation_claims import relaxation_radius_claim
@@ -20,9 +21,15 @@ from certify.models.builders import mlp
 from certify.models.hashing import model_hash
 
 
+PROVENANCE = {"package": "test", "torch": "", "numpy": "", "created": "", "device": "cpu",
+              "explainer": {"method": "lagrange-dual", "params": {}}}
+FUNCTION = {"description": "test", "semantics": {},
+            "conformance": {"tolerance": 0.0, "max_deviation": 0.0, "points": 1, "passed": True}}
+
+
 def _certificate(model, x, target, claim):
-    cert = Certificate({"model": {"sha256": model_hash(model)}}, encode_array(x.double().numpy()), target,
-                       encode_array(np.zeros(1)), [claim])
+    cert = Certificate({**PROVENANCE, "model": {"sha256": model_hash(model)}}, FUNCTION, encode_array(x.double().numpy()),
+                       encode_array(np.zeros(x.shape)), target, "given", [claim])
     return parse_certificate(cert.to_json())
 
 
@@ -66,7 +73,7 @@ def _claim_and_cert(model, x, p, domain=None, method="crown", tol=1e-4):
 def _honest_raised_loosened(model, x, p, domain, method, tol=1e-4):
     claim, cert = _claim_and_cert(model, x, p, domain, method, tol)
     assert claim.kind == "certified" and claim.value > 0, claim.reason
-    assert ("domain" in claim.witness) == (domain is not None)
+    assert (claim.params["domain"] is not None) == (domain is not None)
     status, detail = _check(model, cert)
     assert status == "valid", detail
     status, detail = _check(model, cert, value=claim.value * 1.1)
@@ -80,7 +87,7 @@ def test_honest_crown_claims_verify_and_raised_ones_fail_on_random_nets(p):
     for seed in range(4):
         x = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
         domain = (x[0] - 0.5, x[0] + 2.0) if seed % 2 else None
-        assert _honest_raised_loosened(_random_net(seed), x, p, domain, "crown").witness["scheme"] == "crown"
+        assert _honest_raised_loosened(_random_net(seed), x, p, domain, "crown").params["relaxation"] == "crown"
 
 
 @pytest.mark.parametrize("p", [math.inf, 2])
@@ -90,7 +97,7 @@ def test_honest_lp_claims_verify_and_raised_ones_fail_on_random_nets(p):
         x = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
         domain = (x[0] - 0.5, x[0] + 2.0) if seed % 2 else None
         claim = _honest_raised_loosened(_random_net(seed, widths=(4, 8, 8, 3)), x, p, domain, "lp", tol=1e-3)
-        schemes.append(claim.witness["scheme"])
+        schemes.append(claim.params["relaxation"])
     assert "lp" in schemes  # (a "crown" witness only where a solve was not optimal at the radius)
 
 
@@ -134,15 +141,16 @@ def test_slopes_are_used_as_given_and_checked(digits):
 
 
 def test_hidden_boxes_are_rederived_not_read(digits):
-    """A witness carrying hand-tightened boxes (here: every unit pinned to a stable point box) does not
-    rescue a raised radius: the checker never reads boxes, it re-derives them."""
+    """A witness carrying hand-tightened boxes (here: every unit pinned to a stable point box) is not
+    evidence of a radius-lower claim (the checker never reads boxes, it re-derives them): rejected."""
     model, x, domain = digits
     claim, cert = _claim_and_cert(model, x, math.inf, domain)
     forged = copy.deepcopy(claim.witness)
     forged["boxes"] = [{"lo": encode_array(np.ones(64)), "hi": encode_array(np.ones(64))} for _ in range(2)]
     status, detail = _check(model, cert, value=claim.value * 1.1, witness=forged)
+    assert status == "invalid" and "boxes" in detail
+    status, detail = _check(model, cert, value=claim.value * 1.1)
     assert status == "invalid" and "not proven > 0" in detail
-    assert _check(model, cert, witness=forged)[0] == "valid"
 
 
 def test_lp_multipliers_are_rederived():
@@ -156,11 +164,13 @@ def test_lp_multipliers_are_rederived():
     # final multipliers zeroed: the dual bound collapses to c^T b_top plus the input term, and each margin
     # falls back to its CROWN bound (still valid): strictly lower bounds, or a named failure
     zeroed = _zero_final(witness)
-    weights, biases, _ = _affine_stages(model, (4,))
+    stages = translate(model, (4,))
+    weights, biases = stages.mats, stages.biases
     target, x0 = cert.target, x.reshape(-1).numpy()
-    honest = prove_margins(weights, biases, x0, target, claim.value, witness, _decode, _Failed)
+    p, scheme = claim.params["p"], claim.params["relaxation"]
+    honest = prove_margins(weights, biases, x0, target, claim.value, witness, _decode, _Failed, p, scheme)
     try:
-        crown_only = prove_margins(weights, biases, x0, target, claim.value, zeroed, _decode, _Failed)
+        crown_only = prove_margins(weights, biases, x0, target, claim.value, zeroed, _decode, _Failed, p, scheme)
         assert all(z <= h + 1e-9 * (1 + abs(h)) for z, h in zip(crown_only, honest))
     except _Failed as exc:
         assert "not proven > 0" in str(exc)
@@ -225,7 +235,7 @@ def test_digits_lp_claim_beyond_crown_rests_on_its_multipliers(digits):
     model, x, domain = digits
     claim, cert = _claim_and_cert(model, x, math.inf, domain, "lp")
     crown, _ = _claim_and_cert(model, x, math.inf, domain, "crown")
-    assert claim.witness["scheme"] == "lp" and claim.value > crown.value
+    assert claim.params["relaxation"] == "lp" and claim.value > crown.value
     assert _check(model, cert)[0] == "valid"
     status, detail = _check(model, cert, witness=_zero_final(claim.witness))
     assert status == "invalid" and "not proven > 0" in detail

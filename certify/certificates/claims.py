@@ -1,0 +1,454 @@
+"""Claims as structured statements (DESIGN section 10; issue 10, item 2).
+
+A claim is typed data: `type` (a key of `CLAIM_TYPES`), `params` (every parameter of the statement:
+target class, norm p, eps, rho, tol, k, sigma, domain, confidence, ...), `relation`, `value`, `kind`,
+`assumptions` (ids of the claims it rests on), `witness` (evidence only: iterates, perturbations, slopes,
+multipliers, seeds, sample counts) and `statement`, the human-readable text RENDERED from type and params
+by `render` (never typed by hand, never parsed back). The registry below fixes, per type:
+
+* the relation of `value` to the quantity (`<=` upper bound, `>=` lower bound, `==` exact);
+* the kinds a claim of the type may have (a probabilistic Lipschitz constant is not a thing);
+* the parameter names, each with its validator (`validate_claim` range-checks all of them);
+* the range of `value` (finite, and e.g. a top-k ratio in [0, 1]);
+* the assumption TYPES it must rest on (`required_assumptions(params)`: slots of alternatives);
+* the statement template; the witness keys allowed.
+
+This module is part of the checker's trusted base: it imports only the stdlib and `certify.vocabulary`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from certify.vocabulary import KINDS, Domain, Kind, norm_name, round_down, round_up  # Kind: one definition
+
+RELATIONS = ("<=", ">=", "==")
+
+
+class ClaimError(ValueError):
+    """A claim that is not a well-formed statement of its type (parameter, value, kind, witness, text)."""
+
+
+@dataclass
+class Claim:
+    id: str
+    type: str
+    params: dict[str, Any]
+    relation: str
+    value: float | None
+    kind: str
+    method: str
+    assumptions: list[str] = field(default_factory=list)
+    witness: dict[str, Any] = field(default_factory=dict)
+    confidence: float | None = None
+    reason: str | None = None
+    statement: str = ""
+
+
+# ------------------------------------------------------------------ parameter validators
+# Each takes (value, n_features, n_classes) and raises ClaimError with the reason.
+
+Validator = Callable[[Any, int, int], None]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _target(v: Any, n: int, classes: int) -> None:
+    if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < classes):
+        raise ClaimError(f"target {v!r} is not a class index in [0, {classes})")
+
+
+def _positive(name: str) -> Validator:
+    def check(v: Any, n: int, classes: int) -> None:
+        if not (_number(v) and math.isfinite(v) and v > 0):
+            raise ClaimError(f"{name} = {v!r} must be a finite number > 0")
+    return check
+
+
+def _nonnegative(name: str) -> Validator:
+    def check(v: Any, n: int, classes: int) -> None:
+        if not (_number(v) and math.isfinite(v) and v >= 0):
+            raise ClaimError(f"{name} = {v!r} must be a finite number >= 0")
+    return check
+
+
+def _optional(check: Validator) -> Validator:
+    def wrapped(v: Any, n: int, classes: int) -> None:
+        if v is not None:
+            check(v, n, classes)
+    return wrapped
+
+
+def _norm(allowed: tuple[Any, ...] = (1, 2, "inf")) -> Validator:
+    def check(v: Any, n: int, classes: int) -> None:
+        if isinstance(v, bool) or v not in allowed:
+            raise ClaimError(f"norm p = {v!r} must be one of {list(allowed)} (JSON spelling)")
+    return check
+
+
+def _k(v: Any, n: int, classes: int) -> None:
+    if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v < n):
+        raise ClaimError(f"k = {v!r} must be an integer in [1, {n})")
+
+
+def _confidence(v: Any, n: int, classes: int) -> None:
+    if not (_number(v) and 0 < v < 1):
+        raise ClaimError(f"confidence = {v!r} must lie in (0, 1)")
+
+
+def _group_size(v: Any, n: int, classes: int) -> None:
+    if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= n):
+        raise ClaimError(f"group_size = {v!r} must be null or an integer in [1, {n}]")
+
+
+def _domain(v: Any, n: int, classes: int) -> None:
+    if v is None:
+        return
+    try:
+        Domain.from_json(v)
+    except Exception as exc:  # noqa: BLE001 - any failure to read the box is a malformed parameter
+        raise ClaimError(f"domain {str(v)[:80]} is not a valid box: {exc}") from None
+
+
+def _choice(name: str, options: tuple[str, ...]) -> Validator:
+    def check(v: Any, n: int, classes: int) -> None:
+        if v not in options:
+            raise ClaimError(f"{name} = {v!r} must be one of {list(options)}")
+    return check
+
+
+# ------------------------------------------------------------------ rendering helpers
+
+def _num(v: Any) -> str:
+    """A parameter as text: exact (repr of the float64), so two different values never render alike."""
+    if v is None:
+        return "none"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _p(v: Any) -> str:
+    return "inf" if v == "inf" else norm_name(float(v))
+
+
+def _domain_text(v: Any) -> str:
+    return "" if v is None else " with x + delta inside the domain box params.domain"
+
+
+def _function(params: dict[str, Any]) -> str:
+    sigma = params.get("sigma")
+    c = params["target"]
+    return f"N_{c}" if sigma is None else f"h = E N_{c}(. + {_num(sigma)} Z), Z ~ N(0, I),"
+
+
+def _confidence_text(params: dict[str, Any]) -> str:
+    conf = params.get("confidence")
+    return "" if conf is None else f", with probability >= {_num(conf)} over the solver's Monte Carlo samples"
+
+
+def _moreau_text(params: dict[str, Any]) -> str:
+    return (f"rho = {_num(params['rho'])}, sparsity = {_num(params['sparsity'])}, "
+            f"group size = {_num(params['group_size'])}")
+
+
+# ------------------------------------------------------------------ the registry
+
+Slots = tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class ClaimType:
+    name: str
+    relation: str
+    kinds: frozenset[str]
+    params: dict[str, Validator]
+    render: Callable[[dict[str, Any]], str]
+    witness: frozenset[str] = frozenset()
+    required_witness: Callable[[dict[str, Any], str], frozenset[str]] = lambda params, kind: frozenset()
+    value_range: tuple[float, float] = (0.0, math.inf)
+    assumptions: Callable[[dict[str, Any]], Slots] = lambda params: ()
+    consistent: Callable[[dict[str, Any]], None] = lambda params: None  # cross-parameter rules
+
+    @property
+    def about_target(self) -> bool:
+        return "target" in self.params
+
+    @property
+    def radius(self) -> bool:
+        return self.name in RADIUS_TYPES
+
+
+_T = {"target": _target}
+_RADIUS = {**_T, "p": _norm(), "domain": _domain}
+_BOUNDED = frozenset({Kind.CERTIFIED.value, Kind.REFUSED.value})
+_MOREAU = {**_T, "rho": _positive("rho"), "sparsity": _nonnegative("sparsity"), "group_size": _group_size,
+           "sigma": _optional(_positive("sigma")), "confidence": _optional(_confidence)}
+
+
+QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+
+
+def _n_steps(v: Any, n: int, classes: int) -> None:
+    if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100_000):
+        raise ClaimError(f"n_steps = {v!r} must be null or an integer in [1, 100000]")
+
+
+def _baseline(v: Any, n: int, classes: int) -> None:
+    if v is not None and not (_number(v) and math.isfinite(v)):
+        raise ClaimError(f"baseline = {v!r} must be null or a finite number")
+
+
+def _explanation_error_consistent(q: dict[str, Any]) -> None:
+    ig = q["method"] == "integrated-gradients"
+    given = [q["quadrature"] is not None, q["n_steps"] is not None, q["baseline"] is not None]
+    if ig and not all(given):
+        raise ClaimError("an integrated-gradients explanation error states its quadrature, n_steps and baseline")
+    if not ig and any(given):
+        raise ClaimError("a gradient explanation error has no quadrature, n_steps or baseline")
+    if q["quadrature"] == "riemann_trapezoid" and q["n_steps"] < 2:
+        raise ClaimError("the trapezoid rule needs n_steps >= 2")
+
+
+def _explanation_text(q: dict[str, Any]) -> str:
+    c = q["target"]
+    if q["method"] == "gradient":
+        return f"grad N_{c}(x)"
+    return (f"(x - x') * sum_k w_k grad N_{c}(x' + a_k (x - x')), the {q['n_steps']}-point {q['quadrature']} rule "
+            f"(nodes a_k and weights w_k in float64 as numpy computes them) with baseline x' = {_num(q['baseline'])}")
+
+
+def _solver_error_assumptions(params: dict[str, Any]) -> Slots:
+    if params.get("sigma") is None:
+        return (("weak-convexity",),)
+    return (("smoothed-weak-convexity",), ("lipschitz",))
+
+
+def _stability_moreau_assumptions(params: dict[str, Any]) -> Slots:
+    if params.get("sigma") is not None:  # Proposition 1 bounds h's curvature on both sides
+        return (("smoothed-weak-convexity",), ("solver-error",))
+    if params["sparsity"] == 0:
+        return (("weak-convexity",), ("solver-error",))
+    return (("weak-convexity",), ("curvature",), ("solver-error",))
+
+
+def _solver_error_witness(params: dict[str, Any], kind: str) -> frozenset[str]:
+    if kind == Kind.REFUSED.value:
+        return frozenset()
+    return frozenset({"z", "samples", "seed"}) if params.get("sigma") is not None else frozenset({"z"})
+
+
+_TYPES = [
+    ClaimType(
+        "implementation-deviation", "<=", _BOUNDED, {},
+        lambda q: ("sup over all x of max_j |T_j(x) - N_j(x)| <= value, where T is the model's traced graph in exact "
+                   "arithmetic with torch's thresholded softplus (the identity where beta t > threshold) and N the same "
+                   "graph with exact softplus, the function every other claim is about (floating-point rounding of "
+                   "the model as run is not part of T; the conformance check in `function` measures it)"),
+    ),
+    ClaimType(
+        "lipschitz", "<=", _BOUNDED, {**_T, "p": _norm((2, "inf"))},
+        lambda q: f"|N_{q['target']}(x) - N_{q['target']}(y)| <= value * ||x - y||_{_p(q['p'])} for all x, y",
+    ),
+    ClaimType(
+        "weak-convexity", "<=", _BOUNDED, dict(_T),
+        lambda q: f"N_{q['target']}(x) + value/2 * ||x||_2^2 is convex on R^n",
+    ),
+    ClaimType(
+        "curvature", "<=", _BOUNDED, dict(_T),
+        lambda q: f"||Hess N_{q['target']}(x)||_2 <= value for all x",
+    ),
+    ClaimType(
+        "smoothed-weak-convexity", "<=", _BOUNDED, {**_T, "sigma": _positive("sigma")},
+        lambda q: (f"h = E N_{q['target']}(. + {_num(q['sigma'])} Z), Z ~ N(0, I), has ||Hess h(x)||_2 <= value "
+                   "for all x, so h is value-weakly convex (Proposition 1: sqrt(2/pi) L / sigma, L the l2 Lipschitz "
+                   "constant of the lipschitz claim)"),
+        assumptions=lambda q: (("lipschitz",),),
+    ),
+    ClaimType(
+        "explanation-error", "<=", _BOUNDED,
+        {**_T, "method": _choice("method", ("gradient", "integrated-gradients")),
+         "quadrature": _optional(_choice("quadrature", QUADRATURES)), "n_steps": _n_steps, "baseline": _baseline},
+        lambda q: (f"||a - E(x)||_2 <= value, a the stored explanation and E(x) the exact {q['method']} "
+                   f"explanation of N_{q['target']} at x: {_explanation_text(q)}"),
+        consistent=_explanation_error_consistent,
+    ),
+    ClaimType(
+        "smoothed-explanation-error", "<=", frozenset({Kind.PROBABILISTIC.value, Kind.REFUSED.value}),
+        {**_T, "sigma": _positive("sigma"), "confidence": _confidence},
+        lambda q: (f"||a - grad h(x)||_2 <= value, a the stored explanation and h = E N_{q['target']}(. + "
+                   f"{_num(q['sigma'])} Z), Z ~ N(0, I), with probability >= {_num(q['confidence'])} over the "
+                   "Monte Carlo draw the witness's seed and sample count reproduce"),
+        witness=frozenset({"samples", "seed"}),
+        required_witness=lambda q, kind: frozenset({"samples", "seed"}) if kind != "refused" else frozenset(),
+        assumptions=lambda q: (("lipschitz",),),
+    ),
+    ClaimType(
+        "solver-error", "<=", frozenset({Kind.CERTIFIED.value, Kind.PROBABILISTIC.value, Kind.REFUSED.value}), _MOREAU,
+        lambda q: (f"||a - MG(x)||_2 <= value, a the stored explanation and MG(x) the exact MoreauGrad explanation of "
+                   f"{_function(q)} at x ({_moreau_text(q)}){_confidence_text(q)}"),
+        witness=frozenset({"z", "samples", "seed"}), required_witness=_solver_error_witness,
+        assumptions=_solver_error_assumptions,
+    ),
+    ClaimType(
+        "stability-gradient", "<=", _BOUNDED, {**_T, "eps": _positive("eps")},
+        lambda q: (f"||grad N_{q['target']}(x + d) - a||_2 <= value for every ||d||_2 <= {_num(q['eps'])} "
+                   "(a the stored explanation)"),
+        assumptions=lambda q: (("curvature",), ("explanation-error",)),
+    ),
+    ClaimType(
+        "stability-moreaugrad", "<=", frozenset({Kind.CERTIFIED.value, Kind.PROBABILISTIC.value, Kind.REFUSED.value}),
+        {**_MOREAU, "eps": _positive("eps"), "tol": _nonnegative("tol")},
+        lambda q: (f"||b - a||_2 <= value for every ||d||_2 <= {_num(q['eps'])} and every MoreauGrad explanation b "
+                   f"of {_function(q)} at x + d computed to residual <= {_num(q['tol'])} ({_moreau_text(q)}; a the "
+                   f"stored explanation){_confidence_text(q)}"),
+        assumptions=_stability_moreau_assumptions,
+    ),
+    ClaimType(
+        "stability-none", "<=", frozenset({Kind.REFUSED.value}), {**_T, "eps": _positive("eps")},
+        lambda q: f"||a(x + d) - a(x)||_2 <= value for every ||d||_2 <= {_num(q['eps'])}",
+    ),
+    ClaimType(
+        "topk-stability", ">=", _BOUNDED, {**_T, "k": _k, "eps": _positive("eps")},
+        lambda q: (f"every b with ||b - a||_2 <= B, B the value of the stability claim (which bounds the explanation "
+                   f"at x + d for every ||d||_2 <= {_num(q['eps'])}), keeps at least value * {q['k']} of the "
+                   f"top-{q['k']} features of a by |a| in its own top-{q['k']} (ties counted against)"),
+        value_range=(0.0, 1.0),
+        assumptions=lambda q: (("stability-gradient", "stability-moreaugrad"),),
+    ),
+    ClaimType(
+        "flip-witness", "<=", _BOUNDED, dict(_RADIUS),
+        lambda q: (f"r*_{_p(q['p'])}(x) <= value: x + delta with ||delta||_{_p(q['p'])} <= value{_domain_text(q['domain'])} "
+                   f"is classified differently from class {q['target']} by the model as run (its own dtype) and by N "
+                   "in float64"),
+        witness=frozenset({"delta"}), required_witness=lambda q, kind: frozenset({"delta"}) if kind != "refused" else frozenset(),
+    ),
+    ClaimType(
+        "lipschitz-radius", ">=", _BOUNDED, dict(_RADIUS),
+        lambda q: (f"r*_{_p(q['p'])}(x) >= value: no delta with ||delta||_{_p(q['p'])} <= value"
+                   f"{_domain_text(q['domain'])} changes N's decision from class {q['target']} "
+                   "(margins over global Lipschitz constants)"),
+    ),
+    ClaimType(
+        "radius-lower", ">=", _BOUNDED, {**_RADIUS, "relaxation": _choice("relaxation", ("crown", "lp"))},
+        lambda q: (f"r*_{_p(q['p'])}(x) >= value: no delta with ||delta||_{_p(q['p'])} <= value"
+                   f"{_domain_text(q['domain'])} changes N's decision from class {q['target']} "
+                   f"({q['relaxation']} relaxation)"),
+        witness=frozenset({"alphas", "tightening", "final", "radius"}),
+        required_witness=lambda q, kind: frozenset({"alphas"}) if kind != "refused" else frozenset(),
+    ),
+    ClaimType(
+        "exact-radius", "==", frozenset({Kind.SOLVER_REPORTED.value, Kind.REFUSED.value}), dict(_RADIUS),
+        lambda q: (f"r*_{_p(q['p'])}(x) == value{_domain_text(q['domain'])} for N and class {q['target']} "
+                   "(MILP optimum, solver-reported)"),
+        witness=frozenset({"solver", "tolerances", "status"}),
+    ),
+    ClaimType(
+        "gap", "<=", _BOUNDED, dict(_RADIUS),
+        lambda q: (f"(the value of the flip-witness claim) - (the value of the certified lower bound it lists) <= value: "
+                   f"the width of the bracket on r*_{_p(q['p'])}(x){_domain_text(q['domain'])} for class {q['target']}"),
+        assumptions=lambda q: (("flip-witness",), ("lipschitz-radius", "radius-lower")),
+    ),
+]
+
+CLAIM_TYPES: dict[str, ClaimType] = {t.name: t for t in _TYPES}
+RADIUS_TYPES = frozenset({"flip-witness", "lipschitz-radius", "radius-lower", "exact-radius", "gap"})
+STABILITY_TYPES = frozenset({"stability-gradient", "stability-moreaugrad", "stability-none"})
+
+
+def claim_type(name: str) -> ClaimType:
+    try:
+        return CLAIM_TYPES[name]
+    except KeyError:
+        raise ClaimError(f"unknown claim type {name!r}; known: {sorted(CLAIM_TYPES)}") from None
+
+
+def render(type_: str, params: dict[str, Any]) -> str:
+    """The statement of a claim of type `type_` with `params` (the only way a statement is written)."""
+    return claim_type(type_).render(params)
+
+
+def validate_params(type_: str, params: Any, n_features: int, n_classes: int) -> None:
+    ct = claim_type(type_)
+    if not isinstance(params, dict):
+        raise ClaimError("params must be an object")
+    if set(params) != set(ct.params):
+        missing, extra = sorted(set(ct.params) - set(params)), sorted(set(params) - set(ct.params))
+        raise ClaimError(f"params of {type_!r} must be exactly {sorted(ct.params)} (missing {missing}, unknown {extra})")
+    for name, check in ct.params.items():
+        check(params[name], n_features, n_classes)
+    ct.consistent(params)
+
+
+def validate_claim(claim: Claim, n_features: int, n_classes: int) -> ClaimType:
+    """Check that `claim` is a well-formed statement of its type: kind allowed, relation, every parameter in
+    range, value present iff not refused and in the type's range, confidence consistent, witness keys
+    allowed (and present), statement == render(type, params). Raises ClaimError naming the first fault."""
+    ct = claim_type(claim.type)
+    if claim.kind not in ct.kinds:
+        raise ClaimError(f"kind {claim.kind!r} is not allowed for a {claim.type!r} claim (allowed: {sorted(ct.kinds)})")
+    if claim.relation != ct.relation:
+        raise ClaimError(f"relation {claim.relation!r} where {claim.type!r} states {ct.relation!r}")
+    validate_params(claim.type, claim.params, n_features, n_classes)
+    if claim.kind == Kind.REFUSED.value:
+        if claim.value is not None or not claim.reason:
+            raise ClaimError("a refused claim has no value and a reason")
+    else:
+        v = claim.value
+        if not (_number(v) and math.isfinite(v)):
+            raise ClaimError(f"value {v!r} is not a finite number")
+        lo, hi = ct.value_range
+        if not lo <= v <= hi:
+            raise ClaimError(f"value {v!r} is outside [{lo}, {hi}], the range of a {claim.type!r} value")
+        if claim.reason is not None:
+            raise ClaimError("only a refused claim carries a reason")
+    conf = claim.params.get("confidence")
+    if claim.confidence != conf:
+        raise ClaimError(f"confidence {claim.confidence!r} differs from params.confidence {conf!r}")
+    if claim.kind == Kind.PROBABILISTIC.value and conf is None:
+        raise ClaimError("a probabilistic claim must state its confidence in params")
+    if claim.kind == Kind.CERTIFIED.value and conf is not None:
+        raise ClaimError("a certified claim has no confidence (it holds with certainty)")
+    if not isinstance(claim.witness, dict):
+        raise ClaimError("witness must be an object")
+    unknown = set(claim.witness) - ct.witness
+    if unknown:
+        raise ClaimError(f"witness keys {sorted(unknown)} are not evidence of a {claim.type!r} claim "
+                         f"(allowed: {sorted(ct.witness)})")
+    missing = ct.required_witness(claim.params, claim.kind) - set(claim.witness)
+    if missing:
+        raise ClaimError(f"witness lacks {sorted(missing)}")
+    expected = render(claim.type, claim.params)
+    if claim.statement != expected:
+        raise ClaimError(f"statement differs from the one its type and params render: {expected!r}")
+    return ct
+
+
+# ------------------------------------------------------------------ issuing helpers
+
+_ROUND = {"<=": round_up, ">=": round_down, "==": float}
+
+
+def issue(id: str, type_: str, params: dict[str, Any], value: float, method: str, assumptions: list[str] | None = None,
+          witness: dict[str, Any] | None = None, kind: str = Kind.CERTIFIED.value) -> Claim:
+    """A claim of type `type_` with its statement rendered and its value rounded outward (upper bounds up,
+    lower bounds down, by the builder's margin). A non-finite value becomes a refusal."""
+    ct = claim_type(type_)
+    if value is None or not math.isfinite(value):
+        return refuse(id, type_, params, method, f"no finite bound (value {value})")
+    confidence = params.get("confidence")
+    value = _ROUND[ct.relation](float(value))
+    if ct.value_range[0] == 0.0 and ct.relation == ">=":
+        value = max(0.0, value)
+    return Claim(id, type_, dict(params), ct.relation, value, kind, method, list(assumptions or []),
+                 dict(witness or {}), confidence, None, render(type_, params))
+
+
+def refuse(id: str, type_: str, params: dict[str, Any], method: str, reason: str) -> Claim:
+    """A refused claim: no value, the reason, the statement it would have made."""
+    ct = claim_type(type_)
+    return Claim(id, type_, dict(params), ct.relation, None, Kind.REFUSED.value, method, [], {},
+                 params.get("confidence"), reason or "refused", render(type_, params))

@@ -1,0 +1,63 @@
+"""One implementation of each closed-form bound (issue 10, item 4): the issuers call
+`certify.bounds.stability` / `certify.bounds.smoothing`, the theorem rows call the same functions, and the
+checker keeps its own copy; here the two copies agree on random inputs (the checker's rounds outward by
+CHECKER_SAFETY per step, so it may only be larger for upper bounds and equal within 1e-10 relative)."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from certify.bounds import stability
+from certify.bounds.smoothing import proposition1_constant
+from certify.certificates import checker
+from certify.certificates.checker import Invalid
+from certify.errors import UsageError
+
+pos = st.floats(1e-6, 1e3)
+
+
+def _close_above(ours, theirs):
+    assert theirs >= ours * (1 - 1e-15) and theirs <= ours * (1 + 1e-10) + 1e-250
+
+
+@settings(max_examples=200, deadline=None)
+@given(pos, pos, st.floats(0, 1), st.floats(0, 1e-2), st.floats(0, 1e-2), st.floats(0, 0.999))
+def test_moreaugrad_stability_agrees(eps, rho, frac, err, tol, beta_frac):
+    lam = frac / rho * 0.999  # rho lambda < 1
+    beta = beta_frac / rho
+    _close_above(stability.corollary1(eps, rho, lam), checker.corollary1(eps, rho, lam))
+    _close_above(stability.corollary2_corrected(eps, rho, beta), checker.corollary2(eps, rho, beta))
+    _close_above(stability.solver_terms(err, tol, rho, lam), checker.solver_terms(err, tol, rho, lam))
+    issued = stability.moreaugrad_stability(eps, rho, tol, lam, err)
+    _close_above(issued, checker.corollary1(eps, rho, lam) + checker.solver_terms(err, tol, rho, lam))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0, 1e4), st.floats(1e-4, 1e2))
+def test_proposition1_agrees(lipschitz, sigma):
+    _close_above(proposition1_constant(lipschitz, sigma), checker.proposition1(lipschitz, sigma))
+    assert proposition1_constant(1.0, 1.0) == pytest.approx(math.sqrt(2 / math.pi))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 19), st.floats(0, 1))
+def test_topk_margin_agrees(seed, k, bound):
+    a = torch.randn(20, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ours, theirs = stability.topk_kept(a, k, bound), checker.topk_kept(a, k, bound)
+    assert theirs <= ours  # the checker's margin is rounded up: never more features kept
+    assert theirs == stability.topk_kept(a, k, bound * (1 + 1e-12) + 1e-300)
+
+
+def test_out_of_range_inputs_are_refused_by_both():
+    with pytest.raises(UsageError):
+        stability.corollary1(0.1, 1.0, 1.0)  # rho lambda = 1
+    with pytest.raises(Invalid):
+        checker.corollary1(0.1, 1.0, 1.0)
+    with pytest.raises(UsageError):
+        stability.corollary2_corrected(0.1, 2.0, 0.5)
+    with pytest.raises(Invalid):
+        checker.corollary2(0.1, 2.0, 0.5)
+    with pytest.raises(UsageError):
+        stability.corollary1(math.inf, 0.1, 0.1)
