@@ -44,12 +44,11 @@ from certify.certificates.document import Certificate, decode_array, read_certif
 from certify.certificates.relaxation_check import check_radius_lower
 from certify.errors import CertificateFormatError, UsageError
 from certify.models.hashing import model_hash
-from certify.vocabulary import Domain
+from certify.vocabulary import SQRT2, Domain
+from certify.vocabulary import STEIN_CONSTANT as STEIN
 
 _Invalid = Invalid  # the name older code used
 
-SQRT2 = math.sqrt(2.0)
-STEIN = math.sqrt(2.0 / math.pi)
 VALID, VALID_PROBABILISTIC, NOT_RECHECKABLE, REFUSED, INVALID = (
     "valid", "valid (probabilistic)", "not re-checkable", "refused", "invalid")
 
@@ -106,6 +105,7 @@ class ClaimCheck:
 class VerifyReport:
     checks: list[ClaimCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # document-level failures (hashes, target, consistency)
+    binding: str = ""  # what ties the stored explanation to the model (or why nothing does)
 
     @property
     def valid(self) -> bool:
@@ -705,6 +705,55 @@ def _exact_radius_consistency(ctx: _Context, claim: Claim) -> None:
 
 # ------------------------------------------------------------------ document-level checks
 
+# The claim type that ties the stored explanation to the model, per explainer (provenance.explainer.method),
+# and the provenance parameters each such claim must repeat. The Lagrange-dual sensitivity map has none: the
+# report says it is not bound, and no claim may rest on it.
+BINDING = {"gradient": "explanation-error", "integrated-gradients": "explanation-error",
+           "smoothgrad": "smoothed-explanation-error", "moreaugrad": "solver-error"}
+_PROVENANCE_PARAMS = {  # claim param -> explainer param
+    "integrated-gradients": {"quadrature": "method", "n_steps": "n_steps"},
+    "moreaugrad": {"rho": "rho", "sparsity": "sparsity", "group_size": "group_size"},
+}
+# binding claims whose refusal the checker can always rule out when the function is translated: it can
+# re-derive these explanations itself (MoreauGrad's solver error is legitimately refused when rho lambda >= 1)
+_ALWAYS_BOUND = ("gradient", "integrated-gradients", "smoothgrad")
+
+
+def _explanation_binding(ctx: _Context, report: VerifyReport) -> None:
+    """The explanation is re-derived (closed forms) or bounded (iterative methods) by exactly one claim of the
+    method's binding type, whose parameters repeat the explainer's recorded ones; a certificate of another
+    method, or with its binding claim removed, does not verify."""
+    explainer = ctx.cert.provenance.get("explainer", {})
+    method, params = explainer.get("method"), explainer.get("params", {})
+    if method == "lagrange-dual":
+        report.binding = "not bound: the Lagrange-dual sensitivity map is not re-derived (no claim rests on it)"
+        return
+    if method not in BINDING:
+        report.problems.append(f"unknown explainer {method!r} in the provenance: nothing binds the explanation")
+        return
+    claims = [c for c in ctx.cert.claims if c.type == BINDING[method]]
+    if not claims:
+        report.problems.append(f"no {BINDING[method]!r} claim: nothing ties the stored {method} explanation to the model")
+        return
+    claim = claims[0]
+    q = claim.params if isinstance(claim.params, dict) else {}
+    if BINDING[method] == "explanation-error" and q.get("method") != method:
+        report.problems.append(f"claim {claim.id}: explains with {q.get('method')!r}, but the explainer is {method!r}")
+    expected = dict(_PROVENANCE_PARAMS.get(method, {}))
+    if method == "moreaugrad":
+        sigma = params.get("smoothing_sigma") or None
+        if q.get("sigma") != sigma:
+            report.problems.append(f"claim {claim.id}: sigma {q.get('sigma')!r} is not the explainer's {sigma!r}")
+    for key, source in expected.items():
+        if q.get(key) != params.get(source):
+            report.problems.append(f"claim {claim.id}: {key} = {q.get(key)!r} is not the explainer's {source} = {params.get(source)!r}")
+    if claim.kind == "refused":
+        if method in _ALWAYS_BOUND and ctx.stages is not None:
+            report.problems.append(f"claim {claim.id} is refused although the checker can re-derive the {method} explanation")
+        report.binding = f"not bound: claim {claim.id} is refused ({claim.reason})"
+    else:
+        report.binding = f"bound by claim {claim.id} ({claim.type})"
+
 def _document_checks(ctx: _Context, report: VerifyReport) -> None:
     cert = ctx.cert
     if tuple(ctx.explanation.shape) != tuple(ctx.x.shape):
@@ -745,6 +794,7 @@ def _document_checks(ctx: _Context, report: VerifyReport) -> None:
                 continue
             if bool((ctx.x < lo).any() or (ctx.x > hi).any()):
                 report.problems.append(f"claim {c.id}: the domain does not contain the input x")
+    _explanation_binding(ctx, report)
     if "refused" in cert.function or not cert.function.get("conformance", {}).get("passed", False):
         bound = [c.id for c in cert.claims if c.kind != "refused"]
         if bound:

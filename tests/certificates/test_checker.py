@@ -578,3 +578,60 @@ def test_flip_witness_flips_the_model_as_run_and_in_float64():
         half = _edit(cert, lambda d: _claim(d, "radius-upper")["witness"].update(delta=encode_array(0.5 * delta.numpy())))
         assert _status(verify_certificate(half, relu), "radius-upper") == "invalid"
     assert issued >= 6
+
+
+# ------------------------------------------------------------------ the explanation is bound to the model
+def test_explanation_binding_claim_cannot_be_removed(certificates, model):
+    """A made-up explanation with its binding claim (and everything resting on it) removed: every claim left
+    is about the model and true, but nothing ties the stored vector to the model any more, so it fails."""
+    cert = certificates["gradient"][0]
+    fake = np.zeros(cert.explanation["shape"])
+    fake.reshape(-1)[:6] = 10.0
+
+    def change(d):
+        d["explanation"] = encode_array(fake)
+        d["claims"] = [c for c in d["claims"] if c["id"] not in ("explanation-error", "stability", "topk")]
+
+    report = verify_certificate(_edit(cert, change), model)
+    assert not report.valid
+    assert any("explanation-error" in p and "nothing ties" in p for p in report.problems), report.problems
+    honest = verify_certificate(cert, model)
+    assert honest.valid and honest.binding.startswith("bound by claim explanation-error")
+
+
+def test_binding_claim_parameters_repeat_the_explainers(certificates, model):
+    """The provenance's explainer parameters and the binding claim's must agree: relabelling the method or
+    changing MoreauGrad's rho (or the IG quadrature, below) in the provenance alone is rejected."""
+    cert = certificates["moreaugrad"][0]
+    relabelled = verify_certificate(_edit(cert, lambda d: d["provenance"]["explainer"].update(method="gradient")), model)
+    assert not relabelled.valid and any("nothing ties" in p for p in relabelled.problems), relabelled.problems
+    other_rho = verify_certificate(
+        _edit(cert, lambda d: d["provenance"]["explainer"]["params"].update(rho=0.1)), model)
+    assert not other_rho.valid and any("rho" in p for p in other_rho.problems), other_rho.problems
+
+
+def test_integrated_gradients_quadrature_is_bound_to_the_provenance(model):
+    x = zoo.load(MODEL)[1].x_test[:1]
+    (cert,) = certify_explanations(IntegratedGradients(model, n_steps=16, method="gausslegendre"), x)
+    assert verify_certificate(cert, model).valid
+    edited = _edit(cert, lambda d: d["provenance"]["explainer"]["params"].update(method="riemann_trapezoid"))
+    report = verify_certificate(edited, model)
+    assert not report.valid and any("quadrature" in p for p in report.problems), report.problems
+
+
+def test_refused_binding_claim_on_a_closed_form_method_is_rejected(certificates, model):
+    cert = certificates["gradient"][0]
+
+    def change(d):
+        claim = _claim(d, "explanation-error")
+        claim.update(kind="refused", value=None, reason="made up")
+        d["claims"] = [c for c in d["claims"] if c["id"] not in ("stability", "topk")]
+
+    report = verify_certificate(_edit(cert, change), model)
+    assert not report.valid and any("refused although" in p for p in report.problems), report.problems
+
+
+def test_lagrange_certificates_say_their_explanation_is_not_bound(relu_lagrange):
+    cert, relu = relu_lagrange[0]
+    report = verify_certificate(cert, relu)
+    assert report.valid and report.binding.startswith("not bound")
