@@ -22,6 +22,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+# hypothesis is a run-time dependency of certify (pyproject.toml): `certify check` and `certify demo` run
+# these property tests, so a plain `pip install certify` has it.
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

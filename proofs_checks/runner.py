@@ -5,6 +5,7 @@ import importlib
 import json
 import pkgutil
 import platform
+import traceback
 from pathlib import Path
 from typing import Iterable
 
@@ -42,11 +43,26 @@ DESIGN_ROWS: list[tuple[str, str, str]] = [
 
 
 def discover() -> dict[str, TheoremCheck]:
-    """Import every check module of the package (each registers itself) and return the registry."""
+    """Import every check module of the package (each registers itself) and return the registry.
+
+    A module that fails to import is registered as a check of its own, id "<module> (import failed)",
+    whose run raises with the import's traceback: it shows as verdict "error" (exit 1) instead of taking
+    every other row down with it."""
     for info in pkgutil.iter_modules(proofs_checks.__path__):
         if info.name not in INFRASTRUCTURE and not info.name.startswith("test_"):
-            importlib.import_module(f"proofs_checks.{info.name}")
+            try:
+                importlib.import_module(f"proofs_checks.{info.name}")
+            except Exception:  # noqa: BLE001 - reported as an "error" row, never hidden
+                REGISTRY[f"{info.name} (import failed)"] = _import_failure(info.name, traceback.format_exc(limit=8))
     return REGISTRY
+
+
+def _import_failure(module: str, trace: str) -> TheoremCheck:
+    def run(ctx: CheckContext, report: object) -> None:
+        raise ImportError(f"proofs_checks.{module} failed to import:\n{trace}")
+
+    return TheoremCheck(f"{module} (import failed)", f"module proofs_checks.{module} failed to import",
+                        f"proofs_checks/{module}.py", "", run)
 
 
 def ordered_ids(registry: dict[str, TheoremCheck]) -> list[str]:

@@ -1,7 +1,7 @@
 """Curvature-based certified l2 radius (Singla & Feizi Theorem 1, evaluated rigorously)."""
 import torch
 
-from certify.attacks.minimal_perturbation import minimal_perturbation
+from certify.explain.minimal_perturbation import minimal_perturbation
 from certify.bounds.crc import curvature_radius, forward_with_error
 from certify.bounds.network import from_module
 from certify.models import zoo

@@ -8,7 +8,7 @@ from certify.bounds.ibp import interval_bounds
 from certify.bounds.network import Activation, from_module
 from certify.bounds.results import Kind
 from certify.bounds.sets import InputSet
-from certify.errors import TargetError, UnsupportedError, UsageError
+from certify.errors import TargetError, UsageError
 from certify.models import zoo
 from proofs_checks.nets import NetSpec
 
@@ -102,7 +102,7 @@ def test_bad_arguments_raise_named_errors():
     x = torch.rand(2, 6)
     with pytest.raises(UsageError, match="method"):
         margin_lower_bounds(net, x, torch.tensor([0, 1]), 0.1, 2, method="alpha")
-    with pytest.raises(UnsupportedError, match="norm"):
+    with pytest.raises(UsageError, match="norm"):
         margin_lower_bounds(net, x, torch.tensor([0, 1]), 0.1, 3)
     with pytest.raises(TargetError):
         margin_lower_bounds(net, x, torch.tensor([0, 7]), 0.1, 2)
