@@ -6,7 +6,7 @@ If g is lambda-weakly convex and 0 < rho < 1/lambda, grad g^rho is 1/min(rho, 1/
 
 Checked (i) on random one-hidden-layer softplus networks (exact lambda from W1^T diag(min(v, 0) beta/4) W1)
 over sampled pairs at several distances and over adversarial pairs along the eigenvector of f_c's most
-extreme curvature at z*, through the solver, adding both solver-error bounds (`MoreauGrad.solver_error_bound`,
+extreme curvature at z*, through the solver, adding both solver-error bounds (the certificate's solver-error claim,
 certified) to the right-hand side; (ii) tightness in closed form:
 g = -lambda/2 ||x||^2 gives MG = -lambda x/(1 - rho lambda), slope 1/(1/lambda - rho), which equals the
 bound when rho >= 1/(2 lambda) (also measured through the solver); g = |x1| - lambda/2 x2^2 gives
@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from certify.explain.moreaugrad import MoreauGrad
 from certify.explain.prox import soft_threshold
 from proofs_checks.framework import CheckContext, Report, run_property, theorem
-from proofs_checks.moreau_support import QuadraticScore, one_hidden_curvature, one_hidden_hessian, reference, rho_below
+from proofs_checks.moreau_support import (QuadraticScore, one_hidden_curvature, one_hidden_hessian, reference, rho_below,
+                                         solver_errors)
 from proofs_checks.nets import NetSpec, net_specs
 
 
@@ -44,7 +45,7 @@ def _random_pairs(report: Report, ctx: CheckContext) -> None:
         scales = torch.tensor([1e-2, 1e-1, 1.0, 3.0], dtype=torch.float64).unsqueeze(1)
         shifted = x + scales * torch.randn(4, spec.inputs, generator=gen, dtype=torch.float64)
         solver, explanation = reference(net, torch.cat([x, shifted]), 0, rho, tol=1e-9)
-        errors = solver.solver_error_bound(explanation, lam).value
+        errors = solver_errors(net, solver, explanation, lam)
         mg = explanation.attributions
         for i in range(4):
             distance = float((x[i] - shifted[i]).norm())
@@ -72,7 +73,7 @@ def _adversarial_pairs(report: Report, ctx: CheckContext) -> None:
         worst = int(torch.argmax((values / (1 + rho * values)).abs()))
         shifted = x + torch.tensor([[1e-3], [1e-2], [1e-1]], dtype=torch.float64) * vectors[:, worst]
         solver, explanation = reference(net, torch.cat([x, shifted]), 0, rho, tol=1e-10)
-        errors = solver.solver_error_bound(explanation, lam).value
+        errors = solver_errors(net, solver, explanation, lam)
         mg = explanation.attributions
         for i in range(1, 4):
             distance = float((shifted[i - 1] - x[0]).norm())

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from certify.bounds.network import from_module
+from certify.certificates.issuers.common import unit_row
+from certify.certificates.issuers.moreaugrad import exact_solver_error
 from certify.explain.base import Explanation
 from certify.explain.moreaugrad import MoreauGrad
 from proofs_checks.nets import NetSpec
@@ -48,6 +51,22 @@ def reference(model: nn.Module, x: Tensor, target: int, rho: float, sparsity: fl
     """A float64 accelerated solve to residual `tol` (the reference z*, up to ||r|| / (1/rho - lambda))."""
     solver = MoreauGrad(model, rho=rho, sparsity=sparsity, group_size=group_size, tol=tol, max_iter=20000)
     return solver, solver.explain(x, target)
+
+
+def solver_errors(model: nn.Module, solver: MoreauGrad, explanation: Explanation, lam: float) -> Tensor:
+    """Per example, the value the certificate's solver-error claim gets (`exact_solver_error`, which the
+    MoreauGrad issuer calls; formula `certify.bounds.stability.solver_error`) for lambda = `lam`: a bound on
+    ||MG_computed - MG_exact|| for the model's exact translation N (inf for a diverged example)."""
+    d = explanation.diagnostics
+    x, z = d["inputs"], d["z"]
+    net = from_module(model, tuple(x.shape[1:])).to("cpu")
+    classes = net.weights[-1].shape[0]
+    return torch.tensor([
+        float("inf") if bool(d["diverged"][i]) else
+        exact_solver_error(net, unit_row(classes, int(explanation.target[i])), solver, x[i : i + 1], z[i : i + 1],
+                           explanation.attributions[i : i + 1], lam)
+        for i in range(x.shape[0])
+    ], dtype=torch.float64)
 
 
 def envelope_values(model: nn.Module, x: Tensor, z: Tensor, target: int, solver: MoreauGrad) -> Tensor:

@@ -1,6 +1,6 @@
 """The closed-form stability bounds, each ONE function: the certificate issuers call these, and so do the
-theorem rows that attack them (proofs_checks mg_c1, mg_c2, mg_p1); the independent checker keeps its own
-copy (`certify.certificates.checker`), tested to agree (tests/certificates/test_stability_formulas.py).
+theorem rows that attack them (proofs_checks mg_a1, mg_c1, mg_c2, mg_t1_3, mg_p1); the independent checker
+keeps its own copy (`certify.certificates.checker`), tested to agree (tests/certificates/test_stability_formulas.py).
 
 For ||d||_2 <= eps (DESIGN section 5, MoreauGrad paper Sec. 4-5, Errata in DESIGN section 9):
 
@@ -8,6 +8,11 @@ For ||d||_2 <= eps (DESIGN section 5, MoreauGrad paper Sec. 4-5, Errata in DESIG
   1/min(rho, 1/lambda - rho)-Lipschitz, so ||MG(x + d) - MG(x)|| <= eps / min(rho, 1/lambda - rho).
 * Corrected Corollary 2 (sparse / group-sparse, f_c beta-smooth, rho beta < 1): u* = z* - x is the fixed
   point of the contraction u -> ST(-rho grad f_c(x + u)), so ||S-MG(x + d) - S-MG(x)|| <= beta eps/(1 - rho beta).
+* Solver error (DESIGN section 4.1): if f_c is lambda-weakly convex and rho lambda < 1, F_x(z) = f_c(z) +
+  ||z - x||^2/(2 rho) + eta P(z - x) is mu-strongly convex, mu = 1/rho - lambda, so for any subgradient r
+  of F_x at z, ||z - z*|| <= ||r|| / mu and ||(x - z)/rho - MG(x)|| <= ||r|| / (1 - rho lambda). With r known
+  up to `deviation` (float64 rounding, or a Monte Carlo deviation in smoothed mode) and the stored
+  attributions a off (x - z)/rho by `rounding`: ||a - MG(x)|| <= (||r|| + deviation)/(1 - rho lambda) + rounding.
 * Computed explanations: the stored one is within `err` (the solver-error claim) of the exact MG(x), and a
   run at x + d stopped at residual <= tol within tol / (1 - rho lambda) of MG(x + d).
 * Gradient explanations: ||grad f_c(x + d) - a|| <= beta eps + ||a - grad f_c(x)||.
@@ -52,6 +57,18 @@ def corollary2_corrected(eps: float, rho: float, beta: float) -> float:
     if not rho * beta < 1:
         raise UsageError(f"rho * beta = {rho * beta} >= 1: the corrected Corollary 2 does not apply")
     return beta * eps / (1.0 - rho * beta)
+
+
+def solver_error(residual: float, deviation: float, rho: float, lam: float, rounding: float) -> float:
+    """(||r|| + deviation) / (1 - rho lambda) + rounding: the bound on ||a - MG(x)||_2 of the solver-error claim
+    (DESIGN section 4.1; F_x is (1/rho - lambda)-strongly convex when rho lambda < 1, module docstring).
+    `residual` = ||r||, r a subgradient of F_x at the stored iterate z; `deviation` bounds the error of r
+    (float64 rounding; in smoothed mode plus the Monte Carlo deviation); `rounding` = ||a - (x - z)/rho||."""
+    residual, deviation = _check("residual", residual), _check("deviation", deviation)
+    rho, lam, rounding = _check("rho", rho, True), _check("lambda", lam), _check("rounding", rounding)
+    if not rho * lam < 1:
+        raise UsageError(f"rho * lambda = {rho * lam} >= 1: F_x is not known to be strongly convex, no solver error bound")
+    return (residual + deviation) / (1.0 - rho * lam) + rounding
 
 
 def solver_terms(err: float, tol: float, rho: float, lam: float) -> float:

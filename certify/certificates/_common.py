@@ -5,8 +5,6 @@ The stages come from `certify.certificates.semantics.translate` (the checker's o
 tracing). The checker imports neither `certify.bounds`, `certify.explain` nor `certify.attacks`."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -25,10 +23,6 @@ def up(value: float) -> float:
 
 def down(value: float) -> float:
     return value - abs(value) * SAFETY - 1e-300
-
-
-def act_name(act: tuple) -> str:
-    return act[0]
 
 
 def act_beta(act: tuple) -> float:
@@ -51,7 +45,3 @@ def act_derivative(act: tuple, z: Tensor) -> Tensor:
 
 def spectral_norm(matrix: Tensor) -> float:
     return float(torch.linalg.matrix_norm(matrix, ord=2)) if matrix.numel() else 0.0
-
-
-def isinf_norm(p: float) -> bool:
-    return math.isinf(p)

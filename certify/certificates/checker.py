@@ -77,6 +77,18 @@ def solver_terms(err: float, tol: float, rho: float, lam: float) -> float:
     return up(err + up(tol / down(1.0 - rho * lam)))
 
 
+def solver_error(residual: float, deviation: float, rho: float, lam: float, rounding: float) -> float:
+    """(||r|| + deviation) / (1 - rho lambda) + ||a - (x - z)/rho||, rounded up (rho lambda < 1)."""
+    if not rho * lam < 1:
+        raise Invalid(f"rho * lambda = {rho * lam:.6g} >= 1: no bound exists")
+    return up(up(up(residual) + up(deviation)) / down(1 - rho * lam) + up(rounding))
+
+
+def mean_deviation(bound: float, samples: int, confidence: float) -> float:
+    """(B / sqrt(m)) (1 + sqrt(2 ln(1/(1 - confidence)))): McDiarmid for the mean of m vectors of norm <= B."""
+    return up(bound / math.sqrt(samples) * (1.0 + math.sqrt(2.0 * math.log(1.0 / (1.0 - confidence)))))
+
+
 def proposition1(lipschitz: float, sigma: float) -> float:
     """sqrt(2/pi) L / sigma, rounded up."""
     return up(up(STEIN * lipschitz) / sigma)
@@ -452,12 +464,11 @@ def check_solver_error(ctx: _Context, claim: Claim) -> float:
         if worst > lip:
             raise Invalid(f"a sample gradient has norm {worst:.6g} > the Lipschitz constant {lip:.6g}")
         g = grads.mean(dim=0, keepdim=True)
-        conf = float(q["confidence"])
-        dev = float(rounding.max()) + lip / math.sqrt(m) * (1.0 + math.sqrt(2.0 * math.log(1.0 / (1.0 - conf))))
+        dev = float(rounding.max()) + mean_deviation(lip, m, float(q["confidence"]))
     u = z - ctx.x
     r = float(_minimal_subgradient(g.reshape(ctx.x.shape) + u / rho, u, eta, q["group_size"]).norm())
     rounding_a = float(((ctx.x - z) / rho - ctx.explanation.reshape(ctx.x.shape)).norm())
-    return up(up(up(r) + up(dev)) / down(1 - rho * lam) + up(rounding_a))
+    return solver_error(r, dev, rho, lam, rounding_a)
 
 
 def check_smoothed_explanation_error(ctx: _Context, claim: Claim) -> float:
@@ -478,8 +489,7 @@ def check_smoothed_explanation_error(ctx: _Context, claim: Claim) -> float:
     worst = float(grads.norm(dim=1).max())
     if worst > lip:
         raise Invalid(f"a sample gradient has norm {worst:.6g} > the Lipschitz constant {lip:.6g}")
-    conf = float(q["confidence"])
-    dev = float(rounding.max()) + lip / math.sqrt(m) * (1.0 + math.sqrt(2.0 * math.log(1.0 / (1.0 - conf))))
+    dev = float(rounding.max()) + mean_deviation(lip, m, float(q["confidence"]))
     return up(float((ctx.explanation.reshape(-1) - grads.mean(dim=0)).norm()) + up(dev))
 
 

@@ -1,5 +1,5 @@
 """MoreauGrad (Zhang & Farnia, Sections 4-5, Algorithm 1): vanilla, sparse, group-sparse and Gaussian-smoothed,
-batched over inputs, with a per-explanation solver-error bound (DESIGN section 4.1).
+batched over inputs, returning the iterate and residual a solver-error bound needs (DESIGN section 4.1).
 
 For input x and class c the explanation is the gradient of the Moreau envelope of the logit f_c,
 
@@ -38,11 +38,12 @@ i.e. at the noise floor of the stochastic iteration.
 
 Solver error (DESIGN section 4.1): if f_c is lambda-weakly convex and rho < 1/lambda, F_x is (1/rho - lambda)-
 strongly convex, so ||z - z*|| <= ||r|| / (1/rho - lambda) for any subgradient r at z, and
-||MG_computed - MG|| <= ||r|| / (1 - rho lambda) in all three modes (`solver_error_bound`).
+||MG_computed - MG|| <= ||r|| / (1 - rho lambda) in all three modes. This layer only computes explanations
+(and returns z and the residual in the diagnostics); the certified bound is issued above it, by the
+`solver-error` claim (`certify.certificates.issuers.moreaugrad`, formula `certify.bounds.stability.solver_error`).
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
@@ -50,18 +51,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from certify.bounds.results import BoundResult, Kind
-from certify.bounds.smoothing import vector_mean_deviation
 from certify.errors import InvalidInputError, UsageError
 from certify.explain.base import Explainer, Explanation
 from certify.explain.prox import Penalty, check_groups
 from certify.scores import score_gradients
-from certify.validation import autograd_enabled, nonnegative_number, positive_int, positive_number
+from certify.validation import nonnegative_number, positive_int, positive_number
 from certify.vocabulary import STEIN_CONSTANT
 
 Method = Literal["accelerated", "fixed-step"]
 MAX_SAMPLE_GROWTH = 64
-ROUNDING_MARGIN = 1e-12  # relative margin on float64 residual evaluations in the certificate
 
 
 @dataclass
@@ -307,98 +305,3 @@ class MoreauGrad(Explainer):
             return torch.full_like(state.curvature, self.rho)
         state.curvature = torch.maximum(state.curvature, estimate)
         return torch.reciprocal(state.curvature + 1.0 / self.rho)
-
-    # ------------------------------------------------------------------ certificate
-    def solver_error_bound(
-        self,
-        explanation: Explanation,
-        weak_convexity: float,
-        lipschitz: float | None = None,
-        confidence: float = 0.99,
-        residual_samples: int | None = None,
-    ) -> BoundResult:
-        """Per-example bound on ||MG_computed - MG_exact||_2 (a tensor [N], float64).
-
-        Deterministic modes (certified): ||r|| / (1 - rho lambda) + ||a - (x - z)/rho||, with r the minimal-norm
-        subgradient of F_x at the returned z re-evaluated in float64 on a float64 copy of the model, and the
-        second term the rounding of the stored attributions a. `weak_convexity` = lambda must hold for f_c on
-        a region containing B(x, rho L) (||z* - x|| <= rho L for L-Lipschitz f_c), or globally.
-
-        Smoothed mode (probabilistic, per example with probability >= `confidence`): the residual is
-        estimated on a fresh sample of m = `residual_samples` (default 4 x the solver's final sample size) draws at z, independent
-        of z. If every sample gradient has norm <= L (= `lipschitz`, required), the mean g_m of m i.i.d.
-        vectors satisfies E||g_m - grad h|| <= L/sqrt(m) (Jensen, E||X - EX||^2 <= L^2) and, by McDiarmid's
-        inequality (one sample changes g_m by at most 2L/m), ||g_m - grad h|| <= (L/sqrt(m))(1 + sqrt(2 ln(1/delta)))
-        with probability >= 1 - delta. The same choice of penalty subgradient with grad h in place of g_m is a
-        subgradient of F_x at z, so ||r_true|| <= ||r_m|| + that deviation. lambda is then the weak-convexity
-        constant of h; Proposition 1 gives lambda <= sqrt(2/pi) L / sigma.
-
-        Refuses when rho * lambda >= 1 (F_x need not be strongly convex: no bound exists), in smoothed mode
-        without `lipschitz`, and when a sample gradient exceeds `lipschitz` (the assumption is false)."""
-        method = "moreaugrad-solver-error"
-        nonnegative_number(weak_convexity, "weak_convexity")
-        if lipschitz is not None:
-            positive_number(lipschitz, "lipschitz")
-        if not 0.0 < confidence < 1.0:
-            raise UsageError(f"confidence must lie in (0, 1), got {confidence!r}")
-        if explanation.method != self.method_name or "z" not in explanation.diagnostics:
-            raise UsageError("solver_error_bound needs an Explanation returned by MoreauGrad.explain")
-        rho, lam = self.rho, float(weak_convexity)
-        assumptions = [f"f_c is lambda-weakly convex with lambda = {lam:.6g}"]
-        if lipschitz is not None:
-            assumptions[0] += f" on a region containing B(x, rho * L) = B(x, {rho * lipschitz:.6g})"
-        else:
-            assumptions[0] += " on all of the input space (no Lipschitz constant given to localise it)"
-        if rho * lam >= 1.0:
-            return BoundResult.refuse(
-                method,
-                f"rho * lambda = {rho * lam:.6g} >= 1: F_x is not known to be strongly convex, so a small "
-                "residual does not bound the distance to the minimiser; use rho < 1/lambda",
-                assumptions,
-            )
-        if self.smoothed and lipschitz is None:
-            return BoundResult.refuse(
-                method, "smoothed mode needs a Lipschitz constant L of f_c for the concentration bound", assumptions
-            )
-        diag = explanation.diagnostics
-        x = diag["inputs"].detach().to(torch.float64)
-        z = diag["z"].detach().to(torch.float64)
-        ok = ~diag["diverged"]
-        z = torch.where(_rows(ok, z), z, x)  # diverged rows get no bound (inf below)
-        model = copy.deepcopy(self.model).to(torch.float64)
-        target = explanation.target
-        deviation = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-        details: dict[str, Any] = {"rho": rho, "weak_convexity": lam}
-        if self.smoothed:
-            m = residual_samples if residual_samples is not None else 4 * int(diag["final_samples"].max())
-            generator = None
-            if self.seed is not None:
-                generator = torch.Generator(device=x.device).manual_seed(self.seed + 1_000_003)
-            with autograd_enabled():
-                grad = self._gradient(model, z, target, m, generator)
-            worst = float(grad.max_norm[ok].max()) if bool(ok.any()) else 0.0
-            if worst > lipschitz:
-                return BoundResult.refuse(
-                    method,
-                    f"a sample gradient has norm {worst:.6g} > the given Lipschitz constant {lipschitz:.6g}",
-                    assumptions,
-                )
-            deviation = deviation + vector_mean_deviation(lipschitz, m, 1.0 - confidence)
-            gradient = grad.value
-            assumptions.append(f"every sample gradient norm <= L = {lipschitz:.6g} (checked on the {m} fresh draws)")
-            details["residual_samples"] = m
-        else:
-            with autograd_enabled():
-                gradient = score_gradients(model, z, target)[1]
-        u = z - x
-        residual = _row_norms(self.penalty.minimal_subgradient(gradient + u / rho, u, self.sparsity))
-        rounding = _row_norms(explanation.attributions.detach().to(torch.float64) - (x - z) / rho)
-        value = ((residual + deviation) / (1.0 - rho * lam) + rounding) * (1.0 + ROUNDING_MARGIN)
-        value = torch.where(ok, value, torch.full_like(value, math.inf))
-        details.update(residual_float64=residual, attribution_rounding=rounding, diverged=~ok)
-        assumptions.append(f"rho = {rho:.6g} < 1/lambda; residual evaluated in float64 (relative margin {ROUNDING_MARGIN:g})")
-        if self.smoothed:
-            return BoundResult(value, Kind.PROBABILISTIC, method, assumptions, confidence=confidence,
-                               witness={"z": z}, details=details)
-        return BoundResult(value, Kind.CERTIFIED, method, assumptions, witness={"z": z}, details=details)
-

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certify.bounds import stability
-from certify.bounds.smoothing import proposition1_constant
+from certify.bounds.smoothing import proposition1_constant, vector_mean_deviation
 from certify.certificates import checker
 from certify.certificates.checker import Invalid
 from certify.errors import UsageError
@@ -32,6 +32,25 @@ def test_moreaugrad_stability_agrees(eps, rho, frac, err, tol, beta_frac):
     _close_above(stability.solver_terms(err, tol, rho, lam), checker.solver_terms(err, tol, rho, lam))
     issued = stability.moreaugrad_stability(eps, rho, tol, lam, err)
     _close_above(issued, checker.corollary1(eps, rho, lam) + checker.solver_terms(err, tol, rho, lam))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0, 1e2), st.floats(0, 1e-2), pos, st.floats(0, 0.999), st.floats(0, 1e-3))
+def test_solver_error_agrees(residual, deviation, rho, frac, rounding):
+    lam = frac / rho  # rho lambda < 1
+    _close_above(stability.solver_error(residual, deviation, rho, lam, rounding),
+                 checker.solver_error(residual, deviation, rho, lam, rounding))
+    with pytest.raises(UsageError, match="rho \\* lambda"):
+        stability.solver_error(residual, deviation, rho, 2.0 / rho, rounding)
+    with pytest.raises(Invalid, match="rho \\* lambda"):
+        checker.solver_error(residual, deviation, rho, 2.0 / rho, rounding)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0, 1e3), st.integers(1, 10**6), st.floats(0.5, 1 - 1e-9))
+def test_mcdiarmid_deviation_agrees(bound, samples, confidence):
+    """The issuers pass alpha = 1 - confidence to `vector_mean_deviation`; the checker takes the confidence."""
+    _close_above(vector_mean_deviation(bound, samples, 1.0 - confidence), checker.mean_deviation(bound, samples, confidence))
 
 
 @settings(max_examples=200, deadline=None)
@@ -61,3 +80,7 @@ def test_out_of_range_inputs_are_refused_by_both():
         checker.corollary2(0.1, 2.0, 0.5)
     with pytest.raises(UsageError):
         stability.corollary1(math.inf, 0.1, 0.1)
+    with pytest.raises(UsageError):
+        stability.solver_error(-1e-3, 0.0, 0.5, 0.1, 0.0)  # a negative residual norm is not a norm
+    with pytest.raises(UsageError):
+        stability.solver_error(0.1, math.nan, 0.5, 0.1, 0.0)

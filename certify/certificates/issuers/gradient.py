@@ -7,12 +7,12 @@
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from certify.bounds.smoothing import vector_mean_deviation
 from certify.bounds.stability import gradient_stability
 from certify.certificates.claims import issue, refuse
 from certify.certificates.issuers.common import U64, ClaimList, Issuing, _gamma, exact_gradient, unit_row
@@ -97,7 +97,7 @@ def smoothgrad_claims(claims: ClaimList, state: Issuing, explainer: Any, x: Tens
         claims.add(refuse("explanation-error", "smoothed-explanation-error", params, method,
                           f"a sample gradient has norm {worst:.6g} > the certified Lipschitz constant {lipschitz:.6g}"))
         return
-    deviation = float(rounding.max()) + lipschitz / math.sqrt(m) * (1.0 + math.sqrt(2.0 * math.log(1.0 / (1.0 - SMOOTHGRAD_CONFIDENCE))))
+    deviation = float(rounding.max()) + vector_mean_deviation(lipschitz, m, 1.0 - SMOOTHGRAD_CONFIDENCE)
     value = float((a.detach().double().cpu().flatten() - grads.mean(dim=0)).norm()) + deviation
     claims.add(issue("explanation-error", "smoothed-explanation-error", params, value, method, ["lipschitz"],
                      {"samples": m, "seed": seed}, kind="probabilistic"))

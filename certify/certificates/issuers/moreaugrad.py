@@ -2,26 +2,28 @@
 
 * smoothed mode: `smoothed-weak-convexity` sqrt(2/pi) L / sigma of h = E N_c(. + sigma Z) (Proposition 1,
   `certify.bounds.smoothing.proposition1_constant`), resting on the l2 `lipschitz` claim;
-* `solver-error`: ||a - MG(x)||_2 <= ||r|| / (1 - rho lambda) + ||a - (x - z)/rho||, r the minimal-norm
-  subgradient of F_x at the stored iterate z, recomputed with grad N_c in float64 (its rounding bound
-  added). Smoothed mode (probabilistic): the gradient of h at z is estimated from m fresh samples drawn
-  by `smoothed_samples(seed, m, n)` (seed and m in the witness, so the checker redraws them), every
-  sample gradient norm <= L checked, and the McDiarmid deviation (L / sqrt(m)) (1 + sqrt(2 ln(1/delta)))
-  added, delta = 1 - confidence;
+* `solver-error`: ||a - MG(x)||_2 <= (||r|| + deviation) / (1 - rho lambda) + ||a - (x - z)/rho||
+  (`certify.bounds.stability.solver_error`), r the minimal-norm subgradient of F_x at the stored iterate z,
+  recomputed with grad N_c in float64, deviation its rounding bound (`exact_solver_error`, which the
+  theorem rows MG-A1 and MG-T1.3 call too). Smoothed mode (probabilistic): the gradient of h at z is
+  estimated from m fresh samples drawn by `smoothed_samples(seed, m, n)` (seed and m in the witness, so
+  the checker redraws them), every sample gradient norm <= L checked, and the McDiarmid deviation
+  `certify.bounds.smoothing.vector_mean_deviation(L, m, alpha)`, alpha = 1 - confidence, added;
 * `stability` (type stability-moreaugrad): Corollary 1 (vanilla) or the corrected Corollary 2 (sparse,
   group) plus the solver terms (`certify.bounds.stability.moreaugrad_stability`).
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from certify.bounds.smoothing import proposition1_constant
-from certify.bounds.stability import moreaugrad_stability
+from certify.bounds.network import AffineNetwork
+from certify.bounds.smoothing import proposition1_constant, vector_mean_deviation
+from certify.bounds.stability import moreaugrad_stability, solver_error
 from certify.certificates.claims import issue, refuse
+from certify.certificates.document import encode_array
 from certify.certificates.issuers.common import ClaimList, Issuing, exact_gradient, unit_row
 from certify.errors import UsageError
 
@@ -86,6 +88,24 @@ def moreaugrad_claims(claims: ClaimList, state: Issuing, explainer: Any, diagnos
     claims.add(issue("stability", "stability-moreaugrad", stab_params, value, method, assumptions, kind=err_claim.kind))
 
 
+def exact_solver_error(net: AffineNetwork, row: Tensor, explainer: Any, x: Tensor, z: Tensor, a: Tensor, lam: float) -> float:
+    """The value of a deterministic (vanilla, sparse, group) solver-error claim: ||a - MG(x)||_2 for the
+    explanation a of one example x [1, ...] with stored iterate z, MG the exact MoreauGrad of row . N with
+    the explainer's rho, sparsity and penalty, N lambda-weakly convex (rho lambda < 1, else UsageError).
+    grad N is recomputed at z in float64 with its rounding bound (`exact_gradient`)."""
+    x, z = x.detach().double().cpu(), z.detach().double().cpu()
+    g, rounding = exact_gradient(net, row, z.flatten(1))
+    return _bound(explainer, g, x, z, a, lam, float(rounding[0]))
+
+
+def _bound(explainer: Any, g: Tensor, x: Tensor, z: Tensor, a: Tensor, lam: float, deviation: float) -> float:
+    """`solver_error` with r the minimal-norm subgradient of F_x at z for the gradient (estimate) g."""
+    rho, u = explainer.rho, z - x
+    r = explainer.penalty.minimal_subgradient(g.view_as(z) + u / rho, u, explainer.sparsity)
+    rounding = float((a.detach().double().cpu().reshape(z.shape) - (x - z) / rho).norm())
+    return solver_error(float(r.flatten().norm()), deviation, rho, lam, rounding)
+
+
 def _solver_error(claims: ClaimList, state: Issuing, explainer: Any, diagnostics: dict, i: int, a: Tensor, c: int,
                   params: dict, lam: float | None, lam_id: str, refusal: str | None):
     method = "moreaugrad-solver-error"
@@ -93,7 +113,7 @@ def _solver_error(claims: ClaimList, state: Issuing, explainer: Any, diagnostics
         return refuse("solver-error", "solver-error", params, method, refusal)
     if lam is None:
         return refuse("solver-error", "solver-error", params, method, f"no certified weak-convexity constant (see claim {lam_id!r})")
-    rho, eta = explainer.rho, explainer.sparsity
+    rho = explainer.rho
     if not rho * lam < 1:
         return refuse("solver-error", "solver-error", params, method,
                       f"rho * lambda = {rho * lam:.6g} >= 1: F_x is not known to be strongly convex, so a small residual "
@@ -102,33 +122,20 @@ def _solver_error(claims: ClaimList, state: Issuing, explainer: Any, diagnostics
         return refuse("solver-error", "solver-error", params, method, "the solver diverged (non-finite iterate)")
     x = diagnostics["inputs"][i : i + 1].detach().double().cpu()
     z = diagnostics["z"][i : i + 1].detach().double().cpu()
-    u = z - x
     row = unit_row(state.num_classes, c)
-    witness: dict[str, Any] = {}
-    from certify.certificates.document import encode_array
-
-    witness["z"] = encode_array(z.numpy())
+    witness: dict[str, Any] = {"z": encode_array(z.numpy())}
     if params["sigma"] is None:
-        g, rounding = exact_gradient(state.net, row, z.flatten(1))
-        deviation = float(rounding[0])
-        kind = "certified"
-    else:
-        lipschitz = claims.certified("lipschitz")
-        m = 4 * int(diagnostics["final_samples"][i]) if "final_samples" in diagnostics else 4 * explainer.samples
-        seed = (explainer.seed if explainer.seed is not None else int(torch.randint(0, 2**31 - 1, ()))) + SEED_OFFSET + i
-        noise = smoothed_samples(seed, m, z.numel())
-        grads, rounding = exact_gradient(state.net, row, z.flatten(1) + params["sigma"] * noise)
-        worst = float(grads.norm(dim=1).max())
-        if worst > lipschitz:
-            return refuse("solver-error", "solver-error", params, method,
-                          f"a sample gradient has norm {worst:.6g} > the certified Lipschitz constant {lipschitz:.6g}")
-        g = grads.mean(dim=0, keepdim=True)
-        deviation = float(rounding.max()) + lipschitz / math.sqrt(m) * (1.0 + math.sqrt(2.0 * math.log(1.0 / (1.0 - CONFIDENCE))))
-        witness.update(samples=m, seed=seed)
-        kind = "probabilistic"
-    r = explainer.penalty.minimal_subgradient(g.view_as(z) + u / rho, u, eta)
-    residual = float(r.flatten().norm())
-    attribution_rounding = float((a.detach().double().cpu().reshape(z.shape) - (x - z) / rho).norm())
-    value = (residual + deviation) / (1.0 - rho * lam) + attribution_rounding
-    assumptions = [lam_id, "lipschitz"] if params["sigma"] is not None else [lam_id]
-    return issue("solver-error", "solver-error", params, value, method, assumptions, witness, kind=kind)
+        value = exact_solver_error(state.net, row, explainer, x, z, a, lam)
+        return issue("solver-error", "solver-error", params, value, method, [lam_id], witness)
+    lipschitz = claims.certified("lipschitz")
+    m = 4 * int(diagnostics["final_samples"][i]) if "final_samples" in diagnostics else 4 * explainer.samples
+    seed = (explainer.seed if explainer.seed is not None else int(torch.randint(0, 2**31 - 1, ()))) + SEED_OFFSET + i
+    grads, rounding = exact_gradient(state.net, row, z.flatten(1) + params["sigma"] * smoothed_samples(seed, m, z.numel()))
+    worst = float(grads.norm(dim=1).max())
+    if worst > lipschitz:
+        return refuse("solver-error", "solver-error", params, method,
+                      f"a sample gradient has norm {worst:.6g} > the certified Lipschitz constant {lipschitz:.6g}")
+    deviation = float(rounding.max()) + vector_mean_deviation(lipschitz, m, 1.0 - params["confidence"])
+    value = _bound(explainer, grads.mean(dim=0, keepdim=True), x, z, a, lam, deviation)
+    witness.update(samples=m, seed=seed)
+    return issue("solver-error", "solver-error", params, value, method, [lam_id, "lipschitz"], witness, kind="probabilistic")

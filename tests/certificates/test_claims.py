@@ -1,0 +1,202 @@
+"""Claims as structured statements (certify/certificates/claims.py): every claim type's parameter validators
+reject out-of-range values naming the parameter; values are range-checked per type; kinds allowed per type;
+the statement is re-rendered from params and compared; `issue` rounds outward and `refuse` keeps the reason."""
+import math
+
+import pytest
+
+from certify.certificates.claims import (CLAIM_TYPES, RADIUS_TYPES, Claim, ClaimError, claim_type, issue, refuse,
+                                         render, validate_claim, validate_params)
+from certify.vocabulary import BUILDER_MARGIN, KINDS
+
+N, C = 6, 3  # features and classes of the example certificate
+BOX = {"lower": 0.0, "upper": 1.0}
+MOREAU = {"target": 1, "rho": 0.3, "sparsity": 0.0, "group_size": None, "sigma": None, "confidence": None}
+RADIUS = {"target": 1, "p": "inf", "domain": BOX}
+
+# one valid parameter set per claim type, and per parameter the out-of-range values each validator rejects
+VALID = {
+    "implementation-deviation": {},
+    "lipschitz": {"target": 1, "p": 2},
+    "weak-convexity": {"target": 1},
+    "curvature": {"target": 1},
+    "smoothed-weak-convexity": {"target": 1, "sigma": 0.5},
+    "explanation-error": {"target": 1, "method": "gradient", "quadrature": None, "n_steps": None, "baseline": None},
+    "smoothed-explanation-error": {"target": 1, "sigma": 0.5, "confidence": 0.99},
+    "solver-error": MOREAU,
+    "stability-gradient": {"target": 1, "eps": 0.1},
+    "stability-moreaugrad": {**MOREAU, "eps": 0.1, "tol": 1e-5},
+    "stability-none": {"target": 1, "eps": 0.1},
+    "topk-stability": {"target": 1, "k": 2, "eps": 0.1},
+    "flip-witness": RADIUS,
+    "lipschitz-radius": RADIUS,
+    "radius-lower": {**RADIUS, "relaxation": "crown"},
+    "exact-radius": RADIUS,
+    "gap": RADIUS,
+}
+BAD = {
+    "target": [-1, C, 1.0, True, "1", None],
+    "p": [0, 3, 1.5, "l2", math.inf, True],
+    "eps": [0.0, -0.1, math.inf, math.nan, True, "0.1"],
+    "rho": [0.0, -1.0, math.inf, math.nan],
+    "tol": [-1e-9, math.inf, math.nan],
+    "sigma": [0.0, -0.5, math.inf],
+    "sparsity": [-0.1, math.inf],
+    "group_size": [0, N + 1, 2.0, True],
+    "confidence": [0.0, 1.0, 1.5, -0.1],
+    "k": [0, N, N + 1, 2.0, True],
+    "domain": [{"lower": 1.0, "upper": 0.0}, {"lower": "a", "upper": 1.0}, [0, 1]],
+    "relaxation": ["milp", None],
+    "method": ["smoothgrad", None],
+    "quadrature": ["simpson"],
+    "n_steps": [0, 100_001, 2.5],
+    "baseline": [math.inf, "zero"],
+}
+WITNESS = {"solver-error": {"z": {}}, "flip-witness": {"delta": {}}, "radius-lower": {"alphas": []},
+           "smoothed-explanation-error": {"samples": 4, "seed": 0}}
+
+
+def test_every_claim_type_has_an_example_here():
+    assert set(VALID) == set(CLAIM_TYPES)
+    assert RADIUS_TYPES <= set(CLAIM_TYPES)
+
+
+DEFAULT_KIND = {"smoothed-explanation-error": "probabilistic", "exact-radius": "solver-reported", "stability-none": "refused"}
+
+
+def _claim(type_, params=None, value=0.5, kind=None, **changes):
+    """A well-formed claim of `type_` (its example params, its usual kind), then `changes` applied."""
+    params = dict(VALID[type_] if params is None else params)
+    kind = kind or DEFAULT_KIND.get(type_, "certified")
+    refused = kind == "refused" and type_ == "stability-none"
+    claim = Claim(type_, type_, params, claim_type(type_).relation, None if refused else value, kind, "test", [],
+                  dict(WITNESS.get(type_, {})), params.get("confidence"), "no theorem" if refused else None,
+                  render(type_, params))
+    for key, v in changes.items():
+        setattr(claim, key, v)
+    return claim
+
+
+@pytest.mark.parametrize("type_", sorted(VALID))
+def test_valid_example_validates(type_):
+    assert validate_claim(_claim(type_), N, C) is CLAIM_TYPES[type_]
+
+
+CASES = [(t, name, bad) for t in sorted(VALID) for name in VALID[t] for bad in BAD.get(name, [])]
+
+
+@pytest.mark.parametrize("type_, name, bad", CASES)
+def test_every_parameter_validator_rejects_out_of_range_values_naming_it(type_, name, bad):
+    if type_ == "explanation-error" and name in ("quadrature", "n_steps", "baseline"):
+        params = {**VALID[type_], "method": "integrated-gradients", "quadrature": "gausslegendre", "n_steps": 8,
+                  "baseline": 0.0}
+    else:
+        params = dict(VALID[type_])
+    params[name] = bad
+    with pytest.raises(ClaimError, match=name if name not in ("target",) else "target"):
+        validate_params(type_, params, N, C)
+
+
+def test_lipschitz_norms_are_two_and_inf_only():
+    validate_params("lipschitz", {"target": 0, "p": "inf"}, N, C)
+    with pytest.raises(ClaimError, match="norm p = 1"):
+        validate_params("lipschitz", {"target": 0, "p": 1}, N, C)
+
+
+@pytest.mark.parametrize("type_", sorted(VALID))
+def test_missing_or_unknown_parameters_are_named(type_):
+    with pytest.raises(ClaimError, match="unknown \\['extra'\\]"):
+        validate_params(type_, {**VALID[type_], "extra": 1}, N, C)
+    if VALID[type_]:
+        name = sorted(VALID[type_])[0]
+        params = {k: v for k, v in VALID[type_].items() if k != name}
+        with pytest.raises(ClaimError, match=f"missing \\['{name}'\\]"):
+            validate_params(type_, params, N, C)
+
+
+def test_cross_parameter_rules():
+    ig = {**VALID["explanation-error"], "method": "integrated-gradients"}
+    with pytest.raises(ClaimError, match="states its quadrature"):
+        validate_params("explanation-error", ig, N, C)
+    with pytest.raises(ClaimError, match="no quadrature"):
+        validate_params("explanation-error", {**VALID["explanation-error"], "n_steps": 8}, N, C)
+    with pytest.raises(ClaimError, match="n_steps >= 2"):
+        validate_params("explanation-error", {**ig, "quadrature": "riemann_trapezoid", "n_steps": 1, "baseline": 0.0}, N, C)
+
+
+@pytest.mark.parametrize("type_", sorted(VALID))
+def test_kinds_outside_the_type_are_rejected(type_):
+    allowed = CLAIM_TYPES[type_].kinds
+    assert "refused" in allowed and allowed <= set(KINDS)
+    for kind in sorted(set(KINDS) - allowed):
+        with pytest.raises(ClaimError, match="is not allowed"):
+            validate_claim(_claim(type_, kind=kind), N, C)
+
+
+def test_allowed_kinds_of_some_types():
+    assert CLAIM_TYPES["lipschitz"].kinds == {"certified", "refused"}  # no probabilistic Lipschitz constant
+    assert CLAIM_TYPES["exact-radius"].kinds == {"solver-reported", "refused"}
+    assert CLAIM_TYPES["stability-none"].kinds == {"refused"}
+    assert "probabilistic" in CLAIM_TYPES["solver-error"].kinds and "probabilistic" in CLAIM_TYPES["stability-moreaugrad"].kinds
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1e-12, None, "0.5", True])
+def test_values_are_finite_and_in_range(value):
+    with pytest.raises(ClaimError, match="value"):
+        validate_claim(_claim("lipschitz", value=value), N, C)
+
+
+def test_topk_ratio_lies_in_zero_one():
+    validate_claim(_claim("topk-stability", value=1.0), N, C)
+    with pytest.raises(ClaimError, match="outside \\[0.0, 1.0\\]"):
+        validate_claim(_claim("topk-stability", value=1.0 + 1e-12), N, C)
+
+
+def test_statement_is_rerendered_and_must_match():
+    claim = _claim("stability-gradient")
+    assert claim.statement == render("stability-gradient", {"target": 1, "eps": 0.1})
+    assert "0.1" in claim.statement and "N_1" in claim.statement
+    # the statement follows the params, not the other way round: an edited eps no longer matches the text
+    claim.params["eps"] = 1e-6
+    with pytest.raises(ClaimError, match="statement differs"):
+        validate_claim(claim, N, C)
+    claim.statement = render(claim.type, claim.params)
+    validate_claim(claim, N, C)
+    assert render("stability-gradient", {"target": 1, "eps": 0.1}) != render("stability-gradient",
+                                                                             {"target": 1, "eps": 0.1 + 1e-17})
+
+
+def test_relation_refusal_confidence_and_witness_rules():
+    with pytest.raises(ClaimError, match="relation"):
+        validate_claim(_claim("lipschitz", relation=">="), N, C)
+    with pytest.raises(ClaimError, match="no value and a reason"):
+        validate_claim(_claim("lipschitz", kind="refused"), N, C)  # refused but with a value, no reason
+    with pytest.raises(ClaimError, match="only a refused claim carries a reason"):
+        validate_claim(_claim("lipschitz", reason="why"), N, C)
+    with pytest.raises(ClaimError, match="confidence"):
+        validate_claim(_claim("lipschitz", confidence=0.99), N, C)
+    smoothed = {**MOREAU, "sigma": 0.5, "confidence": 0.99}
+    with pytest.raises(ClaimError, match="certified claim has no confidence"):
+        validate_claim(_claim("solver-error", smoothed, witness={"z": {}, "samples": 4, "seed": 0}), N, C)
+    with pytest.raises(ClaimError, match="must state its confidence"):
+        validate_claim(_claim("solver-error", kind="probabilistic"), N, C)
+    with pytest.raises(ClaimError, match="not evidence"):
+        validate_claim(_claim("lipschitz", witness={"row": [0, 0, 0]}), N, C)
+    with pytest.raises(ClaimError, match="witness lacks \\['samples', 'seed'\\]"):
+        validate_claim(_claim("solver-error", smoothed, kind="probabilistic", witness={"z": {}}), N, C)
+
+
+def test_issue_rounds_outward_and_refuse_keeps_the_reason():
+    upper = issue("lipschitz", "lipschitz", {"target": 0, "p": 2}, 2.0, "m")
+    assert upper.value == 2.0 * (1 + BUILDER_MARGIN) and upper.kind == "certified"
+    lower = issue("r", "lipschitz-radius", RADIUS, 2.0, "m")
+    assert lower.value < 2.0 and lower.relation == ">="
+    assert issue("r", "lipschitz-radius", RADIUS, -1e-300, "m").value == 0.0  # a lower bound >= 0 stays >= 0
+    for bad in (math.inf, math.nan, None):
+        refused = issue("lipschitz", "lipschitz", {"target": 0, "p": 2}, bad, "m")
+        assert refused.kind == "refused" and refused.value is None and "no finite bound" in refused.reason
+    refused = refuse("stability", "stability-none", {"target": 0, "eps": 0.1}, "none", "no theorem")
+    assert refused.reason == "no theorem" and refused.statement == render("stability-none", {"target": 0, "eps": 0.1})
+    validate_claim(refused, N, C)
+    with pytest.raises(ClaimError, match="unknown claim type"):
+        render("made-up", {})

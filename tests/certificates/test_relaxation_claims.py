@@ -1,0 +1,92 @@
+"""Issuing radius-lower claims (certify/certificates/relaxation_claims.py) on tiny ReLU nets: the claim verifies
+in the independent checker, its value lies below the norm of a witnessed flip (a perturbation that changes
+the decision, found by the minimal-perturbation solver and re-evaluated here), its witness is built on
+exactly the written radius, and unsupported models, misclassified inputs and bad arguments are refused.
+(The checker's side, tightened and edited witnesses, is tests/certificates/test_relaxation_check.py.)"""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from certify.certificates.checker import verify_certificate
+from certify.certificates.relaxation_claims import relaxation_radius_claim
+from certify.errors import UsageError
+from certify.explain.minimal_perturbation import minimal_perturbation
+from certify.models.builders import mlp
+from test_relaxation_check import _certificate, _random_net
+
+
+def _witnessed_flip(model, x, c, p, domain):
+    """The norm of a perturbation that provably changes the decision (evaluated here), or inf if none found."""
+    lo_hi = None if domain is None else domain
+    result = minimal_perturbation(model, x, torch.tensor([c]), p=p, domain=lo_hi, restarts=2, seed=0)
+    delta = result.delta.detach().double()
+    point = x + delta
+    if domain is not None:
+        assert bool((point >= domain[0] - 1e-12).all() and (point <= domain[1] + 1e-12).all())
+    if int(model(point).argmax()) == c:
+        return math.inf
+    return float(delta.flatten().norm(p))
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, database=None)
+@given(seed=st.integers(0, 10**6), p=st.sampled_from([math.inf, 2.0, 1.0]), boxed=st.booleans(),
+       method=st.sampled_from(["crown", "lp"]))
+def test_claim_verifies_and_lies_below_a_witnessed_flip(seed, p, boxed, method):
+    model = _random_net(seed % 1000, widths=(3, 8, 3))
+    x = torch.rand(1, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    c = int(model(x).argmax())
+    domain = (torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)) if boxed else None
+    if method == "lp" and p == 1.0:
+        method = "crown"  # the LP scheme covers l2 and linf balls
+    claim = relaxation_radius_claim(model, x, c, p, domain, method, tol=1e-3)
+    assert claim.kind == "certified", claim.reason
+    assert claim.params["target"] == c and claim.params["p"] == {1.0: 1, 2.0: 2, math.inf: "inf"}[p]
+    assert (claim.params["domain"] is None) != boxed
+    assert claim.witness["radius"] == claim.value > 0  # the witness is built on exactly the written radius
+    assert len(claim.witness["alphas"]) == 1  # one hidden layer: its lower slopes
+    flip = _witnessed_flip(model, x, c, p, domain)
+    assert boxed or math.isfinite(flip)  # without a box some other class is always reachable on these nets
+    assert claim.value <= flip
+    (check,) = verify_certificate(_certificate(model, x, c, claim), model).checks
+    assert check.status == "valid", check.detail
+
+
+def test_lp_claims_carry_their_multipliers():
+    model = _random_net(3, widths=(4, 8, 8, 3))
+    x = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    claim = relaxation_radius_claim(model, x, int(model(x).argmax()), math.inf, None, "lp", tol=1e-3)
+    assert claim.kind == "certified"
+    if claim.params["relaxation"] == "lp":
+        assert {"tightening", "final"} <= set(claim.witness)
+        assert set(claim.witness["final"]) == {"classes", "w", "y1", "y2"}
+    else:  # a tightening LP was not optimal: the CROWN witness, said so in the method
+        assert "CROWN witness" in claim.method
+
+
+def test_refusals():
+    softplus = mlp(4, 3, hidden=(8,), act="softplus").double().eval()
+    x = torch.randn(1, 4, dtype=torch.float64)
+    claim = relaxation_radius_claim(softplus, x, 0, 2)
+    assert claim.kind == "refused" and "ReLU" in claim.reason
+    pooled = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.MaxPool1d(2), nn.Linear(2, 2)).double().eval()
+    claim = relaxation_radius_claim(pooled, x, 0, 2)
+    assert claim.kind == "refused" and "not supported" in claim.reason
+    model = _random_net(1)
+    wrong = int(model(x).argmin())
+    claim = relaxation_radius_claim(model, x, wrong, math.inf)
+    assert claim.kind == "refused" and "no positive radius" in claim.reason
+    assert verify_certificate(_certificate(model, x, wrong, claim), model).checks[0].status == "refused"
+
+
+def test_bad_arguments_are_usage_errors():
+    model, x = _random_net(0), torch.randn(1, 4, dtype=torch.float64)
+    with pytest.raises(UsageError, match="unknown relaxation method"):
+        relaxation_radius_claim(model, x, 0, 2, method="milp")
+    with pytest.raises(UsageError, match="one example expected"):
+        relaxation_radius_claim(model, torch.randn(2, 4, dtype=torch.float64), 0, 2)
+    with pytest.raises(UsageError):
+        relaxation_radius_claim(model, x, 0, 3)
