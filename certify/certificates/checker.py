@@ -44,7 +44,7 @@ from certify.certificates.document import Certificate, decode_array, read_certif
 from certify.certificates.relaxation_check import check_radius_lower
 from certify.errors import CertificateFormatError, UsageError
 from certify.models.hashing import model_hash
-from certify.vocabulary import SQRT2, Domain
+from certify.vocabulary import SQRT2, Domain, parse_norm
 from certify.vocabulary import STEIN_CONSTANT as STEIN
 
 _Invalid = Invalid  # the name older code used
@@ -300,7 +300,7 @@ def _product_bound(ctx: _Context, row: Tensor, p: float) -> float:
 
 
 def _p(params: dict) -> float:
-    return math.inf if params["p"] == "inf" else float(params["p"])
+    return parse_norm(params["p"])
 
 
 def check_deviation(ctx: _Context, claim: Claim) -> float:

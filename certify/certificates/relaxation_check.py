@@ -53,7 +53,8 @@ from torch import nn
 
 from certify.certificates._common import Invalid
 from certify.certificates.document import decode_array
-from certify.vocabulary import Domain
+from certify.errors import UsageError
+from certify.vocabulary import Domain, parse_norm
 
 SCHEMES = ("crown", "lp")
 
@@ -345,9 +346,10 @@ def prove_margins(weights: list[torch.Tensor], biases: list[torch.Tensor], x0: n
     ball of `radius` in the norm `p` (intersected with the `domain` box [lo, hi]), by the relaxation
     `scheme` with the witness's slopes and multipliers; raises fail(...) naming the first margin not
     proven > 0. p, scheme and domain are the claim's params, never read from the witness."""
-    p = math.inf if str(p) in ("inf", "Infinity") else float(p)
-    if p not in (1.0, 2.0, math.inf):
-        raise fail(f"norm p = {p} is not supported")
+    try:
+        p = parse_norm(p)
+    except UsageError as exc:
+        raise fail(str(exc)) from None
     if not (math.isfinite(radius) and radius >= 0):
         raise fail(f"radius {radius} is not a finite number >= 0")
     if scheme not in SCHEMES:
