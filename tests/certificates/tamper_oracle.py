@@ -43,6 +43,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hseed
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
@@ -1541,3 +1543,19 @@ class Suite:
         false = self.judge(case, doc, report) if outcome == "accepted" else []
         self.tally.add(case.method if "blobs" not in key else f"{case.method} (blobs)", family, outcome, false, what)
         return outcome, false
+
+
+def run_mutations(cases: dict[str, Case], n: int, rand: int, suite: "Suite | None" = None) -> "Suite":
+    """Run `n` generated mutations (Hypothesis seed `rand`) of the certificates of `cases` through the checker
+    and, for the accepted ones, the oracle; returns the suite with its tally (used by the test and the benchmark)."""
+    suite = suite if suite is not None else Suite(cases)
+
+    @hseed(rand)
+    @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(mutations(cases))
+    def one(mutation):
+        suite.run(*mutation)
+
+    one()
+    return suite

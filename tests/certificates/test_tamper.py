@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tamper_oracle as T  # noqa: E402
@@ -102,14 +101,7 @@ def test_oracle_topk_is_exact_on_a_small_example():
 
 
 def _run(cases, suite, n, rand):
-    @seed(rand)
-    @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(T.mutations(cases))
-    def one(mutation):
-        suite.run(*mutation)
-
-    one()
+    T.run_mutations(cases, n, rand, suite)
     tally = suite.tally
     print("\n" + tally.table(0) + "\n" + tally.table(1))
     accepted = sum(tally.accepted.values())
