@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from certify.certificates._common import Invalid, act_derivative, down, exact_act, spectral_norm, up
-from certify.certificates.claims import CLAIM_TYPES, RADIUS_TYPES, Claim, ClaimError, validate_claim
+from certify.certificates._common import TINY, Invalid, act_derivative, down, exact_act, spectral_norm, up
+from certify.certificates.claims import CLAIM_TYPES, FUNCTION_DESCRIPTION, RADIUS_TYPES, Claim, ClaimError, validate_claim
 from certify.certificates.document import Certificate, decode_array, read_certificate
 from certify.certificates.relaxation_check import check_radius_lower
 from certify.errors import CertificateFormatError, UsageError
@@ -118,6 +118,7 @@ class VerifyReport:
     checks: list[ClaimCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # document-level failures (hashes, target, consistency)
     binding: str = ""  # what ties the stored explanation to the model (or why nothing does)
+    function: str = ""  # the checker's OWN translation and conformance result (the certificate's record is informational)
 
     @property
     def valid(self) -> bool:
@@ -227,7 +228,7 @@ class _Context:
                 err = e_t * ds[k - 1] + t.abs() * dds[k - 1] + u * g.abs()
             else:
                 g, err = t, e_t
-        return g, err.norm(dim=1) * (1 + 1e-6) + 1e-300
+        return g, err.norm(dim=1) * (1 + 1e-6) + TINY
 
     def margins(self, point: Tensor) -> tuple[Tensor, float]:
         """(N_c - N_j for j != c at one point, an absolute bound on their float64 rounding)."""
@@ -495,6 +496,9 @@ def check_smoothed_explanation_error(ctx: _Context, claim: Claim) -> float:
 
 def check_stability_gradient(ctx: _Context, claim: Claim) -> float:
     """||grad N_c(x + d) - a|| <= beta eps + ||a - grad N_c(x)||."""
+    if ctx.assumption(claim, "explanation-error").params.get("method") != "gradient":
+        raise Invalid("rests on an explanation-error claim that does not bound ||a - grad N_c(x)|| (another "
+                      "method's explanation): the gradient stability bound does not follow")
     beta = ctx.value_of(claim, "curvature")
     err = ctx.value_of(claim, "explanation-error")
     return up(up(beta * float(claim.params["eps"])) + err)
@@ -694,10 +698,28 @@ def _check_claim_uncached(ctx: _Context, claim: Claim) -> tuple[str, float | Non
         if ctx.claims[a].kind == "probabilistic" and claim.kind != "probabilistic":
             raise Invalid(f"a {claim.kind} claim cannot rest on the probabilistic claim {a!r}")
     rederived = RULES[claim.type](ctx, claim)
-    message = _compare(claim, rederived)
+    message = _compare(claim, rederived) + _vacuous(ctx, claim)
     if claim.kind == "probabilistic":
         return VALID_PROBABILISTIC, rederived, f"{message} (confidence {claim.confidence}, statistic recomputed from stored seeds)"
     return VALID, rederived, message
+
+
+def _vacuous(ctx: _Context, claim: Claim) -> str:
+    """' [VACUOUS: why]' for a true claim that guarantees nothing (shown as such, never as an achievement): a
+    top-k ratio of 0, a stability bound not smaller than the explanation's own norm, a radius lower bound
+    that no perturbation inside the domain can reach."""
+    if claim.type == "topk-stability" and claim.value <= 0:
+        return " [VACUOUS: no feature is certified to stay in the top-k]"
+    if claim.type.startswith("stability-") and claim.value >= float(ctx.explanation.norm()):
+        return f" [VACUOUS: the bound is not smaller than ||a||_2 = {float(ctx.explanation.norm()):.4g}]"
+    if claim.type in ("radius-lower", "lipschitz-radius") and claim.params.get("domain") is not None:
+        box = Domain.from_json(claim.params["domain"])
+        if box is not None and box.bounded:
+            lo, hi = box.tensors(tuple(ctx.x.shape), torch.float64)
+            reach = float(torch.maximum(ctx.x - lo, hi - ctx.x).clamp_min(0).flatten().norm(_p(claim.params)))
+            if claim.value >= reach:
+                return f" [VACUOUS: no point of the domain is farther than {reach:.4g} from x in this norm]"
+    return ""
 
 
 def _exact_radius_consistency(ctx: _Context, claim: Claim) -> None:
@@ -729,13 +751,27 @@ _PROVENANCE_PARAMS = {  # claim param -> explainer param
 _ALWAYS_BOUND = ("gradient", "integrated-gradients", "smoothgrad")
 
 
+def _lagrange_provenance(ctx: _Context, report: VerifyReport, params: dict) -> None:
+    """The radius claims are in the explainer's norm, and have a domain exactly when the explainer had one."""
+    for c in ctx.cert.claims:
+        if c.type not in RADIUS_TYPES or not isinstance(c.params, dict):
+            continue
+        if str(c.params.get("p")) != str(params.get("p")):
+            report.problems.append(f"claim {c.id}: p = {c.params.get('p')!r} is not the explainer's p = {params.get('p')!r}")
+        if c.params.get("domain") != params.get("domain"):
+            report.problems.append(f"claim {c.id}: its domain is not the explainer's input domain")
+
+
 def _explanation_binding(ctx: _Context, report: VerifyReport) -> None:
     """The explanation is re-derived (closed forms) or bounded (iterative methods) by exactly one claim of the
     method's binding type, whose parameters repeat the explainer's recorded ones; a certificate of another
     method, or with its binding claim removed, does not verify."""
     explainer = ctx.cert.provenance.get("explainer", {})
     method, params = explainer.get("method"), explainer.get("params", {})
+    if "refused" not in ctx.cert.function and ctx.cert.function.get("description") != FUNCTION_DESCRIPTION:
+        report.problems.append("function.description is not the fixed text of what the claims are about")
     if method == "lagrange-dual":
+        _lagrange_provenance(ctx, report, params)
         report.binding = "not bound: the Lagrange-dual sensitivity map is not re-derived (no claim rests on it)"
         return
     if method not in BINDING:
@@ -757,6 +793,12 @@ def _explanation_binding(ctx: _Context, report: VerifyReport) -> None:
     for key, source in expected.items():
         if q.get(key) != params.get(source):
             report.problems.append(f"claim {claim.id}: {key} = {q.get(key)!r} is not the explainer's {source} = {params.get(source)!r}")
+    if method == "smoothgrad" and claim.kind != "refused" and q.get("sigma") is not None:
+        sigma = float(params.get("sigma", math.nan))
+        if params.get("relative"):
+            sigma *= float(ctx.x.max() - ctx.x.min())
+        if not abs(float(q["sigma"]) - sigma) <= 1e-6 * abs(sigma):  # the explainer computes it in the input dtype
+            report.problems.append(f"claim {claim.id}: sigma {q['sigma']!r} is not the explainer's noise scale {sigma!r}")
     if claim.kind == "refused":
         if method in _ALWAYS_BOUND and ctx.stages is not None:
             report.problems.append(f"claim {claim.id} is refused although the checker can re-derive the {method} explanation")
@@ -780,7 +822,7 @@ def _document_checks(ctx: _Context, report: VerifyReport) -> None:
             own = int(ctx.model(ctx.x.to(ctx.dtype).to(ctx.device)).argmax())
         if own != cert.target:
             report.problems.append(f"target_source 'predicted' but the model predicts class {own}, not {cert.target}")
-        if ctx.stages is not None and int(ctx.n_logits(ctx.x).argmax()) != cert.target:
+        if ctx.stages is not None and ctx.no_function is None and int(ctx.n_logits(ctx.x).argmax()) != cert.target:
             report.problems.append(f"target_source 'predicted' but N (float64) predicts class {int(ctx.n_logits(ctx.x).argmax())}")
     types = [c.type for c in cert.claims]
     duplicated = sorted({t for t in types if types.count(t) > 1})
@@ -819,6 +861,14 @@ def verify_certificate(cert: Certificate, model: nn.Module, base_dir: Path | Non
     if recorded != actual:
         report.problems.append(f"model hash {actual[:16]}… differs from the certificate's {str(recorded)[:16]}…")
         return report
+    try:
+        return _verify(cert, model, base_dir, report)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise CertificateFormatError(f"the model cannot be evaluated on the certificate's input "
+                                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+def _verify(cert: Certificate, model: nn.Module, base_dir: Path | None, report: VerifyReport) -> VerifyReport:
     ctx = _Context(cert, model, base_dir)
     stages, reason, raw, semantics = _translate(model, tuple(ctx.x.shape[1:]))
     ctx.semantics, ctx.raw_stages = semantics, raw
@@ -834,6 +884,11 @@ def verify_certificate(cert: Certificate, model: nn.Module, base_dir: Path | Non
         if not passed:
             ctx.no_function = (f"the checker's conformance check failed: N differs from the model by {max_dev:.3g} "
                                f"> tolerance {tol:.3g}")
+        else:
+            report.function = (f"N (the checker's own translation) conforms to the model: max deviation {max_dev:.3g} "
+                               f"<= tolerance {tol:.3g}")
+    if ctx.no_function is not None:
+        report.function = f"no function: {ctx.no_function} (only refusals can verify)"
     _document_checks(ctx, report)
     if report.problems and any("out of range" in p or "exactly one example" in p for p in report.problems):
         return report

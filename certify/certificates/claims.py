@@ -25,6 +25,15 @@ from certify.vocabulary import KINDS, Domain, Kind, norm_name, round_down, round
 
 RELATIONS = ("<=", ">=", "==")
 
+# The certificate's `function.description`: what every claim is about (DESIGN section 10). Fixed text, checked
+# by the checker, so that the description a reader sees cannot be edited into a different promise.
+FUNCTION_DESCRIPTION = (
+    "N: the model's traced graph as a chain of dense affine maps and elementwise activations, evaluated in "
+    "exact arithmetic with exact softplus log(1 + exp(beta t))/beta (torch's threshold switch to the identity "
+    "is not part of N; its effect on the logits is bounded by the implementation-deviation claim). Every "
+    "claim is about N (and about the model where its statement says so)."
+)
+
 
 class ClaimError(ValueError):
     """A claim that is not a well-formed statement of its type (parameter, value, kind, witness, text)."""

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from certify.explain.base import Explainer, Explanation
 from certify.explain.minimal_perturbation import STATUS_MESSAGES, check_solver_options, minimal_perturbation
 from certify.validation import positive_int
-from certify.vocabulary import norm_json, parse_norm
+from certify.vocabulary import Domain, norm_json, parse_norm
 
 __all__ = ["LagrangeDual", "STATUS_MESSAGES"]
 
@@ -79,7 +79,7 @@ class LagrangeDual(Explainer):
             "max_iter": self.max_iter,
             "restarts": self.restarts,
             "seed": self.seed,
-            "domain": None if self.domain is None else "given",
+            "domain": _domain_json(self.domain),
             **self.solver_options,
         }
 
@@ -112,3 +112,9 @@ class LagrangeDual(Explainer):
         }
         attributions = result.sensitivity.to(inputs.dtype)
         return Explanation(attributions, target, self.method_name, self.params(), diagnostics)
+
+
+def _domain_json(domain: Any) -> Any:
+    """The input domain as recorded in certificates (vocabulary.Domain's JSON; None when unbounded or absent)."""
+    box = Domain.of(domain)
+    return box.to_json() if box is not None and box.bounded else None

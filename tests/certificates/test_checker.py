@@ -613,3 +613,85 @@ def test_lagrange_certificates_say_their_explanation_is_not_bound(relu_lagrange)
     cert, relu = relu_lagrange[0]
     report = verify_certificate(cert, relu)
     assert report.valid and report.binding.startswith("not bound")
+
+
+# ------------------------------------------------------------------ findings of the attacker review (session 9)
+def test_gradient_stability_cannot_rest_on_another_methods_explanation_error(model):
+    """An IG certificate whose refused stability is turned into a certified stability-gradient resting on the
+    IG explanation-error: ||a - IG(x)|| says nothing about ||a - grad N(x)||, so it must fail (it verified,
+    with a 'certified' 0.119 where the true distance at d = 0 is 4.67)."""
+    x = zoo.load(MODEL)[1].x_test[:1]
+    (cert,) = certify_explanations(IntegratedGradients(model, n_steps=16), x, eps=0.1)
+
+    def change(d):
+        s = _claim(d, "stability")
+        s.update(type="stability-gradient", kind="certified", reason=None, method="beta-smoothness",
+                 assumptions=["curvature", "explanation-error"], value=1.0)
+        s["params"] = {"target": d["target"], "eps": 0.1}
+        _rerender(s)
+
+    report = verify_certificate(_edit(cert, change), model)
+    assert _rejected(report, "stability")
+    assert "another method" in next(c.detail for c in report.checks if c.id == "stability")
+
+
+def test_function_description_and_lagrange_provenance_are_bound(relu_lagrange, certificates, model):
+    cert = certificates["gradient"][0]
+    report = verify_certificate(_edit(cert, lambda d: d["function"].update(
+        description="claims hold for the model as run at every x")), model)
+    assert not report.valid and any("description" in p for p in report.problems)
+    lag, relu = relu_lagrange[1]  # digits ReLU MLP, p = inf
+    other_p = verify_certificate(_edit(lag, lambda d: d["provenance"]["explainer"]["params"].update(p=2)), relu)
+    assert not other_p.valid and any("p = 'inf'" in p or "p = " in p for p in other_p.problems), other_p.problems
+
+
+def test_smoothgrad_noise_scale_is_bound_to_the_provenance(model):
+    x = zoo.load(MODEL)[1].x_test[:1]
+    (cert,) = certify_explanations(SmoothGrad(model, sigma=0.15, relative=True, samples=32, seed=0), x)
+    assert verify_certificate(cert, model).valid
+    edited = _edit(cert, lambda d: d["provenance"]["explainer"]["params"].update(sigma=0.5))
+    report = verify_certificate(edited, model)
+    assert not report.valid and any("noise scale" in p for p in report.problems), report.problems
+
+
+def test_point_domain_radius_is_labelled_vacuous(relu_lagrange):
+    """Every radius claim's domain shrunk to the point x (and the flip and gap dropped): r* is infinite, so a
+    lower bound of 1000 is true, but it guarantees nothing and must say so; with the explainer's domain
+    recorded in the provenance the shrunk domain is rejected outright."""
+    cert, relu = relu_lagrange[1]
+    x = np.asarray(cert.input["values"]).reshape(-1).tolist()
+
+    def change(d, provenance_too):
+        d["claims"] = [c for c in d["claims"] if c["id"] not in ("radius-upper", "radius-gap", "radius-exact")]
+        for c in d["claims"]:
+            if "domain" in c.get("params", {}):
+                c["params"]["domain"] = {"lower": x, "upper": x}
+                _rerender(c)
+        if provenance_too:
+            d["provenance"]["explainer"]["params"]["domain"] = {"lower": x, "upper": x}
+
+    assert not verify_certificate(_edit(cert, lambda d: change(d, False)), relu).valid
+    report = verify_certificate(_edit(cert, lambda d: change(d, True)), relu)
+    details = [c.detail for c in report.checks if c.id == "radius-relaxation" and c.status == "valid"]
+    assert all("VACUOUS" in d for d in details)
+
+
+def test_zero_model_certificates_verify():
+    """A model whose logits do not depend on the input: every bound is 0, and the issuer's outward rounding
+    must still cover the checker's (it did not: 3.1e-300 against a re-derived 4.1e-300)."""
+    net = nn.Sequential(nn.Linear(4, 8), nn.Softplus(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        net[2].weight.zero_()
+    (cert,) = certify_explanations(Gradient(net), torch.rand(1, 4), eps=0.1, k=2)
+    report = verify_certificate(cert, net)
+    assert report.valid, report.failures()
+    topk = next(c for c in report.checks if c.id == "topk")
+    assert topk.status == "valid"
+
+
+def test_unevaluable_input_is_unusable_not_a_crash(certificates, model):
+    cert = certificates["gradient"][0]
+    bad = _edit(cert, lambda d: d.update(input=encode_array(np.zeros((1, 65))),
+                                         explanation=encode_array(np.zeros((1, 65)))))
+    with pytest.raises(CertificateFormatError, match="cannot be evaluated"):
+        verify_certificate(bad, model)

@@ -23,17 +23,11 @@ from certify.bounds import network as network_module
 from certify.bounds.curvature import curvature_bound, weak_convexity
 from certify.bounds.lipschitz import lipschitz_product
 from certify.bounds.network import AffineNetwork, from_module
-from certify.certificates.claims import Claim, issue, refuse
+from certify.certificates.claims import FUNCTION_DESCRIPTION, Claim, issue, refuse
 from certify.errors import UnsupportedError
 from certify.explain.base import Explainer
 from certify.models.hashing import model_hash
 
-FUNCTION_DESCRIPTION = (
-    "N: the model's traced graph as a chain of dense affine maps and elementwise activations, evaluated in "
-    "exact arithmetic with exact softplus log(1 + exp(beta t))/beta (torch's threshold switch to the identity "
-    "is not part of N; its effect on the logits is bounded by the implementation-deviation claim). Every "
-    "claim is about N (and about the model where its statement says so)."
-)
 
 
 def translate(model: nn.Module, input_shape: tuple[int, ...]) -> AffineNetwork | str:
