@@ -29,9 +29,12 @@ def test_tensor_hash_is_sha256_of_dtype_shape_and_bytes():
     assert len(tensor_hash(t)) == 64 and int(tensor_hash(t), 16) >= 0
 
 
-def test_model_hash_is_sha256_of_repr_and_named_tensors():
+def test_model_hash_is_sha256_of_repr_code_and_named_tensors():
+    import inspect
+
     model = Normalize([0.5], [2.0])
     digest = hashlib.sha256(repr(model).encode())
+    digest.update(b"\0" + f"certify.models.builders.Normalize:{inspect.getsource(Normalize.forward)}".encode())
     for name, value in model.state_dict().items():
         digest.update(name.encode())
         digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
@@ -113,3 +116,34 @@ def test_hash_does_not_depend_on_the_device(device):
     moved = copy.deepcopy(model).to(device)
     assert model_hash(moved) == model_hash(model)
     assert tensor_hash(model[0].weight.to(device)) == tensor_hash(model[0].weight)
+
+
+def test_model_hash_covers_the_code_that_decides_the_function():
+    """Same repr and weights, other function: an instance-level forward (a monkeypatch), a hook, or a user
+    class whose forward differs, each changes the hash (an attacker swapped a patched model in before)."""
+    base = _model()
+    patched = copy.deepcopy(base)
+    linear = patched[0]
+    linear.forward = lambda x, _f=linear.forward: _f(x) + 1.0
+    assert model_hash(patched) != model_hash(base)
+    hooked = copy.deepcopy(base)
+    hooked[0].register_forward_hook(lambda m, i, o: o * 2)
+    assert model_hash(hooked) != model_hash(base)
+
+    class A(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    class B(A):
+        def forward(self, x):
+            return self.lin(x) * 2
+
+    a, b = A(), B()
+    b.load_state_dict(a.state_dict())
+    B.__name__, B.__qualname__ = A.__name__, A.__qualname__  # the same repr; only the code differs
+    assert repr(a) == repr(b) and model_hash(a) != model_hash(b)
+    assert model_hash(copy.deepcopy(base)) == model_hash(base)
