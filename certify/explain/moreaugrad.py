@@ -144,6 +144,9 @@ class MoreauGrad(Explainer):
             raise UsageError(f"method must be 'accelerated' or 'fixed-step', got {method!r}")
         if group_size is not None:
             check_groups((1, group_size), group_size)  # type and sign only; divisibility at explain time
+            if not sparsity > 0:
+                raise UsageError(f"group_size = {group_size} needs sparsity > 0 (the weight eta of the group penalty); "
+                                 "with sparsity 0 the explanation is vanilla MoreauGrad")
         self.rho, self.sparsity, self.group_size = float(rho), float(sparsity), group_size
         self.smoothing_sigma, self.samples = float(smoothing_sigma), samples
         self.step = None if step is None else float(step)

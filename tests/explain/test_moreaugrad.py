@@ -188,3 +188,9 @@ def test_smoothed_mode_stops_on_a_residual_estimate(digits_mlp):
     assert bool(d["converged"].all())
     assert bool((d["gradient_evaluations"] >= 8 * (d["iterations"] + 1)).all())
     assert bool((d["residual_norm"] <= 5e-2).all())
+
+
+def test_group_size_without_sparsity_is_a_usage_error():
+    """group_size alone used to be ignored silently (penalty 'none') while the certificate said 'group size 2'."""
+    with pytest.raises(UsageError, match="needs sparsity > 0"):
+        MoreauGrad(nn.Sequential(nn.Linear(4, 2)), rho=0.1, group_size=2)
