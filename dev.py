@@ -203,8 +203,16 @@ def ensure_env() -> None:
         return
     if not _has_torch():
         _run(PY, "-m", "pip", "install", "-q", os.environ.get("CERTIFY_TORCH", DEFAULT_TORCH))
-    _run(PY, "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]")
+    # the installed torch is pinned on the same command line: onnx2torch needs torchvision, and an unpinned
+    # resolve would replace a CPU torch by the newest CUDA build to match torchvision's newest wheel
+    _run(PY, "-m", "pip", "install", "-q", "-e", f"{ROOT}[test,onnx]", f"torch=={_torch_version()}")
     STAMP.write_text(wanted)
+
+
+def _torch_version() -> str:
+    """The installed torch's version without its local tag (2.13.0 for 2.13.0+cpu)."""
+    out = subprocess.run([str(PY), "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True, check=True)
+    return out.stdout.strip().split("+")[0]
 
 
 def _env() -> dict[str, str]:

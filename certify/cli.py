@@ -66,6 +66,20 @@ def _param(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), value
 
 
+def _radius(text: str) -> float:
+    """--eps: a finite number > 0 (`certify.validation.positive_number`); inf, nan, 0 and negative radii are
+    usage errors (exit 64), never certified claims."""
+    from certify.errors import UsageError
+    from certify.validation import positive_number
+
+    try:
+        return positive_number(float(text), "eps")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"eps must be a finite number > 0, got {text!r}") from None
+
+
 def _load_input(args: argparse.Namespace, data) -> "torch.Tensor":  # noqa: F821
     import numpy as np
     import torch
@@ -97,7 +111,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if args.method not in METHODS:
         raise UnsupportedError(f"unknown explanation method {args.method!r}; choose one of {sorted(METHODS)}")
     model, data = load_model(args.model)
-    x = _load_input(args, data)
+    x = _vnnlib_input(args, model) if _is_vnnlib(args.input) else _load_input(args, data)
     params = dict(args.param or [])
     if data is not None and "domain" in inspect.signature(METHODS[args.method]).parameters:
         params.setdefault("domain", data.domain)  # the data set's input box, unless given
@@ -108,10 +122,82 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(cert.to_json())
     else:
         print(f"wrote {args.out}: {args.method} explanation of class {cert.target}")
+        untranslated = cert.function.get("refused")
+        if untranslated:
+            print(f"  no bound-based claims: {untranslated}")
         for c in cert.claims:
-            value = "refused: " + (c.reason or "") if c.value is None else f"{c.relation} {c.value:.6g} ({c.kind})"
-            print(f"  {c.id:15s} {value}")
+            reason = c.reason or ""
+            if untranslated and untranslated in reason:  # said once above
+                reason = "the model is not translated (above)"
+            value = "refused: " + reason if c.value is None else f"{c.relation} {c.value:.6g} ({c.kind})"
+            print(f"  {c.id:24s} {value}")
     return EXIT_OK
+
+
+def _is_vnnlib(path: str | None) -> bool:
+    return bool(path) and Path(path).suffix.lower() == ".vnnlib"
+
+
+def _vnnlib_input(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F821
+    """--input PROP.vnnlib: the box's centre image (an L-infinity ball clipped to [0, 1]; else the box's
+    midpoint) shaped as the model's input, and its label as the target unless --target is given."""
+    import torch
+
+    from certify.models.onnx import input_shape_of
+    from certify.models.vnnlib import parse_vnnlib
+
+    prop = parse_vnnlib(args.input)
+    ball = prop.ball()
+    centre = ball[0] if ball is not None else (prop.lower + prop.upper) / 2
+    shape = input_shape_of(model) or (prop.num_inputs,)
+    x = torch.as_tensor(centre, dtype=torch.float32).reshape(1, *shape)
+    box = (f"an L-inf ball of radius {ball[1]:.6g} around its centre, clipped to [0, 1]" if ball is not None
+           else "not an L-inf ball clipped to [0, 1]: explaining its midpoint")
+    label = prop.label
+    if args.target is None and label is not None:
+        args.target = label
+    print(f"{args.input}: input box is {box}; label {label if label is not None else '(not a classification property)'}",
+          file=sys.stderr)
+    return x
+
+
+EXIT_UNKNOWN = 75  # sysexits EX_TEMPFAIL: undecided within the time limit
+
+
+def _cmd_verify_property(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from certify.attacks.property import verify_property
+    from certify.errors import UsageError
+    from certify.models.spec import load_model
+    from certify.models.vnnlib import parse_vnnlib
+
+    if not args.timeout > 0:
+        raise UsageError("--timeout must be positive")
+    model, _ = load_model(args.model)
+    prop = parse_vnnlib(args.property)
+    methods = {"crown": ("crown",), "alpha-crown": ("crown", "alpha-crown"), "bab": ("crown", "bab")}[args.method]
+    result = verify_property(model, prop, timeout=args.timeout, methods=methods, seed=args.seed)
+    if args.counterexample and result.counterexample is not None:
+        np.save(args.counterexample, result.counterexample)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        if result.status == "holds":
+            print(f"holds: certified by {result.method} (lower bound {result.margin:.6g} > 0 on every output "
+                  f"constraint over the whole input box) in {result.seconds:.2f} s")
+        elif result.status == "violated":
+            y, y64 = result.outputs["model dtype"], result.outputs["float64"]
+            print(f"violated: counterexample found by PGD in {result.seconds:.2f} s, inside the box and violating the "
+                  f"output constraint in the model's dtype (outputs {np.round(y, 5).tolist()}) and in float64 "
+                  f"(outputs {np.round(y64, 5).tolist()})")
+            if args.counterexample:
+                print(f"  counterexample written to {args.counterexample}")
+        else:
+            print(f"{result.status} after {result.seconds:.2f} s")
+        for note in result.notes:
+            print(f"  {note}")
+    return {"holds": EXIT_OK, "violated": EXIT_FAILED}.get(result.status, EXIT_UNKNOWN)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -119,14 +205,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     report = verify_file(Path(args.certificate), args.model)
     if args.json:
-        print(json.dumps({"valid": report.valid, "problems": report.problems,
+        print(json.dumps({"valid": report.valid, "problems": report.problems, "function": report.function, "explanation": report.binding,
                           "claims": [c.__dict__ for c in report.checks]}, indent=2))
     else:
         for problem in report.problems:
             print(f"INVALID: {problem}")
-        for c in report.checks:
-            print(f"  {c.id:15s} {c.status:17s} {c.detail}")
-        print("certificate valid" if report.valid else "certificate INVALID: " + "; ".join(report.failures()))
+        groups = (("re-derived by the checker", ("valid", "invalid")),
+                  ("probabilistic, statistic recomputed from stored seeds", ("valid (probabilistic)",)),
+                  ("not re-checkable (solver-reported; shown apart, not certified)", ("not re-checkable", "estimate")),
+                  ("refused (no value; the reason)", ("refused",)))
+        for title, statuses in groups:
+            rows = [c for c in report.checks if c.status in statuses]
+            if rows:
+                print(f"{title}:")
+                for c in rows:
+                    print(f"  {c.id:24s} {c.status:21s} {c.detail}")
+        print(f"function: {report.function}")
+        print(f"explanation: {report.binding}")
+        if report.valid and not report.by_status("valid", "valid (probabilistic)"):
+            print("certificate valid, but nothing is certified: every claim is refused or not re-checkable")
+        else:
+            print("certificate valid" if report.valid else "certificate INVALID: " + "; ".join(report.failures()))
     return EXIT_OK if report.valid else EXIT_FAILED
 
 
@@ -192,15 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_cmd_check)
 
     explain = sub.add_parser("explain", help="explain one input and write its certificate")
-    explain.add_argument("--model", required=True, help="zoo name (zoo:NAME), TorchScript file or module:callable")
+    explain.add_argument("--model", required=True, help="zoo name (zoo:NAME), ONNX file, TorchScript file or module:callable")
     explain.add_argument("--method", required=True, help="explanation method (gradient, integrated-gradients, smoothgrad, moreaugrad, ...)")
     source = explain.add_mutually_exclusive_group()
-    source.add_argument("--input", help="one input as .npy or .pt (with or without the batch dimension)")
+    source.add_argument("--input", help="one input as .npy or .pt (with or without the batch dimension), or a VNN-LIB "
+                        "property (.vnnlib: its box's centre image, and its label as --target)")
     source.add_argument("--dataset", help="embedded data set to take the input from (default: the zoo model's)")
     explain.add_argument("--index", type=int, default=0, help="index into the data set's test split (default 0)")
     explain.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")
     explain.add_argument("--param", type=_param, action="append", metavar="KEY=VALUE", help="method parameter, repeatable (e.g. rho=0.3)")
-    explain.add_argument("--eps", type=float, default=0.1, help="L2 radius of the stability claims (default 0.1)")
+    explain.add_argument("--eps", type=_radius, default=0.1, help="L2 radius of the stability claims (default 0.1)")
     explain.add_argument("--topk", type=int, default=None, help="k of the top-k claim (default 10%% of the features)")
     explain.add_argument("--out", required=True, help="certificate file to write (JSON)")
     explain.add_argument("--json", action="store_true", help="print the certificate")
@@ -212,11 +312,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(run=_cmd_verify)
 
+    vprop = sub.add_parser("verify-property", help="decide a VNN-LIB property: holds (certified), violated (counterexample) or unknown",
+                           description="Exit 0 holds, 1 violated, 75 unknown within the time limit.")
+    vprop.add_argument("model", help="model SPEC (an ONNX file, zoo name, module:callable)")
+    vprop.add_argument("property", help="VNN-LIB file (input box, output constraint)")
+    vprop.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    vprop.add_argument("--method", choices=("crown", "alpha-crown", "bab"), default="bab",
+                       help="CROWN only, or CROWN then alpha-CROWN, or CROWN then branch and bound on ReLU splits "
+                       "with optimised slopes and split multipliers (default bab)")
+    vprop.add_argument("--counterexample", metavar="FILE.npy", help="write a counterexample found here")
+    vprop.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
+    vprop.add_argument("--json", action="store_true", help="print the result as JSON")
+    vprop.set_defaults(run=_cmd_verify_property)
+
     evaluate = sub.add_parser("evaluate", help="robustness study: metrics under random and adversarial perturbations vs certificates")
     evaluate.add_argument("--model", required=True, help="model SPEC")
     evaluate.add_argument("--dataset", help="embedded data set (default: the zoo model's)")
     evaluate.add_argument("--n", type=int, default=32, help="number of test inputs (default 32)")
-    evaluate.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="L2 radii")
+    evaluate.add_argument("--eps", type=_radius, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="L2 radii")
     evaluate.add_argument("--methods", nargs="+", default=["gradient", "integrated-gradients", "smoothgrad", "moreaugrad", "sparse-moreaugrad"],
                           help="method presets")
     evaluate.add_argument("--k", type=float, default=0.2, help="top-k as a fraction of the features (default 0.2)")

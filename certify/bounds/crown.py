@@ -108,16 +108,23 @@ def backward_lower_bound(
     relaxations: list[Relaxation],
     boxes: list[Box],
     const: Tensor | None = None,
+    layer_terms: dict[int, Tensor] | None = None,
 ) -> Tensor:
     """Rigorous lower bound on coeffs @ z_layer + const over the input set, [N, m].
 
-    coeffs [N, m, n_layer]; relaxations[k] and boxes[k] (k < layer) for the activations below `layer`."""
+    coeffs [N, m, n_layer]; relaxations[k] and boxes[k] (k < layer) for the activations below `layer`.
+    `layer_terms` {k: t_k [N, m, n_k]} (k < layer) adds sum_k t_k @ z_k to the objective (the split
+    multipliers of branch and bound, certify.bounds.bab); None (the default) adds nothing."""
     lam = coeffs
     lam_abs = coeffs.abs()
     value = torch.zeros(coeffs.shape[:-1], dtype=coeffs.dtype, device=coeffs.device) if const is None else const
     magnitude = value.abs()
     terms = 0
     for k in range(layer, -1, -1):
+        if layer_terms is not None and k < layer and k in layer_terms:
+            lam = lam + layer_terms[k]
+            lam_abs = lam_abs + layer_terms[k].abs()
+            terms += 1
         weight, bias = net.weights[k], net.biases[k]
         value = value + lam @ bias
         magnitude = magnitude + lam_abs @ bias.abs()

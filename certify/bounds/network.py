@@ -78,6 +78,11 @@ SHAPE_TYPES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 ACTIVATION_TYPES = (nn.ReLU, nn.Softplus)
 _LEAF_TYPES = AFFINE_TYPES + SHAPE_TYPES + ACTIVATION_TYPES
 
+TORCHSCRIPT_REFUSAL = (
+    "the model is TorchScript (compiled code, not a Python forward that torch.fx can trace), so its graph is not "
+    "translated; pass the eager module (module:callable) or an ONNX export (net.onnx)"
+)
+
 FLOAT32_UNIT = 2.0**-24  # reference resolution for the softplus threshold rule
 U64 = 2.0**-53
 CONFORMANCE_SAFETY = 2.0
@@ -435,6 +440,8 @@ def _view_shape(node: fx.Node, shape: tuple[int, ...], batch_nodes: set, label: 
 def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[_Op]:
     """The model's traced op chain (refusing anything not modelled exactly), with per-example shapes."""
     model = unwrap(model)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnsupportedError(TORCHSCRIPT_REFUSAL)
     _check_model_state(model)
     if type(model) in _LEAF_TYPES:  # the root is always traced through; a bare supported module is a chain of one
         model = nn.Sequential(model).eval()

@@ -358,6 +358,11 @@ def _jacobian_stage(pieces: list[Piece], shape: tuple[int, ...]) -> tuple[Tensor
 def translate(model: nn.Module, input_shape: tuple[int, ...]) -> Stages:
     """The checker's translation of `model` for one example of shape `input_shape` (raises SemanticsError)."""
     model = _strip(model)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise SemanticsError(
+            "TorchScript module: compiled code the checker does not translate; give the eager module "
+            "(module:callable) or an ONNX export"
+        )
     if _is_leaf(model):  # fx always traces the root's own forward: wrap a bare module
         model = nn.Sequential(model).eval()
     items = _walk(model, tuple(int(s) for s in input_shape))

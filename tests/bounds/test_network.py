@@ -293,3 +293,29 @@ def test_internal_overflow_fails_conformance_but_dtype_range_overflow_is_skipped
     half = half.half()
     result = conformance(half, from_module(half, (3,)), torch.randn(1, 3))
     assert result.passed and "were not compared" in result.detail, result.detail
+
+
+def test_onnx2torch_mnistfc_graph_translates_exactly():
+    """issue 12: the VNN-COMP mnistfc ONNX net, converted by onnx2torch into a torch.fx GraphModule (its Flatten
+    and Gemm nodes become nn.Flatten and nn.Linear), is the chain Linear-ReLU-...-Linear with the ONNX weights."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import mnistfc_data as M
+
+    model = M.model("mnist-net_256x2.onnx")
+    net = from_module(model, model.certify_input_shape)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(net.weights) == len(linears) == 3 and net.activations == [Activation("relu")] * 2
+    for w, b, lin in zip(net.weights, net.biases, linears):
+        assert torch.equal(w, lin.weight.double()) and torch.equal(b, lin.bias.double())
+    x = torch.rand(3, 784, 1)
+    assert conformance(model, net, x).passed
+
+
+def test_torchscript_refused_in_one_line():
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)).eval())
+    with pytest.raises(UnsupportedError) as err:
+        from_module(scripted, (3,))
+    assert "\n" not in str(err.value) and "TorchScript" in str(err.value) and "RecursiveScriptModule" not in str(err.value)

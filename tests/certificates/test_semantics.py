@@ -198,3 +198,27 @@ def test_functional_model_agrees_with_the_bound_layer():
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     with torch.no_grad():
         assert torch.allclose(S.forward(stages, x), copy.deepcopy(model).double()(x), rtol=0, atol=1e-10)
+
+
+def test_onnx2torch_mnistfc_graph_translates_like_the_bound_layer():
+    """issue 12: the checker's own translation of the converted mnistfc ONNX net equals the bound layer's."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import mnistfc_data as M
+
+    model = M.model("mnist-net_256x4.onnx")
+    stages = S.translate(model, model.certify_input_shape)
+    net = from_module(model, model.certify_input_shape)
+    assert stages.acts == [("relu",)] * 4 and len(stages.mats) == 5
+    for a, b, c, d in zip(stages.mats, net.weights, stages.biases, net.biases):
+        assert torch.equal(a, b) and torch.equal(c, d)
+    x = torch.rand(2, 784, 1)
+    assert S.check_conformance(model, stages, x)[2]
+
+
+def test_torchscript_refused_by_the_checker_in_one_line():
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)).eval())
+    with pytest.raises(SemanticsError) as err:
+        S.translate(scripted, (3,))
+    assert "\n" not in str(err.value) and "TorchScript" in str(err.value)

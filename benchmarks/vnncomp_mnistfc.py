@@ -1,0 +1,89 @@
+"""The VNN-COMP 2021 mnistfc benchmark (shared/data/vnncomp2021-mnistfc, beside the repository clone): every
+(network, property) pair of mnistfc_instances.csv decided by `certify verify-property`'s logic
+(certify.attacks.property.verify_property) within a time limit, and a table per network:
+
+    holds (certified by CROWN / alpha-CROWN / branch and bound) | violated (PGD counterexample, re-evaluated in the model's
+    dtype and in float64) | unknown, and seconds per instance (mean, max).
+
+Guard: after every "holds" a fresh attack with another seed looks for a counterexample again; a pair with
+both is printed as CONTRADICTION (a soundness bug) and counted apart, never as certified.
+
+    .venv/bin/python benchmarks/vnncomp_mnistfc.py [--timeout 60] [--nets 256x2] [--props prop_1_ prop_2_]
+        [--method bab|crown|alpha-crown] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from certify.attacks.property import pgd_counterexample, verify_property
+from certify.bounds.network import from_module
+from certify.models.spec import load_model
+from certify.models.vnnlib import parse_vnnlib
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vnncomp2021-mnistfc"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per pair (default 60; the csv's limit if lower)")
+    parser.add_argument("--nets", nargs="*", default=[], help="substrings selecting networks (default all)")
+    parser.add_argument("--props", nargs="*", default=[], help="substrings selecting properties (default all)")
+    parser.add_argument("--method", choices=("crown", "alpha-crown", "bab"), default="bab",
+                        help="crown only; crown then alpha-crown; crown then branch and bound (default)")
+    parser.add_argument("--guard-seconds", type=float, default=2.0, help="extra attack after each 'holds' (default 2)")
+    parser.add_argument("--json", help="write the per-pair results here")
+    parser.add_argument("--data", default=str(DATA), help=f"benchmark folder (default {DATA})")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"missing benchmark folder {data}", file=sys.stderr)
+        return 2
+    methods = {"crown": ("crown",), "alpha-crown": ("crown", "alpha-crown"), "bab": ("crown", "bab")}[args.method]
+    with open(data / "mnistfc_instances.csv") as handle:
+        pairs = [(n, p, float(t)) for n, p, t in csv.reader(handle) if n.strip()]
+    pairs = [(n, p, t) for n, p, t in pairs
+             if (not args.nets or any(s in n for s in args.nets)) and (not args.props or any(s in p for s in args.props))]
+    models: dict[str, tuple] = {}
+    rows = []
+    for net_name, prop_name, limit in pairs:
+        if net_name not in models:
+            model, _ = load_model(str(data / net_name))
+            models[net_name] = (model, from_module(model, model.certify_input_shape))
+        model, net = models[net_name]
+        prop = parse_vnnlib(data / prop_name)
+        timeout = min(args.timeout, limit)
+        result = verify_property(model, prop, timeout=timeout, net=net, methods=methods)
+        status = result.status
+        if status == "holds" and args.guard_seconds > 0:
+            point, _ = pgd_counterexample(model, prop, model.certify_input_shape, seconds=args.guard_seconds, seed=12345)
+            if point is not None:
+                status = "CONTRADICTION"
+        margin = "" if result.margin is None else f"{result.margin:+.3g}"
+        print(f"{net_name:22s} {prop_name:22s} {status:13s} {result.method:12s} {margin:>10s} {result.seconds:7.2f} s", flush=True)
+        rows.append({"network": net_name, "property": prop_name, "status": status, "method": result.method,
+                     "margin": result.margin, "seconds": result.seconds, "notes": result.notes})
+    print()
+    print(f"{'network':22s} {'pairs':>5s} {'certified':>9s} {'violated':>8s} {'unknown':>7s} {'contradiction':>13s} {'mean s':>7s} {'max s':>6s}")
+    for net_name in dict.fromkeys(r["network"] for r in rows):
+        mine = [r for r in rows if r["network"] == net_name]
+        count = {s: sum(r["status"] == s for r in mine) for s in ("holds", "violated", "unknown", "CONTRADICTION")}
+        secs = [r["seconds"] for r in mine]
+        print(f"{net_name:22s} {len(mine):5d} {count['holds']:9d} {count['violated']:8d} {count['unknown']:7d} "
+              f"{count['CONTRADICTION']:13d} {sum(secs) / len(secs):7.2f} {max(secs):6.1f}")
+    total = {s: sum(r["status"] == s for r in rows) for s in ("holds", "violated", "unknown", "CONTRADICTION")}
+    print(f"{'all':22s} {len(rows):5d} {total['holds']:9d} {total['violated']:8d} {total['unknown']:7d} {total['CONTRADICTION']:13d}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"timeout": args.timeout, "method": args.method, "pairs": rows}, indent=1))
+    return 1 if total["CONTRADICTION"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
