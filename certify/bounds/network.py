@@ -261,13 +261,19 @@ def _check_model_state(model: nn.Module) -> None:
                 f"module {label} ({type(m).__name__}) is in training mode (dropout / batch statistics change the "
                 "function); call model.eval() first"
             )
-        if m._forward_hooks or m._forward_pre_hooks:
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None):
             raise UnsupportedError(
-                f"module {label} ({type(m).__name__}) has a forward hook, which can change what it computes; "
-                "certify models only hook-free modules"
+                f"module {label} ({type(m).__name__}) has a forward or backward hook, which can change what it "
+                "computes or differentiates; certify models only hook-free modules"
             )
-    if getattr(module_impl, "_global_forward_hooks", None) or getattr(module_impl, "_global_forward_pre_hooks", None):
-        raise UnsupportedError("a global forward hook is registered; it can change what every module computes")
+        if "forward" in m.__dict__:
+            raise UnsupportedError(
+                f"module {label} ({type(m).__name__}) has its own instance-level forward (a monkeypatch): tracing "
+                "treats the module as its class, so the function it computes would not be the one modelled"
+            )
+    if any(getattr(module_impl, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                                         "_global_backward_hooks", "_global_backward_pre_hooks")):
+        raise UnsupportedError("a global forward or backward hook is registered; it can change what every module computes")
 
 
 def trace(model: nn.Module) -> fx.Graph:

@@ -174,10 +174,14 @@ def _walk(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, Any
     for name, m in model.named_modules():
         if m.training:
             raise SemanticsError(f"{name or 'model'} ({type(m).__name__}) is in training mode")
-        if len(m._forward_hooks) or len(m._forward_pre_hooks):
-            raise SemanticsError(f"{name or 'model'} ({type(m).__name__}) has a forward hook")
-    if len(getattr(_mod, "_global_forward_hooks", {})) or len(getattr(_mod, "_global_forward_pre_hooks", {})):
-        raise SemanticsError("global forward hooks are registered")
+        hooks = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, getattr(m, "_backward_pre_hooks", {}))
+        if any(len(h) for h in hooks):
+            raise SemanticsError(f"{name or 'model'} ({type(m).__name__}) has a forward or backward hook")
+        if "forward" in vars(m):
+            raise SemanticsError(f"{name or 'model'} ({type(m).__name__}) overrides forward on the instance")
+    if any(len(getattr(_mod, h, {}) or {}) for h in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                                       "_global_backward_hooks", "_global_backward_pre_hooks")):
+        raise SemanticsError("global forward or backward hooks are registered")
     try:
         graph = _LeafTracer().trace(model)
     except Exception as exc:  # noqa: BLE001

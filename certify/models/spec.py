@@ -64,14 +64,14 @@ def _from_callable(spec: str) -> nn.Module:
             f"cannot import {attr!r} from module {module_name!r}: {exc} (the current directory {os.getcwd()} is on the "
             "import path; give a dotted module name or a .py file)"
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module raised (or called exit) while importing
         raise UnsupportedError(f"importing module {module_name!r} raised {type(exc).__name__}: {exc}") from exc
     if callable(factory) and not isinstance(factory, nn.Module):
         try:
             model = factory()
         except CertifyError:
             raise
-        except Exception as exc:  # noqa: BLE001 - e.g. a factory that needs arguments
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - e.g. a factory that needs arguments, or sys.exit
             raise UnsupportedError(
                 f"{spec!r}: calling {attr}() with no arguments raised {type(exc).__name__}: {exc}; module:callable must "
                 "name a module instance or a factory that takes no arguments"

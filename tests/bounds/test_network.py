@@ -180,7 +180,7 @@ def test_forward_hook_is_refused():
     model = nn.Sequential(nn.Linear(4, 3)).eval()
     handle = model[0].register_forward_hook(lambda m, i, o: 2 * o)
     try:
-        with pytest.raises(UnsupportedError, match="forward hook"):
+        with pytest.raises(UnsupportedError, match="forward or backward hook"):
             from_module(model, (4,))
     finally:
         handle.remove()
@@ -319,3 +319,26 @@ def test_torchscript_refused_in_one_line():
     with pytest.raises(UnsupportedError) as err:
         from_module(scripted, (3,))
     assert "\n" not in str(err.value) and "TorchScript" in str(err.value) and "RecursiveScriptModule" not in str(err.value)
+
+
+def test_instance_level_forward_and_backward_hooks_are_refused_by_both_translations():
+    """A Linear whose forward is replaced on the instance (an adapter-style monkeypatch) is a leaf to fx, so
+    both translations would model the class's function, not the patched one; a backward hook changes what
+    autograd (and the checker's Jacobians) see. Both are refused, with the reason."""
+    from torch import nn as _nn
+
+    from certify.certificates import semantics as S
+
+    patched = _nn.Sequential(_nn.Linear(3, 4), _nn.Softplus(), _nn.Linear(4, 2)).eval()
+    inner = patched[0].forward
+    patched[0].forward = lambda x: inner(x) + 0.5
+    with pytest.raises(UnsupportedError, match="instance-level forward"):
+        from_module(patched, (3,))
+    with pytest.raises(UnsupportedError, match="overrides forward"):
+        S.translate(patched, (3,))
+    hooked = _nn.Sequential(_nn.Linear(3, 4), _nn.Softplus(), _nn.Linear(4, 2)).eval()
+    hooked.register_full_backward_hook(lambda m, gi, go: gi)
+    with pytest.raises(UnsupportedError, match="backward hook"):
+        from_module(hooked, (3,))
+    with pytest.raises(UnsupportedError, match="backward hook"):
+        S.translate(hooked, (3,))

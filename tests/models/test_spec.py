@@ -180,3 +180,15 @@ def test_an_unrecognised_spec_lists_the_zoo_names():
     assert all(name in str(info.value) for name in zoo.names())
     with pytest.raises(UnsupportedError, match="unknown zoo model 'zoo:nope'"):
         load_model("zoo:nope")
+
+
+def test_a_factory_calling_sys_exit_is_a_package_error_not_a_silent_exit(tmp_path, monkeypatch):
+    """`certify verify` loads the spec a certificate names; `sys:exit` ended the process with status 0."""
+    from certify.models.spec import load_model as _load
+
+    with pytest.raises(UnsupportedError, match="SystemExit"):
+        _load("sys:exit")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnsupportedError, match="SystemExit"):
+        _load("exits:anything")
