@@ -68,16 +68,21 @@ def evaluate_logits(model: nn.Module, inputs: Tensor) -> Tensor:
 
 def resolve_target(target: TargetLike, logits: Tensor) -> Tensor:
     """Turn `target` (None = predicted class, an int, or one class per example) into a long tensor [N]."""
-    n, num_classes = logits.shape
     if target is None:
         return logits.argmax(dim=1)
-    if isinstance(target, bool):
+    return check_target(target, logits.shape[0], logits.shape[1], logits.device)
+
+
+def check_target(target: TargetLike, n: int, num_classes: int, device: torch.device | str | None = None) -> Tensor:
+    """`target` (an int, or one class index per example) as a long tensor [n] on `device`; TargetError when
+    it is not integral, has another length, or names a class outside [0, num_classes)."""
+    if isinstance(target, bool) or target is None:
         raise TargetError("target must be an int, a per-example sequence or tensor of ints, or None")
     if isinstance(target, int):
-        resolved = torch.full((n,), target, dtype=torch.long, device=logits.device)
+        resolved = torch.full((n,), target, dtype=torch.long, device=device)
     else:
         try:
-            resolved = torch.as_tensor(target, device=logits.device)
+            resolved = torch.as_tensor(target, device=device)
         except (TypeError, ValueError) as exc:
             raise TargetError(f"target cannot be read as class indices: {exc}") from exc
         if resolved.is_floating_point() or resolved.dtype == torch.bool:

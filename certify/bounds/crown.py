@@ -31,7 +31,8 @@ from certify.bounds.ibp import Box, interval_bounds
 from certify.bounds.network import Activation, AffineNetwork
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import UNIT_ROUNDOFF, InputSet, rounding_margin
-from certify.errors import TargetError, UsageError
+from certify.errors import UsageError
+from certify.validation import check_target
 
 METHODS = ("crown", "ibp")
 
@@ -187,15 +188,6 @@ def margin_spec(target: Tensor, num_classes: int) -> Tensor:
     """C [N, K, K] with row j = e_c - e_j (c = target), so C z_L are the margins f_c - f_j (row c is 0)."""
     eye = torch.eye(num_classes, dtype=torch.float64, device=target.device)
     return eye[target][:, None, :] - eye[None, :, :]
-
-
-def check_target(target: Tensor, n_examples: int, num_classes: int) -> Tensor:
-    target = torch.as_tensor(target).reshape(-1).long()
-    if target.numel() != n_examples:
-        raise TargetError(f"need one target per example ({n_examples}), got {target.numel()}")
-    if ((target < 0) | (target >= num_classes)).any():
-        raise TargetError(f"target classes must lie in [0, {num_classes})")
-    return target
 
 
 def margin_bounds_on_set(

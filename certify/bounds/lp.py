@@ -40,12 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from certify.bounds.crown import Relaxation, check_target, layer_bounds, margin_spec, relax
+from certify.bounds.crown import Relaxation, layer_bounds, margin_spec, relax
 from certify.bounds.ibp import Box
 from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet, rounding_margin
 from certify.errors import UnsupportedError
+from certify.validation import check_target
 
 
 CLARABEL_TOLERANCES = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from certify.bounds.crown import check_target, layer_bounds
+from certify.bounds.crown import layer_bounds
 from certify.bounds.lp import require_relu
 from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet
 from certify.errors import UnsupportedError, UsageError
 from certify.vocabulary import parse_norm
+from certify.validation import check_target
 
 HIGHS_TOLERANCES = {
     "mip_rel_gap": 1e-9,

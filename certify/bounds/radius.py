@@ -18,12 +18,13 @@ import math
 import torch
 from torch import Tensor
 
-from certify.bounds.crown import check_target, margin_bounds_on_set, margin_spec
+from certify.bounds.crown import margin_bounds_on_set, margin_spec
 from certify.bounds.lp import LPVerifier
 from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet, rounding_margin
 from certify.errors import UsageError
+from certify.validation import check_target
 
 RADIUS_METHODS = ("crown", "ibp", "lp")
 
