@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import certify
-from certify.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CertifyError, UnsupportedError
+from certify.errors import EXIT_FAILED, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE, CertifyError, UnsupportedError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,7 +161,6 @@ def _vnnlib_input(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F
     return x
 
 
-EXIT_UNKNOWN = 75  # sysexits EX_TEMPFAIL: undecided within the time limit
 
 
 def _cmd_verify_property(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 a check or claim failed; 2 unusable input to `certify verify` (DESIGN section 7);
 64 usage error; 65 invalid input data (NaN/Inf, shape, dtype, target, model mode); 66 unsupported model,
-layer or method; 70 internal error.
+layer or method; 70 internal error; 75 undecided within the time limit (`verify-property`: unknown).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ EXIT_USAGE = 64
 EXIT_INVALID_INPUT = 65
 EXIT_UNSUPPORTED = 66
 EXIT_INTERNAL = 70
+EXIT_UNKNOWN = 75  # sysexits EX_TEMPFAIL: a property neither proven nor refuted in time
 
 
 class CertifyError(Exception):

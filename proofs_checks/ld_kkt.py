@@ -79,7 +79,12 @@ def _linear_exact(report: Report, ctx: CheckContext) -> None:
             return  # infeasible inside the box or a degenerate instance: nothing to check
         d = delta.value
         y = np.clip(x + d, lo, hi)
-        y = np.where(np.abs(y - lo) < 1e-7, lo, np.where(np.abs(y - hi) < 1e-7, hi, y))  # snap solver noise
+        if boxed:  # the active set from the solver's multipliers, not from distances: those put the point exactly
+            # on the faces the optimum touches (a distance rule snapped coordinates 1e-7 away from a face, which
+            # moved delta/||delta|| by ~1e-6 on short optima and broke the KKT residual it is meant to test)
+            lower_active = np.asarray(constraints[1].dual_value) > 1e-8
+            upper_active = np.asarray(constraints[2].dual_value) > 1e-8
+            y = np.where(lower_active, lo, np.where(upper_active, hi, y))
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float64).reshape(1, -1)  # noqa: E731
         box = DomainBox(as_t(lo), as_t(hi))
         lam, res = kkt_stationarity(as_t(x), as_t(y - x), as_t(w), box, torch.ones(1, w.size, dtype=torch.float64), p)

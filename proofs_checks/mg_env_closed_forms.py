@@ -31,6 +31,7 @@ TOL = 1e-8
 def _solve(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, rho: float, sparsity: float = 0.0,
            group_size: int | None = None) -> torch.Tensor:
     model = QuadraticScore(a, w).eval()
+    group_size = group_size if sparsity > 0 else None  # GST_0 is the identity: eta = 0 is vanilla MoreauGrad
     return MoreauGrad(model, rho=rho, sparsity=sparsity, group_size=group_size, tol=1e-12, max_iter=20000).attribute(x, 0)
 
 
