@@ -57,6 +57,17 @@ class DemoConfig:
         )
 
 
+def _params_text(params: dict[str, Any]) -> str:
+    """The explainer's parameters for the report, with an input domain named by its box, not its values."""
+    shown = dict(params)
+    if isinstance(shown.get("domain"), dict):
+        sides = [torch.as_tensor(shown["domain"][k] if shown["domain"][k] is not None else sign * float("inf"),
+                                 dtype=torch.float64).flatten() for k, sign in (("lower", -1), ("upper", 1))]
+        uniform = all(side.numel() > 0 and bool((side == side[0]).all()) for side in sides)
+        shown["domain"] = f"[{float(sides[0][0]):g}, {float(sides[1][0]):g}] per feature" if uniform else "per-feature box"
+    return json.dumps(shown)
+
+
 def _claim_rows(label: str, certificates: list) -> list[list[str]]:
     """One row per claim id: its kind and the spread of its values over the examples (or the refusal reason)."""
     rows = []
@@ -104,7 +115,7 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
             f" ({unchecked} solver-reported claims not re-checkable)" if unchecked else "")
         function = certificates[0].function
         method_rows.append([
-            label, json.dumps(explainer.params()), f"{seconds:.3f}", verified_counts[label],
+            label, _params_text(explainer.params()), f"{seconds:.3f}", verified_counts[label],
             f"{float(gini_index(attributions[label]).mean()):.3f}", f"{float(zero_fraction(attributions[label]).mean()):.3f}",
         ])
         claim_rows += _claim_rows(label, certificates)
