@@ -1,0 +1,76 @@
+"""certify.demo: one quick run of `run_demo` (module-scoped, it takes tens of seconds) and its report
+parameters column (`_params_text`)."""
+import json
+
+import pytest
+import torch
+
+from certify.certificates.checker import verify_file
+from certify.demo import DemoConfig, _params_text, run_demo
+from certify.explain.registry import PRESETS
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    config = DemoConfig.quick()
+    return out, config, run_demo(out, config)
+
+
+def test_summary_json_has_every_section_and_matches_the_returned_summary(demo):
+    out, config, summary = demo
+    written = json.loads((out / "summary.json").read_text())
+    assert set(written) == {"model", "description", "method_rows", "certificate_note", "claim_rows",
+                            "certificates", "robustness_verdict", "theorems", "environment"}
+    assert summary["files"] == {"markdown": str(out / "index.md"), "html": str(out / "index.html")}
+    assert {k: v for k, v in summary.items() if k != "files"} == written
+    assert written["model"] == config.model
+    assert [row[0] for row in written["method_rows"]] == [label for label, _ in config.methods] == list(PRESETS)
+    assert all(len(row) == 6 for row in written["method_rows"])
+    assert all(len(row) == 5 for row in written["claim_rows"])
+    assert set(written["certificates"]) == set(PRESETS)
+    assert written["theorems"], "the quick theorem suite ran no check"
+
+
+def test_every_certificate_written_verifies_with_the_independent_checker(demo):
+    out, config, summary = demo
+    files = sorted((out / "certificates").glob("*.json"))
+    assert len(files) == config.examples * len(config.methods)
+    for path in files:
+        report = verify_file(path)
+        assert report.valid, (path.name, report)
+    for label in PRESETS:
+        assert summary["certificates"][label].startswith(f"{config.examples}/{config.examples} verified")
+
+
+def test_report_files_exist_and_name_the_domain_briefly(demo):
+    out, _, summary = demo
+    for name in ("index.html", "index.md", "heatmaps.png", "evaluation.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    page = (out / "index.html").read_text()
+    assert "data:image/png;base64," in page
+    params = [json.loads(row[1]) for row in summary["method_rows"]]
+    lagrange = [p for row, p in zip(summary["method_rows"], params) if row[0] == "lagrange-dual"]
+    assert lagrange and lagrange[0]["domain"] == "[0, 1] per feature"
+    assert all(len(row[1]) < 400 for row in summary["method_rows"]), "a parameter column lists the domain's values"
+
+
+def test_params_text_names_a_uniform_box_by_its_bounds():
+    text = _params_text({"rho": 0.5, "domain": {"lower": torch.zeros(64), "upper": torch.ones(64)}})
+    assert json.loads(text) == {"rho": 0.5, "domain": "[0, 1] per feature"}
+
+
+def test_params_text_per_feature_and_half_unbounded_boxes():
+    lower = torch.zeros(4)
+    upper = torch.tensor([1.0, 2.0, 1.0, 1.0])
+    assert json.loads(_params_text({"domain": {"lower": lower, "upper": upper}}))["domain"] == "per-feature box"
+    assert json.loads(_params_text({"domain": {"lower": [-1.5] * 3, "upper": None}}))["domain"] == "[-1.5, inf] per feature"
+    assert json.loads(_params_text({"domain": {"lower": None, "upper": 2.0}}))["domain"] == "[-inf, 2] per feature"
+
+
+def test_params_text_leaves_other_parameters_and_a_non_dict_domain_alone():
+    params = {"domain": None, "k": 3, "name": "x"}
+    assert json.loads(_params_text(params)) == params
+    original = {"domain": {"lower": [0.0], "upper": [1.0]}}
+    _params_text(original)
+    assert original == {"domain": {"lower": [0.0], "upper": [1.0]}}, "_params_text must not mutate its input"
