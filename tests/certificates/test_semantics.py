@@ -3,6 +3,7 @@ layer's translation, its conformance check, forward/gradient helpers, and its in
 import ast
 import copy
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +19,8 @@ from certify.errors import UnsupportedError
 from certify.models import zoo
 
 
-class Residual(nn.Sequential):
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        return x + super().forward(x)
-
-
-def _residual_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(Residual(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)), nn.ReLU(), nn.Linear(4, 3)).eval()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from refused_models import residual_model as _residual_model  # noqa: E402
 
 
 def test_checker_module_imports_no_bound_explainer_or_attack_code():
