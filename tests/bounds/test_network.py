@@ -20,7 +20,7 @@ ZOO = zoo.names()
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from refused_models import residual_model as _residual_model  # noqa: E402
+from translation_models import functional_model, residual_model as _residual_model  # noqa: E402
 
 
 def test_residual_forward_override_is_refused_naming_the_add():
@@ -181,31 +181,8 @@ def test_forward_hook_is_refused():
     assert from_module(model, (4,)).depth == 1
 
 
-class _Functional(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.norm = Normalize([0.5], [2.0])
-        self.conv = nn.Conv2d(1, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
-        self.pool = nn.AvgPool2d(2)
-        self.drop = nn.Dropout(0.3)
-        self.fc = nn.Linear(12, 4)
-        self.out = nn.Linear(4, 3)
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        x = F.softplus(self.bn(self.conv(self.norm(x))), beta=2.0, threshold=30.0)
-        x = self.pool(x)
-        x = x.view(x.size(0), -1)
-        x = torch.relu(self.drop(self.fc(x.reshape(x.shape[0], 12))))
-        return self.out(torch.flatten(x, 1))
-
-
 def test_functional_and_method_forms_and_wrappers():
-    torch.manual_seed(6)
-    model = _Functional()
-    model.bn.running_mean.normal_()
-    model.bn.running_var.uniform_(0.5, 2.0)
-    model.eval()
+    model = functional_model(6)
     net = from_module(model, (1, 4, 4))
     assert [a.name for a in net.activations] == ["softplus", "relu"]
     assert net.activations[0].beta == 2.0 and net.activations[0].threshold == 30.0

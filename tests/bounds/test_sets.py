@@ -87,7 +87,7 @@ def test_project_ball_is_the_nearest_point_of_the_ball(p):
     others = centers[:, None] + (others - centers[:, None]) * radius[:, None, None]
     best = torch.linalg.vector_norm(points - proj, dim=1)
     dists = torch.linalg.vector_norm(points[:, None] - others, dim=2)
-    assert bool((best[:, None] <= dists + 1e-9).all())
+    assert bool((best[:, None] <= dists + 1e-12).all())
 
 
 def test_project_simplex():

@@ -20,7 +20,7 @@ from certify.models import zoo
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from refused_models import residual_model as _residual_model  # noqa: E402
+from translation_models import functional_model, residual_model as _residual_model  # noqa: E402
 
 
 def test_checker_module_imports_no_bound_explainer_or_attack_code():
@@ -159,31 +159,8 @@ def test_internal_overflow_is_not_conformance():
     assert not S.check_conformance(model, stages, torch.randn(1, 3))[2]  # exp overflows in float32 at far points
 
 
-class _Functional(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        from certify.models.builders import Normalize
-
-        self.norm = Normalize([0.5], [2.0])
-        self.conv = nn.Conv2d(1, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
-        self.pool = nn.AvgPool2d(2)
-        self.fc = nn.Linear(12, 4)
-        self.out = nn.Linear(4, 3)
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        x = torch.nn.functional.softplus(self.bn(self.conv(self.norm(x))), beta=2.0, threshold=30.0)
-        x = self.pool(x).view(x.size(0), -1)
-        x = torch.relu(self.fc(x.reshape(x.shape[0], 12)))
-        return self.out(torch.flatten(x, 1))
-
-
 def test_functional_model_agrees_with_the_bound_layer():
-    torch.manual_seed(7)
-    model = _Functional()
-    model.bn.running_mean.normal_()
-    model.bn.running_var.uniform_(0.5, 2.0)
-    model.eval()
+    model = functional_model(7)
     stages = S.translate(model, (1, 4, 4))
     net = from_module(model, (1, 4, 4))
     assert stages.acts == [("softplus", 2.0, 30.0), ("relu",)]
