@@ -22,7 +22,8 @@ import time
 import torch
 from torch import Tensor
 
-from certify.bounds.crown import backward_lower_bound, default_alpha, layer_bounds, relax
+from certify.bounds.activations import default_alpha, relax
+from certify.bounds.crown import backward_lower_bound, layer_bounds
 from certify.bounds.ibp import interval_bounds
 from certify.bounds.network import AffineNetwork
 from certify.bounds.sets import InputSet

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from certify.bounds.crown import backward_lower_bound, default_alpha, relax
+from certify.bounds.activations import default_alpha, relax
+from certify.bounds.crown import backward_lower_bound
 from certify.bounds.network import AffineNetwork
 from certify.bounds.sets import InputSet
 

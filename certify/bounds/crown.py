@@ -22,78 +22,18 @@ bounded by gamma_n |Lambda| times the gap between the two lines).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from certify.bounds.activations import SLOPE_RULES, Relaxation, default_alpha, relax
 from certify.bounds.ibp import Box, interval_bounds
-from certify.bounds.network import Activation, AffineNetwork
+from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
-from certify.bounds.sets import UNIT_ROUNDOFF, InputSet, rounding_margin
+from certify.bounds.sets import InputSet, rounding_margin
 from certify.errors import UsageError
 from certify.validation import check_target
 
 METHODS = ("crown", "ibp")
-
-
-@dataclass
-class Relaxation:
-    """Lines a_l z + c_l <= sigma(z) <= a_u z + c_u valid on a box [l, u], each [N, n] (or [N, m, n] with
-    one relaxation per objective row)."""
-
-    lower_slope: Tensor
-    lower_intercept: Tensor
-    upper_slope: Tensor
-    upper_intercept: Tensor
-
-    def gap(self, lower: Tensor, upper: Tensor) -> Tensor:
-        """max over [l, u] of (upper line - lower line), >= 0 (a linear function: attained at an endpoint)."""
-        d_slope = self.upper_slope - self.lower_slope
-        d_icpt = self.upper_intercept - self.lower_intercept
-        return torch.maximum(d_slope * lower + d_icpt, d_slope * upper + d_icpt).clamp(min=0)
-
-
-SLOPE_RULES = ("adaptive", "parallel")
-
-
-def default_alpha(activation: Activation, lower: Tensor, upper: Tensor, rule: str = "adaptive") -> Tensor:
-    """Lower-line parameter alpha. ReLU: "adaptive" (CROWN) takes slope 1 if u >= -l else 0; "parallel"
-    (Wong-Kolter's dual network) takes u / (u - l), parallel to the chord. Softplus: tangent at the midpoint."""
-    if activation.name == "softplus":
-        return torch.full_like(lower, 0.5)
-    if rule == "parallel":
-        return (upper / (upper - lower).clamp(min=1e-300)).clamp(0, 1)
-    return (upper >= -lower).to(lower.dtype)
-
-
-def relax(activation: Activation, lower: Tensor, upper: Tensor, alpha: Tensor | None = None) -> Relaxation:
-    """Rigorous linear relaxation of a convex increasing activation on [lower, upper] (see module doc)."""
-    alpha = default_alpha(activation, lower, upper) if alpha is None else alpha.clamp(0, 1)
-    width = upper - lower
-    value_lo_l, value_hi_l = activation.enclosure(lower)
-    value_lo_u, value_hi_u = activation.enclosure(upper)
-    # upper chord, then shifted to lie above the enclosure at both endpoints
-    flat = width <= 1e-12 * (1 + upper.abs())
-    chord = (value_hi_u - value_lo_l) / torch.where(flat, torch.ones_like(width), width)
-    slope_u = torch.where(flat, activation.derivative(upper), chord)
-    if activation.name == "relu":
-        slope_u = torch.where(lower >= 0, torch.ones_like(slope_u), torch.where(upper <= 0, torch.zeros_like(slope_u), slope_u))
-    icpt_u = torch.maximum(value_hi_l - slope_u * lower, value_hi_u - slope_u * upper)
-    icpt_u = icpt_u + rounding_margin(icpt_u.abs() + slope_u.abs() * torch.maximum(lower.abs(), upper.abs()), 2)
-    if activation.name == "relu":
-        slope_l = torch.where(lower >= 0, torch.ones_like(alpha), torch.where(upper <= 0, torch.zeros_like(alpha), alpha))
-        icpt_l = torch.zeros_like(slope_l)
-    else:
-        point = lower + alpha * width
-        slope_l = activation.derivative(point)
-        value_lo_t, _ = activation.enclosure(point)
-        icpt_l = value_lo_t - slope_l * point
-        slope_error = 4 * UNIT_ROUNDOFF * slope_l * width
-        icpt_l = icpt_l - slope_error - rounding_margin(value_lo_t.abs() + (slope_l * point).abs(), 2)
-        # the tangent touches the exact softplus; torch's thresholded one lies below it by at most this
-        icpt_l = icpt_l - torch.where(activation.beta * upper > 20.0, activation.threshold_gap, 0.0)
-    return Relaxation(slope_l, icpt_l, slope_u, icpt_u)
 
 
 def _rows(t: Tensor, like: Tensor) -> Tensor:

@@ -38,7 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from certify.bounds.lipschitz import output_rows
-from certify.bounds.network import Activation, AffineNetwork
+from certify.bounds.activations import Activation
+from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet, rounding_margin, sample_ball
 from certify.errors import UsageError

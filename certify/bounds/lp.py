@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from certify.bounds.crown import Relaxation, layer_bounds, margin_spec, relax
+from certify.bounds.activations import Relaxation, relax
+from certify.bounds.crown import layer_bounds, margin_spec
 from certify.bounds.ibp import Box
 from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind

@@ -70,6 +70,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from certify.bounds.activations import Activation, softplus_threshold_accepted
 from certify.errors import UnsupportedError
 from certify.models.builders import Normalize
 
@@ -87,71 +88,6 @@ FLOAT32_UNIT = 2.0**-24  # reference resolution for the softplus threshold rule
 U64 = 2.0**-53
 CONFORMANCE_SAFETY = 2.0
 SOFTPLUS_ROUNDING = 6  # rounding ops of a softplus evaluation, relative to its value
-
-
-def softplus_gap(beta: float, threshold: float) -> float:
-    """sup_t (exact softplus - torch's thresholded softplus) = log1p(e^{-threshold}) / beta, rounded up."""
-    if threshold == math.inf:
-        return 0.0
-    return math.log1p(math.exp(-threshold)) / beta * (1 + 1e-14) + 1e-300
-
-
-def softplus_threshold_accepted(threshold: float) -> bool:
-    """The switch to the identity is below float32 resolution of the value where it happens."""
-    return threshold == math.inf or (math.isfinite(threshold) and threshold > 0 and math.log1p(math.exp(-threshold)) <= FLOAT32_UNIT * threshold)
-
-
-@dataclass(frozen=True)
-class Activation:
-    """An elementwise activation of N: "relu", or the EXACT softplus of sharpness beta,
-    log(1 + e^{beta t}) / beta; `threshold` records torch's switch to the identity (beta t > threshold),
-    which N does not apply (its effect is bounded by `AffineNetwork.deviation`)."""
-
-    name: str
-    beta: float = 1.0
-    threshold: float = 20.0
-
-    def __call__(self, z: Tensor) -> Tensor:
-        if self.name == "relu":
-            return torch.relu(z)
-        return torch.relu(z) + torch.log1p(torch.exp(-self.beta * z.abs())) / self.beta
-
-    def derivative(self, z: Tensor) -> Tensor:
-        return (z > 0).to(z.dtype) if self.name == "relu" else torch.sigmoid(self.beta * z)
-
-    def enclosure(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Rigorous float64 enclosure [lo, hi] of sigma(z) (elementwise), covering both the exact
-        softplus max(z, 0) + log1p(e^{-beta|z|}) / beta and torch's thresholded version (which returns z
-        where beta z > threshold, below the exact value by log1p(e^{-beta z}) / beta <= threshold_gap)."""
-        if self.name == "relu":
-            value = torch.relu(z)
-            return value, value
-        value = torch.relu(z) + torch.log1p(torch.exp(-self.beta * z.abs())) / self.beta
-        margin = 8.0 * 2.0**-53 * value.abs() + 1e-300
-        # beta * z is rounded: widen the switch region by a relative 1e-12 so no switched point is missed
-        switched = self.beta * z > self.threshold - 1e-12 * abs(self.threshold)
-        lo = torch.minimum(value, torch.where(switched, z, value))
-        return lo - margin, value + margin
-
-    @property
-    def threshold_gap(self) -> float:
-        """sup of (exact softplus - torch's thresholded softplus) = log1p(e^{-threshold}) / beta; 0 for ReLU."""
-        return softplus_gap(self.beta, self.threshold) if self.name == "softplus" else 0.0
-
-    @property
-    def max_second_derivative(self) -> float:
-        """sup sigma''(t): beta/4 for softplus; a ReLU has no bounded second derivative (inf)."""
-        return self.beta / 4.0 if self.name == "softplus" else float("inf")
-
-    def to_json(self) -> dict[str, Any]:
-        if self.name == "relu":
-            return {"name": "relu"}
-        return {
-            "name": "softplus",
-            "beta": self.beta,
-            "threshold": self.threshold if math.isfinite(self.threshold) else "inf",
-            "gap": self.threshold_gap,
-        }
 
 
 @dataclass

@@ -44,7 +44,7 @@ def test_split_subdomain_bound_never_exceeds_the_subdomain_grid_minimum(seed):
     """The Lagrangian split term (beta) has the right sign: a subdomain's bound, optimised hard, stays below
     the least objective value on the grid points that satisfy the split constraint."""
     from certify.bounds.bab import _optimised_bound
-    from certify.bounds.crown import default_alpha
+    from certify.bounds.activations import default_alpha
     from certify.bounds.crown import layer_bounds
     from certify.bounds.property import property_rows, property_set
 

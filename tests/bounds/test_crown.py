@@ -3,9 +3,11 @@ import math
 import pytest
 import torch
 
-from certify.bounds.crown import backward_lower_bound, layer_bounds, margin_lower_bounds, relax
+from certify.bounds.activations import relax
+from certify.bounds.crown import backward_lower_bound, layer_bounds, margin_lower_bounds
 from certify.bounds.ibp import interval_bounds
-from certify.bounds.network import Activation, from_module
+from certify.bounds.activations import Activation
+from certify.bounds.network import from_module
 from certify.bounds.results import Kind
 from certify.bounds.sets import InputSet
 from certify.errors import TargetError, UsageError

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from certify.bounds.ibp import affine_interval, interval_bounds
-from certify.bounds.network import Activation, AffineNetwork
+from certify.bounds.activations import Activation
+from certify.bounds.network import AffineNetwork
 from certify.bounds.sets import InputSet, sample_ball
 
 F64 = torch.float64

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from certify.bounds.network import Activation, conformance, from_module, rounding_bound, softplus_gap
+from certify.bounds.activations import Activation, softplus_gap
+from certify.bounds.network import conformance, from_module, rounding_bound
 from certify.errors import UnsupportedError
 from certify.models import zoo
 from certify.models.builders import Normalize

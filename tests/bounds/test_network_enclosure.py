@@ -1,6 +1,6 @@
 import torch
 
-from certify.bounds.network import Activation
+from certify.bounds.activations import Activation
 
 
 def test_softplus_enclosure_contains_torch_and_the_exact_value():
