@@ -18,15 +18,24 @@ def _update_with_tensor(digest: "hashlib._Hash", tensor: Tensor) -> None:
 def _code_of(module: nn.Module) -> bytes:
     """What decides the module's function beyond its repr and tensors: the source of `forward` for classes
     not defined by torch itself (a user's class, a certify builder), an instance-level `forward` (a
-    monkeypatch), and the number of hooks of each kind. torch's own modules are named by their type in the
-    repr; hashing their source would tie every certificate to one torch release."""
+    monkeypatch), the TorchScript code of a ScriptModule's forward, and the number of hooks of each kind.
+    torch's own modules are named by their type in the repr; hashing their source would tie every
+    certificate to one torch release. (Calling a ScriptModule caches its compiled forward in the instance
+    __dict__; that is not a monkeypatch and does not change the hash.)"""
     parts = []
     own = module.__dict__.get("forward")
-    if own is not None:
+    if own is not None and not isinstance(own, torch._C.ScriptMethod):
         parts.append("instance forward:" + _source(own))
     cls = type(module)
     if isinstance(module, torch.fx.GraphModule):  # its forward is generated from its graph (e.g. converted ONNX)
         parts.append("graph:" + module.code)
+    elif isinstance(module, torch.jit.ScriptModule):  # compiled code: the repr names only the original class
+        if module._c._has_method("forward"):
+            code, constants = module._c._get_method("forward").code_with_constants  # CONSTANTS.cN of a trace
+            parts.append("torchscript:" + code)
+            for name in sorted(constants):
+                value = constants[name]
+                parts.append(f"{name}=" + (tensor_hash(value) if isinstance(value, Tensor) else repr(value)))
     elif not cls.__module__.startswith("torch."):
         parts.append(f"{cls.__module__}.{cls.__qualname__}:" + _source(cls.forward))
     hooks = [len(getattr(module, name, {}) or {}) for name in

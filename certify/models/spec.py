@@ -4,9 +4,10 @@ file, or `module:callable` (also `path/to/file.py:callable`) returning an nn.Mod
 directory importable as `python -m` makes it. DataParallel / DistributedDataParallel wrappers are
 unwrapped. Every model comes back in eval mode.
 
-A TorchScript file loads and runs, but its graph is compiled code that torch.fx cannot trace: the
-verification layer refuses it with one line saying to pass the eager module (`module:callable`) or an ONNX
-export instead (certify.bounds.network and the checker's certify.certificates.semantics)."""
+A TorchScript file comes back as the loaded ScriptModule: it is what explanations and conformance checks
+run. Its graph is compiled code that torch.fx cannot trace, so the translations rebuild it as an fx graph
+(certify.models.torchscript.translatable, called by certify.bounds.network.from_module and the checker's
+certify.certificates.semantics.translate), or refuse naming the op that cannot be rebuilt."""
 from __future__ import annotations
 
 import importlib

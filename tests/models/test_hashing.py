@@ -147,3 +147,31 @@ def test_model_hash_covers_the_code_that_decides_the_function():
     B.__name__, B.__qualname__ = A.__name__, A.__qualname__  # the same repr; only the code differs
     assert repr(a) == repr(b) and model_hash(a) != model_hash(b)
     assert model_hash(copy.deepcopy(base)) == model_hash(base)
+
+
+class _Scaled(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.factor = factor  # a Python attribute: tracing bakes it into the code, not the repr or the tensors
+
+    def forward(self, x):
+        return self.lin(x) * self.factor
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_a_torchscript_hash_covers_its_code_and_survives_calls_and_reloads(tmp_path):
+    """The repr of a ScriptModule names only the original class: its TorchScript code is hashed. Calling
+    it caches the compiled forward in its __dict__, which must not change the hash (explain hashes after
+    calling the model, verify before)."""
+    one, two = _Scaled(1.0), _Scaled(2.0)
+    two.load_state_dict(one.state_dict())
+    x = torch.randn(1, 2)
+    a, b = torch.jit.trace(one, x), torch.jit.trace(two, x)
+    assert repr(a) == repr(b) and model_hash(a) != model_hash(b)
+    a.save(str(tmp_path / "a.pt"))
+    loaded = torch.jit.load(str(tmp_path / "a.pt"))
+    before = model_hash(loaded)
+    assert before == model_hash(torch.jit.load(str(tmp_path / "a.pt")))
+    loaded(x)
+    assert "forward" in loaded.__dict__ and model_hash(loaded) == before

@@ -68,25 +68,30 @@ def test_onnx_spec_errors_are_package_errors(tmp_path):
 
 def test_onnx_graph_with_an_unmodelled_op_is_refused_naming_it(tmp_path):
     """A converted graph goes through the same translation as any model: what it does not model exactly
-    (here a Sigmoid) is refused by name, by both translations."""
+    (here Exp) is refused by name, by both translations; a Sigmoid, which both model, is accepted."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((3, 4), dtype=np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1), helper.make_node("Sigmoid", ["h"], ["y"])],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [w],
-    )
-    path = tmp_path / "sig.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    model, data = load_model(str(path))
-    assert data is None and model.certify_input_shape == (4,)
-    assert torch.allclose(model(torch.ones(2, 4)), torch.sigmoid(torch.full((2, 3), 4.0)))
-    with pytest.raises(UnsupportedError, match="Sigmoid"):
-        from_module(model, (4,))
-    with pytest.raises(UnsupportedError, match="Sigmoid"):
-        S.translate(model, (4,))
+    models = {}
+    for op in ("Exp", "Sigmoid"):
+        graph = helper.make_graph(
+            [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1), helper.make_node(op, ["h"], ["y"])],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [w],
+        )
+        path = tmp_path / f"{op}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+        models[op], data = load_model(str(path))
+        assert data is None and models[op].certify_input_shape == (4,)
+    assert torch.allclose(models["Exp"](torch.ones(2, 4)), torch.exp(torch.full((2, 3), 4.0)))
+    with pytest.raises(UnsupportedError, match="exp"):
+        from_module(models["Exp"], (4,))
+    with pytest.raises(UnsupportedError, match="exp"):
+        S.translate(models["Exp"], (4,))
+    net = from_module(models["Sigmoid"], (4,))
+    assert [a.name for a in net.activations] == ["sigmoid"] and [w.shape[0] for w in net.weights] == [3, 3]
+    assert conformance(models["Sigmoid"], net, torch.randn(2, 4)).passed
 
 
 def test_missing_converter_names_the_install_line(monkeypatch):

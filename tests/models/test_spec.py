@@ -1,16 +1,23 @@
 """certify.models.spec: every kind of model SPEC (zoo name, TorchScript file, module:callable and
 path/to/file.py:callable), eval mode on return, DataParallel unwrapping, and the package's own error
-(UnsupportedError, exit code 66) for every bad spec. (ONNX specs belong to certify.models.onnx.)"""
+(UnsupportedError, exit code 66) for every bad spec; an ONNX file with a VNN-LIB input from the CLI.
+(Loading ONNX files belongs to certify.models.onnx, TorchScript graphs to certify.models.torchscript.)"""
+import json
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from certify.errors import EXIT_UNSUPPORTED, CertifyError, UnsupportedError
-from certify.models import model_hash, zoo
-from certify.models.spec import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mnistfc_data as M  # noqa: E402
+
+from certify.cli import main  # noqa: E402
+from certify.errors import EXIT_OK, EXIT_UNSUPPORTED, CertifyError, UnsupportedError  # noqa: E402
+from certify.models import model_hash, zoo  # noqa: E402
+from certify.models.spec import load_model  # noqa: E402
 
 # TorchScript is a documented SPEC kind; torch's deprecation notices for it are not what is tested here
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
@@ -192,3 +199,18 @@ def test_a_factory_calling_sys_exit_is_a_package_error_not_a_silent_exit(tmp_pat
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UnsupportedError, match="SystemExit"):
         _load("exits:anything")
+
+
+def test_explain_an_onnx_file_with_a_vnnlib_input_from_the_cli(tmp_path, capsys):
+    """`certify explain --model net.onnx --input prop.vnnlib` on a VNN-COMP mnistfc net: exit 0 and the
+    bound-based claims are issued (the converted graph is translated and conforms to the ONNX model)."""
+    out = tmp_path / "cert.json"
+    net, prop = M.data_dir() / "mnist-net_256x2.onnx", M.data_dir() / "prop_0_0.03.vnnlib"
+    assert main(["explain", "--model", str(net), "--input", str(prop), "--method", "gradient", "--out", str(out)]) == EXIT_OK
+    assert "no bound-based claims" not in capsys.readouterr().out
+    cert = json.loads(out.read_text())
+    assert cert["function"]["conformance"]["passed"] and cert["target"] == M.prop("prop_0_0.03.vnnlib").label
+    claims = {c["id"]: c for c in cert["claims"]}
+    for bound in ("implementation-deviation", "lipschitz", "explanation-error"):
+        assert claims[bound]["kind"] == "certified" and claims[bound]["value"] is not None, claims[bound]
+    assert claims["curvature"]["value"] is None and "ReLU" in claims["curvature"]["reason"]  # a precise refusal
