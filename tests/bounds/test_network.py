@@ -24,11 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from translation_models import functional_model, residual_model as _residual_model  # noqa: E402
 
 
-def test_residual_forward_override_is_refused_naming_the_add():
-    with pytest.raises(UnsupportedError) as err:
-        from_module(_residual_model(), (4,))
-    message = str(err.value)
-    assert "add" in message and "residual" in message
+def test_residual_forward_override_translates_with_an_identity_skip():
+    """x + f(x) written as an overridden forward: the add becomes the skip S_{1,0} = I of the block's second
+    layer, and the translation is exact and conforms."""
+    model = _residual_model()
+    net = from_module(model, (4,))
+    assert not net.is_chain and list(net.skips) == [1] and list(net.skips[1]) == [0]
+    assert torch.equal(net.weights[1], model[0][2].weight.detach().double())
+    assert torch.equal(net.skips[1][0], torch.eye(4, dtype=torch.float64))
+    assert net.semantics["skips"] == {"1": [0]}
+    assert conformance(model, net, torch.randn(3, 4, generator=torch.Generator().manual_seed(1))).passed
 
 
 def test_conformance_catches_a_residual_translated_as_its_sequential_body():
@@ -87,6 +92,7 @@ def test_deviation_is_the_gap_carried_through_the_absolute_weights():
 def test_zoo_models_translate_and_conform_including_far_points(name):
     model, data = zoo.load(name)
     net = from_module(model, tuple(data.input_shape))
+    assert net.is_chain and net.skips == {} and net.head is None and net.semantics["head"] is None
     assert net.deviation <= 1e-6  # torch's default threshold 20: 2.06e-9 per unit, carried through |W|
     if all(a.name == "relu" for a in net.activations):
         assert net.deviation == 0.0
@@ -158,8 +164,8 @@ def test_conformance_fails_on_a_monkeypatched_weight():
 @pytest.mark.parametrize(
     "module,why",
     [
-        (nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1)), "Softmax"),
-        (nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), "Tanh"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1), nn.Linear(3, 2)), "softmax is modelled only as the final output"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Hardtanh(), nn.Linear(3, 2)), "Hardtanh"),
         (nn.Sequential(nn.Linear(4, 3)).train(), "training mode"),
         (nn.Sequential(nn.Linear(4, 3), nn.Softplus(beta=-1.0), nn.Linear(3, 2)), "beta"),
     ],
@@ -286,10 +292,21 @@ def test_onnx2torch_mnistfc_graph_translates_exactly():
     assert conformance(model, net, x).passed
 
 
-def test_torchscript_refused_in_one_line():
-    scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)).eval())
+def test_torchscript_translates_through_its_rebuilt_graph_or_is_refused_in_one_line():
+    torch.manual_seed(5)
+    eager = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)).eval()
+    scripted = torch.jit.script(eager)
+    net, reference = from_module(scripted, (3,)), from_module(eager, (3,))
+    assert all(torch.equal(a, b) for a, b in zip(net.weights, reference.weights))
+    assert all(torch.equal(a, b) for a, b in zip(net.biases, reference.biases))
+    assert conformance(scripted, net, torch.randn(2, 3)).passed  # the ScriptModule itself is what is compared
+
+    class Exp(nn.Module):
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return torch.exp(x)
+
     with pytest.raises(UnsupportedError) as err:
-        from_module(scripted, (3,))
+        from_module(torch.jit.script(Exp().eval()), (3,))
     assert "\n" not in str(err.value) and "TorchScript" in str(err.value) and "RecursiveScriptModule" not in str(err.value)
 
 

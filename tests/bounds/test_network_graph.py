@@ -1,0 +1,588 @@
+"""Graph translation (`from_module` on residual, branching, pooling and smooth-activation models, a dropped
+softmax head), its conformance check and the softplus deviation with skips."""
+import copy
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from certify.bounds.activations import Activation
+from certify.bounds.network import apply_head, conformance, from_module, rounding_bound
+from certify.errors import UnsupportedError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_models import GRAPH_MODELS, REFUSED  # noqa: E402
+
+F64 = torch.float64
+
+
+def _points(shape, seed, scale=1.0, count=16):
+    return torch.randn(count, *shape, generator=torch.Generator().manual_seed(seed), dtype=F64) * scale
+
+
+def _n_output(net, x):
+    with torch.no_grad():
+        return apply_head(net.head, net.forward(x.reshape(x.shape[0], -1)))
+
+
+def _model_output(model, x):
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(x).reshape(x.shape[0], -1)
+
+
+def _assert_exact(model, net, shape, seed=0):
+    """N (through its head) equals the model evaluated in float64, at ordinary and at large inputs."""
+    for scale in (1.0, 100.0, 1e4):
+        x = _points(shape, seed, scale)
+        want, got = _model_output(model, x), _n_output(net, x)
+        assert got.shape == want.shape
+        assert float((got - want).abs().max()) <= 1e-10 * (1 + float(want.abs().max())), scale
+
+
+def _built(name):
+    build, shape = GRAPH_MODELS[name]
+    return build(0), shape
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH_MODELS))
+def test_graph_models_translate_exactly_and_conform(name):
+    build, shape = GRAPH_MODELS[name]
+    model = build(0)
+    net = from_module(model, shape)
+    _assert_exact(model, net, shape)
+    # the IR's shapes: W_k reads h_k, S_kj reads h_j (j < k), one activation per hidden layer
+    sizes = [math.prod(shape)] + [w.shape[0] for w in net.weights[:-1]]
+    assert len(net.activations) == net.depth - 1
+    for k, w in enumerate(net.weights):
+        assert w.shape == (net.biases[k].shape[0], sizes[k])
+        for j, s in net.skips.get(k, {}).items():
+            assert j < k and s.shape == (w.shape[0], sizes[j])
+    assert net.is_chain == (not net.skips)
+    assert net.semantics["skips"] == {str(k): sorted(row) for k, row in net.skips.items()}
+    x = _points(shape, 1, count=3)
+    for dtype in (torch.float32, torch.float64):
+        result = conformance(build(0).to(dtype), net, x.to(dtype))
+        assert result.passed, (dtype, result.detail)
+        assert result.max_deviation <= result.tolerance
+    # the tolerance is a rounding bound, not a blanket: at the inputs it stays far below the outputs' scale
+    tol = 2 * rounding_bound(net, x, 2.0**-24) + net.deviation
+    assert float(tol.max()) < 1e-4 * (1 + float(_model_output(model, x).abs().max()))
+
+
+def test_chains_stay_chains_and_graphs_have_skips():
+    chains = {"sigmoid-mlp", "tanh-mlp", "gelu-mlp", "gelu-tanh-mlp", "silu-mlp", "leaky-relu-mlp", "sequence-1d",
+              "softmax-head", "log-softmax-head", "grouped-dilated-conv"}
+    for name, (build, shape) in GRAPH_MODELS.items():
+        net = from_module(build(0), shape)
+        assert net.is_chain == (name in chains), name
+
+
+def test_activation_names_and_parameters():
+    expected = {"sigmoid-mlp": "sigmoid", "tanh-mlp": "tanh", "gelu-mlp": "gelu", "gelu-tanh-mlp": "gelu_tanh",
+                "silu-mlp": "silu", "leaky-relu-mlp": "leaky_relu"}
+    for name, act in expected.items():
+        assert [a.name for a in from_module(*_built(name)).activations] == [act, act]
+    net = from_module(*_built("leaky-relu-mlp"))
+    assert net.activations[0].negative_slope == 0.1
+    net = from_module(*_built("sequence-1d"))
+    assert net.activations == [Activation("leaky_relu", negative_slope=0.1)]
+
+
+@pytest.mark.parametrize("name", ["softmax-head", "log-softmax-head"])
+def test_softmax_head_is_dropped_and_recorded(name):
+    model, shape = _built(name)
+    net = from_module(model, shape)
+    head = "softmax" if name == "softmax-head" else "log_softmax"
+    assert net.head == head and net.semantics["head"]["name"] == head and "logits" in net.semantics["head"]["note"]
+    x = _points(shape, 2)
+    # N is the logits: the model without its last module
+    body = copy.deepcopy(model)[:-1].double()
+    with torch.no_grad():
+        assert torch.allclose(net.forward(x), body(x), atol=1e-12, rtol=0)
+    # a twin whose head is another function does not conform to N
+    twin = copy.deepcopy(model)
+    twin[-1] = nn.LogSoftmax(dim=1) if head == "softmax" else nn.Softmax(dim=1)
+    assert not conformance(twin, net, x.float()).passed
+
+
+def _drop_first_skip(net):
+    broken = copy.copy(net)
+    k = min(net.skips)
+    row = dict(net.skips[k])
+    row.pop(min(row))
+    broken.skips = {**net.skips, k: row}
+    return broken
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH_MODELS))
+def test_mistranslations_fail_conformance(name):
+    model, shape = _built(name)
+    net = from_module(model, shape)
+    x = _points(shape, 3, count=4).float()
+    if not net.is_chain:
+        result = conformance(model, _drop_first_skip(net), x)
+        assert not result.passed and result.max_deviation > result.tolerance, result.detail
+    perturbed = copy.copy(net)
+    perturbed.weights = list(net.weights)
+    k = max(range(net.depth), key=lambda i: float(net.weights[i].abs().max()))
+    w = net.weights[k].clone()
+    flat = int(w.abs().argmax())
+    w.view(-1)[flat] += 0.5 * (1 + abs(float(w.view(-1)[flat])))
+    perturbed.weights[k] = w
+    result = conformance(model, perturbed, x)
+    assert not result.passed, result.detail
+
+
+@pytest.mark.parametrize("name", ["sigmoid-mlp", "gelu-mlp", "silu-mlp"])
+def test_a_wrong_activation_fails_conformance(name):
+    """N with tanh in place of the model's activation (or gelu_tanh in place of the exact gelu: they differ
+    by up to ~5e-4) is a different function."""
+    model, shape = _built(name)
+    net = from_module(model, shape)
+    swapped = copy.copy(net)
+    swapped.activations = [Activation("gelu_tanh" if name == "gelu-mlp" else "tanh")] * 2
+    assert not conformance(model, swapped, _points(shape, 3, count=4).float()).passed
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_models_name_the_op(name):
+    build, shape, op = REFUSED[name]
+    with pytest.raises(UnsupportedError, match=op):
+        from_module(build(0), shape)
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn, *modules):
+        super().__init__()
+        self.layers = nn.ModuleList(modules)
+        self.fn = fn
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.fn(self, x)
+
+
+def _fc(n_in=4, n_out=4):
+    return nn.Linear(n_in, n_out)
+
+
+REFUSALS = [
+    ("x * x", lambda s, x: s.layers[0](x) * x, "mul"),
+    ("x / f(x)", lambda s, x: x / s.layers[0](x), "div"),
+    ("2 / f(x)", lambda s, x: 2.0 / s.layers[0](x), "division by an input-dependent value"),
+    ("a constant times a constant", lambda s, x: s.layers[0](x) + s.layers[0].bias * 2.0, "constants only"),
+    ("a constant broadcast over the batch", lambda s, x: s.layers[0](x) + s.layers[0].weight, "batch"),
+    ("torch.max over a dim", lambda s, x: torch.max(s.layers[0](x), dim=1, keepdim=True)[0], "max"),
+    ("indexing", lambda s, x: s.layers[0](x)[:, :2], "getitem"),
+    ("softmax inside", lambda s, x: s.layers[0](torch.softmax(x, dim=1)), "softmax is modelled only as the final output"),
+    ("softmax over the batch", lambda s, x: torch.softmax(s.layers[0](x), dim=0), "class dimension"),
+    ("mean over everything", lambda s, x: s.layers[0](x).mean(), "batch"),
+    ("permute the batch", lambda s, x: s.layers[0](x).permute(1, 0), "batch"),
+    ("squeeze without dim", lambda s, x: s.layers[0](x).unsqueeze(1).squeeze(), "dim"),
+    ("F.linear with a parameter", lambda s, x: F.linear(x, s.layers[0].weight), "linear"),
+    ("in-place relu read again", lambda s, x: (lambda h: h + h.relu_())(s.layers[0](x)), "in place"),
+    ("in-place relu of a viewed value", lambda s, x: (lambda h: h.view(h.size(0), 2, 2).flatten(1) + h.relu_())(s.layers[0](x)), "in place"),
+    ("F.dropout in training", lambda s, x: F.dropout(s.layers[0](x), 0.5, training=True), "training"),
+    ("max_pool2d returning indices", lambda s, x: F.max_pool2d(s.layers[0](x).view(-1, 1, 2, 2), 2, return_indices=True)[0],
+     "max_pool2d_with_indices"),
+    ("exp", lambda s, x: torch.exp(s.layers[0](x)), "exp"),
+    ("hardtanh", lambda s, x: F.hardtanh(s.layers[0](x)), "hardtanh"),
+    ("two outputs", lambda s, x: (s.layers[0](x), x), "returns"),
+]
+
+
+@pytest.mark.parametrize("label,fn,op", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_unsupported_graph_ops_are_refused_naming_the_op(label, fn, op):
+    torch.manual_seed(0)
+    model = _Lambda(fn, _fc()).eval()
+    with pytest.raises(UnsupportedError, match=op):
+        from_module(model, (4,))
+
+
+class _Constants(nn.Module):
+    """Constant tensors read with get_attr (a buffer and a parameter) in add / sub / mul / div, python numbers,
+    torch.add with alpha, an in-place relu whose input is not read again, transpose / unsqueeze / squeeze,
+    sum over a dimension and F.gelu(approximate='tanh') / x.sigmoid() / F.leaky_relu / F.silu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 3)
+        self.register_buffer("scale", torch.linspace(0.5, 2.0, 6))
+        self.shift = nn.Parameter(torch.linspace(-1.0, 1.0, 6))
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = self.fc(x) * self.scale + self.shift
+        h = torch.add(h, F.gelu(h, approximate="tanh"), alpha=0.5) - 0.25
+        h = h.unsqueeze(2).transpose(1, 2).squeeze(1)
+        g = (2.0 - h).relu_()
+        h = g / self.scale + h.sigmoid() + F.leaky_relu(h, 0.3) + F.silu(h)
+        h = h.unsqueeze(2).sum(dim=2)
+        return self.out(h / 3)
+
+
+class _TorchvisionBlock(nn.Module):
+    """torchvision's BasicBlock idiom: ReLU(inplace=True), `out += identity`, a 1x1 strided downsample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.down = nn.Sequential(nn.Conv2d(2, 4, 1, stride=2, bias=False), nn.BatchNorm2d(4))
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.fc = nn.Linear(36, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        identity = self.down(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.conv2(out)
+        out += identity
+        out = self.relu(out)
+        return self.fc(torch.flatten(self.pool(out), 1))
+
+
+class _Conv1dModes(nn.Module):
+    """Conv1d with every padding mode and dilation (branches concatenated), AvgPool1d without padded counts,
+    AdaptiveAvgPool2d with windows of unequal sizes, negation and scaling in a concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv1d(2, 2, 3, padding=2, dilation=2, padding_mode=m) for m in ("zeros", "reflect", "replicate", "circular")
+        )
+        self.pool = nn.AvgPool1d(3, stride=2, padding=1, count_include_pad=False)
+        self.adapt = nn.AdaptiveAvgPool2d((3, 2))
+        self.fc = nn.Linear(18, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = torch.cat([torch.tanh(c(x)) for c in self.convs], dim=1)  # [8, 9]
+        h = self.adapt(self.pool(h).unsqueeze(1)).flatten(1)  # [8, 5] -> [1, 3, 2] -> [6]
+        return self.fc(torch.cat([h, -h, 2 * h], dim=1))
+
+
+EXTRA = {
+    "constants": (_Constants, (6,)),
+    "torchvision-block": (_TorchvisionBlock, (2, 8, 8)),
+    "conv1d-modes": (_Conv1dModes, (2, 9)),
+}
+
+
+def _seeded_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA))
+def test_more_graph_idioms_translate_exactly_and_conform(name):
+    cls, shape = EXTRA[name]
+    torch.manual_seed(4)
+    model = _seeded_bn(cls())
+    net = from_module(model, shape)
+    _assert_exact(model, net, shape)
+    for dtype in (torch.float32, torch.float64):
+        assert conformance(copy.deepcopy(model).to(dtype), net, _points(shape, 5, count=3).to(dtype)).passed
+
+
+MAXPOOLS = [
+    (nn.MaxPool2d(2), (2, 6, 6)),
+    (nn.MaxPool2d(3, stride=2, padding=1), (1, 7, 7)),
+    (nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), (1, 8, 8)),
+    (nn.MaxPool2d(2, stride=2, ceil_mode=True), (1, 5, 5)),
+    (nn.MaxPool2d((2, 3), stride=(1, 2), padding=(1, 1), dilation=(2, 1)), (2, 6, 7)),
+    (nn.MaxPool2d(3, stride=1, padding=1, dilation=2, ceil_mode=True), (1, 6, 5)),
+    (nn.MaxPool2d(5, stride=3), (1, 5, 8)),
+    (nn.MaxPool1d(3, stride=2, padding=1), (3, 8)),
+    (nn.MaxPool1d(4, stride=3, padding=2, dilation=1, ceil_mode=True), (2, 10)),
+    (nn.MaxPool1d(2, dilation=3), (1, 9)),
+]
+
+
+@pytest.mark.parametrize("pool,shape", MAXPOOLS, ids=[f"{p}-{s}" for p, s in MAXPOOLS])
+def test_maxpool_is_exact_with_padding_ceil_mode_and_dilation(pool, shape):
+    """N = max over each window exactly (padded entries excluded: an all-negative input would expose zeros),
+    in ceil(log2 window) ReLU layers."""
+    net = from_module(nn.Sequential(pool, nn.Flatten()).eval(), shape)
+    kernel = pool.kernel_size if isinstance(pool.kernel_size, tuple) else (pool.kernel_size,) * (len(shape) - 1)
+    assert len(net.activations) == math.ceil(math.log2(math.prod(kernel)))
+    assert all(a.name == "relu" for a in net.activations)
+    for x in (_points(shape, 6), -_points(shape, 7).abs() - 1.0, _points(shape, 8, 1e6)):
+        with torch.no_grad():
+            want = pool.double()(x).reshape(x.shape[0], -1)
+        got = net.forward(x.reshape(x.shape[0], -1))
+        assert float((got - want).abs().max()) <= 1e-15 * (1 + float(want.abs().max()))
+    assert conformance(pool.float(), net, _points(shape, 9, count=2).float()).passed
+
+
+class _SoftplusResidual(nn.Module):
+    """z = W2 softplus(W1 x) + x, then softplus and a head: the torch thresholds bite where beta * z > 20."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(3, 5), nn.Linear(5, 3), nn.Linear(3, 2)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = x + self.fc2(F.softplus(self.fc1(x), beta=2.0))
+        return self.out(F.softplus(h))
+
+
+def test_softplus_deviation_with_a_residual_bounds_torchs_thresholded_model():
+    torch.manual_seed(8)
+    model = _SoftplusResidual().eval()
+    net = from_module(model, (3,))
+    assert not net.is_chain and list(net.skips) == [1] and torch.equal(net.skips[1][0], torch.eye(3, dtype=F64))
+    # the recurrence by hand: d_h1 = g1, d_z1 = |W2| g1 (the skip reads the exact input: 0), d_h2 = d_z1 + g2,
+    # logits |W3| d_h2
+    g1, g2 = math.log1p(math.exp(-20.0)) / 2.0, math.log1p(math.exp(-20.0))
+    w2, w3 = model.fc2.weight.detach().double().abs(), model.out.weight.detach().double().abs()
+    expected = float((w3 @ (w2 @ torch.full((5,), g1, dtype=F64) + g2)).max())
+    assert expected <= net.deviation <= expected * (1 + 1e-12)
+    assert net.semantics["deviation"] == net.deviation
+    # where the thresholds bite, torch's thresholded model (float64) differs from N, within the deviation
+    x = _points((3,), 10, 30.0, count=256)
+    z0, z1 = net.pre_activations(x)[:2]
+    bites = ((2.0 * z0 > 20.0).any(dim=1) | (z1 > 20.0).any(dim=1)) & (z0 > -50).all(dim=1)
+    assert int(bites.sum()) >= 10
+    gap = (_model_output(model, x) - net.forward(x)).abs().max(dim=1).values
+    assert float(gap[bites].max()) > 0  # the switch is visible in float64
+    assert float(gap.max()) <= net.deviation
+    assert conformance(model, net, x[:4].float()).passed
+    assert conformance(model.double(), net, x[:4]).passed
+
+
+def test_deviation_through_a_skip_and_a_lipschitz_activation():
+    """A residual that adds a softplus output to a sigmoid branch: the gap reaches the logits both through W
+    and through the skip, and through the sigmoid times its Lipschitz constant 1/4."""
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(2, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            s = F.softplus(self.a(x), beta=1.0, threshold=14.0)
+            return self.out(torch.sigmoid(self.b(s)) + s)
+
+    torch.manual_seed(9)
+    model = Mixed().eval()
+    net = from_module(model, (2,))
+    g = math.log1p(math.exp(-14.0))
+    wb, wo = model.b.weight.detach().double().abs(), model.out.weight.detach().double().abs()
+    d_s = torch.full((4,), g, dtype=F64)
+    expected = float((wo @ (0.25 * (wb @ d_s)) + wo @ d_s).max())
+    assert expected <= net.deviation <= expected * (1 + 1e-12)
+    x = _points((2,), 11, 20.0, count=512)
+    gap = (_model_output(model, x) - net.forward(x)).abs().max()
+    assert 0 < float(gap) <= net.deviation
+
+
+def test_semantics_describe_the_graph():
+    model, shape = _built("resnet-block")
+    net = from_module(model, shape)
+    sem = net.semantics
+    assert sem["layers"] == [w.shape[0] for w in net.weights]
+    assert sem["skips"] == {str(k): sorted(row) for k, row in net.skips.items()} and sem["skips"]
+    assert sem["head"] is None and sem["input_shape"] == list(shape)
+    assert any("add" in op for op in sem["ops"]) and any("(relu)" in op for op in sem["ops"])
+    assert [a["name"] for a in sem["activations"]] == [a.name for a in net.activations]
+    pooled = from_module(*_built("maxpool-cnn"))
+    assert any("MaxPool2d" in op for op in pooled.semantics["ops"])
+    assert len(pooled.activations) == 1 + 2  # the conv's ReLU and the 2x2 tournament
+
+
+def test_forward_and_pre_activations_with_skips_follow_the_equations():
+    model, shape = _built("branches")
+    net = from_module(model, shape)
+    x = _points(shape, 12).reshape(16, -1)
+    hs, zs = [x], []
+    for k in range(net.depth):
+        z = hs[k] @ net.weights[k].T + net.biases[k] + sum((hs[j] @ s.T for j, s in net.skips.get(k, {}).items()), torch.zeros(1, dtype=F64))
+        zs.append(z)
+        if k < len(net.activations):
+            hs.append(net.activations[k](z))
+    assert all(torch.allclose(a, b, atol=1e-14, rtol=0) for a, b in zip(net.pre_activations(x), zs))
+    assert torch.equal(net.forward(x), net.pre_activations(x)[-1])
+    moved = net.to("cpu")
+    assert moved.skips.keys() == net.skips.keys() and moved.head == net.head and moved.ops is net.ops
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH_MODELS))
+def test_layers_match_the_checkers_translation_unit_for_unit(name):
+    """The checker (certify.certificates.semantics, written independently) builds the same layers, skips and
+    unit order - max pooling included - so per-unit data of a certificate means the same unit on both sides."""
+    from certify.certificates import semantics as S
+
+    model, shape = _built(name)
+    net = from_module(model, shape)
+    stages = S.translate(model, shape)
+    assert [tuple(m.shape) for m in stages.mats] == [tuple(w.shape) for w in net.weights]
+    assert {k: sorted(row) for k, row in stages.skips.items()} == {k: sorted(row) for k, row in net.skips.items()}
+    assert [a[0] for a in stages.acts] == [a.name for a in net.activations] and stages.head == net.head
+    pairs = list(zip(stages.mats, net.weights)) + list(zip(stages.biases, net.biases))
+    pairs += [(stages.skips[k][j], s) for k, row in net.skips.items() for j, s in row.items()]
+    for theirs, ours in pairs:
+        assert torch.allclose(torch.as_tensor(theirs, dtype=F64), ours, atol=1e-12, rtol=0)
+
+
+def test_x_times_sigmoid_x_is_one_silu_layer():
+    """SiLU as ONNX exports it (Sigmoid then Mul by the same input) is one SiLU activation, in either operand
+    order; when the sigmoid is also read elsewhere, or reads another node computing the same value, the
+    product stays a product of two values and is refused."""
+    for fn in (lambda s, x: s.layers[1]((lambda h: h * torch.sigmoid(h))(s.layers[0](x))),
+               lambda s, x: s.layers[1]((lambda h: h.sigmoid() * h)(s.layers[0](x)))):
+        torch.manual_seed(1)
+        model = _Lambda(fn, _fc(4, 5), _fc(5, 3)).eval()
+        net = from_module(model, (4,))
+        assert net.is_chain and [a.name for a in net.activations] == ["silu"]
+        _assert_exact(model, net, (4,))
+        assert conformance(model, net, _points((4,), 13, count=3).float()).passed
+    # each torch.sigmoid call is its own node: the first fuses into the product, the second stays a sigmoid
+    torch.manual_seed(1)
+    twice = _Lambda(lambda s, x: (lambda h: s.layers[1](h * torch.sigmoid(h)) + torch.sigmoid(h).sum(1, keepdim=True))(s.layers[0](x)),
+                    _fc(4, 5), _fc(5, 3)).eval()
+    net = from_module(twice, (4,))
+    assert [a.name for a in net.activations] == ["silu", "sigmoid"]
+    _assert_exact(twice, net, (4,))
+    refused = [
+        lambda s, x: (lambda h, g: h * g + g)(s.layers[0](x), torch.sigmoid(s.layers[0](x))),  # sigmoid read twice
+        lambda s, x: s.layers[0](x) * torch.sigmoid(s.layers[0](x)),  # two Linear calls: two different nodes
+    ]
+    for fn in refused:
+        torch.manual_seed(1)
+        with pytest.raises(UnsupportedError, match="mul"):
+            from_module(_Lambda(fn, _fc(4, 5)).eval(), (4,))
+
+
+class _RandomGraph(nn.Module):
+    """A seeded random DAG over a growing list of values (the input first): Linear of any earlier value, an
+    activation of any earlier value, a + c * b of two earlier values of equal width, their concatenation,
+    and a final Linear of the last value concatenated with a random earlier one - fx unrolls the instruction
+    list into the graph."""
+
+    def __init__(self, seed: int, steps: int = 9) -> None:
+        super().__init__()
+        self.acts = nn.ModuleList([nn.ReLU(), nn.LeakyReLU(0.2), nn.Softplus(beta=2.0), nn.Sigmoid(), nn.Tanh(), nn.GELU(), nn.SiLU()])
+        gen = torch.Generator().manual_seed(seed)
+        pick = lambda n: int(torch.randint(n, (1,), generator=gen))  # noqa: E731
+        widths, self.program, self.linears = [4], [], nn.ModuleList()
+        for _ in range(steps):
+            kind = ("linear", "act", "add", "cat")[pick(4)]
+            i = pick(len(widths))
+            same = [j for j, w in enumerate(widths) if w == widths[i] and j != i]
+            if kind == "linear" or (kind == "add" and not same) or (kind == "cat" and widths[i] + widths[-1] > 12):
+                self.linears.append(nn.Linear(widths[i], 2 + pick(5)))
+                self.program.append(("linear", i, len(self.linears) - 1))
+                widths.append(self.linears[-1].out_features)
+            elif kind == "act":
+                self.program.append(("act", i, pick(len(self.acts))))
+                widths.append(widths[i])
+            elif kind == "add":
+                self.program.append(("add", i, same[pick(len(same))], float(torch.randn(1, generator=gen))))
+                widths.append(widths[i])
+            else:
+                self.program.append(("cat", i, len(widths) - 1))
+                widths.append(widths[i] + widths[-1])
+        self.tail = pick(len(widths) - 1)
+        self.out = nn.Linear(widths[-1] + widths[self.tail], 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        values = [x]
+        for step in self.program:
+            if step[0] == "linear":
+                values.append(self.linears[step[2]](values[step[1]]))
+            elif step[0] == "act":
+                values.append(self.acts[step[2]](values[step[1]]))
+            elif step[0] == "add":
+                values.append(values[step[1]] + step[3] * values[step[2]])
+            else:
+                values.append(torch.cat([values[step[1]], values[step[2]]], dim=1))
+        return self.out(torch.cat([values[-1], values[self.tail]], dim=1))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_graphs_translate_exactly_conform_and_catch_a_dropped_skip(seed):
+    torch.manual_seed(seed)
+    model = _RandomGraph(seed).eval()
+    net = from_module(model, (4,))
+    _assert_exact(model, net, (4,), seed)
+    x = _points((4,), seed, count=3)
+    for dtype in (torch.float32, torch.float64):
+        assert conformance(copy.deepcopy(model).to(dtype), net, x.to(dtype)).passed
+    if not net.is_chain:  # dead code makes no layers, so every skip reaches the logits
+        broken = _drop_first_skip(net)
+        probe = _points((4,), seed + 100, 10.0, count=64)
+        assert float((broken.forward(probe.reshape(64, -1)) - net.forward(probe.reshape(64, -1))).abs().max()) > 1e-3
+        assert not conformance(model, broken, x.float(), probe.float()).passed
+
+
+def test_dead_code_makes_no_layers_but_its_in_place_ops_are_checked():
+    """fx keeps values the output never reads: they make no layers (a dead GELU branch must not reach the
+    bounds), while an in-place op in dead code still refuses when its input is read elsewhere."""
+
+    class Dead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.out = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            h = torch.relu(self.fc(x))
+            unused = F.gelu(self.fc(x) * 2.0) + h  # noqa: F841 - dead code, as users leave it
+            return self.out(h)
+
+    torch.manual_seed(2)
+    model = Dead().eval()
+    net = from_module(model, (4,))
+    assert net.is_chain and [a.name for a in net.activations] == ["relu"]
+    _assert_exact(model, net, (4,))
+
+    class DeadMutation(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.out = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            h = self.fc(x)
+            h.relu_()  # its result is never read, but h is: eager runs out(relu(h))
+            return self.out(h)
+
+    with pytest.raises(UnsupportedError, match="in place"):
+        from_module(DeadMutation().eval(), (4,))
+
+
+class _MnistExample(nn.Module):
+    """The PyTorch MNIST example's forward (functional max pooling, dropout modules, flatten, log_softmax),
+    scaled down; plus F.avg_pool2d / F.adaptive_avg_pool1d / F.dropout(training=False)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 3, 3, 1), nn.Conv2d(3, 4, 3, 1)
+        self.dropout1, self.dropout2 = nn.Dropout(0.25), nn.Dropout(0.5)
+        self.fc1, self.fc2 = nn.Linear(4 * 2 * 2 + 4, 16), nn.Linear(16, 10)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        pooled = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)  # [4, 2, 2]
+        x = F.max_pool2d(x, 2, ceil_mode=True)  # [4, 2, 2]
+        x = self.dropout1(x + pooled)
+        x = torch.cat([torch.flatten(x, 1), F.adaptive_avg_pool1d(x.flatten(2), 1).flatten(1)], dim=1)
+        x = F.dropout(F.relu(self.fc1(x)), 0.5, training=self.training)
+        x = self.fc2(self.dropout2(x))
+        return F.log_softmax(x, dim=1)
+
+
+def test_functional_pooling_and_dropout_as_in_the_pytorch_mnist_example():
+    torch.manual_seed(3)
+    model = _MnistExample().eval()
+    net = from_module(model, (1, 8, 8))
+    assert net.head == "log_softmax" and not net.is_chain
+    assert [a.name for a in net.activations] == ["relu"] * 5  # conv1, conv2, 2 tournament rounds, fc1
+    _assert_exact(model, net, (1, 8, 8))
+    assert conformance(model, net, _points((1, 8, 8), 14, count=3).float()).passed
