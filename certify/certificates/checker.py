@@ -20,6 +20,9 @@ It trusts nothing a certificate says about itself (DESIGN section 10):
   exact softplus, solver errors from the stored iterate, the smoothed residual from its stored seed and
   sample count (status "valid (probabilistic)"), flip witnesses in the model's own dtype and in float64.
 
+Property certificates (a VNN-LIB property's answer, issue 12) are checked by the same claim machinery, their
+document checks and rules in `certify.certificates.property_check` (registered in RULES).
+
 Statuses: "valid" (re-derived), "valid (probabilistic)" (statistic recomputed from stored seeds), "not
 re-checkable" (solver-reported optima), "refused" (nothing to check), "invalid". A claim is valid when its
 value is no tighter than the re-derived one (which is rounded outward by CHECKER_SAFETY); the issuers
@@ -38,9 +41,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from certify.certificates._common import TINY, Invalid, act_derivative, down, exact_act, spectral_norm, up
+from certify.certificates._common import TINY, Invalid, down, spectral_norm, up
 from certify.certificates.claims import CLAIM_TYPES, FUNCTION_DESCRIPTION, RADIUS_TYPES, Claim, ClaimError, validate_claim
-from certify.certificates.document import Certificate, decode_array, read_certificate
+from certify.certificates.document import Certificate, PropertyCertificate, decode_array, read_certificate
+from certify.certificates.property_check import PROPERTY_RULES, property_context
 from certify.certificates.relaxation_check import check_radius_lower
 from certify.errors import CertificateFormatError, UsageError
 from certify.models.hashing import model_hash
@@ -135,9 +139,15 @@ class VerifyReport:
 
 @dataclass
 class Stages:
+    """N as the checker's own translation gives it (certify.certificates.semantics.Stages, float64, CPU):
+    z_k = W_k h_k + b_k + sum_j S_kj h_j, h_{k+1} = sigma_k(z_k), N = z_{L-1}; skips[k][j] = S_kj ({} for a
+    chain); head: the dropped softmax / log_softmax or None."""
+
     mats: list[Tensor]
     biases: list[Tensor]
     acts: list[tuple]
+    skips: dict[int, dict[int, Tensor]] = field(default_factory=dict)
+    head: str | None = None
 
 
 def _translate(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Stages | None, str | None, Any, Any]:
@@ -151,7 +161,8 @@ def _translate(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Stages |
         return None, f"the checker cannot translate the model exactly: {exc}", None, semantics
     mats = [torch.as_tensor(m, dtype=torch.float64).cpu() for m in raw.mats]
     biases = [torch.as_tensor(b, dtype=torch.float64).cpu() for b in raw.biases]
-    return Stages(mats, biases, [tuple(a) for a in raw.acts]), None, raw, semantics
+    skips = {k: {j: torch.as_tensor(s, dtype=torch.float64).cpu() for j, s in row.items()} for k, row in raw.skips.items()}
+    return Stages(mats, biases, [tuple(a) for a in raw.acts], skips, raw.head), None, raw, semantics
 
 
 class _Context:
@@ -185,47 +196,58 @@ class _Context:
         return self.stages  # type: ignore[return-value]
 
     def n_logits(self, points: Tensor) -> Tensor:
-        st = self.require_function()
-        h = points.reshape(points.shape[0], -1).double()
-        for k, (w, b) in enumerate(zip(st.mats, st.biases)):
-            h = h @ w.T + b
-            if k < len(st.acts):
-                h = exact_act(st.acts[k], h)
-        return h
+        """N's logits (float64, before any dropped softmax head) at points [M, ...]."""
+        return self.semantics.forward(self.require_function(), points.reshape(points.shape[0], -1).double())
 
     def n_gradient(self, row: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
         """grad (row . N) at flat float64 points [M, n] and a bound [M] on the l2 norm of its float64 error
-        (first-order forward-error analysis of this computation: errors of the pre-activations e_z, of the
-        derivatives (beta/4 e_z + 4u for softplus; 1 where |z| <= e_z for relu) and of each product)."""
+        (first-order forward-error analysis of this computation, through the layers and their skips:
+        errors e_z of the pre-activations (gamma_{n+1} of the summed |terms| plus the carried errors), of the
+        activations (lipschitz * e_z + the evaluation's rounding, `semantics.act_rounding`), of the slopes
+        (`semantics.slope_error`: a kink within e_z, or curvature * e_z + rounding), of each product
+        (gamma_n |g| |W| plus the carried error through |W| and |slope|, plus |t| times the slope's error),
+        and of each addition of a backward contribution to an h_j read by several layers (u |sum|))."""
         st = self.require_function()
+        sem = self.semantics
         u = 2.0**-53
         gamma = lambda n: n * u / (1.0 - n * u)  # noqa: E731
-        h = points.reshape(points.shape[0], -1).double()
-        e_h = torch.zeros_like(h)
+        hs = [points.reshape(points.shape[0], -1).double()]
+        e_hs = [torch.zeros_like(hs[0])]
         ds, dds = [], []
         for k, (w, b) in enumerate(zip(st.mats, st.biases)):
-            z = h @ w.T + b
-            e_z = gamma(w.shape[1] + 1) * (h.abs() @ w.abs().T + b.abs()) + e_h @ w.abs().T
+            z = hs[k] @ w.T + b
+            mag = hs[k].abs() @ w.abs().T + b.abs()
+            carried = e_hs[k] @ w.abs().T
+            terms = w.shape[1] + 1
+            for j, sk in st.skips.get(k, {}).items():
+                z = z + hs[j] @ sk.T
+                mag = mag + hs[j].abs() @ sk.abs().T
+                carried = carried + e_hs[j] @ sk.abs().T
+                terms += sk.shape[1] + 1
+            e_z = gamma(terms) * mag + carried
             if k < len(st.acts):
                 act = st.acts[k]
-                h = exact_act(act, z)
-                if act[0] == "relu":
-                    e_h = e_z
-                    dds.append((z.abs() <= e_z).to(z.dtype))
-                else:
-                    beta = float(act[1])
-                    e_h = e_z + 8 * u * (h.abs() + 1.0 / beta)
-                    dds.append(beta / 4 * e_z + 4 * u)
-                ds.append(act_derivative(act, z))
-        g = row.expand(h.shape[0], -1)
-        err = torch.zeros_like(g)
+                h = sem.activate(act, z)
+                d = sem.slope(act, z)
+                hs.append(h)
+                e_hs.append(sem.lipschitz(act) * e_z + sem.act_rounding(act, z, h, u))
+                ds.append(d)
+                dds.append(sem.slope_error(act, z, e_z, d, u))
+        gathered: dict[int, tuple[Tensor, Tensor]] = {}  # coefficient of h_j (and its error bound) so far
+        g, err = row.expand(hs[-1].shape[0], -1), torch.zeros(hs[-1].shape[0], row.numel(), dtype=torch.float64)
         for k in range(len(st.mats) - 1, -1, -1):
-            w = st.mats[k]
-            t = g @ w
-            e_t = gamma(w.shape[0]) * (g.abs() @ w.abs()) + err @ w.abs()
+            for j, w in [(k, st.mats[k])] + sorted(st.skips.get(k, {}).items()):
+                t = g @ w
+                e_t = gamma(w.shape[0]) * (g.abs() @ w.abs()) + err @ w.abs()
+                if j in gathered:  # one more addition: u |sum|
+                    t = gathered[j][0] + t
+                    e_t = gathered[j][1] + e_t + u * t.abs()
+                gathered[j] = (t, e_t)
+            t, e_t = gathered.pop(k)
             if k > 0:
-                g = t * ds[k - 1]
-                err = e_t * ds[k - 1] + t.abs() * dds[k - 1] + u * g.abs()
+                d, dd = ds[k - 1], dds[k - 1]
+                g = t * d
+                err = e_t * d.abs() + t.abs() * dd + u * g.abs()
             else:
                 g, err = t, e_t
         return g, err.norm(dim=1) * (1 + 1e-6) + TINY
@@ -285,19 +307,15 @@ def _row(ctx: _Context, c: int) -> Tensor:
 # ------------------------------------------------------------------ rules (each returns the re-derived value)
 
 def _product_bound(ctx: _Context, row: Tensor, p: float) -> float:
-    """Lipschitz constant of row . N in the l_p norm of the input (p = 2 or inf): ||W_L^T row||_q prod
-    ||W_k||_{p->p}, activations 1-Lipschitz."""
+    """Lipschitz constant of row . N in the l_p norm of the input (p = 2 or inf): the path-sum bound over the
+    DAG of layers (`semantics.lipschitz_bound`, whose docstring states the formula; for a chain of
+    1-Lipschitz activations the product ||row^T W_{L-1}||_q prod_k ||W_k||_{p->p}), rounded up by
+    (1 + 1e-10 L): every term is a product of at most L norms (one per layer on its path), each computed to
+    a relative 1e-10, and the sums of nonnegative terms add only float64 roundings."""
     st = ctx.require_function()
-    if not all(a[0] in ("relu", "softplus") and (a[0] == "relu" or float(a[1]) > 0) for a in st.acts):
-        raise Invalid("activations are not all 1-Lipschitz")
-    head = st.mats[-1].T @ row
-    if p == 2:
-        value = float(head.norm(2)) * math.prod(spectral_norm(w) for w in st.mats[:-1])
-    elif math.isinf(p):
-        value = float(head.abs().sum()) * math.prod(float(w.abs().sum(dim=1).max()) for w in st.mats[:-1])
-    else:
+    if not (p == 2 or math.isinf(p)):
         raise Invalid(f"p = {p} not supported")
-    return up(value) * (1 + 1e-10 * len(st.mats))
+    return up(ctx.semantics.lipschitz_bound(st, row, p)) * (1 + 1e-10 * len(st.mats))
 
 
 def _p(params: dict) -> float:
@@ -318,6 +336,8 @@ def _hessian_eigen_bounds(ctx: _Context, row: Tensor) -> tuple[float, float]:
     """(m, M) with m <= lambda_min(Hess f) and lambda_max(Hess f) <= M on all of R^n, f = row . N (exact
     softplus; Singla & Feizi 2020, Lemma 1 / Theorems 3-4); a linear N (no activation) has Hessian 0."""
     st = ctx.require_function()
+    if st.skips:
+        raise Invalid("curvature bounds are re-derived for chains only: this network has skip connections (a graph)")
     if not st.acts:
         return 0.0, 0.0
     if not all(a[0] == "softplus" for a in st.acts):
@@ -609,7 +629,7 @@ def check_gap(ctx: _Context, claim: Claim) -> float:
 
 def check_radius(ctx: _Context, claim: Claim) -> float:
     st = ctx.require_function()
-    return check_radius_lower(ctx, claim, st.mats, st.biases, st.acts)
+    return check_radius_lower(ctx, claim, st.mats, st.biases, st.acts, st.skips)
 
 
 RULES: dict[str, Callable[[_Context, Claim], float]] = {
@@ -628,6 +648,7 @@ RULES: dict[str, Callable[[_Context, Claim], float]] = {
     "lipschitz-radius": check_lipschitz_radius,
     "radius-lower": check_radius,
     "gap": check_gap,
+    **PROPERTY_RULES,
 }
 
 
@@ -800,7 +821,7 @@ def _explanation_binding(ctx: _Context, report: VerifyReport) -> None:
         if not abs(float(q["sigma"]) - sigma) <= 1e-6 * abs(sigma):  # the explainer computes it in the input dtype
             report.problems.append(f"claim {claim.id}: sigma {q['sigma']!r} is not the explainer's noise scale {sigma!r}")
     if claim.kind == "refused":
-        if method in _ALWAYS_BOUND and ctx.stages is not None:
+        if method in _ALWAYS_BOUND and ctx.stages is not None and ctx.stages.head is None:
             report.problems.append(f"claim {claim.id} is refused although the checker can re-derive the {method} explanation")
         report.binding = f"not bound: claim {claim.id} is refused ({claim.reason})"
     else:
@@ -853,8 +874,9 @@ def _document_checks(ctx: _Context, report: VerifyReport) -> None:
             report.problems.append(f"the certificate's function is refused or failed its conformance check, yet claims {bound} are not refused")
 
 
-def verify_certificate(cert: Certificate, model: nn.Module, base_dir: Path | None = None) -> VerifyReport:
-    """Re-check every claim of `cert` against `model` (the model must hash to the recorded value)."""
+def verify_certificate(cert: Certificate | PropertyCertificate, model: nn.Module, base_dir: Path | None = None) -> VerifyReport:
+    """Re-check every claim of `cert` against `model` (the model must hash to the recorded value); a property
+    certificate by `certify.certificates.property_check`."""
     report = VerifyReport()
     recorded = cert.provenance.get("model", {}).get("sha256")
     actual = model_hash(model)
@@ -862,10 +884,22 @@ def verify_certificate(cert: Certificate, model: nn.Module, base_dir: Path | Non
         report.problems.append(f"model hash {actual[:16]}… differs from the certificate's {str(recorded)[:16]}…")
         return report
     try:
+        if isinstance(cert, PropertyCertificate):
+            return _verify_property(cert, model, base_dir, report)
         return _verify(cert, model, base_dir, report)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise CertificateFormatError(f"the model cannot be evaluated on the certificate's input "
                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+def _verify_property(cert: PropertyCertificate, model: nn.Module, base_dir: Path | None, report: VerifyReport) -> VerifyReport:
+    """A property certificate: its document checks (`property_check.property_context`), then its one claim."""
+    ctx = property_context(cert, model, base_dir, report)
+    if ctx is not None:
+        claim = cert.claims[0]
+        status, _, detail = _check_claim(ctx, claim)  # type: ignore[arg-type]
+        report.checks.append(ClaimCheck(claim.id, status, detail, claim.type, claim.kind))
+    return report
 
 
 def _verify(cert: Certificate, model: nn.Module, base_dir: Path | None, report: VerifyReport) -> VerifyReport:

@@ -1,26 +1,65 @@
 """The checker's OWN translation of a model into the network its certificates are about, written
 independently of `certify.bounds.network` (it imports neither certify.bounds, certify.explain nor
-certify.attacks), and its own conformance check.
+certify.attacks), its own conformance check, and the checker's facts about N: `forward`, `gradient`,
+`deviation_bound`, `lipschitz_bound` (the path-sum Lipschitz bound), the activations' own evaluation, slopes,
+constants and rounding terms.
 
-What is translated. The model (unwrapped from DataParallel / DistributedDataParallel / torch.compile) is
-traced with torch.fx; its graph must be one chain of: Linear, Conv2d, AvgPool2d, Flatten, Identity, Dropout
-(eval), BatchNorm1d/2d (eval, running statistics), certify.models.builders.Normalize, ReLU, Softplus (exact
-classes; subclasses are traced through their own forward), torch.flatten / .flatten / .view / .reshape keeping
-the batch dimension, .contiguous, F.relu / torch.relu / .relu, F.softplus. Anything else raises
-SemanticsError(reason): a value used twice (residual `add`, branches), any other op or module, forward hooks,
-training mode, BatchNorm without running statistics, a non-positive softplus beta, a softplus threshold whose
-switch to the identity is visible at float32 resolution (log1p(e^{-threshold}) > 2^-24 threshold).
+What is translated. The model (unwrapped from DataParallel / DistributedDataParallel / torch.compile; a
+TorchScript module replaced by its graph rebuilt as fx, `certify.models.torchscript.translatable`, or refused
+with its reason) is traced with torch.fx into a DAG of nodes. Every value is the network input, an AFFINE
+function of earlier values, or the output of an elementwise activation. Affine ops: Linear, Conv1d/Conv2d
+(stride, padding and padding modes, dilation, groups), BatchNorm1d/2d (eval, running statistics), AvgPool1d/2d,
+AdaptiveAvgPool1d/2d, Flatten, Identity, Dropout (eval), certify.models.builders.Normalize; add / sub of two
+values or of a constant, mul / div by a constant (a python number or a tensor that does not depend on the
+input), neg, torch.cat, mean over non-batch dimensions, permute / transpose / squeeze(dim) / unsqueeze /
+flatten / view / reshape keeping the batch dimension, contiguous. MaxPool1d/2d (any kernel, stride, padding,
+dilation, ceil_mode) is modelled EXACTLY by ReLU layers: the entries of each window that lie inside the
+input (padding is excluded, not read as a value) are reduced by a tournament, max(a, b) = a + relu(b - a),
+ceil(log2 window) ReLU layers. Activations: ReLU, LeakyReLU, Softplus (threshold rule below), Sigmoid, Tanh,
+GELU (approximate "none" -> ("gelu",), "tanh" -> ("gelu_tanh",)), SiLU, as modules, functions or methods.
+A final Softmax / LogSoftmax over the class dimension is dropped and recorded as `head` (N is the logits
+before it); anywhere else it is refused. Anything else raises SemanticsError naming the op: a product of
+two input-dependent values, division by one, indexing, any other op or module, an in-place op on a value
+another op reads, forward / backward hooks, training mode, BatchNorm without running statistics, a
+non-positive softplus beta, a softplus threshold whose switch to the identity is visible at float32
+resolution (log1p(e^{-threshold}) > 2^-24 threshold).
 
-The result, Stages(mats, biases, acts): dense float64 matrices (the Jacobian of each affine stage, computed by
-reverse-mode autograd in float64), biases (the stage at 0), acts ("relu",) or ("softplus", beta, threshold).
-The network N of the claims uses the EXACT softplus log(1 + e^{beta t}) / beta; `deviation_bound` bounds
+The result, Stages: the DAG of layers
+    h_0 = x (flat),  z_k = W_k h_k + b_k + sum_{j in skips[k]} S_{k,j} h_j  (j < k),
+    h_{k+1} = sigma_k(z_k) (k < L-1),  N(x) = z_{L-1},
+with mats[k] = W_k [out_k, size(h_k)] (all zero when z_k does not read h_k), skips[k][j] = S_{k,j}, biases[k]
+= b_k, all float64, computed as the reverse-mode autograd Jacobians (and the values at 0) of the traced
+graph's affine parts with respect to the earlier activation outputs, each treated as a free variable; acts:
+("relu",), ("leaky_relu", slope), ("softplus", beta, threshold), ("sigmoid",), ("tanh",), ("gelu",),
+("gelu_tanh",), ("silu",). A chain (no skips) translates to exactly the stages of the former chain-only
+translation. N uses the EXACT softplus log(1 + e^{beta t}) / beta; `deviation_bound` bounds
 sup_x max_j |T_j(x) - N_j(x)| for T the same graph with torch's thresholded softplus (identity where
 beta t > threshold, below softplus by at most log1p(e^{-threshold}) / beta per unit).
 
+Activation constants (ACTIVATION_BOUNDS): lipschitz = sup |sigma'|, curvature = sup |sigma''|, each the exact
+value below evaluated in float64 (to ~1e-15) and rounded up by a relative 1e-12. relu 1 / -; leaky_relu
+max(1, |slope|) / -; softplus 1 / beta/4. sigmoid: s' = s(1 - s) <= 1/4; s'' = s(1 - s)(1 - 2s), largest at
+s = (3 - sqrt 3)/6: sqrt(3)/18. tanh: 1 - y^2 <= 1; |2y(1 - y^2)|, y = tanh t, largest at y = 1/sqrt 3:
+4/(3 sqrt 3). gelu(t) = t Phi(t): gelu' = Phi + t phi, gelu'' = phi (2 - t^2), gelu''' = phi t (t^2 - 4);
+gelu' is extremal at +-sqrt 2: gelu'(sqrt 2) = Phi(sqrt 2) + sqrt 2 phi(sqrt 2) = 1.12890414518515...,
+gelu'(-sqrt 2) = 1 - that > -1; |gelu''| peaks at 0 (2 phi(0) = sqrt(2/pi)) or at +-2 (0.108). silu(t) =
+t s(t): silu'(t) + silu'(-t) = 1, silu'' = s(1 - s)(2 + t(1 - 2s)), whose positive root t* = 2.3993572805...
+(Newton in float64) gives sup silu' = silu'(t*) = 1.099839320128867; |silu''| is largest at 0 (1/2).
+gelu_tanh(t) = t s(2k(t + 0.044715 t^3)), k = sqrt(2/pi) (= 0.5 t (1 + tanh(k (t + 0.044715 t^3)))):
+gelu_tanh' is largest at t* = 1.4185040 (ternary search in float64), sup gelu_tanh' = 1.1289930686587715;
+|gelu_tanh''| is largest at 0 (sqrt(2/pi); the outer lobes reach 0.108). The tests re-measure every constant
+on a dense grid (an upper bound, tight to 1e-9).
+
 Conformance: the model as the user runs it (own dtype and device, no_grad) vs N in float64 at x and seeded
-far points (1x to 1000x the input's norm); tolerance per logit 2 * (forward rounding bound of the model's op
-chain in its unit roundoff + that of N's float64 stages) + deviation_bound, the rounding bound computed per
-module with absolute parameters (gamma_n (|A| |h| + |c|) per affine op of n terms, 6 u |value| per softplus).
+far points (1x to 1000x the input's norm); tolerance per logit 2 * (forward rounding bound of the model's
+graph in its unit roundoff + that of N's float64 layers) + deviation_bound. The rounding bound goes node by
+node with absolute parameters: an affine op of n terms adds gamma_n (|A| |v| + |c|) to |A| e (v the input
+values, e their error bounds); exact ops (reshapes, permutes, cat, neg, gathers) carry e; an activation gives
+lipschitz * e + its own rounding term (`act_rounding`). With a softmax head the model's output is compared
+with softmax(N) (resp. log_softmax(N)) in float64, the logit tolerance t carried through the head's
+l-inf Lipschitz constant (1/2 for softmax: row i of its Jacobian sums to 2 p_i (1 - p_i); 2 for log_softmax:
+2 (1 - p_i)) plus the head's own rounding ((2 C + 10) u for softmax, 4 u (|y_i| + C + 8) for log_softmax,
+C classes).
 """
 from __future__ import annotations
 
@@ -45,9 +84,27 @@ class SemanticsError(UnsupportedError):
     """The checker cannot translate the model exactly (the message says which op and why)."""
 
 
-_AFFINE = {nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d}
+_AFFINE = {nn.Linear, nn.Conv1d, nn.Conv2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+           nn.BatchNorm1d, nn.BatchNorm2d}
 _IDENTITY = {nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d}
-_TORCH_LEAVES = _AFFINE | _IDENTITY | {nn.Flatten, nn.ReLU, nn.Softplus}
+_ACT_MODULES = {nn.ReLU, nn.LeakyReLU, nn.Softplus, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU}
+_MAXPOOL = {nn.MaxPool1d: 1, nn.MaxPool2d: 2}
+_HEADS = {nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax"}
+_TORCH_LEAVES = _AFFINE | _IDENTITY | _ACT_MODULES | set(_MAXPOOL) | set(_HEADS) | {nn.Flatten}
+
+# (lipschitz = sup |sigma'|, curvature = sup |sigma''|), exact values rounded up (module doc); softplus's
+# curvature is beta / 4 and relu / leaky_relu have none (a kink)
+_UP = 1.0 + 1e-12
+ACTIVATION_BOUNDS = {
+    "relu": (1.0, math.inf),
+    "sigmoid": (0.25, math.sqrt(3.0) / 18.0 * _UP),
+    "tanh": (1.0, 4.0 / (3.0 * math.sqrt(3.0)) * _UP),
+    "gelu": ((0.5 * (1.0 + math.erf(1.0)) + math.sqrt(2.0) * math.exp(-1.0) / math.sqrt(2.0 * math.pi)) * _UP,
+             math.sqrt(2.0 / math.pi) * _UP),
+    "gelu_tanh": (1.1289930686587715 * _UP, math.sqrt(2.0 / math.pi) * _UP),
+    "silu": (1.099839320128867 * _UP, 0.5 * _UP),
+}
+_GELU_TANH_K = math.sqrt(2.0 / math.pi)
 
 
 def _is_normalize(m: nn.Module) -> bool:
@@ -62,23 +119,166 @@ def _is_leaf(m: nn.Module) -> bool:
 
 
 @dataclass
-class Piece:
-    """One affine module or reshape of a stage (float64 copies), kept for the rounding bound."""
+class Node:
+    """One node of the checker's graph (float64, batched values [B, *shape]).
 
-    name: str
-    run: Callable[[Tensor], Tensor]
-    magnitude: Callable[[Tensor], Tensor] | None = None  # |A| h + |c| (None: exact reshape)
-    carry: Callable[[Tensor], Tensor] | None = None  # |A| e
+    inputs: indices of earlier nodes (0 is the network input). An activation node has `act` and one input
+    (its pre-activation). An affine node has `run(*values)`; `absolute(keep, *values)` applies |A| (plus |c|
+    when keep) to nonnegative values, for the rounding bound; `terms` is the length of its longest sum plus
+    one (0: an exact op, whose `run` maps nonnegative errors to their nonnegative images)."""
+
+    label: str
+    inputs: tuple[int, ...] = ()
+    run: Callable[..., Tensor] | None = None
+    absolute: Callable[..., Tensor] | None = None
     terms: int = 0
+    act: tuple | None = None
 
 
 @dataclass
 class Stages:
+    """The DAG of layers (module doc): mats[k] = W_k, biases[k] = b_k, skips[k][j] = S_{k,j} (j < k), acts[k]
+    = sigma_k (k < L - 1), head "softmax" / "log_softmax" / None; nodes: the traced graph (conformance)."""
+
     mats: list[Tensor]
     biases: list[Tensor]
     acts: list[tuple]
     input_shape: tuple[int, ...] = ()
-    pieces: list[list[Piece]] = field(default_factory=list, repr=False)  # per stage, for conformance
+    skips: dict[int, dict[int, Tensor]] = field(default_factory=dict)
+    head: str | None = None
+    nodes: list[Node] = field(default_factory=list, repr=False)
+    logits_node: int = 0  # index in `nodes` of the value N returns
+
+    @property
+    def is_chain(self) -> bool:
+        return not self.skips
+
+
+# --------------------------------------------------------------------------------------------- activations
+
+
+def lipschitz(a: tuple) -> float:
+    """sup_t |sigma'(t)| of activation `a` (a rigorous upper bound; module doc)."""
+    if a[0] == "leaky_relu":
+        return max(1.0, abs(float(a[1])))
+    if a[0] == "softplus":
+        return 1.0
+    return ACTIVATION_BOUNDS[a[0]][0]
+
+
+def curvature(a: tuple) -> float:
+    """sup_t |sigma''(t)| (inf for the kinked relu / leaky_relu)."""
+    if a[0] == "leaky_relu":
+        return math.inf
+    if a[0] == "softplus":
+        return float(a[1]) / 4
+    return ACTIVATION_BOUNDS[a[0]][1]
+
+
+def activate(a: tuple, z: Tensor) -> Tensor:
+    """sigma(z) of N, elementwise (exact softplus, no threshold)."""
+    name = a[0]
+    if name == "relu":
+        return z.clamp(min=0)
+    if name == "leaky_relu":
+        return torch.where(z > 0, z, z * float(a[1]))
+    if name == "softplus":
+        beta = a[1]
+        return z.clamp(min=0) + torch.log1p(torch.exp(-beta * z.abs())) / beta
+    if name == "sigmoid":
+        return torch.sigmoid(z)
+    if name == "tanh":
+        return torch.tanh(z)
+    if name == "gelu":
+        return z * torch.special.ndtr(z)
+    if name == "gelu_tanh":  # 0.5 t (1 + tanh y) = t sigmoid(2 y): no cancellation where y << 0
+        return z * torch.sigmoid(2 * _GELU_TANH_K * (z + 0.044715 * z**3))
+    if name == "silu":
+        return z * torch.sigmoid(z)
+    raise SemanticsError(f"activation {name!r} is not modelled")
+
+
+def slope(a: tuple, z: Tensor) -> Tensor:
+    """sigma'(z) elementwise; at a kink the slope torch's autograd uses (relu 0 at 0, leaky_relu its slope)."""
+    name = a[0]
+    if name == "relu":
+        return (z > 0).to(z.dtype)
+    if name == "leaky_relu":
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, float(a[1])))
+    if name == "softplus":
+        return torch.sigmoid(a[1] * z)
+    if name == "sigmoid":
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+    if name == "tanh":
+        return 1 - torch.tanh(z) ** 2
+    if name == "gelu":
+        return torch.special.ndtr(z) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    if name == "gelu_tanh":
+        zc = z.clamp(-1e6, 1e6)  # beyond, s (1 - s) = 0 exactly: avoids inf * 0
+        s = torch.sigmoid(2 * _GELU_TANH_K * (zc + 0.044715 * zc**3))
+        return s + zc * s * (1 - s) * 2 * _GELU_TANH_K * (1 + 3 * 0.044715 * zc * zc)
+    if name == "silu":
+        s = torch.sigmoid(z)
+        return s * (1 + z * (1 - s))
+    raise SemanticsError(f"activation {name!r} is not modelled")
+
+
+def act_rounding(a: tuple, z: Tensor, h: Tensor, u: float, tiny: float = 2.0**-1022) -> Tensor:
+    """Bound on |computed sigma(z) - sigma(z)| of an implementation in unit roundoff u (torch's in the model's
+    dtype, `activate` in float64), h = sigma(z): relu exact; leaky_relu one product (u |h|); softplus
+    8 u (|h| + 1/beta): a few operations relative to the value, plus the rounded product beta t inside exp,
+    whose relative error u beta |t| costs u |t| e^{-beta |t|} <= u / (e beta) absolutely; sigmoid, tanh: a few
+    library calls accurate to a few ulps, relative to the value (16 u |h| + 16 tiny, the tiny term covering
+    underflow to subnormals); gelu, gelu_tanh, silu: t times a factor in [0, 1] computed from a rounded
+    argument, with a cancellation (1 + erf, 1 + tanh) that makes the error relative to t: 16 u (|h| + |t|) +
+    16 tiny. For the model, callers pass 2 u: the parameters (slope, beta) are rounded to its dtype too."""
+    name = a[0]
+    if name == "relu":
+        return torch.zeros_like(h)
+    if name == "leaky_relu":
+        return u * h.abs()
+    if name == "softplus":
+        return 8 * u * (h.abs() + 1.0 / float(a[1]))
+    if name in ("sigmoid", "tanh"):
+        return 16 * u * h.abs() + 16 * tiny
+    return 16 * u * (h.abs() + z.abs()) + 16 * tiny
+
+
+def _slope_scale(a: tuple, z: Tensor) -> Tensor:
+    """Sum of the magnitudes of the terms `slope` adds, each times (1 + the sensitivity to the rounding of
+    its inner argument): the scale of the float64 evaluation error of sigma'(z)."""
+    name = a[0]
+    if name == "sigmoid":
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+    if name == "tanh":
+        return 1 + torch.tanh(z) ** 2
+    if name == "gelu":  # exp(-z^2 / 2) of a rounded z^2: relative error ~ z^2 u
+        return torch.special.ndtr(z).abs() + (z * torch.exp(-0.5 * z * z)).abs() / math.sqrt(2 * math.pi) * (1 + z * z)
+    if name == "gelu_tanh":  # s(y) of a rounded y = 2k(z + c z^3): relative error ~ |y| (1 - s) u
+        zc = z.clamp(-1e6, 1e6)
+        y = 2 * _GELU_TANH_K * (zc + 0.044715 * zc**3)
+        s = torch.sigmoid(y)
+        tail = (zc * s * (1 - s) * 2 * _GELU_TANH_K * (1 + 3 * 0.044715 * zc * zc)).abs()
+        return s * (1 + y.abs() * (1 - s)) + tail * (4 + y.abs())
+    s = torch.sigmoid(z)  # silu
+    return s + (z * s * (1 - s)).abs()
+
+
+def slope_error(a: tuple, z: Tensor, e_z: Tensor, d: Tensor, u: float) -> Tensor:
+    """Bound on |slope(a, z~) computed in float64 - sigma'(z)| when |z~ - z| <= e_z: a kink within e_z
+    changes the slope by |1 - slope| (relu, leaky_relu); a smooth one moves it by curvature * e_z, plus the
+    evaluation's own rounding: 4 u for softplus (one sigmoid in [0, 1] of a rounded product), 16 u times
+    `_slope_scale` (a few library calls accurate to a few ulps and a few products, relative to the terms
+    summed, amplified by the rounding of inner arguments) plus an underflow floor for the others; d is the
+    computed slope."""
+    if a[0] in ("relu", "leaky_relu"):
+        jump = 1.0 if a[0] == "relu" else abs(1.0 - float(a[1]))
+        return (z.abs() <= e_z).to(z.dtype) * jump
+    if a[0] == "softplus":
+        return curvature(a) * e_z + 4 * u
+    return curvature(a) * e_z + 16 * u * _slope_scale(a, z) + 2.0**-1000
 
 
 # --------------------------------------------------------------------------------------------------- walk
@@ -126,7 +326,7 @@ def _abs_copy(module: nn.Module, keep_constants: bool) -> nn.Module:
     """float64 copy computing |A| h (+ |c| when keep_constants) for the affine module h -> A h + c."""
     m = _f64(module)
     with torch.no_grad():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             m.weight.abs_()
             if m.bias is not None:
                 m.bias.abs_() if keep_constants else m.bias.zero_()
@@ -138,17 +338,20 @@ def _abs_copy(module: nn.Module, keep_constants: bool) -> nn.Module:
         elif _is_normalize(m):
             m.std.abs_()
             m.mean.copy_(-m.mean.abs() if keep_constants else torch.zeros_like(m.mean))
-    return m
+    return m  # pooling: nonnegative weights, no constant
 
 
-def _terms(module: nn.Module) -> int:
+def _terms(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """Longest sum of the affine module (input per-example shape `shape`) plus one."""
     if isinstance(module, nn.Linear):
         return module.weight.shape[1] + 1
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return int(module.weight[0].numel()) + 1
-    if isinstance(module, nn.AvgPool2d):
+    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)):
         k = module.kernel_size
-        return (k[0] * k[1] if isinstance(k, (tuple, list)) else k * k) + 1
+        return math.prod(k if isinstance(k, (tuple, list)) else (k,) * (2 if isinstance(module, nn.AvgPool2d) else 1)) + 1
+    if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+        return math.prod(shape[1:]) + 1  # a window is at most the whole plane
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         return 6
     return 2  # Normalize: subtract, divide
@@ -167,8 +370,144 @@ def _flat_dims(per_example: tuple[int, ...], start: int, end: int, where: str) -
     return per_example[: s - 1] + (merged,) + per_example[e:]
 
 
-def _walk(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, Any]]:
-    """[("piece", Piece) | ("act", tuple)] in order, refusing anything not modelled exactly."""
+class _Batch:
+    """The batch size read from a value (x.size(0), x.shape[0])."""
+
+
+@dataclass
+class _T:
+    """An input-dependent value: node index in the checker's graph."""
+
+    index: int
+
+
+@dataclass
+class _Shape:
+    per_example: tuple[int, ...]
+
+
+@dataclass
+class _Head:
+    kind: str
+    logits: _T
+    node: fx.Node
+
+
+_BATCH = _Batch()
+_PROBE_BATCH = 2
+_INPLACE_OPS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                operator.itruediv: operator.truediv}
+_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.leaky_relu: "leaky_relu",
+                  F.softplus: "softplus", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
+                  F.tanh: "tanh", F.gelu: "gelu", F.silu: "silu"}
+_INPLACE_POSITION = {F.relu: 1, F.leaky_relu: 2, F.silu: 1, F.dropout: 3}  # positional `inplace` of the functional forms
+_ACT_METHODS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+_HEAD_FUNCTIONS = {F.softmax: "softmax", torch.softmax: "softmax", F.log_softmax: "log_softmax",
+                   torch.log_softmax: "log_softmax"}
+_ADD = {operator.add, torch.add, "add"}
+_SUB = {operator.sub, torch.sub, torch.subtract, "sub", "subtract"}
+_MUL = {operator.mul, torch.mul, torch.multiply, "mul", "multiply"}
+_DIV = {operator.truediv, torch.div, torch.divide, torch.true_divide, "div", "divide", "true_divide"}
+_NEG = {operator.neg, torch.neg, torch.negative, "neg", "negative"}
+_REDUCE = {torch.mean: "mean", torch.sum: "sum", "mean": "mean", "sum": "sum"}
+# functional pooling -> the module it computes and its arguments after the input, in order
+_POOL_FUNCTIONS = {
+    F.max_pool1d: (nn.MaxPool1d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    F.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    F.avg_pool1d: (nn.AvgPool1d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
+    F.avg_pool2d: (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                  "divisor_override")),
+    F.adaptive_avg_pool1d: (nn.AdaptiveAvgPool1d, ("output_size",)),
+    F.adaptive_avg_pool2d: (nn.AdaptiveAvgPool2d, ("output_size",)),
+}
+
+
+def _name_of(n: fx.Node) -> str:
+    t = n.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def _pairs(value: Any, dims: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * dims
+
+
+class _Builder:
+    """Walks the fx graph into `nodes` (module doc), refusing anything not modelled exactly."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        self.model = model
+        self.named = dict(model.named_modules())
+        self.nodes: list[Node] = [Node("input")]
+        self.probe: list[Tensor] = [torch.zeros((_PROBE_BATCH,) + input_shape, dtype=torch.float64)]
+
+    def shape(self, ref: _T) -> tuple[int, ...]:
+        return tuple(self.probe[ref.index].shape[1:])
+
+    def add(self, label: str, inputs: tuple[_T, ...], run: Callable[..., Tensor] | None = None,
+            absolute: Callable[..., Tensor] | None = None, terms: int = 0, act: tuple | None = None) -> _T:
+        node = Node(label, tuple(r.index for r in inputs), run, absolute, terms, act)
+        with torch.no_grad():
+            args = [self.probe[r.index] for r in inputs]
+            out = activate(act, args[0]) if act is not None else run(*args)  # type: ignore[misc]
+        if out.dim() == 0 or out.shape[0] != _PROBE_BATCH:
+            raise SemanticsError(f"op {label} does not keep the batch dimension")
+        self.nodes.append(node)
+        self.probe.append(out)
+        return _T(len(self.nodes) - 1)
+
+    def module(self, label: str, x: _T, module: nn.Module) -> _T:
+        run, plus, bare = _f64(module), _abs_copy(module, True), _abs_copy(module, False)
+        return self.add(label, (x,), run, lambda keep, v: (plus if keep else bare)(v), _terms(module, self.shape(x)))
+
+    def exact(self, label: str, inputs: tuple[_T, ...], run: Callable[..., Tensor]) -> _T:
+        return self.add(label, inputs, run)
+
+    def reshape(self, label: str, x: _T, new: tuple[int, ...]) -> _T:
+        if math.prod(new) != math.prod(self.shape(x)):
+            raise SemanticsError(f"{label}: {self.shape(x)} -> {new} changes the example size")
+        return self.exact(label, (x,), lambda h: h.reshape((h.shape[0],) + new))
+
+    def maxpool(self, label: str, x: _T, module: nn.Module, dims: int) -> _T:
+        """MaxPool as ReLU layers (module doc): gather each window's in-range entries (padded by repeating its
+        first entry: max(a, a) = a), then a tournament max(a, b) = a + relu(b - a)."""
+        shape = self.shape(x)
+        if len(shape) != dims + 1:
+            raise SemanticsError(f"{label}: MaxPool{dims}d on a per-example shape {shape} (expected channels + {dims} dims)")
+        if module.return_indices:
+            raise SemanticsError(f"{label}: MaxPool with return_indices is not modelled")
+        kernel = _pairs(module.kernel_size, dims)
+        stride = _pairs(module.stride if module.stride is not None else module.kernel_size, dims)
+        padding, dilation = _pairs(module.padding, dims), _pairs(module.dilation, dims)
+        with torch.no_grad():
+            out_spatial = tuple(module(torch.zeros((1,) + shape)).shape[2:])
+        per_dim = []
+        for size, out, k, s, p, d in zip(shape[1:], out_spatial, kernel, stride, padding, dilation):
+            windows = [[o * s - p + i * d for i in range(k) if 0 <= o * s - p + i * d < size] for o in range(out)]
+            if any(not w for w in windows):
+                raise SemanticsError(f"{label}: a pooling window lies entirely in the padding")
+            per_dim.append(windows)
+        flat = []
+        for position in torch.cartesian_prod(*[torch.arange(len(w)) for w in per_dim]).reshape(-1, dims).tolist():
+            entries = [0]
+            for axis, o in enumerate(position):
+                entries = [e * shape[1 + axis] + i for e in entries for i in per_dim[axis][o]]
+            flat.append(entries)
+        width = max(len(w) for w in flat)
+        idx = torch.tensor([w + [w[0]] * (width - len(w)) for w in flat], dtype=torch.long)
+        channels = shape[0]
+        cur = self.exact(f"{label} (windows)", (x,), lambda v: v.reshape(v.shape[0], channels, -1)[:, :, idx])
+        while width > 1:
+            p = width // 2
+            diff = self.add(f"{label} (b - a)", (cur,), lambda c, p=p: c[..., 1 : 2 * p : 2] - c[..., 0 : 2 * p : 2],
+                            lambda keep, c, p=p: c[..., 1 : 2 * p : 2] + c[..., 0 : 2 * p : 2], 2)
+            h = self.add(f"{label} (relu)", (diff,), act=("relu",))
+            combine = lambda c, r, p=p: torch.cat([c[..., 0 : 2 * p : 2] + r, c[..., 2 * p :]], dim=-1)  # noqa: E731
+            cur = self.add(f"{label} (a + relu)", (cur, h), combine, lambda keep, c, r, f=combine: f(c, r), 2)
+            width = p + width % 2
+        return self.exact(f"{label} (output)", (cur,), lambda c: c.reshape((c.shape[0], channels) + out_spatial))
+
+
+def _check_module_state(model: nn.Module) -> None:
     from torch.nn.modules import module as _mod
 
     for name, m in model.named_modules():
@@ -182,272 +521,471 @@ def _walk(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, Any
     if any(len(getattr(_mod, h, {}) or {}) for h in ("_global_forward_hooks", "_global_forward_pre_hooks",
                                                        "_global_backward_hooks", "_global_backward_pre_hooks")):
         raise SemanticsError("global forward or backward hooks are registered")
+
+
+def _walk(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], int, str | None]:
+    """(nodes, index of the logits node, head) of the traced model (module doc)."""
+    _check_module_state(model)
     try:
         graph = _LeafTracer().trace(model)
     except Exception as exc:  # noqa: BLE001
         raise SemanticsError(f"torch.fx cannot trace the forward: {type(exc).__name__}: {exc}") from exc
-    named = dict(model.named_modules())
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
     if len(inputs) != 1:
         raise SemanticsError(f"forward has {len(inputs)} inputs (one expected)")
-    value: fx.Node = inputs[0]
-    per_example = tuple(input_shape)
-    batch_reads: set = set()
-    shape_objects: set = set()
-    out: list[tuple[str, Any]] = []
-    seen: list[fx.Node] = [value]  # chain values so far: reading their batch size is harmless
-    shape_reads: set = set()  # every size / shape read, so it never counts as a second use of a value
-    for n in graph.nodes:
-        if n.op == "call_method" and n.target == "size":
-            shape_reads.add(n)
-        elif n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] == "shape":
-            shape_reads.add(n)
-        elif n.op == "call_function" and n.target is operator.getitem and n.args and n.args[0] in shape_reads:
-            shape_reads.add(n)
+    b = _Builder(model, input_shape)
+    env: dict[fx.Node, Any] = {inputs[0]: _T(0)}
 
-    def name_of(n: fx.Node) -> str:
-        t = n.target
-        return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    def resolve(a: Any) -> Any:
+        if isinstance(a, fx.Node):
+            return env[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(resolve(v) for v in a)
+        if isinstance(a, dict):
+            return {k: resolve(v) for k, v in a.items()}
+        return a
 
-    def take(n: fx.Node) -> None:
-        nonlocal value
-        used = []
-        fx.node.map_arg((n.args, n.kwargs), lambda a: used.append(a) or a)
-        data = [a for a in used if a not in shape_reads]
-        if data != [value]:
-            raise SemanticsError(f"op {name_of(n)} ({n.op}) reads {[name_of(a) for a in data]}, not just the previous value")
-        readers = [u for u in value.users if u not in shape_reads]
-        if len(readers) != 1:
-            raise SemanticsError(
-                f"value {value.name} feeds {len(readers)} ops ({', '.join(name_of(u) for u in readers)}); "
-                "residual / branching graphs (add of x and f(x)) are not modelled"
-            )
-        value = n
-        seen.append(n)
+    def tensor_arg(n: fx.Node, value: Any) -> _T:
+        if not isinstance(value, _T):
+            raise SemanticsError(f"op {_name_of(n)} ({n.op}) on a value that does not depend on the input is not modelled")
+        return value
 
-    def piece(label: str, module: nn.Module | None, fn: Callable[[Tensor], Tensor] | None = None) -> None:
-        nonlocal per_example
-        if module is not None:
-            run = _f64(module)
-            p = Piece(label, run, _abs_copy(module, True), _abs_copy(module, False), _terms(module))
-        else:
-            p = Piece(label, fn)  # type: ignore[arg-type]
-        with torch.no_grad():
-            probe = p.run(torch.zeros((1,) + per_example, dtype=torch.float64))
-        per_example = tuple(probe.shape[1:])
-        out.append(("piece", p))
+    def inplace_guard(n: fx.Node, inplace: bool) -> None:
+        if inplace and isinstance(n.args[0], fx.Node) and len(n.args[0].users) > 1:
+            raise SemanticsError(f"in-place op {_name_of(n)} ({n.op}) overwrites a value other ops read")
 
-    def reshaped(label: str, new: tuple[int, ...]) -> None:
-        if math.prod(new) != math.prod(per_example):
-            raise SemanticsError(f"{label}: {per_example} -> {new} changes the example size")
-        piece(label, None, lambda h, new=new: h.reshape((h.shape[0],) + new))
+    def constant(value: Any, where: str) -> Tensor | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+            raise SemanticsError(f"{where}: operand {type(value).__name__} is not a constant number or tensor")
+        if isinstance(value, Tensor):
+            if not value.is_floating_point():
+                raise SemanticsError(f"{where}: a non-floating constant tensor is not modelled")
+            return value.detach().to("cpu", torch.float64)
+        return float(value)
+
+    def activation(n: fx.Node, act: tuple, x: Any) -> _T:
+        return b.add(f"{_name_of(n)}", (tensor_arg(n, x),), act=act)
+
+    def head(n: fx.Node, kind: str, x: Any, dim: Any) -> _Head:
+        x = tensor_arg(n, x)
+        if len(b.shape(x)) != 1 or dim not in (None, 1, -1):
+            raise SemanticsError(f"{kind} over dim {dim} of a per-example shape {b.shape(x)}: only a final "
+                                 "softmax over the class dimension is modelled (dropped: bounds are about logits)")
+        return _Head(kind, x, n)
+
+    def affine_binary(n: fx.Node, op: str, left: Any, right: Any) -> _T:
+        """add / sub / mul / div where it is affine in the input-dependent operands."""
+        label = _name_of(n)
+        lt, rt = isinstance(left, _T), isinstance(right, _T)
+        if op in ("add", "sub") and lt and rt:
+            fn = operator.add if op == "add" else operator.sub
+            return b.add(label, (left, right), fn, lambda keep, p, q: p + q, 2)
+        if op in ("add", "sub") and (lt or rt):
+            x, c = (left, constant(right, label)) if lt else (right, constant(left, label))
+            if op == "add":
+                run = lambda v, c=c: v + c  # noqa: E731
+            else:
+                run = (lambda v, c=c: v - c) if lt else (lambda v, c=c: c - v)
+            mag = abs(c) if isinstance(c, float) else c.abs()
+            return b.add(label, (x,), run, lambda keep, v, m=mag: v + m if keep else v + 0 * m, 2)
+        if op == "mul" and lt != rt:
+            x, c = (left, constant(right, label)) if lt else (right, constant(left, label))
+            mag = abs(c) if isinstance(c, float) else c.abs()
+            return b.add(label, (x,), lambda v, c=c: v * c, lambda keep, v, m=mag: v * m, 2)
+        if op == "div" and lt and not rt:
+            c = constant(right, label)
+            if bool((torch.as_tensor(c) == 0).any()):
+                raise SemanticsError(f"op {label}: division by a constant that has a zero")
+            mag = abs(c) if isinstance(c, float) else c.abs()
+            return b.add(label, (left,), lambda v, c=c: v / c, lambda keep, v, m=mag: v / m, 2)
+        what = "a product of two values that depend on the input" if op == "mul" and lt and rt else (
+            "division by a value that depends on the input" if op == "div" and rt else "an op on constants only")
+        raise SemanticsError(f"op {label} ({n.op}): {what} is not modelled (not affine)")
+
+    def view_shape(n: fx.Node, x: _T, dims: list) -> tuple[int, ...]:
+        label = f".{_name_of(n)}()"
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = list(dims[0])
+        if not dims:
+            raise SemanticsError(f"{label} without a shape")
+        lead, tail = dims[0], list(dims[1:])
+        size = math.prod(b.shape(x))
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in tail):
+            raise SemanticsError(f"{label}: only the leading dimension may come from the input")
+        if tail.count(-1) > 1:
+            raise SemanticsError(f"{label}: two -1 in the shape")
+        if lead is _BATCH:
+            pass
+        elif not (lead == -1 and -1 not in tail and math.prod(tail) == size):
+            raise SemanticsError(f"{label}{tuple(dims)} does not keep the batch dimension")
+        if -1 in tail:
+            rest = math.prod(d for d in tail if d != -1)
+            tail = [size // rest if d == -1 else d for d in tail] if rest else tail
+        return tuple(tail)
+
+    def dim_of(x: _T, d: Any, extra: int = 0) -> int:
+        """A per-example dimension index >= 1 of value x (rank + extra for unsqueeze); refuses the batch."""
+        if not isinstance(d, int) or isinstance(d, bool):
+            raise SemanticsError(f"dimension {d!r} computed at run time is not modelled")
+        rank = len(b.shape(x)) + 1 + extra
+        if not -rank <= d < rank or d % rank == 0:
+            raise SemanticsError(f"dimension {d} is the batch dimension (or out of range)")
+        return d % rank
 
     for n in graph.nodes:
         if n.op == "placeholder":
             continue
-        if n.op == "output":
-            if n.args[0] is not value or len([u for u in value.users if u not in shape_reads]) != 1:
-                raise SemanticsError("the output is not the end of a single chain (residual / branching / several outputs)")
-            break
         t = n.target
-        if n.op == "call_method" and t == "size" and n.args[0] in seen:
-            dims = n.args[1:] or tuple(n.kwargs.values())
-            if dims and dims[0] != 0:
-                raise SemanticsError(f"reads input dimension {dims[0]}; only the batch size is modelled")
-            (batch_reads if dims else shape_objects).add(n)
+        args, kwargs = resolve(n.args), resolve(n.kwargs)
+        if n.op == "output":
+            out = args[0]
+            if isinstance(out, _Head):
+                return b.nodes, out.logits.index, out.kind
+            if not isinstance(out, _T):
+                raise SemanticsError("the forward does not return one tensor that depends on the input")
+            return b.nodes, out.index, None
+        used = []
+        fx.node.map_arg((n.args, n.kwargs), lambda a: used.append(a) or a)
+        for a in used:
+            if isinstance(env[a], _Head):
+                raise SemanticsError(f"{env[a].kind} feeds op {_name_of(n)}: only a final softmax / log_softmax (the "
+                                     "model's output) is modelled")
+        name = _name_of(n)
+        # -- shape reads
+        if n.op == "call_method" and t == "size" and isinstance(args[0], _T):
+            dims = args[1:] or tuple(kwargs.values())
+            if not dims:
+                env[n] = _Shape(b.shape(args[0]))
+            else:
+                env[n] = _BATCH if dims[0] == 0 else b.shape(args[0])[dim_of(args[0], dims[0]) - 1]
             continue
-        if n.op == "call_function" and t is getattr and n.args[0] in seen and n.args[1] == "shape":
-            shape_objects.add(n)
+        if n.op == "call_function" and t is getattr and isinstance(args[0], _T) and args[1] == "shape":
+            env[n] = _Shape(b.shape(args[0]))
             continue
-        if n.op == "call_function" and t is operator.getitem and n.args[0] in shape_objects:
-            if n.args[1] != 0:
-                raise SemanticsError(f"reads input dimension {n.args[1]}; only the batch size is modelled")
-            batch_reads.add(n)
+        if n.op == "call_function" and t is operator.getitem and isinstance(args[0], _Shape):
+            i = args[1]
+            if not isinstance(i, int):
+                raise SemanticsError("slicing a shape is not modelled")
+            rank = len(args[0].per_example) + 1
+            if not -rank <= i < rank:
+                raise SemanticsError(f"shape index {i} out of range")
+            env[n] = _BATCH if i % rank == 0 else args[0].per_example[i % rank - 1]
+            continue
+        if n.op == "get_attr":
+            value = model
+            for part in str(t).split("."):
+                value = getattr(value, part)
+            env[n] = value
             continue
         if n.op == "call_module":
-            m = named[t]
+            m = b.named[t]
             kind = type(m)
+            label = f"module {t} ({kind.__name__})"
             if not _is_leaf(m):
                 raise SemanticsError(f"module {t} of type {kind.__name__} is not modelled")
-            take(n)
-            if kind is nn.ReLU:
-                out.append(("act", ("relu",)))
+            inplace_guard(n, bool(getattr(m, "inplace", False)))
+            x = tensor_arg(n, args[0])
+            if kind in _HEADS:
+                env[n] = head(n, _HEADS[kind], x, m.dim)
+            elif kind is nn.ReLU:
+                env[n] = b.add(label, (x,), act=("relu",))
+            elif kind is nn.LeakyReLU:
+                env[n] = b.add(label, (x,), act=("leaky_relu", float(m.negative_slope)))
             elif kind is nn.Softplus:
-                out.append(("act", _softplus_act(m.beta, m.threshold, f"module {t}")))
+                env[n] = b.add(label, (x,), act=_softplus_act(m.beta, m.threshold, f"module {t}"))
+            elif kind is nn.Sigmoid:
+                env[n] = b.add(label, (x,), act=("sigmoid",))
+            elif kind is nn.Tanh:
+                env[n] = b.add(label, (x,), act=("tanh",))
+            elif kind is nn.SiLU:
+                env[n] = b.add(label, (x,), act=("silu",))
+            elif kind is nn.GELU:
+                if m.approximate not in ("none", "tanh"):
+                    raise SemanticsError(f"{label}: approximate={m.approximate!r} is not modelled")
+                env[n] = b.add(label, (x,), act=("gelu",) if m.approximate == "none" else ("gelu_tanh",))
+            elif kind in _MAXPOOL:
+                env[n] = b.maxpool(label, x, m, _MAXPOOL[kind])
             elif kind is nn.Flatten:
-                reshaped(f"module {t}", _flat_dims(per_example, m.start_dim, m.end_dim, f"module {t}"))
+                env[n] = b.reshape(label, x, _flat_dims(b.shape(x), m.start_dim, m.end_dim, f"module {t}"))
             elif kind in _IDENTITY:
-                piece(f"module {t}", None, lambda h: h)
+                env[n] = b.exact(label, (x,), lambda h: h)
             else:
                 if kind in (nn.BatchNorm1d, nn.BatchNorm2d) and (m.running_mean is None or m.running_var is None or not m.track_running_stats):
                     raise SemanticsError(
                         f"module {t} ({kind.__name__}) keeps no running statistics: it normalises by the batch even "
                         "in eval mode, so it is not a per-example function"
                     )
-                piece(f"module {t}", m)
+                env[n] = b.module(label, x, m)
             continue
-        if n.op == "call_function" and t in (F.relu, torch.relu) or n.op == "call_method" and t == "relu":
-            take(n)
-            out.append(("act", ("relu",)))
+        method = n.op == "call_method"
+        fn = n.op == "call_function"
+        position = _INPLACE_POSITION.get(t) if fn else None  # F.relu(x, True), F.leaky_relu(x, s, True)
+        inplace = bool(kwargs.get("inplace", False)) or (method and isinstance(t, str) and t.endswith("_")) or \
+            (position is not None and len(args) > position and bool(args[position])) or \
+            (fn and t in _INPLACE_OPS) or (fn and t is torch.relu_)
+        base = t[:-1] if method and isinstance(t, str) and t.endswith("_") else _INPLACE_OPS.get(t, t) if fn else t
+        inplace_guard(n, inplace)
+        # -- activations and the head
+        act_name = _ACT_FUNCTIONS.get(base) if fn else _ACT_METHODS.get(base) if method else None
+        if act_name is not None:
+            x = args[0]
+            if act_name == "leaky_relu":
+                slope_value = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
+                env[n] = activation(n, ("leaky_relu", float(slope_value)), x)
+            elif act_name == "softplus":
+                beta = args[1] if len(args) > 1 else kwargs.get("beta", 1.0)
+                threshold = args[2] if len(args) > 2 else kwargs.get("threshold", 20.0)
+                env[n] = activation(n, _softplus_act(beta, threshold, "F.softplus"), x)
+            elif act_name == "gelu":
+                approximate = args[1] if len(args) > 1 else kwargs.get("approximate", "none")
+                if approximate not in ("none", "tanh"):
+                    raise SemanticsError(f"F.gelu(approximate={approximate!r}) is not modelled")
+                env[n] = activation(n, ("gelu",) if approximate == "none" else ("gelu_tanh",), x)
+            else:
+                env[n] = activation(n, (act_name,), x)
             continue
-        if n.op == "call_function" and t is F.softplus:
-            take(n)
-            a = list(n.args[1:3])
-            beta = a[0] if len(a) > 0 else n.kwargs.get("beta", 1.0)
-            threshold = a[1] if len(a) > 1 else n.kwargs.get("threshold", 20.0)
-            out.append(("act", _softplus_act(beta, threshold, "F.softplus")))
+        head_kind = _HEAD_FUNCTIONS.get(base) if fn else base if method and base in ("softmax", "log_softmax") else None
+        if head_kind is not None:
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            if kwargs.get("dtype") is not None or (len(args) > 2 and args[2] is not None):
+                raise SemanticsError(f"{head_kind} with a dtype argument is not modelled")
+            env[n] = head(n, head_kind, args[0], dim)
             continue
-        if (n.op == "call_function" and t is torch.flatten) or (n.op == "call_method" and t == "flatten"):
-            take(n)
-            s = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
-            e = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+        # -- affine arithmetic
+        op = "add" if base in _ADD else "sub" if base in _SUB else "mul" if base in _MUL else "div" if base in _DIV else None
+        if op is not None and (fn or method):
+            if kwargs.get("alpha", 1) != 1 or kwargs.get("rounding_mode") is not None or len(args) != 2:
+                raise SemanticsError(f"op {name} with arguments {sorted(kwargs)} is not modelled")
+            env[n] = affine_binary(n, op, args[0], args[1])
+            continue
+        if base in _NEG:
+            env[n] = b.add(name, (tensor_arg(n, args[0]),), operator.neg, lambda keep, v: v, 0)
+            continue
+        if fn and base in (torch.cat, torch.concat):
+            parts = args[0]
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            if not isinstance(parts, (list, tuple)) or not all(isinstance(p, _T) for p in parts):
+                raise SemanticsError("torch.cat of values that do not all depend on the input is not modelled")
+            d = dim_of(parts[0], dim)
+            env[n] = b.exact(name, tuple(parts), lambda *vs, d=d: torch.cat(vs, dim=d))
+            continue
+        if base in _REDUCE:
+            kind = _REDUCE[base]
+            x = tensor_arg(n, args[0])
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            keep = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+            if dims is None or kwargs.get("dtype") is not None:
+                raise SemanticsError(f"{kind} over all dimensions (the batch included) is not modelled")
+            dims = tuple(dim_of(x, d) for d in (dims if isinstance(dims, (list, tuple)) else (dims,)))
+            count = math.prod(b.shape(x)[d - 1] for d in set(dims))
+            reduce = (lambda v, dims=dims, keep=keep: v.mean(dim=dims, keepdim=keep)) if kind == "mean" else \
+                (lambda v, dims=dims, keep=keep: v.sum(dim=dims, keepdim=keep))
+            env[n] = b.add(name, (x,), reduce, lambda k, v, f=reduce: f(v), count + 1)
+            continue
+        if fn and base in _POOL_FUNCTIONS:
+            kind, names = _POOL_FUNCTIONS[base]
+            x = tensor_arg(n, args[0])
+            module = kind(**dict(zip(names, args[1:])), **kwargs)
+            label = f"{name} ({kind.__name__})"
+            env[n] = b.maxpool(label, x, module, _MAXPOOL[kind]) if kind in _MAXPOOL else b.module(label, x, module)
+            continue
+        if fn and base is F.dropout:
+            training = args[2] if len(args) > 2 else kwargs.get("training", True)
+            if training is not False:
+                raise SemanticsError("F.dropout with training=True (random at every call) is not modelled")
+            env[n] = b.exact(name, (tensor_arg(n, args[0]),), lambda v: v)
+            continue
+        if (method and base == "permute") or (fn and base is torch.permute):
+            x = tensor_arg(n, args[0])
+            order = list(args[1:]) if method else list(args[1] if len(args) > 1 else kwargs["dims"])
+            if len(order) == 1 and isinstance(order[0], (list, tuple)):
+                order = list(order[0])
+            rank = len(b.shape(x)) + 1
+            if len(order) != rank or order[0] % rank != 0:
+                raise SemanticsError(f"permute{tuple(order)} moves the batch dimension")
+            env[n] = b.exact(name, (x,), lambda v, o=tuple(order): v.permute(o))
+            continue
+        if (method and base == "transpose") or (fn and base is torch.transpose):
+            x = tensor_arg(n, args[0])
+            d0, d1 = dim_of(x, args[1]), dim_of(x, args[2])
+            env[n] = b.exact(name, (x,), lambda v, d0=d0, d1=d1: v.transpose(d0, d1))
+            continue
+        if (method and base in ("squeeze", "unsqueeze")) or (fn and base in (torch.squeeze, torch.unsqueeze)):
+            x = tensor_arg(n, args[0])
+            which = base if isinstance(base, str) else base.__name__
+            d = args[1] if len(args) > 1 else kwargs.get("dim")
+            if d is None:
+                raise SemanticsError("squeeze() without a dimension may squeeze the batch: not modelled")
+            d = dim_of(x, d, 1 if which == "unsqueeze" else 0)
+            env[n] = b.exact(name, (x,), (lambda v, d=d: v.unsqueeze(d)) if which == "unsqueeze" else (lambda v, d=d: v.squeeze(d)))
+            continue
+        if (fn and base is torch.flatten) or (method and base == "flatten"):
+            x = tensor_arg(n, args[0])
+            s = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+            e = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
             if not (isinstance(s, int) and isinstance(e, int)):
                 raise SemanticsError("flatten with dimensions computed at run time")
-            reshaped("flatten", _flat_dims(per_example, int(s), int(e), "flatten"))
+            env[n] = b.reshape("flatten", x, _flat_dims(b.shape(x), int(s), int(e), "flatten"))
             continue
-        if n.op == "call_method" and t in ("view", "reshape"):
-            take(n)
-            dims = list(n.args[1:])
-            if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-                dims = list(dims[0])
-            if not dims:
-                raise SemanticsError(f".{t}() without a shape")
-            lead, tail = dims[0], dims[1:]
-            size = math.prod(per_example)
-            if not all(isinstance(d, int) for d in tail):
-                raise SemanticsError(f".{t}(): only the leading dimension may come from the input")
-            if isinstance(lead, fx.Node):
-                if lead not in batch_reads:
-                    raise SemanticsError(f".{t}(): leading dimension is not the batch size")
-            elif not (lead == -1 and -1 not in tail and math.prod(tail) == size):
-                raise SemanticsError(f".{t}{tuple(dims)} does not keep the batch dimension")
-            if tail.count(-1) > 1:
-                raise SemanticsError(f".{t}(): two -1 in the shape")
-            if -1 in tail:
-                rest = math.prod(d for d in tail if d != -1)
-                tail = [size // rest if d == -1 else d for d in tail] if rest else tail
-            reshaped(f".{t}()", tuple(tail))
+        if (method and base in ("view", "reshape")) or (fn and base is torch.reshape):
+            x = tensor_arg(n, args[0])
+            dims = list(args[1:]) if method else [args[1]]
+            env[n] = b.reshape(f".{name}()", x, view_shape(n, x, dims))
             continue
-        if n.op == "call_method" and t == "contiguous":
-            take(n)
+        if (method and base in ("contiguous", "clone")) or (fn and base is torch.clone):
+            env[n] = b.exact(name, (tensor_arg(n, args[0]),), lambda v: v)
             continue
-        if n.op == "get_attr":
-            raise SemanticsError(f"the forward reads {t!r} directly; only whole supported modules are modelled")
-        label = name_of(n)
-        hint = " (residual add)" if label in ("add", "iadd", "add_") else ""
-        raise SemanticsError(f"op {label}{hint} ({n.op}) is not modelled")
-    return out
+        hint = " (indexing)" if t is operator.getitem else ""
+        raise SemanticsError(f"op {name}{hint} ({n.op}) is not modelled")
+    raise SemanticsError("the traced graph has no output")
 
 
 # ---------------------------------------------------------------------------------------------- matrices
 
 
-def _jacobian_stage(pieces: list[Piece], shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """(W, b) of an affine stage: the reverse-mode Jacobian at 0 in float64 and the value at 0."""
-    def stage(flat: Tensor) -> Tensor:
-        h = flat.reshape((1,) + shape)
-        for p in pieces:
-            h = p.run(h)
-        return h.reshape(-1)
+def _sources(nodes: list[Node], target: int) -> list[int]:
+    """The activation outputs and / or the input (sorted node indices) that node `target` reads through
+    affine nodes only."""
+    found, stack, seen = set(), [target], set()
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        if i == 0 or nodes[i].act is not None:
+            found.add(i)
+        else:
+            stack.extend(nodes[i].inputs)
+    return sorted(found)
 
-    zero = torch.zeros(math.prod(shape), dtype=torch.float64)
-    with torch.no_grad():
-        bias = stage(zero)
-    if not pieces:
-        return torch.eye(zero.numel(), dtype=torch.float64), bias
-    jac = torch.autograd.functional.jacobian(stage, zero, vectorize=True)
-    return jac.detach().contiguous(), bias.detach()
+
+def _affine_value(nodes: list[Node], target: int, frees: dict[int, Tensor]) -> Tensor:
+    """Value of the affine node `target` given the values `frees` of its sources."""
+    needed, stack = set(), [target]
+    while stack:
+        i = stack.pop()
+        if i in needed or i in frees:
+            continue
+        needed.add(i)
+        stack.extend(nodes[i].inputs)
+    values = dict(frees)
+    for i in sorted(needed):
+        values[i] = nodes[i].run(*[values[j] for j in nodes[i].inputs])  # type: ignore[misc]
+    return values[target]
 
 
 def translate(model: nn.Module, input_shape: tuple[int, ...]) -> Stages:
     """The checker's translation of `model` for one example of shape `input_shape` (raises SemanticsError)."""
+    from certify.models.torchscript import translatable
+
+    shape0 = tuple(int(s) for s in input_shape)
     model = _strip(model)
-    if isinstance(model, torch.jit.ScriptModule):
-        raise SemanticsError(
-            "TorchScript module: compiled code the checker does not translate; give the eager module "
-            "(module:callable) or an ONNX export"
-        )
+    try:  # a ScriptModule's graph rebuilt as fx (conformance then compares N with the ScriptModule itself)
+        model = translatable(model, shape0)
+    except UnsupportedError as exc:
+        raise SemanticsError(str(exc)) from exc
     if _is_leaf(model):  # fx always traces the root's own forward: wrap a bare module
         model = nn.Sequential(model).eval()
-    items = _walk(model, tuple(int(s) for s in input_shape))
-    acts: list[tuple] = []
-    groups: list[list[Piece]] = [[]]
-    for kind, item in items:
-        if kind == "act":
-            acts.append(item)
-            groups.append([])
-        else:
-            groups[-1].append(item)
+    nodes, logits, head = _walk(model, shape0)
+    with torch.no_grad():  # per-example shapes of every node
+        values: list[Tensor] = [torch.zeros((1,) + shape0, dtype=torch.float64)]
+        for node in nodes[1:]:
+            ins = [values[j] for j in node.inputs]
+            values.append(activate(node.act, ins[0]) if node.act is not None else node.run(*ins))  # type: ignore[misc]
+    shapes = [tuple(v.shape[1:]) for v in values]
+    h_nodes = [0] + [i for i, node in enumerate(nodes) if node.act is not None]  # h_k is node h_nodes[k]
+    layer_of = {i: k for k, i in enumerate(h_nodes)}
+    z_nodes = [nodes[i].inputs[0] for i in h_nodes[1:]] + [logits]
     mats: list[Tensor] = []
     biases: list[Tensor] = []
-    shape = tuple(int(s) for s in input_shape)
-    for group in groups:  # an activation keeps the per-example shape of its stage's output
-        w, b = _jacobian_stage(group, shape)
+    skips: dict[int, dict[int, Tensor]] = {}
+    for k, target in enumerate(z_nodes):
+        if target in layer_of:  # z_k is itself an activation output (or the input): the identity on it
+            srcs = [target]
+        else:
+            srcs = _sources(nodes, target)
+
+        def stage(*flats: Tensor, srcs: list[int] = srcs, target: int = target) -> Tensor:
+            frees = {i: f.reshape((1,) + shapes[i]) for i, f in zip(srcs, flats)}
+            if target in frees:
+                return frees[target].reshape(-1)
+            return _affine_value(nodes, target, frees).reshape(-1)
+
+        zeros = tuple(torch.zeros(math.prod(shapes[i]), dtype=torch.float64) for i in srcs)
         with torch.no_grad():
-            h = torch.zeros((1,) + shape, dtype=torch.float64)
-            for p in group:
-                h = p.run(h)
-        shape = tuple(h.shape[1:])
+            bias = stage(*zeros).detach()
+        jac = torch.autograd.functional.jacobian(stage, zeros, vectorize=True) if srcs else ()
+        size_k = math.prod(shapes[h_nodes[k]])
+        w = torch.zeros(bias.numel(), size_k, dtype=torch.float64)
+        for i, part in zip(srcs, jac):
+            j = layer_of[i]
+            part = part.detach().reshape(bias.numel(), -1).contiguous()
+            if j == k:
+                w = part
+            else:
+                skips.setdefault(k, {})[j] = part
         mats.append(w)
-        biases.append(b)
-    return Stages(mats, biases, acts, tuple(int(s) for s in input_shape), groups)
+        biases.append(bias)
+    acts = [nodes[i].act for i in h_nodes[1:]]
+    return Stages(mats, biases, acts, shape0, skips, head, nodes, logits)  # type: ignore[arg-type]
 
 
 # -------------------------------------------------------------------------------------------- evaluation
 
 
-def _act(a: tuple, z: Tensor) -> Tensor:
-    if a[0] == "relu":
-        return z.clamp(min=0)
-    beta = a[1]
-    return z.clamp(min=0) + torch.log1p(torch.exp(-beta * z.abs())) / beta
-
-
-def _act_slope(a: tuple, z: Tensor) -> Tensor:
-    if a[0] == "relu":
-        return (z > 0).to(z.dtype)
-    return torch.sigmoid(a[1] * z)
-
-
-def forward(stages: Stages, x: Tensor) -> Tensor:
-    """N's logits in float64 (exact softplus) for x of shape [B, *input_shape], [B, n] or one example."""
+def _flat_input(stages: Any, x: Tensor) -> Tensor:
     x = torch.as_tensor(x).to("cpu", torch.float64)
-    h = x.reshape(-1, stages.mats[0].shape[1])
+    return x.reshape(-1, stages.mats[0].shape[1])
+
+
+def _layers(stages: Any, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """([h_0 .. h_{L-1}], [z_0 .. z_{L-1}]) of N in float64 at flat points x [B, n]."""
+    skips = getattr(stages, "skips", {}) or {}
+    hs, zs = [x], []
     for k, (w, b) in enumerate(zip(stages.mats, stages.biases)):
-        h = h @ w.T + b
+        z = hs[k] @ w.T + b
+        for j, s in skips.get(k, {}).items():
+            z = z + hs[j] @ s.T
+        zs.append(z)
         if k < len(stages.acts):
-            h = _act(stages.acts[k], h)
-    return h
+            hs.append(activate(stages.acts[k], z))
+    return hs, zs
 
 
-def gradient(stages: Stages, x: Tensor, row: Tensor | int) -> Tensor:
-    """Gradient of row . N at one example x (float64, exact softplus; a ReLU's slope at 0 is taken 0, as
-    torch does), shaped like x. `row` is a vector over the logits or a logit index."""
+def forward(stages: Any, x: Tensor) -> Tensor:
+    """N's logits [B, C] in float64 (exact softplus; before any softmax head) for x of shape [B,
+    *input_shape], [B, n] or one example. `stages` is any object with mats, biases, acts (and skips)."""
+    return _layers(stages, _flat_input(stages, x))[1][-1]
+
+
+def gradient(stages: Any, x: Tensor, row: Tensor | int) -> Tensor:
+    """Gradient of row . N at one example x (float64, exact softplus; at a kink the slope torch's autograd
+    uses), shaped like x: backward through the layers and their skips. `row` is a vector over the logits
+    or a logit index."""
     x = torch.as_tensor(x).to("cpu", torch.float64)
-    h = x.reshape(1, -1)
-    zs = []
-    for k, (w, b) in enumerate(zip(stages.mats, stages.biases)):
-        h = h @ w.T + b
-        if k < len(stages.acts):
-            zs.append(h)
-            h = _act(stages.acts[k], h)
+    skips = getattr(stages, "skips", {}) or {}
+    _, zs = _layers(stages, x.reshape(1, -1))
     c = stages.mats[-1].shape[0]
     if isinstance(row, int):
         r = torch.zeros(c, dtype=torch.float64)
         r[row] = 1.0
     else:
         r = torch.as_tensor(row, dtype=torch.float64).reshape(c)
-    g = r.reshape(1, -1)
+    g_h: list[Tensor | float] = [0.0] * len(stages.mats)  # d (row . N) / d h_k
+    g_z = r.reshape(1, -1)
     for k in range(len(stages.mats) - 1, -1, -1):
-        g = g @ stages.mats[k]
+        g_h[k] = g_h[k] + g_z @ stages.mats[k]
+        for j, s in skips.get(k, {}).items():
+            g_h[j] = g_h[j] + g_z @ s
         if k > 0:
-            g = g * _act_slope(stages.acts[k - 1], zs[k - 1])
-    return g.reshape(x.shape)
+            g_z = g_h[k] * slope(stages.acts[k - 1], zs[k - 1])  # type: ignore[operator]
+    return torch.as_tensor(g_h[0]).reshape(x.shape)
 
 
 def deviation_bound(stages: Stages) -> float:
-    """Certified sup_x max_j |T_j(x) - N_j(x)|, T with torch's thresholded softplus: per unit gap
-    log1p(e^{-threshold}) / beta, carried through |W| (activations are 1-Lipschitz); rounded up."""
+    """Certified sup_x max_j |T_j(x) - N_j(x)|, T with torch's thresholded softplus: per unit gap g_k =
+    log1p(e^{-threshold}) / beta; d(h_{k+1}) = lipschitz(sigma_k) d(z_k) + g_k, d(z_k) = |W_k| d(h_k) +
+    sum_j |S_kj| d(h_j) (vectors, d(h_0) = 0), each sum rounded up; the result max d(z_{L-1})."""
     gaps = []
     for a in stages.acts:
         if a[0] == "softplus" and a[2] != math.inf:
@@ -456,11 +994,59 @@ def deviation_bound(stages: Stages) -> float:
             gaps.append(0.0)
     if not any(gaps):
         return 0.0
-    d = torch.zeros(stages.mats[0].shape[0], dtype=torch.float64)
-    for k, gap in enumerate(gaps):
-        w = stages.mats[k + 1]
-        d = (w.abs() @ (d + gap)) * (1 + (w.shape[1] + 4) * 2.0**-52)
+    d_h = [torch.zeros(stages.mats[0].shape[1], dtype=torch.float64)]
+    d = torch.zeros(stages.mats[0].shape[0], dtype=torch.float64)  # d(z_0) = 0: T and N share z_0
+    for k in range(1, len(stages.mats)):
+        d_h.append(lipschitz(stages.acts[k - 1]) * d + gaps[k - 1])
+        w = stages.mats[k]
+        total, cols = w.abs() @ d_h[k], w.shape[1]
+        for j, s in stages.skips.get(k, {}).items():
+            total, cols = total + s.abs() @ d_h[j], cols + s.shape[1]
+        d = total * (1 + (cols + 4) * 2.0**-52)
     return float(d.max()) * (1 + 1e-14)
+
+
+def lipschitz_bound(stages: Any, row: Tensor, p: float) -> float:
+    """Lipschitz constant of x -> row . N(x) in the l_p norm of the input (p = 2 or inf), the PATH-SUM bound
+    over the DAG of layers (not rounded outward; the checker rounds it):
+
+        L(h_0) = 1
+        L(z_k) = ||W_k||_{p->p} L(h_k) + sum_{j in skips[k]} ||S_kj||_{p->p} L(h_j)       (k < L - 1)
+        L(h_{k+1}) = lip(sigma_k) L(z_k)
+        L(row . N) = ||row^T W_{L-1}||_q L(h_{L-1}) + sum_{j in skips[L-1]} ||row^T S_{L-1,j}||_q L(h_j)
+
+    ||.||_{2->2} the spectral norm, ||.||_{inf->inf} the largest absolute row sum, q the dual exponent
+    (||v||_2 for p = 2, ||v||_1 for p = inf), lip(sigma) = sup |sigma'| (`lipschitz`); the sums run in this
+    order, skips by increasing j. Each L(h_k) bounds the Lipschitz constant of x -> h_k (triangle inequality
+    over the terms of z_k), so the result bounds that of row . N. For a chain of relu / softplus layers it is
+    exactly the product ||row^T W_{L-1}||_q prod_k ||W_k||_{p->p}. `stages`: mats, skips, acts; row [C]."""
+    if p == 2:
+        def norm(w: Tensor) -> float:
+            return float(torch.linalg.matrix_norm(w, ord=2)) if w.numel() else 0.0
+
+        def dual(v: Tensor) -> float:
+            return float(v.norm(2))
+    elif math.isinf(p):
+        def norm(w: Tensor) -> float:
+            return float(w.abs().sum(dim=1).max()) if w.numel() else 0.0
+
+        def dual(v: Tensor) -> float:
+            return float(v.abs().sum())
+    else:
+        raise ValueError(f"p = {p}: the path-sum bound is implemented for p = 2 and p = inf")
+    skips = getattr(stages, "skips", {}) or {}
+    last = len(stages.mats) - 1
+    lips = [1.0]
+    for k in range(last):
+        lz = norm(stages.mats[k]) * lips[k]
+        for j, s in sorted(skips.get(k, {}).items()):
+            lz = lz + norm(s) * lips[j]
+        lips.append(lipschitz(stages.acts[k]) * lz)
+    row = torch.as_tensor(row, dtype=torch.float64)
+    value = dual(stages.mats[last].T @ row) * lips[last]
+    for j, s in sorted(skips.get(last, {}).items()):
+        value = value + dual(s.T @ row) * lips[j]
+    return value
 
 
 def _roundoff(model: nn.Module) -> tuple[torch.dtype, torch.device, float]:
@@ -481,50 +1067,85 @@ def _gamma(n: int, u: float) -> float:
     return n * u / (1 - n * u) if n * u < 0.5 else math.inf
 
 
-def _rounding(stages: Stages, pts: Tensor, u: float) -> Tensor:
-    """[m, C] forward rounding bound: model's pieces in unit roundoff u (+ float64), plus N's float64 stages."""
+def _rounding(stages: Stages, pts: Tensor, u: float, tiny: float) -> Tensor:
+    """[m, C] forward rounding bound on the logits: the model's graph node by node in unit roundoff u (+
+    float64), plus N's float64 layers (module doc)."""
     with torch.no_grad():
-        h = pts.reshape((pts.shape[0],) + stages.input_shape)
-        e = torch.zeros_like(h)
-        for k, group in enumerate(stages.pieces):
-            for p in group:
-                if p.magnitude is None:
-                    h, e = p.run(h), p.run(e)
+        values = [pts.reshape((pts.shape[0],) + stages.input_shape)]
+        errors = [torch.zeros_like(values[0])]
+        for node in stages.nodes[1:]:
+            vs = [values[j] for j in node.inputs]
+            es = [errors[j] for j in node.inputs]
+            if node.act is not None:
+                value = activate(node.act, vs[0])
+                err = lipschitz(node.act) * es[0] + act_rounding(node.act, vs[0], value, 2 * (u + _U64), tiny)
+            else:
+                value = node.run(*vs)  # type: ignore[misc]
+                if node.terms == 0:
+                    err = node.absolute(False, *es) if node.absolute is not None else node.run(*es)  # type: ignore[misc]
                 else:
-                    e = p.carry(e) + _gamma(p.terms, u + _U64) * p.magnitude(h.abs())
-                    h = p.run(h)
-            if k < len(stages.acts):
-                h = _act(stages.acts[k], h)
-                if stages.acts[k][0] == "softplus":
-                    e = e + 6 * (u + _U64) * h.abs()
-        total = e.reshape(e.shape[0], -1)
-        a = pts.reshape(pts.shape[0], -1)
-        en = torch.zeros_like(a)
+                    mags = [v.abs() + e for v, e in zip(vs, es)]
+                    err = node.absolute(False, *es) + _gamma(node.terms, u + _U64) * node.absolute(True, *mags)  # type: ignore[misc]
+            values.append(value)
+            errors.append(err)
+        model_err = errors[stages.logits_node].reshape(pts.shape[0], -1)
+        flat = pts.reshape(pts.shape[0], -1)
+        skips = stages.skips
+        hs, en_h = [flat], [torch.zeros_like(flat)]
+        en = en_h[0]
         for k, (w, b) in enumerate(zip(stages.mats, stages.biases)):
-            en = en @ w.abs().T + _gamma(w.shape[1] + 1, _U64) * (a.abs() @ w.abs().T + b.abs())
-            a = a @ w.T + b
+            z = hs[k] @ w.T + b
+            en = en_h[k] @ w.abs().T
+            mag = hs[k].abs() @ w.abs().T + b.abs()
+            terms = w.shape[1] + 1
+            for j, s in skips.get(k, {}).items():
+                z = z + hs[j] @ s.T
+                en = en + en_h[j] @ s.abs().T
+                mag = mag + hs[j].abs() @ s.abs().T
+                terms += s.shape[1] + 1
+            en = en + _gamma(terms, _U64) * mag
             if k < len(stages.acts):
-                a = _act(stages.acts[k], a)
-                if stages.acts[k][0] == "softplus":
-                    en = en + 6 * _U64 * a.abs()
-    return total + en
+                a = stages.acts[k]
+                h = activate(a, z)
+                hs.append(h)
+                en_h.append(lipschitz(a) * en + act_rounding(a, z, h, _U64))
+    return model_err + en
 
 
 def _largest_value(stages: Stages, pts: Tensor) -> Tensor:
-    """[m] largest |value| among N's pre-activations, activations and |W| |a| + |b| sums at each point."""
-    a = pts.reshape(pts.shape[0], -1)
-    top = a.abs().amax(dim=1)
+    """[m] largest |value| among N's pre-activations, activations and |W| |h| + sum |S| |h_j| + |b| sums."""
+    hs, _ = _layers(stages, pts.reshape(pts.shape[0], -1))
+    top = torch.stack([h.abs().amax(dim=1) for h in hs]).amax(dim=0)
     for k, (w, b) in enumerate(zip(stages.mats, stages.biases)):
-        top = torch.maximum(top, (a.abs() @ w.abs().T + b.abs()).amax(dim=1))
-        a = a @ w.T + b
-        if k < len(stages.acts):
-            a = _act(stages.acts[k], a)
+        mag = hs[k].abs() @ w.abs().T + b.abs()
+        for j, s in stages.skips.get(k, {}).items():
+            mag = mag + hs[j].abs() @ s.abs().T
+        top = torch.maximum(top, mag.amax(dim=1))
     return top
+
+
+def _head_output(head: str | None, logits: Tensor) -> Tensor:
+    if head == "softmax":
+        return torch.softmax(logits, dim=1)
+    if head == "log_softmax":
+        return torch.log_softmax(logits, dim=1)
+    return logits
+
+
+def _head_tolerance(head: str | None, tol: Tensor, out: Tensor, u: float) -> Tensor:
+    """Tolerance on the model's output from the tolerance `tol` [m, C] on its logits (module doc)."""
+    if head is None:
+        return tol
+    classes = tol.shape[1]
+    worst = tol.amax(dim=1, keepdim=True)
+    if head == "softmax":
+        return 0.5 * worst + (2 * classes + 10) * u + torch.zeros_like(tol)
+    return 2.0 * worst + 4 * u * (out.abs() + classes + 8)
 
 
 def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor | None = None, seed: int = 1) -> tuple[float, float, bool]:
     """(max_deviation, tolerance, passed) comparing the model as the user runs it with N at x, `data` (up
-    to 64 rows) and 32 seeded far points; the two numbers are those of the binding point and logit."""
+    to 64 rows) and 32 seeded far points; the two numbers are those of the binding point and output."""
     shape = stages.input_shape
     base = torch.as_tensor(x).detach().to("cpu", torch.float64).reshape((-1,) + shape)
     pts = [base]
@@ -547,11 +1168,14 @@ def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor 
     except Exception:  # noqa: BLE001 - a model that fails on its own points does not conform
         return math.inf, 0.0, False
     exact_in = as_run.to(torch.float64)
-    want = forward(stages, exact_in)
+    logits = forward(stages, exact_in)
+    want = _head_output(stages.head, logits)
     if got.numel() != want.numel():
         return math.inf, 0.0, False
     got = got.reshape(want.shape)
-    tol = 2.0 * _rounding(stages, exact_in, u) + deviation_bound(stages)
+    tiny = torch.finfo(dtype).tiny
+    tol_z = 2.0 * _rounding(stages, exact_in, u, tiny) + deviation_bound(stages)
+    tol = _head_tolerance(stages.head, tol_z, want, u + _U64)
     single = single.reshape(-1)
     if not bool(((single - got[0]).abs() <= tol[0]).all()):
         k = int(((single - got[0]).abs() / tol[0]).argmax())
@@ -571,13 +1195,24 @@ def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor 
     return dev, t, bool(dev <= t)
 
 
+def _act_json(a: tuple) -> dict[str, Any]:
+    if a[0] == "softplus":
+        return {"name": "softplus", "beta": a[1], "threshold": a[2] if a[2] != math.inf else "inf"}
+    if a[0] == "leaky_relu":
+        return {"name": "leaky_relu", "negative_slope": a[1]}
+    return {"name": a[0]}
+
+
 def summary(stages: Stages) -> dict[str, Any]:
-    """JSON-able description of the checker's translation."""
-    return {
+    """JSON-able description of the checker's translation: layer widths, activations, skips (layer k ->
+    the earlier layers it reads; absent for a chain), the dropped head, the deviation bound."""
+    out: dict[str, Any] = {
         "layers": [int(w.shape[0]) for w in stages.mats],
-        "activations": [
-            {"name": "relu"} if a[0] == "relu" else {"name": "softplus", "beta": a[1], "threshold": a[2] if a[2] != math.inf else "inf"}
-            for a in stages.acts
-        ],
+        "activations": [_act_json(a) for a in stages.acts],
         "deviation": deviation_bound(stages),
     }
+    if stages.skips:
+        out["skips"] = {str(k): sorted(v) for k, v in sorted(stages.skips.items())}
+    if stages.head is not None:
+        out["head"] = stages.head
+    return out

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -511,16 +512,47 @@ class _Residual(nn.Sequential):
         return x + super().forward(x)
 
 
-def test_residual_subclass_gets_refusals_not_claims():
+def test_residual_subclass_claims_are_re_derived_on_the_graph():
+    """issue 12: a residual block is a graph (a skip into the last layer); the checker's own translation
+    re-derives its Lipschitz (path-sum), deviation and explanation-error claims; curvature is refused for
+    graphs on both sides; a tightened Lipschitz claim is caught."""
     torch.manual_seed(0)
     model = _Residual(nn.Linear(3, 8), nn.Softplus(), nn.Linear(8, 3)).eval()
     (cert,) = certify_explanations(Gradient(model), torch.randn(1, 3), eps=0.05, k=1)
-    assert "refused" in cert.function
-    assert all(c.kind == "refused" for c in cert.claims), [(c.id, c.kind) for c in cert.claims]
-    assert verify_certificate(cert, model).valid
-    forged = _edit(cert, lambda d: _claim(d, "lipschitz").update(kind="certified", value=0.0289, reason=None))
+    assert "refused" not in cert.function
+    report = verify_certificate(cert, model)
+    assert report.valid, report.failures()
+    for claim_id in ("lipschitz", "implementation-deviation", "explanation-error"):
+        assert _status(report, claim_id) == "valid"
+    assert _status(report, "curvature") == "refused"
+    lipschitz = _claim(json.loads(cert.to_json()), "lipschitz")["value"]
+    forged = _edit(cert, lambda d: _claim(d, "lipschitz").update(value=lipschitz * 0.99))
     report = verify_certificate(forged, model)
     assert not report.valid and _status(report, "lipschitz") == "invalid"
+
+
+@pytest.mark.parametrize("name", ["residual-mlp", "maxpool-padded", "branches", "sigmoid-mlp", "gelu-tanh-mlp", "softmax-head"])
+def test_honest_graph_certificates_verify_and_forged_ones_do_not(name):
+    """issue 12: certificates of graph models (residual, max-pool, branches, smooth activations, a softmax
+    head) verify against the checker's own translation; a tightened Lipschitz claim and a curvature claim
+    turned certified on a graph (the checker re-derives curvature for chains only) are invalid."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from graph_models import GRAPH_MODELS
+
+    build, shape = GRAPH_MODELS[name]
+    model = build(0)
+    for explainer in (Gradient(model), IntegratedGradients(model)):
+        (cert,) = certify_explanations(explainer, torch.randn((1,) + shape, generator=torch.Generator().manual_seed(3)), eps=0.05, k=1)
+        report = verify_certificate(cert, model)
+        assert report.valid, (name, report.failures())
+    doc = json.loads(cert.to_json())
+    forged = []
+    if _claim(doc, "lipschitz")["kind"] == "certified":
+        forged.append(("lipschitz", _edit(cert, lambda d: _claim(d, "lipschitz").update(value=_claim(doc, "lipschitz")["value"] * 0.999))))
+    forged.append(("curvature", _edit(cert, lambda d: _claim(d, "curvature").update(kind="certified", value=1e6, reason=None))))
+    for claim_id, bad in forged:
+        report = verify_certificate(bad, model)
+        assert not report.valid and _status(report, claim_id) == "invalid", (claim_id, report.failures())
 
 
 def test_softplus_threshold_one_gets_refusals_not_claims():
