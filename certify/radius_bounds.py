@@ -18,7 +18,7 @@ certificate issuers:
     (`certify.bounds.radius.certified_radius`), over the domain;
   and 0 (r* >= 0 always).
 * **exact** (solver-reported, not certified): the MILP optimum of `certify.bounds.milp.exact_minimal_radius`
-  for small ReLU networks and p in {1, inf}, searched within the witnessed radius.
+  for small ReLU / leaky ReLU networks and p in {1, inf}, searched within the witnessed radius.
 
 gap = upper - lower. A certified lower bound above a verified witness would prove a bug; it raises.
 """
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from certify.bounds.lipschitz import lipschitz_product
-from certify.bounds.milp import exact_minimal_radius
+from certify.bounds.milp import exact_minimal_radius, negative_slopes
 from certify.bounds.network import AffineNetwork, from_module
 from certify.bounds.radius import RADIUS_METHODS, certified_radius, lipschitz_radius
 from certify.bounds.results import BoundResult, Kind
@@ -89,9 +89,15 @@ def _lower_bound(net: AffineNetwork, x: Tensor, target: Tensor, p: float, method
     return certified_radius(net, x, target, p, method=method, domain=domain, tol=tol, max_radius=top)
 
 
-def _is_small_relu(net: AffineNetwork) -> bool:
+def milp_applicable(net: AffineNetwork) -> bool:
+    """Whether the exact MILP is run automatically: a ReLU or leaky ReLU (slope in [0, 1]) network, chain or
+    graph, with at most EXACT_MAX_HIDDEN_UNITS hidden units."""
     hidden = sum(w.shape[0] for w in net.weights[:-1])
-    return all(a.name == "relu" for a in net.activations) and hidden <= EXACT_MAX_HIDDEN_UNITS
+    try:
+        negative_slopes(net, "the MILP")
+    except UnsupportedError:
+        return False
+    return hidden <= EXACT_MAX_HIDDEN_UNITS
 
 
 def _exact(net: AffineNetwork, x: Tensor, target: Tensor, p: float, domain, upper: Tensor, at_boundary: Tensor) -> BoundResult:
@@ -133,8 +139,8 @@ def minimal_radius_bounds(
     witness: MinimalPerturbation | None = None,
     **attack_options: object,
 ) -> RadiusBounds:
-    """Bounds on r* for each input (see the module docstring). `exact` = "auto" runs the MILP for ReLU
-    networks with at most EXACT_MAX_HIDDEN_UNITS hidden units and p in {1, inf}; True forces it (p = 2
+    """Bounds on r* for each input (see the module docstring). `exact` = "auto" runs the MILP for ReLU or
+    leaky ReLU networks with at most EXACT_MAX_HIDDEN_UNITS hidden units and p in {1, inf}; True forces it (p = 2
     raises UnsupportedError there), False skips it. `witness` reuses an earlier `minimal_perturbation`
     result for the same inputs and targets; otherwise one is computed with `attack_options`."""
     order = parse_norm(p)
@@ -177,7 +183,7 @@ def minimal_radius_bounds(
                 continue
             candidates.append(results[method].value.to(torch.float64).to(inputs.device))
             names.append(results[method].method)
-        run_exact = exact is True or (exact == "auto" and order != 2.0 and _is_small_relu(net))
+        run_exact = exact is True or (exact == "auto" and order != 2.0 and milp_applicable(net))
         if run_exact:
             results["exact"] = _exact(net, inputs, target, order, domain, upper, at_boundary)
             exact_value = results["exact"].value

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,9 @@ from torch import nn
 from certify.radius_bounds import minimal_radius_bounds
 from certify.errors import UsageError
 from proofs_checks.ld_sound_radius import tiny_relu_net
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from graph_models import GRAPH_MODELS  # noqa: E402
 
 
 @pytest.mark.parametrize("p", [math.inf, 1.0])
@@ -56,3 +61,18 @@ def test_misclassified_input_has_zero_bounds_and_bad_methods_are_refused() -> No
         minimal_radius_bounds(net, x, lower_methods=("sdp",))
     with pytest.raises(UsageError):
         minimal_radius_bounds(net, x, p=5)
+
+
+def test_a_relu_graph_gets_every_lower_bound_and_the_milp() -> None:
+    """A residual ReLU graph: Lipschitz, CROWN and LP lower bounds below the MILP optimum (the LP and the MILP
+    encode the skips), below the witness."""
+    build, shape = GRAPH_MODELS["residual-mlp"]
+    model = build(0).double()
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    bounds = minimal_radius_bounds(model, x, p=math.inf, domain=(-1.0, 2.0), lower_methods=("lipschitz", "crown", "lp"),
+                                   max_iter=150)
+    assert torch.all(bounds.lower > 0) and torch.all(bounds.lower <= bounds.upper)
+    assert torch.isfinite(bounds.exact).all()
+    assert torch.all(bounds.lower <= bounds.exact + 1e-7) and torch.all(bounds.exact <= bounds.upper + 1e-7)
+    assert torch.all(bounds.results["crown"].value <= bounds.results["lp"].value + 1e-4)  # bisection tolerance
+    assert torch.all(bounds.results["lp"].value <= bounds.exact + 1e-7)

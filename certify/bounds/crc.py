@@ -17,8 +17,9 @@ radius for class j is sqrt(2 max_eta d(eta)), over a grid of eta refined once ar
 certified radius is the minimum over j (0 if x0 is not classified as c).
 
 Rounding: phi is evaluated with exact softplus (log-add-exp) and a running float64 error bound (gamma_n of
-the absolute magnitudes, layer by layer); torch's Softplus switches to the identity above beta t > 20, a
-difference of at most e^{-20}/beta per unit, also carried in that bound so that the radius holds for the
+the absolute magnitudes, layer by layer); torch's Softplus switches to the identity above beta t > threshold,
+a difference of at most log1p(e^{-threshold})/beta per unit (`Activation.threshold_gap`, from the model's
+own threshold), also carried in that bound so that the radius holds for the
 model as torch computes it. The gradient norm is inflated by gamma_n times the backpropagated magnitudes.
 """
 from __future__ import annotations
@@ -28,8 +29,9 @@ import math
 import torch
 from torch import Tensor
 
-from certify.bounds.curvature import SOFTPLUS_THRESHOLD, hessian_eigen_bounds
+from certify.bounds.curvature import hessian_eigen_bounds
 from certify.bounds.network import AffineNetwork
+from certify.bounds.requirements import activation_refusal, chain_refusal
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import UNIT_ROUNDOFF, rounding_margin
 from certify.errors import TargetError, UsageError
@@ -45,9 +47,10 @@ def forward_with_error(net: AffineNetwork, x: Tensor) -> tuple[Tensor, Tensor]:
         err = err @ w.abs().T + rounding_margin(h.abs() @ w.abs().T + b.abs(), w.shape[1] + 1)
         h = z
         if k < len(net.activations):
-            beta = net.activations[k].beta
+            act = net.activations[k]
+            beta = act.beta
             h = torch.logaddexp(torch.zeros_like(z), beta * z) / beta
-            err = err + rounding_margin(h.abs() + 1.0, 8) + math.exp(-SOFTPLUS_THRESHOLD) / beta
+            err = err + rounding_margin(h.abs() + 1.0, 8) + act.threshold_gap
     return h, err
 
 
@@ -119,8 +122,12 @@ def curvature_radius(
     """Certified l2 radius [N] per example (module docstring): no l2 perturbation smaller than it changes
     the predicted class away from `target`. Softplus networks only (ReLU: a refusal)."""
     method = "curvature-certificate-l2"
-    if any(a.name != "softplus" for a in net.activations) or net.depth < 2:
+    if net.depth < 2:
         return BoundResult.refuse(method, "the curvature certificate needs a network with softplus hidden layers")
+    what = "the curvature certificate"
+    reason = chain_refusal(net, what) or activation_refusal(net, what, ("softplus",))
+    if reason is not None:
+        return BoundResult.refuse(method, reason)
     if grid < 2 or iterations < 1:
         raise UsageError("grid must be >= 2 and iterations >= 1")
     device = net.weights[0].device

@@ -1,24 +1,30 @@
 """Linear relaxation bounds by back-substitution: CROWN (Zhang et al. 2018) = the Wong-Kolter dual
 network with lower slopes alpha (Salman et al. 2019; ANCHORS 4.1-4.2).
 
-Relaxation of a convex activation on [l, u] (ReLU and softplus are both convex and increasing):
+Every activation h = sigma(z) on a box [l, u] is replaced by the sound lines of `activations.relax`,
 
-    lower line  sigma(z) >= a_l z + c_l   (ReLU: a_l = alpha in [0, 1], c_l = 0 for an unstable unit;
-                                            softplus: the tangent at t = l + alpha (u - l)),
-    upper line  sigma(z) <= a_u z + c_u   (the chord through (l, sigma(l)) and (u, sigma(u))).
+    lower line  sigma(z) >= a_l z + c_l,   upper line  sigma(z) <= a_u z + c_u   (for z in [l, u]),
 
-For a linear objective Lambda z_k (rows of Lambda), back-substitution replaces z_k = W_k a_{k-1} + b_k
-and each a = sigma(z) by its lower line where the coefficient is >= 0 and its upper line where it is < 0,
-down to the input; the remaining linear function Lambda_0 x + const is minimised over the input set by
-its lower support (sets.py). Any alpha in [0, 1] gives a valid bound, so a checker re-runs one backward
-pass from the stored boxes and lines (`backward_lower_bound`) and needs no optimality. Intermediate boxes
-come from the same pass applied to +-I at each layer, intersected with the IBP boxes.
+(ReLU: a_l = alpha in [0, 1], c_l = 0 for an unstable unit, the chord above; softplus: a tangent at
+l + alpha (u - l) below, the chord above; leaky ReLU, sigmoid, tanh, GELU, SiLU: see that module); the
+code here never looks at the activation's name.
 
-Rigour in float64: every upper chord is shifted up until it lies above the activation's rigorous
-enclosure at both endpoints (enough for a convex function), the tangent's intercept is lowered by the
-slope's rounding error times (u - l) and by the gap to torch's thresholded softplus, and the pass
-tracks |Lambda| through |W| to subtract Higham's gamma_n bound on the accumulated rounding error (including a coefficient whose sign rounding may flip,
-bounded by gamma_n |Lambda| times the gap between the two lines).
+For a linear objective Lambda z_k (rows of Lambda), back-substitution replaces z_k = W_k h_k + b_k +
+sum_j S_kj h_j (the graph of `AffineNetwork`: h_0 = x, h_{k+1} = sigma_k(z_k), skips S_kj from earlier h_j)
+and each h = sigma(z) by its lower line where the coefficient is >= 0 and its upper line where it is < 0,
+down to the input. On a graph the pass keeps one coefficient per h_j: substituting z_k adds Lambda_k W_k to
+h_k's coefficient and Lambda_k S_kj to h_j's, and h_j is relaxed only after every consumer of it (z_j
+and the skips of later layers) was substituted, which going down in layer order guarantees (a chain,
+without skips, runs exactly the chain pass). The remaining linear function Lambda_0 x + const is
+minimised over the input set by its lower support (sets.py). Any alpha in [0, 1] gives a valid bound,
+so a checker re-runs one backward pass from the stored boxes and lines (`backward_lower_bound`) and needs
+no optimality. Intermediate boxes come from the same pass applied to +-I at each layer, intersected with
+the IBP boxes.
+
+Rigour in float64: the lines are rigorous (`activations.relax` rounds them outward), and the pass
+tracks |Lambda| through |W|, |S| and the slopes to subtract Higham's gamma_n bound on the accumulated
+rounding error (including a coefficient whose sign rounding may flip, bounded by gamma_n |Lambda| times
+the gap between the two lines).
 """
 from __future__ import annotations
 
@@ -53,7 +59,10 @@ def backward_lower_bound(
 ) -> Tensor:
     """Rigorous lower bound on coeffs @ z_layer + const over the input set, [N, m].
 
-    coeffs [N, m, n_layer]; relaxations[k] and boxes[k] (k < layer) for the activations below `layer`.
+    coeffs [N, m, n_layer]; relaxations[k] and boxes[k] (k < layer) for the activations below `layer`
+    (their lines may be per unit [N, n_k] or per objective row [N, m, n_k]). Skip terms of the network are
+    substituted into the coefficient of the h_j they read (module docstring); `terms`, the length of the
+    longest chain of roundings, counts each skip's products and the addition that merges them.
     `layer_terms` {k: t_k [N, m, n_k]} (k < layer) adds sum_k t_k @ z_k to the objective (the split
     multipliers of branch and bound, certify.bounds.bab); None (the default) adds nothing."""
     lam = coeffs
@@ -61,6 +70,7 @@ def backward_lower_bound(
     value = torch.zeros(coeffs.shape[:-1], dtype=coeffs.dtype, device=coeffs.device) if const is None else const
     magnitude = value.abs()
     terms = 0
+    skipped: dict[int, tuple[Tensor, Tensor]] = {}  # coefficients of h_j gathered from the skips S_kj (k > j)
     for k in range(layer, -1, -1):
         if layer_terms is not None and k < layer and k in layer_terms:
             lam = lam + layer_terms[k]
@@ -69,8 +79,17 @@ def backward_lower_bound(
         weight, bias = net.weights[k], net.biases[k]
         value = value + lam @ bias
         magnitude = magnitude + lam_abs @ bias.abs()
+        for j, skip in net.skips.get(k, {}).items():
+            part, part_abs = lam @ skip, lam_abs @ skip.abs()
+            if j in skipped:
+                part, part_abs = skipped[j][0] + part, skipped[j][1] + part_abs
+            skipped[j] = (part, part_abs)
+            terms += skip.shape[0] + 1
         lam, lam_abs = lam @ weight, lam_abs @ weight.abs()
         terms += weight.shape[1] + 1
+        if k in skipped:  # every consumer of h_k (z_k and the later layers' skips) is substituted by now
+            part, part_abs = skipped.pop(k)
+            lam, lam_abs = lam + part, lam_abs + part_abs
         if k == 0:
             break
         rel, (lower, upper) = relaxations[k - 1], boxes[k - 1]

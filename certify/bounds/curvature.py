@@ -24,6 +24,7 @@ curvature bound is beta = max(M, -m, 0) (||Hess f|| <= beta). Eigenvalues come f
 (never power iteration, which underestimates), widened by `rounding_margin` of the Frobenius magnitude;
 interval arithmetic is widened likewise.
 
+Scope: softplus chains (a graph with skip terms, or another smooth activation, is refused naming it).
 ReLU networks: f is piecewise linear; at a kink where the slope decreases it is not weakly convex for any
 lambda (its Hessian is a negative Dirac mass), so there is no certified lambda; only Gaussian smoothing
 (`certify.bounds.smoothing`) gives one. The exception is a region on which no ReLU changes state: f is
@@ -40,14 +41,15 @@ from torch import Tensor, nn
 from certify.bounds.lipschitz import output_rows
 from certify.bounds.activations import Activation
 from certify.bounds.network import AffineNetwork
+from certify.bounds.requirements import activation_refusal, chain_refusal
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet, rounding_margin, sample_ball
 from certify.errors import UsageError
 
-SOFTPLUS_THRESHOLD = 20.0  # torch.nn.Softplus default
 
+PIECEWISE_LINEAR = ("relu", "leaky_relu")
 RELU_REFUSAL = (
-    "f is a ReLU network, piecewise linear: where a kink lowers the slope f is not weakly convex for any "
+    "f is a ReLU (or leaky ReLU) network, piecewise linear: where a kink lowers the slope f is not weakly convex for any "
     "lambda and its Hessian is unbounded, so no curvature bound exists in general; only the Gaussian-"
     "smoothed route (certify.bounds.smoothing.smoothed_weak_convexity) applies"
 )
@@ -90,16 +92,6 @@ def _second_derivative_range(act: Activation, z: Interval) -> Interval:
     return Interval((lo - slack).clamp_min(0.0), hi + slack)
 
 
-def _activation_enclosure(act: Activation, z: Interval) -> tuple[Tensor, Tensor]:
-    """Range of the (monotone) activation over [l, u], covering both the exact softplus (log-add-exp) and
-    torch's Softplus, which returns t itself above beta t > 20 (below the exact value by < e^-20 / beta)."""
-    if act.name == "relu":
-        return torch.relu(z.lo), torch.relu(z.hi)
-    exact_lo = torch.logaddexp(torch.zeros_like(z.lo), act.beta * z.lo) / act.beta
-    exact_hi = torch.logaddexp(torch.zeros_like(z.hi), act.beta * z.hi) / act.beta
-    return exact_lo - math.exp(-SOFTPLUS_THRESHOLD) / act.beta, exact_hi
-
-
 def preactivation_intervals(net: AffineNetwork, region: InputSet | None) -> list[Interval]:
     """Interval bounds [N, n_k] on the hidden pre-activations z_1..z_{L-1} over the region (N = 1 and
     infinite bounds when region is None), by interval arithmetic from the region's outer box."""
@@ -116,7 +108,7 @@ def preactivation_intervals(net: AffineNetwork, region: InputSet | None) -> list
         z = Interval(z.lo + b, z.hi + b)
         z = Interval(z.lo - rounding_margin(z.lo.abs() + b.abs(), 2), z.hi + rounding_margin(z.hi.abs() + b.abs(), 2))
         out.append(z)
-        a_lo, a_hi = _activation_enclosure(act, z)
+        a_lo, a_hi = act.image(z.lo, z.hi)  # covers the exact softplus and torch's thresholded one
         box = Interval(a_lo - rounding_margin(a_lo.abs(), 4), a_hi + rounding_margin(a_hi.abs(), 4))
     return out
 
@@ -188,11 +180,15 @@ def _curvature(net: AffineNetwork, c_row: Tensor, region: InputSet | None, metho
     if net.depth == 1:
         zero = torch.zeros(1 if region is None else region.center.shape[0], rows.shape[0], dtype=torch.float64, device=rows.device)
         return zero, zero, assumptions + ["linear model: Hessian 0"]
-    if any(a.name == "relu" for a in net.activations):
-        if _relu_stable(net, region) and all(a.name == "relu" for a in net.activations):
+    if any(a.name in PIECEWISE_LINEAR for a in net.activations):
+        if net.is_chain and all(a.name == "relu" for a in net.activations) and _relu_stable(net, region):
             zero = torch.zeros(region.center.shape[0], rows.shape[0], dtype=torch.float64, device=rows.device)
             return zero, zero, assumptions + ["no ReLU changes state on the region: f is affine there"]
         return BoundResult.refuse(method, RELU_REFUSAL, assumptions)
+    method_name = "the Hessian eigenvalue bounds"
+    reason = activation_refusal(net, method_name, ("softplus",)) or chain_refusal(net, method_name)
+    if reason is not None:
+        return BoundResult.refuse(method, reason, assumptions)
     low, high = hessian_eigen_bounds(net, rows, region)
     betas = sorted({a.beta for a in net.activations})
     return low, high, assumptions + [f"softplus activations (beta {betas}): sigma'' in (0, beta/4]"]

@@ -4,11 +4,13 @@ For z = W h + b with h in the box [l, u], centre m = (l + u)/2 and radius r = (u
 
     z in [W m + b - |W| r,  W m + b + |W| r]     (exact for a box),
 
-and a monotone activation maps [l, u] to [sigma(l), sigma(u)]. Each step is widened by its float64
+and an activation maps [l, u] into its rigorous image (`Activation.image`: [sigma(l), sigma(u)] for a
+nondecreasing one; GELU and SiLU reach their minimum inside). Each step is widened by its float64
 rounding error (`certify.bounds.sets.rounding_margin`), so the boxes are rigorous for the float64 network.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from certify.bounds.network import AffineNetwork
@@ -34,17 +36,25 @@ def affine_interval(weight: Tensor, bias: Tensor, lower: Tensor, upper: Tensor) 
 
 
 def interval_bounds(net: AffineNetwork, input_set: InputSet, spec: Tensor | None = None) -> list[Box]:
-    """Boxes of every pre-activation z_1..z_L ([N, width] each). With `spec` C [N, m, classes] the last
-    box bounds C z_L (e.g. the margins) instead of the logits, through the merged map (C W_L, C b_L)."""
+    """Boxes of every pre-activation z_0..z_{L-1} ([N, width] each; the last are the logits). With `spec`
+    C [N, m, classes] the last box bounds C z_{L-1} (e.g. the margins) instead of the logits, through the
+    merged map (C W, C b). A layer with skips, z_k = W_k h_k + b_k + sum_j S_kj h_j, is one affine map of
+    the stacked boxes of h_k and the h_j it reads (the matrix [W_k, S_kj, ...]), so its box is as exact as
+    a chain layer's."""
     lower, upper = input_set.box()
+    values: list[Box] = [(lower, upper)]  # boxes of h_0 = x, h_1, ...
     boxes: list[Box] = []
     for k, (weight, bias) in enumerate(zip(net.weights, net.biases)):
+        skips = net.skips.get(k, {})
+        if skips:
+            weight = torch.cat([weight, *skips.values()], dim=1)
+            lower = torch.cat([lower, *(values[j][0] for j in skips)], dim=-1)
+            upper = torch.cat([upper, *(values[j][1] for j in skips)], dim=-1)
         if k == net.depth - 1 and spec is not None:
             weight, bias = spec @ weight, spec @ bias
         lower, upper = affine_interval(weight, bias, lower, upper)
         boxes.append((lower, upper))
         if k < len(net.activations):
-            lo_lo, _ = net.activations[k].enclosure(lower)
-            _, up_hi = net.activations[k].enclosure(upper)
-            lower, upper = lo_lo, up_hi
+            lower, upper = net.activations[k].image(lower, upper)
+            values.append((lower, upper))
     return boxes

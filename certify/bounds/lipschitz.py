@@ -6,18 +6,29 @@ Convention (shared with `certify.bounds.lipsdp`): `c` is None or a float64 matri
   |f_k(x) - f_k(y)| <= L_k ||x - y||_p.
 * c None: the value is a 0-dim tensor bounding the logit map itself: ||f(x) - f(y)||_p <= L ||x - y||_p.
 
-Every supported activation (ReLU, softplus of any sharpness) is 1-Lipschitz and acts elementwise, so it
-does not increase any p-norm of a difference. Hence (product of operator norms, the classical bound;
-Szegedy et al. 2014), with W_1 ... W_L the affine maps of `AffineNetwork`:
+Bound (path sum over the graph of `AffineNetwork`: h_0 = x, z_k = W_k h_k + b_k + sum_{j in skips[k]}
+S_kj h_j, h_{k+1} = sigma_k(z_k), logits = z_{L-1}). An elementwise activation with sup |sigma_k'| <=
+a_k (`Activation.lipschitz`: 1 for ReLU, leaky ReLU with slope <= 1, softplus and tanh, 1/4 for sigmoid,
+about 1.13 for GELU and 1.1 for SiLU) scales any p-norm of a difference by at most a_k. With ||.|| the
+p -> p operator norm and L(v) a Lipschitz constant of the value v as a function of x:
 
-    L      <= prod_k ||W_k||_{p -> p}
-    L_k    <= ||W_L^T c_k||_q * prod_{k < L} ||W_k||_{p -> p}      (q the dual exponent of p)
+    L(h_0) = 1,
+    L(z_k) <= ||W_k|| L(h_k) + sum_{j in skips[k]} ||S_kj|| L(h_j)                    (triangle inequality)
+    L(h_{k+1}) <= a_k L(z_k)                                                        (k < L-1)
+    L      <= ||W_{L-1}|| L(h_{L-1}) + sum_j ||S_{L-1,j}|| L(h_j)                    (c None: the logit map)
+    L_r    <= ||W_{L-1}^T c_r||_q L(h_{L-1}) + sum_j ||S_{L-1,j}^T c_r||_q L(h_j)    (row r of c; q dual to p)
+
+On a chain (no skips) with a_k = 1 this is the classical product of operator norms (Szegedy et al. 2014):
+L <= prod_k ||W_k||, L_r <= ||W_{L-1}^T c_r||_q prod_{k < L-1} ||W_k||.
 
 ||W||_{2->2} is the largest singular value, ||W||_{inf->inf} the largest absolute row sum.
 
 Rounding: singular values come from LAPACK's SVD (backward stable), so the computed sigma_max is within a
 small multiple of n u ||W||_2 of the exact one; we add `rounding_margin(||W||_F, m n)` (2 gamma_{mn}
-||W||_F, a generous bound on that error), and widen every sum and product by its own gamma margin.
+||W||_F, a generous bound on that error); every norm is thus an upper bound. The recursion then only adds
+and multiplies nonnegative numbers, so each rounding scales the exact value by at most (1 + u): the result
+plus `rounding_margin(result, n)`, n the number of multiplications and additions performed (a
+multiplication by a_k = 1 is exact and not counted), is an upper bound.
 
 The estimate (`lipschitz_estimate`) maximises the local gradient (Jacobian) norm over points around the
 inputs; any gradient norm is a lower bound on the true constant, so it never exceeds a certified value.
@@ -78,25 +89,52 @@ def row_norm_upper(weight: Tensor, rows: Tensor, q: float) -> Tensor:
 
 
 def lipschitz_product(net: AffineNetwork, p: float | int | str = 2, c: Tensor | None = None) -> BoundResult:
-    """Certified Lipschitz bound by the product of layer operator norms (see the module docstring)."""
+    """Certified Lipschitz bound by the path sum of layer operator norms over the network's graph (the
+    product of layer norms on a chain; see the module docstring). value: 0-dim (c None) or [K]."""
     order = lipschitz_norm_order(p)
     rows = output_rows(net, c)
+    last = net.depth - 1
     hidden = net.weights[:-1] if rows is not None else net.weights
     norms = [operator_norm_upper(w, order) for w in hidden]
-    product = torch.ones((), dtype=torch.float64, device=net.weights[0].device)
-    for value in norms:
-        product = product * value
+    one = torch.ones((), dtype=torch.float64, device=net.weights[0].device)
+    values = [one]  # L(h_0), L(h_1), ...
+    operations = 0
+
+    def path_sum(k: int, weight_norm: Tensor, norm_of) -> Tensor:
+        """||W_k|| L(h_k) + sum_j ||S_kj|| L(h_j), the norms of the skips by `norm_of`."""
+        nonlocal operations
+        total = weight_norm * values[k]
+        operations += 1
+        for j, skip in net.skips.get(k, {}).items():
+            total = total + norm_of(skip) * values[j]
+            operations += 2
+        return total
+
+    def operator(w: Tensor) -> Tensor:
+        return operator_norm_upper(w, order)
+
+    for k in range(last):
+        z = path_sum(k, norms[k], operator)
+        slope = net.activations[k].lipschitz
+        if slope != 1.0:
+            z = z * slope
+            operations += 1
+        values.append(z)
     if rows is not None:
-        product = row_norm_upper(net.weights[-1], rows, dual_norm(order)) * product
-    product = product + rounding_margin(product, len(norms) + 1)
+        row_norm = lambda w: row_norm_upper(w, rows, dual_norm(order))  # noqa: E731
+        bound = path_sum(last, row_norm(net.weights[last]), row_norm)
+    else:
+        bound = path_sum(last, norms[last], operator)
+    bound = bound + rounding_margin(bound, operations)
     label = norm_name(order)
+    slopes = sorted({f"{a.name} {a.lipschitz:.6g}" for a in net.activations})
     return BoundResult(
-        value=product,
+        value=bound,
         kind=Kind.CERTIFIED,
         method=f"lipschitz-product-l{label}",
         assumptions=[
             f"Lipschitz in the l{label} norm of the input, over all of R^n",
-            "activations are 1-Lipschitz and elementwise (ReLU, softplus)",
+            f"elementwise activations with sup |sigma'| <= {', '.join(slopes) or 'none'}",
             "row k bounds c_k . logits" if rows is not None else f"bounds the logit vector in the l{label} norm",
         ],
         details={"p": order, "layer_norms": [float(v) for v in norms], "norm": ROW_METHODS[order]},
@@ -154,9 +192,11 @@ def lipschitz_estimate(
         norms = _local_norms(net, points, rows, order)
         found = norms.detach()
         best = found if best is None else torch.maximum(best, found)
-        if step == steps:
+        if step == steps or not norms.requires_grad:  # piecewise linear (leaky ReLU): no second derivative
             break
-        (ascent,) = torch.autograd.grad(norms.sum(), points)
+        (ascent,) = torch.autograd.grad(norms.sum(), points, allow_unused=True)
+        if ascent is None:
+            break
         with torch.no_grad():
             direction = ascent / torch.linalg.vector_norm(ascent, dim=-1, keepdim=True).clamp_min(1e-300)
             points = project_ball(points + step_size * radius * direction, anchors, radius, order)

@@ -1,9 +1,10 @@
 """LipSDP-Neuron and LipSDP-Layer (Fazlyab, Robey, Hassani, Morari, Pappas, NeurIPS 2019), l2 only.
 
 Network z_1 = W_1 x + b_1, a_k = sigma(z_k), ..., f = W_L a_{L-1} + b_L, with every activation slope-
-restricted in [0, 1] (ReLU, softplus of any sharpness). Stack xi = (x, a_1, ..., a_{L-1}) of size
-n0 + N (N hidden units); let A xi = (W_1 x, W_2 a_1, ..., W_{L-1} a_{L-2}) be the pre-activations (biases
-cancel in differences) and B xi = (a_1, ..., a_{L-1}). For two inputs, slope restriction gives per unit
+restricted in [0, 1] (ReLU, softplus of any sharpness, sigmoid, tanh, leaky ReLU with slope in [0, 1]: the
+nondecreasing activations with sup |sigma'| <= 1; a graph with skip terms or GELU / SiLU is refused).
+Stack xi = (x, a_1, ..., a_{L-1}) of size n0 + N (N hidden units); let A xi = (W_1 x, W_2 a_1, ...,
+W_{L-1} a_{L-2}) be the pre-activations (biases cancel in differences) and B xi = (a_1, ..., a_{L-1}). For two inputs, slope restriction gives per unit
 Delta a_i (Delta z_i - Delta a_i) >= 0, so for T = diag(lambda), lambda >= 0 (Neuron; Layer: one lambda
 per layer):
 
@@ -43,6 +44,7 @@ from torch import Tensor
 
 from certify.bounds.lipschitz import output_rows
 from certify.bounds.network import AffineNetwork
+from certify.bounds.requirements import chain_refusal
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import UNIT_ROUNDOFF
 from certify.errors import UsageError
@@ -184,8 +186,14 @@ def lipsdp(
         raise UsageError(f"LipSDP variant must be one of {VARIANTS} (LipSDP-Network is not offered), got {variant!r}")
     method = f"lipsdp-{variant}-l2"
     rows = output_rows(net, c)
-    if any(a.name not in ("relu", "softplus") for a in net.activations):
-        return BoundResult.refuse(method, "LipSDP needs activations slope-restricted in [0, 1]")
+    reason = chain_refusal(net, "LipSDP")
+    for k, act in enumerate(net.activations):
+        if reason is None and not (act.nondecreasing and act.lipschitz <= 1.0):
+            reason = (f"LipSDP needs activations slope-restricted in [0, 1] (nondecreasing, sup |sigma'| <= 1); hidden "
+                      f"layer {k} of this network has {act.name} (sup |sigma'| = {act.lipschitz:.6g}"
+                      f"{'' if act.nondecreasing else ', decreasing somewhere'})")
+    if reason is not None:
+        return BoundResult.refuse(method, reason)
     device = net.weights[0].device
     if net.depth == 1:
         from certify.bounds.lipschitz import lipschitz_product
@@ -231,7 +239,7 @@ def lipsdp(
         method=method,
         assumptions=[
             "Lipschitz in the l2 norm of the input, over all of R^n",
-            "activations slope-restricted in [0, 1] (ReLU, softplus)",
+            "activations slope-restricted in [0, 1] (nondecreasing, sup |sigma'| <= 1)",
             "rho re-derived in float64 from the SCS multipliers with stated rounding margins",
         ],
         witness={"variant": variant, "multipliers": multipliers, "weight_scales": structure.scales},

@@ -4,8 +4,9 @@ its duals (Wong & Kolter 2018 primal; safe bound as in MIPVerify's lp_certificat
 Primal for a linear objective c^T z_t of layer t over the input set S (boxes [l_k, u_k] on the hidden
 pre-activations below t, from CROWN/IBP or from earlier LPs):
 
-    min  c^T (W_t a_{t-1} + b_t)
-    s.t. z_k = W_k a_{k-1} + b_k             (E_k, dual w_k free;   a_{-1} = x)
+    min  c^T (W_t a_{t-1} + b_t + sum_j S_tj a_{j-1})
+    s.t. z_k = W_k a_{k-1} + b_k + sum_j S_kj a_{j-1}   (E_k, dual w_k free;   a_{-1} = x; the skips S_kj
+                                                          of a graph, `AffineNetwork`, read h_j = a_{j-1})
          a_k - z_k >= 0                      (G1_k, dual y1_k >= 0)
          s_k z_k - a_k >= q_k                (G2_k, dual y2_k >= 0: the chord a <= s z - q, a valid
                                               upper line of relu on [l_k, u_k], crown.relax)
@@ -16,8 +17,8 @@ y >= 0 and any w give the lower bound
 
     y^T g + w^T e + sum_boxes min(r_j l_j, r_j u_j) + min_{x in S} r_x^T x,   r = c - A^T y - E^T w,
 
-here r_z = -w_k + y1_k - s_k y2_k, r_a = W_{k+1}^T w_{k+1} - y1_k + y2_k (+ W_t^T c on a_{t-1}),
-r_x = W_0^T w_0, and the constant c^T b_t + sum w_k^T b_k + sum y2_k^T q_k. `safe_lower_bound` evaluates it
+here r_z = -w_k + y1_k - s_k y2_k, r_a = W_{k+1}^T w_{k+1} + sum_m S_{m,k+1}^T w_m - y1_k + y2_k (with
+c in place of w_t for the top layer t), r_x = W_0^T w_0 + sum_m S_{m,0}^T w_m, and the constant c^T b_t + sum w_k^T b_k + sum y2_k^T q_k. `safe_lower_bound` evaluates it
 from stored multipliers (with Higham's gamma_n bound on its own rounding error, and the input term by the
 lower support of sets.InputSet), so the value never rests on the solver's accuracy: an inaccurate dual
 only loosens it. The hidden boxes are claims too: they come from CROWN or from earlier safe LP bounds,
@@ -44,18 +45,13 @@ from certify.bounds.activations import Relaxation, relax
 from certify.bounds.crown import layer_bounds, margin_spec
 from certify.bounds.ibp import Box
 from certify.bounds.network import AffineNetwork
+from certify.bounds.requirements import require_relu
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet, rounding_margin
-from certify.errors import UnsupportedError
 from certify.validation import check_target
 
 
 CLARABEL_TOLERANCES = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
-
-
-def require_relu(net: AffineNetwork, method: str) -> None:
-    if any(act.name != "relu" for act in net.activations):
-        raise UnsupportedError(f"{method} handles ReLU networks only; this network has {[a.name for a in net.activations]}")
 
 
 @dataclass
@@ -89,20 +85,27 @@ class TriangleLP:
             constraints.append(cp.norm(x - self.x0, 1 if p == 1 else 2) <= self.eps)
         self.layer_params: list[dict[str, cp.Parameter]] = []
         self.equalities, self.lower_rows, self.chord_rows = [], [], []
-        h = x
+        hs: list[cp.Expression] = [x]  # h_0 = x, h_{k+1} = a_k
+
+        def linear(k: int) -> cp.Expression:
+            """W_k h_k + sum_j S_kj h_j (the skips of a graph), without the bias."""
+            expr = net.weights[k].cpu().numpy() @ hs[k]
+            for j, skip in net.skips.get(k, {}).items():
+                expr = expr + skip.cpu().numpy() @ hs[j]
+            return expr
+
         for k in range(top):
-            weight, bias = (t.cpu().numpy() for t in (net.weights[k], net.biases[k]))
-            width = weight.shape[0]
+            width = net.weights[k].shape[0]
             params = {name: cp.Parameter(width) for name in ("zlo", "zhi", "alo", "ahi", "s", "q")}
             z, a = cp.Variable(width), cp.Variable(width)
-            self.equalities.append(z == weight @ h + bias)
+            self.equalities.append(z == linear(k) + net.biases[k].cpu().numpy())
             self.lower_rows.append(a - z >= 0)
             self.chord_rows.append(cp.multiply(params["s"], z) - a >= params["q"])
             constraints += [z >= params["zlo"], z <= params["zhi"], a >= params["alo"], a <= params["ahi"]]
             self.layer_params.append(params)
-            h = a
+            hs.append(a)
         self.c = cp.Parameter(net.weights[top].shape[0])
-        objective = cp.Minimize(self.c @ (net.weights[top].cpu().numpy() @ h))
+        objective = cp.Minimize(self.c @ linear(top))
         self.problem = cp.Problem(objective, constraints + self.equalities + self.lower_rows + self.chord_rows)
 
     def solve(self, input_set: InputSet, boxes: list[Box], relaxations: list[Relaxation], c: Tensor) -> LPBound:
@@ -154,6 +157,23 @@ def safe_lower_bound(
     c = c.detach().to(torch.float64).cpu()
     weights = [w.cpu() for w in net.weights]
     biases = [b.cpu() for b in net.biases]
+
+    def multiplier(m: int) -> Tensor:
+        return duals.w[m] if m < top else c
+
+    def from_skips(i: int) -> tuple[Tensor, Tensor, int]:
+        """sum_m S_mi^T (w_m or c) over the layers m <= top with a skip from h_i, its magnitude, its terms."""
+        total = abs_total = torch.zeros(weights[i].shape[1], dtype=torch.float64)
+        count = 0
+        for m in range(i + 1, top + 1):
+            skip = net.skips.get(m, {}).get(i)
+            if skip is not None:
+                skip = skip.cpu()
+                total = total + skip.T @ multiplier(m)
+                abs_total = abs_total + skip.abs().T @ multiplier(m).abs()
+                count += skip.shape[0] + 1
+        return total, abs_total, count
+
     y1 = [y.clamp(min=0) for y in duals.y1]
     y2 = [y.clamp(min=0) for y in duals.y2]
     const_terms = [c * biases[top]]
@@ -168,6 +188,9 @@ def safe_lower_bound(
         r_z_abs = duals.w[k].abs() + y1[k] + slope.abs() * y2[k]
         above = weights[k + 1].T @ (duals.w[k + 1] if k + 1 < top else c)
         above_abs = weights[k + 1].abs().T @ (duals.w[k + 1] if k + 1 < top else c).abs()
+        skipped, skipped_abs, count = from_skips(k + 1)
+        if count:
+            above, above_abs, terms = above + skipped, above_abs + skipped_abs, terms + count
         r_a = above - y1[k] + y2[k]
         r_a_abs = above_abs + y1[k] + y2[k]
         a_lo, a_hi = lower.clamp(min=0), upper.clamp(min=0)
@@ -177,8 +200,12 @@ def safe_lower_bound(
             magnitude = magnitude + (r_abs * torch.maximum(lo.abs(), hi.abs())).sum()
             terms += weights[k + 1].shape[0] + 4
     r_x = weights[0].T @ duals.w[0]
+    r_x_abs = weights[0].abs().T @ duals.w[0].abs()
+    skipped, skipped_abs, count = from_skips(0)
+    if count:
+        r_x, r_x_abs, terms = r_x + skipped, r_x_abs + skipped_abs, terms + count
     x_lo, x_hi = input_set.box()
-    magnitude = magnitude + (weights[0].abs().T @ duals.w[0].abs() * torch.maximum(x_lo.abs(), x_hi.abs())[0].cpu()).sum()
+    magnitude = magnitude + (r_x_abs * torch.maximum(x_lo.abs(), x_hi.abs())[0].cpu()).sum()
     value = value + float(input_set.lower_support(r_x.to(input_set.center)[None, None, :])[0, 0])
     terms += weights[0].shape[0] + 2
     return float(value - rounding_margin(torch.as_tensor(magnitude, dtype=torch.float64), terms))

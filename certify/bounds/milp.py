@@ -1,12 +1,17 @@
-"""Exact verification of small ReLU networks by mixed-integer programming (big-M; Tjeng, Xiao & Tedrake,
+"""Exact verification of small ReLU (and leaky ReLU) networks by mixed-integer programming (big-M; Tjeng, Xiao & Tedrake,
 ICLR 2019, ANCHORS 4.5), through CVXPY with HiGHS.
 
 An unstable unit a = relu(z) with z in [l, u], l < 0 < u, is encoded exactly with a binary d:
 
     a >= z,  a >= 0,  a <= u d,  a <= z - l (1 - d),  d in {0, 1};
 
-stable units are a = z (l >= 0) or a = 0 (u <= 0). The boxes [l, u] (the big-M constants) are CROWN
-boxes over the region searched, {||x - x0||_inf <= R} intersected with the input domain, where R bounds
+stable units are a = z (l >= 0) or a = 0 (u <= 0). A leaky ReLU a = max(z, s z) with slope s in (0, 1]:
+
+    a >= z,  a >= s z,  a <= s z + (1 - s) u d,  a <= z - (1 - s) l (1 - d)
+
+(d = 1 forces a = z >= 0, d = 0 forces a = s z <= 0), stable units a = z or a = s z. Graphs with skip terms are encoded as they are
+(z_k reads h_k and the h_j of its skips), so max-pool tournaments and residual adds are exact too.
+The boxes [l, u] (the big-M constants) are CROWN boxes over the region searched, {||x - x0||_inf <= R} intersected with the input domain, where R bounds
 the minimiser: the user's `upper` (e.g. a witnessed attack radius; any p-norm ball of radius R lies in the
 inf-ball of radius R), else the whole domain.
 
@@ -30,7 +35,6 @@ import torch
 from torch import Tensor
 
 from certify.bounds.crown import layer_bounds
-from certify.bounds.lp import require_relu
 from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet
@@ -57,27 +61,55 @@ def _require_linear_norm(p: float) -> None:
 
 
 def _encode(net: AffineNetwork, x: cp.Variable, boxes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[cp.Expression, list]:
-    """Logits as a CVXPY expression of x under the exact big-M encoding, and its constraints."""
+    """Logits as a CVXPY expression of x under the exact big-M encoding, and its constraints (on a graph,
+    z_k = W_k h_k + b_k + sum_j S_kj h_j reads every h_j it has a skip from)."""
     constraints: list = []
-    h: cp.Expression = x
+    hs: list[cp.Expression] = [x]
+    slopes = negative_slopes(net, "the MILP")
+
+    def affine(k: int) -> cp.Expression:
+        expr = net.weights[k].cpu().numpy() @ hs[k] + net.biases[k].cpu().numpy()
+        for j, skip in net.skips.get(k, {}).items():
+            expr = expr + skip.cpu().numpy() @ hs[j]
+        return expr
+
     for k, (lower, upper) in enumerate(boxes):
-        weight, bias = net.weights[k].cpu().numpy(), net.biases[k].cpu().numpy()
-        z = cp.Variable(weight.shape[0])
-        a = cp.Variable(weight.shape[0])
-        constraints.append(z == weight @ h + bias)
+        width = net.weights[k].shape[0]
+        s = slopes[k]
+        z = cp.Variable(width)
+        a = cp.Variable(width)
+        constraints.append(z == affine(k))
         active, inactive = lower >= 0, upper <= 0
         unstable = ~(active | inactive)
         if active.any():
             constraints.append(a[active] == z[active])
         if inactive.any():
-            constraints.append(a[inactive] == 0)
+            constraints.append(a[inactive] == (0 if s == 0 else s * z[inactive]))
         if unstable.any():
             idx = np.nonzero(unstable)[0]
             d = cp.Variable(idx.size, boolean=True)
             lo, up = lower[idx], upper[idx]
-            constraints += [a[idx] >= z[idx], a[idx] >= 0, a[idx] <= cp.multiply(up, d), a[idx] <= z[idx] - cp.multiply(lo, 1 - d)]
-        h = a  # the boxes are implied by the input region; stating them again upsets HiGHS on ~1e-10 widths
-    return net.weights[-1].cpu().numpy() @ h + net.biases[-1].cpu().numpy(), constraints
+            if s == 0:
+                constraints += [a[idx] >= z[idx], a[idx] >= 0, a[idx] <= cp.multiply(up, d), a[idx] <= z[idx] - cp.multiply(lo, 1 - d)]
+            else:
+                constraints += [a[idx] >= z[idx], a[idx] >= s * z[idx], a[idx] <= s * z[idx] + cp.multiply((1 - s) * up, d),
+                                a[idx] <= z[idx] - cp.multiply((1 - s) * lo, 1 - d)]
+        hs.append(a)  # the boxes are implied by the input region; stating them again upsets HiGHS on ~1e-10 widths
+    return affine(net.depth - 1), constraints
+
+
+def negative_slopes(net: AffineNetwork, method: str) -> list[float]:
+    """The slope s in [0, 1] of each hidden activation for t < 0 (ReLU 0, leaky ReLU its negative_slope), or
+    UnsupportedError naming the first layer whose activation is not piecewise linear that way."""
+    slopes = []
+    for k, act in enumerate(net.activations):
+        s = 0.0 if act.name == "relu" else float(act.negative_slope) if act.name == "leaky_relu" else math.nan
+        if not 0.0 <= s <= 1.0:
+            raise UnsupportedError(f"{method} handles ReLU and leaky ReLU (slope in [0, 1]) activations only; hidden layer "
+                                   f"{k} of this network has {act.name}"
+                                   + (f" with slope {act.negative_slope}" if act.name == "leaky_relu" else ""))
+        slopes.append(s)
+    return slopes
 
 
 def _boxes(net: AffineNetwork, region: InputSet) -> list[list[tuple[np.ndarray, np.ndarray]]]:
@@ -112,7 +144,7 @@ def exact_minimal_radius(
     where no class can be reached anywhere in the domain (no `upper`)."""
     order = parse_norm(p)
     _require_linear_norm(order)
-    require_relu(net, "the MILP")
+    negative_slopes(net, "the MILP")
     net = net.to("cpu")
     if upper is None and domain is None:
         raise UsageError("big-M constants need a bounded region: pass the input domain or an upper radius")
@@ -164,7 +196,7 @@ def exact_minimal_radius(
         kind=Kind.SOLVER_REPORTED,
         method="milp",
         assumptions=[f"exact big-M MILP in the L{'inf' if order == math.inf else 1} norm, up to the solver's tolerances",
-                     "ReLU network evaluated in float64"],
+                     "ReLU / leaky ReLU network evaluated in float64"],
         witness={"points": witnesses},
         details=_details(statuses, {"search_radius_inf": radius}),
     )
@@ -180,7 +212,7 @@ def exact_margin_lower_bounds(
 ) -> BoundResult:
     """Solver-reported min over S of f_c - f_j, [N, K] (+inf at j = c, NaN where not optimal), for the
     set S = {||x' - x||_p <= eps} (p in {1, inf}) intersected with the domain."""
-    require_relu(net, "the MILP")
+    negative_slopes(net, "the MILP")
     net = net.to("cpu")
     region = InputSet.build(x.detach().cpu(), eps if not torch.is_tensor(eps) else eps.cpu(), p, domain)
     _require_linear_norm(region.p)

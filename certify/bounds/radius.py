@@ -86,8 +86,8 @@ def certified_radius(
         radius = _bisect(lambda e, a: crown_ok(e, a, method), zero, start_hi, tol)
         _, witness = margin_bounds_on_set(net, base.with_eps(radius), target, method)
     else:
+        verifier = LPVerifier(net, base.p)  # refuses (UnsupportedError) before any work: ReLU networks only
         crown_radius = _bisect(crown_ok, zero, start_hi, tol)
-        verifier = LPVerifier(net, base.p)
         witness = {"per_example": [None] * x.shape[0]}
         failures: list[dict] = []
 

@@ -1,4 +1,6 @@
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from certify.bounds.ibp import interval_bounds
 from certify.bounds.activations import Activation
 from certify.bounds.network import from_module
 from certify.bounds.results import Kind
-from certify.bounds.sets import InputSet
+from certify.bounds.sets import InputSet, sample_ball
 from certify.errors import TargetError, UsageError
 from certify.models import zoo
 from proofs_checks.nets import NetSpec
@@ -108,3 +110,155 @@ def test_bad_arguments_raise_named_errors():
         margin_lower_bounds(net, x, torch.tensor([0, 1]), 0.1, 3)
     with pytest.raises(TargetError):
         margin_lower_bounds(net, x, torch.tensor([0, 7]), 0.1, 2)
+
+
+# ----------------------------------------------------------------------------------- graphs with skips
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_networks import (  # noqa: E402
+    GRAPH_MODELS, exact_piecewise_min, margin_rows, pgd_min, reference_logits, sampled_min, skip_network, translated)
+
+HAND_BUILT = {
+    "skip-relu": lambda: skip_network(Activation("relu")),
+    "skip-softplus": lambda: skip_network(Activation("softplus", 2.0), seed=1, scale=1.5),
+    "skip-only-relu": lambda: skip_network(Activation("relu"), seed=2, reads_only_skips=True),
+}
+
+
+def _graph_case(name: str):
+    """(net, inputs [3, n]) for a hand-built skip network or a translated model of tests/graph_models.py."""
+    if name in HAND_BUILT:
+        net = HAND_BUILT[name]()
+        return net, torch.randn(3, net.input_size, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    net, shape = translated(name)
+    x = torch.randn(3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    return net, x.reshape(3, -1)
+
+
+@pytest.mark.parametrize("name", [*HAND_BUILT, *GRAPH_MODELS])
+def test_graph_margin_bounds_lie_below_sampled_and_attacked_margins(name):
+    net, x = _graph_case(name)
+    target = net.forward(x).argmax(1)
+    rows = margin_rows(target, net.num_classes)
+    off = rows.abs().sum(-1) > 0
+    tighter = total = 0
+    for eps, p in ((0.01, math.inf), (0.05, 2), (0.2, math.inf), (0.5, 2)):
+        observed = torch.minimum(sampled_min(net, x, rows, eps, p, count=500), pgd_min(net, x, rows, eps, p, steps=10))
+        crown = margin_lower_bounds(net, x, target, eps, p, method="crown").value
+        ibp = margin_lower_bounds(net, x, target, eps, p, method="ibp").value
+        assert (crown[off] <= observed[off]).all(), (eps, p, (crown - observed)[off].max())
+        assert (ibp[off] <= observed[off]).all(), (eps, p, (ibp - observed)[off].max())
+        tighter += int((crown[off] >= ibp[off]).sum())
+        total += int(off.sum())
+    assert tighter >= 0.9 * total
+
+
+def test_graph_backward_pass_is_substituted_through_every_skip():
+    """A change of one skip matrix changes CROWN's bound at eps = 0, which equals the exact margins there."""
+    net = skip_network(Activation("relu"))
+    x = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 1])
+    exact = margin_rows(target, 3) @ reference_logits(net, x)[:, :, None]
+    bound = margin_lower_bounds(net, x, target, 0.0, 2).value
+    off = torch.isfinite(bound)
+    assert torch.allclose(bound[off], exact[..., 0][off], atol=1e-12)
+    assert (bound[off] <= exact[..., 0][off]).all()
+
+
+@pytest.mark.parametrize("only_skips", [False, True])
+def test_relu_graph_bounds_on_tiny_boxes_against_exact_pattern_enumeration(only_skips):
+    net = skip_network(Activation("relu"), seed=3, sizes=(2, 4, 3, 3), reads_only_skips=only_skips)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(2):
+        x = torch.randn(1, 2, dtype=torch.float64, generator=g)
+        target = net.forward(x).argmax(1)
+        rows = margin_rows(target, 3)
+        for eps in (1e-3, 0.05, 0.4):
+            crown = margin_lower_bounds(net, x, target, eps, math.inf).value[0]
+            ibp = margin_lower_bounds(net, x, target, eps, math.inf, method="ibp").value[0]
+            lo, hi = InputSet.build(x, eps, math.inf).box()
+            sampled = sampled_min(net, x, rows, eps, math.inf, count=400)[0]
+            for j in range(3):
+                if j == int(target):
+                    continue
+                exact = exact_piecewise_min(net, rows[0, j], lo[0], hi[0])
+                assert exact <= sampled[j] + 1e-9  # the enumeration is exact: nothing sampled lies below it
+                assert crown[j] <= exact + 1e-9 and ibp[j] <= exact + 1e-9
+                if eps == 1e-3:  # a tiny box: the relaxation is nearly exact
+                    assert exact - crown[j] < 1e-2
+
+
+def test_graph_intermediate_boxes_contain_sampled_pre_activations_and_beat_ibp():
+    net = skip_network(Activation("softplus", 2.0), seed=4)
+    x = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    s = InputSet.build(x, 0.3, 2)
+    boxes, _ = layer_bounds(net, s, "crown")
+    ibp_boxes = interval_bounds(net, s)
+    points = sample_ball(x, 0.3, 2, 2000, torch.Generator().manual_seed(2))
+    zs = net.pre_activations(points)
+    for (lo, hi), (ilo, ihi), z in zip(boxes, ibp_boxes, zs):
+        z = z.reshape(2, 2000, -1)
+        assert (z >= lo[:, None]).all() and (z <= hi[:, None]).all()
+        assert (lo >= ilo).all() and (hi <= ihi).all()
+
+
+def test_graph_layer_terms_shift_the_objective_soundly():
+    """backward_lower_bound with split multipliers t_k . z_k on a graph stays below the sampled objective."""
+    net = skip_network(Activation("relu"), seed=5)
+    x = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    s = InputSet.build(x, 0.2, math.inf)
+    boxes, rels = layer_bounds(net, s)
+    g = torch.Generator().manual_seed(6)
+    coeffs = torch.randn(1, 2, 3, dtype=torch.float64, generator=g)
+    terms = {0: torch.randn(1, 2, 6, dtype=torch.float64, generator=g), 1: torch.randn(1, 2, 5, dtype=torch.float64, generator=g)}
+    bound = backward_lower_bound(net, s, 2, coeffs, rels, boxes, layer_terms=terms)
+    points = sample_ball(x, 0.2, math.inf, 3000, g)
+    zs = net.pre_activations(points)
+    objective = zs[2] @ coeffs[0].T + zs[0] @ terms[0][0].T + zs[1] @ terms[1][0].T
+    assert (bound[0] <= objective.min(0).values).all()
+
+
+class _TinyPool(torch.nn.Module):
+    """x [N, 2] -> relu(A x) viewed as [N, 1, 4] -> max-pool by 2 (one ReLU tournament layer) -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = torch.nn.Linear(2, 4), torch.nn.Linear(2, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = torch.nn.functional.max_pool1d(torch.relu(self.a(x)).view(-1, 1, 4), 2)
+        return self.head(h.flatten(1))
+
+
+class _TinyResidual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = torch.nn.Linear(2, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = torch.relu(self.a(x))
+        return self.head(torch.relu(self.b(h)) + h)  # the head reads h_2 and, through a skip, h_1
+
+
+@pytest.mark.parametrize("build", [_TinyPool, _TinyResidual])
+def test_translated_tiny_relu_graphs_against_exact_pattern_enumeration(build):
+    """End to end from torch modules (max-pool as a ReLU tournament, a residual add): CROWN and IBP lie below
+    the exact minimum over the box, which lies below every sampled margin."""
+    torch.manual_seed(4)
+    model = build().double().eval()
+    net = from_module(model, (2,))
+    assert not net.is_chain
+    g = torch.Generator().manual_seed(9)
+    for _ in range(2):
+        x = torch.randn(1, 2, dtype=torch.float64, generator=g)
+        target = net.forward(x).argmax(1)
+        rows = margin_rows(target, 3)
+        for eps in (1e-3, 0.3):
+            crown = margin_lower_bounds(net, x, target, eps, math.inf).value[0]
+            ibp = margin_lower_bounds(net, x, target, eps, math.inf, method="ibp").value[0]
+            lo, hi = InputSet.build(x, eps, math.inf).box()
+            sampled = (rows[0] @ model(sample_ball(x, eps, math.inf, 400, g)).T.detach()).amin(-1)
+            for j in range(3):
+                if j != int(target):
+                    exact = exact_piecewise_min(net, rows[0, j], lo[0], hi[0])
+                    assert crown[j] <= exact + 1e-9 and ibp[j] <= exact + 1e-9 and exact <= sampled[j] + 1e-9

@@ -1,7 +1,9 @@
 """certify.bounds.ibp: interval bound propagation is exact on one affine map over a box (up to its outward
 rounding), sound against exact rational arithmetic and against dense sampling on tiny ReLU and softplus
 networks (including torch's thresholded softplus), and monotone in eps."""
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,3 +248,36 @@ def test_one_box_per_affine_layer_with_their_widths():
     boxes = interval_bounds(net, InputSet.build(torch.zeros(2, 3, dtype=F64), 0.1, "inf"))
     assert [tuple(lo.shape) for lo, _ in boxes] == [(2, 7), (2, 2), (2, 4), (2, 5)]
     assert all(lo.dtype == F64 and hi.dtype == F64 for lo, hi in boxes)
+
+
+# ----------------------------------------------------------------------------------- graphs with skips
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_networks import GRAPH_MODELS, skip_network, translated  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["hand-built-skips", *GRAPH_MODELS])
+def test_graph_boxes_contain_every_sampled_pre_activation(name):
+    """Skip terms and non-monotone activations (GELU, SiLU dip inside a box): every z_k of sampled points
+    of the ball lies in its box."""
+    if name == "hand-built-skips":
+        net = skip_network(Activation("relu"), reads_only_skips=True)
+    else:
+        net, _ = translated(name)
+    x = torch.randn(2, net.input_size, dtype=F64, generator=torch.Generator().manual_seed(4))
+    for eps, p in ((0.1, 2), (0.5, float("inf"))):
+        boxes = interval_bounds(net, InputSet.build(x, eps, p))
+        points = torch.cat([x, sample_ball(x, eps, p, 400, torch.Generator().manual_seed(5))])
+        owner = torch.cat([torch.arange(2), torch.arange(2).repeat_interleave(400)])
+        assert len(boxes) == net.depth
+        for (lo, hi), z in zip(boxes, net.pre_activations(points)):
+            assert _inside(z, (lo[owner], hi[owner]))
+
+
+def test_a_layer_with_skips_is_one_exact_affine_map_of_the_stacked_boxes():
+    """At eps = 0 every box is the point value up to rounding (a dropped or doubled skip would not be)."""
+    net = skip_network(Activation("softplus", 2.0), seed=2)
+    x = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(6))
+    boxes = interval_bounds(net, InputSet.build(x, 0.0, 2))
+    for (lo, hi), z in zip(boxes, net.pre_activations(x)):
+        assert _inside(z, (lo, hi)) and float((hi - lo).max()) < 1e-12

@@ -1,9 +1,12 @@
 """Lipschitz bounds: the product of layer norms (certified) and the gradient-norm estimate."""
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from certify.bounds.activations import Activation
 from certify.bounds.lipschitz import lipschitz_estimate, lipschitz_product
 from certify.bounds.network import from_module
 from certify.errors import UnsupportedError, UsageError
@@ -93,3 +96,49 @@ def test_zoo_model():
     bound = lipschitz_product(net, 2)
     estimate = lipschitz_estimate(net, data.x_test[:2], 2, samples=8, steps=2)
     assert bound.kind.value == "certified" and 0 < estimate.value <= bound.value
+
+
+# ----------------------------------------------------------------------------------- graphs with skips
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_networks import GRAPH_MODELS, skip_network, translated  # noqa: E402
+
+
+def _rows(classes: int) -> torch.Tensor:
+    eye = torch.eye(classes, dtype=torch.float64)
+    return eye[0] - eye[1:]
+
+
+@pytest.mark.parametrize("name", ["skip-relu", "skip-sigmoid", *GRAPH_MODELS])
+def test_graph_path_sum_bounds_every_sampled_jacobian(name):
+    if name.startswith("skip-"):
+        net = skip_network(Activation(name[5:]), seed=1, scale=2.0)
+    else:
+        net, _ = translated(name)
+    points = torch.randn(150, net.input_size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    jac = _jacobians(net.forward, points)
+    rows = _rows(net.num_classes)
+    assert torch.linalg.matrix_norm(jac, ord=2).max() <= lipschitz_product(net, 2).value
+    assert jac.abs().sum(-1).amax(-1).max() <= lipschitz_product(net, "inf").value
+    margin_grads = rows @ jac
+    assert (torch.linalg.vector_norm(margin_grads, dim=-1) <= lipschitz_product(net, 2, rows).value).all()
+    assert (margin_grads.abs().sum(-1) <= lipschitz_product(net, "inf", rows).value).all()
+
+
+@pytest.mark.parametrize("p", [2, "inf"])
+def test_graph_path_sum_is_the_documented_recursion(p):
+    """L(h_1) = a ||W_0||, L(h_2) = a (||W_1|| L(h_1) + ||S_10||), L = ||W_2|| L(h_2) + ||S_21|| L(h_1) + ||S_20||,
+    with a = 1/4 (sigmoid's sup |sigma'|), computed here from the norms in plain floats."""
+    net = skip_network(Activation("sigmoid"), seed=3)
+    norm = (lambda w: float(torch.linalg.matrix_norm(w, ord=2))) if p == 2 else (lambda w: float(w.abs().sum(1).max()))
+    (w0, w1, w2), s = net.weights, net.skips
+    l1 = 0.25 * norm(w0)
+    l2 = 0.25 * (norm(w1) * l1 + norm(s[1][0]))
+    expected = norm(w2) * l2 + norm(s[2][1]) * l1 + norm(s[2][0])
+    bound = float(lipschitz_product(net, p).value)
+    assert expected <= bound <= expected * (1 + 1e-12)
+    row = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    q = 2 if p == 2 else 1
+    rnorm = lambda w: float(torch.linalg.vector_norm(row @ w, ord=q))  # noqa: E731
+    expected_row = rnorm(w2) * l2 + rnorm(s[2][1]) * l1 + rnorm(s[2][0])
+    assert expected_row <= float(lipschitz_product(net, p, row).value[0]) <= expected_row * (1 + 1e-12)

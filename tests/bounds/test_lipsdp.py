@@ -1,4 +1,7 @@
 """LipSDP-Neuron / -Layer: certified l2 constants re-derived from the solver's multipliers."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,9 @@ from certify.bounds.lipsdp import certified_rho, lipsdp
 from certify.bounds.network import from_module
 from certify.errors import UsageError
 from proofs_checks.nets import NetSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_networks import translated  # noqa: E402
 
 MARGIN = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
 
@@ -81,3 +87,16 @@ def test_linear_model():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3)).double().eval()
     net = from_module(model, (4,))
     assert lipsdp(net, "layer").value == pytest.approx(float(torch.linalg.matrix_norm(net.weights[0], ord=2)), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sigmoid-mlp", "tanh-mlp", "leaky-relu-mlp"])
+def test_other_activations_slope_restricted_in_0_1_are_bounded(name):
+    """sigmoid, tanh and leaky ReLU (slope 0.1) are nondecreasing with slopes <= 1: LipSDP applies; its
+    bound lies above every sampled gradient norm (the product bound exploits sigmoid's 1/4, LipSDP does not)."""
+    net, _ = translated(name)
+    neuron = lipsdp(net, "neuron")
+    assert neuron.kind.value == "certified", neuron.reason
+    x = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert lipschitz_estimate(net, x, 2, radius=2.0, samples=32, steps=5).value <= neuron.value
+    if name != "sigmoid-mlp":
+        assert neuron.value <= lipschitz_product(net, 2).value * (1 + 1e-3)

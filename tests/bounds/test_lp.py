@@ -1,9 +1,12 @@
 import math
+import sys
+from pathlib import Path
 
 import cvxpy as cp
 import pytest
 import torch
 
+from certify.bounds.activations import Activation
 from certify.bounds.crown import margin_lower_bounds, margin_spec
 from certify.bounds.lp import LPDuals, LPVerifier, lp_margin_lower_bounds, safe_lower_bound
 from certify.bounds.network import from_module
@@ -11,6 +14,9 @@ from certify.bounds.results import Kind
 from certify.bounds.sets import InputSet
 from certify.errors import UnsupportedError
 from proofs_checks.nets import NetSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_networks import exact_piecewise_min, margin_rows, skip_network  # noqa: E402
 
 DOMAIN = (torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64))
 
@@ -74,3 +80,26 @@ def test_softplus_networks_are_refused_by_the_lp():
     net, x, target = _case(act="softplus")
     with pytest.raises(UnsupportedError, match="ReLU"):
         lp_margin_lower_bounds(net, x, target, 0.1, "inf")
+
+
+@pytest.mark.parametrize("only_skips", [False, True])
+def test_relu_graph_lp_between_crown_and_the_exact_minimum_with_a_tight_safe_bound(only_skips):
+    """On a ReLU graph the primal reads every skip and the safe bound sums the skips' multipliers into each
+    h_j's (and the input's) coefficient: it reproduces the solver's optimum, lies above CROWN (tightened
+    boxes) and below the exact minimum from the enumeration of activation patterns."""
+    net = skip_network(Activation("relu"), seed=3, sizes=(2, 4, 3, 3), reads_only_skips=only_skips)
+    g = torch.Generator().manual_seed(11)
+    for eps in (0.2, 0.6):
+        x = torch.randn(1, 2, dtype=torch.float64, generator=g)
+        target = net.forward(x).argmax(1)
+        s = InputSet.build(x, eps, math.inf)
+        verifier = LPVerifier(net, s.p)
+        values, (w,) = verifier.margin_bounds(s, target)
+        crown = margin_lower_bounds(net, x, target, eps, math.inf).value[0]
+        lo, hi = s.box()
+        for j, duals in w["duals"].items():
+            c = margin_spec(target, 3)[0, j]
+            solved = verifier.problem(net.depth - 1).solve(s, w["boxes"], w["relaxations"], c)
+            assert solved.status == cp.OPTIMAL and abs(solved.value - solved.solver_value) < 1e-6
+            exact = exact_piecewise_min(net, margin_rows(target, 3)[0, j], lo[0], hi[0])
+            assert crown[j] - 1e-9 <= values[0, j] <= exact + 1e-9

@@ -1,8 +1,11 @@
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from certify.bounds.activations import Activation
 from certify.bounds.crown import margin_lower_bounds
 from certify.bounds.milp import exact_minimal_radius
 from certify.bounds.network import from_module
@@ -61,3 +64,26 @@ def test_bad_radius_arguments():
         certified_radius(net, x, target, 2, "milp")
     with pytest.raises(UsageError, match="tol"):
         certified_radius(net, x, target, 2, tol=0)
+
+
+# ----------------------------------------------------------------------------------- graphs with skips
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_networks import margin_rows, pgd_min, sampled_min, skip_network  # noqa: E402
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "silu"])
+def test_graph_radii_are_sound_against_sampling_and_attacks(act):
+    net = skip_network(Activation(act), seed=2, scale=1.5)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    target = net.forward(x).argmax(1)
+    rows = margin_rows(target, 3)
+    off = rows.abs().sum(-1) > 0
+    ibp = certified_radius(net, x, target, 2, "ibp", tol=1e-3).value
+    crown = certified_radius(net, x, target, 2, "crown", tol=1e-3).value
+    assert (crown > 0).all() and (crown >= ibp - 1e-3).all()
+    for i in range(3):
+        one = x[i : i + 1]
+        worst = torch.minimum(sampled_min(net, one, rows[i : i + 1], float(crown[i]), 2, count=500),
+                              pgd_min(net, one, rows[i : i + 1], float(crown[i]), 2, steps=15))
+        assert (worst[off[i : i + 1]] > 0).all()

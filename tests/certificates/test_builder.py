@@ -2,6 +2,8 @@
 dispatch to the method's issuer, eps and k validation, one certificate per example (its input, explanation
 and target), provenance, the stability refusal of methods without a theorem, and the top-k claim."""
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,9 @@ from certify.explain import Gradient, IntegratedGradients, SmoothGrad
 from certify.explain.lagrange_dual import LagrangeDual
 from certify.explain.moreaugrad import MoreauGrad
 from certify.models.hashing import model_hash
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_models import REFUSED  # noqa: E402
 
 MODEL_CLAIMS = {"implementation-deviation": "implementation-deviation", "lipschitz": "lipschitz",
                 "weak-convexity": "weak-convexity", "curvature": "curvature"}
@@ -130,13 +135,9 @@ def test_non_finite_attributions_are_refused_before_any_claim():
 
 
 def test_models_that_cannot_be_translated_get_refusals_with_the_reason():
-    class Residual(nn.Sequential):
-        def forward(self, x):
-            return x + super().forward(x)
-
-    torch.manual_seed(0)
-    model = Residual(nn.Linear(3, 8), nn.Softplus(), nn.Linear(8, 3)).double().eval()
-    (cert,) = certify_explanations(Gradient(model), _x(1, 3), eps=0.1, k=1)
+    build, shape, _ = REFUSED["product"]  # x * relu(x): a product of two input-dependent values
+    model = build(0).double()
+    (cert,) = certify_explanations(Gradient(model), _x(1, shape[0]), eps=0.1, k=1)
     assert "cannot be translated" in cert.function["refused"]
     assert all(c.kind == "refused" and c.reason for c in cert.claims)
     assert cert.claim("lipschitz").reason == cert.function["refused"]

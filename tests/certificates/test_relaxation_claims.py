@@ -4,6 +4,8 @@ the decision, found by the minimal-perturbation solver and re-evaluated here), i
 exactly the written radius, and unsupported models, misclassified inputs and bad arguments are refused.
 (The checker's side, tightened and edited witnesses, is tests/certificates/test_relaxation_check.py.)"""
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from certify.bounds.network import from_module
 from certify.certificates.checker import verify_certificate
 from certify.certificates.relaxation_claims import relaxation_radius_claim
 from certify.errors import UsageError
@@ -90,3 +93,37 @@ def test_bad_arguments_are_usage_errors():
         relaxation_radius_claim(model, torch.randn(2, 4, dtype=torch.float64), 0, 2)
     with pytest.raises(UsageError):
         relaxation_radius_claim(model, x, 0, 3)
+
+
+# ----------------------------------------------------------------------------------- graphs with skips
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_networks import GRAPH_MODELS, margin_rows, pgd_min, sampled_min  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["residual-mlp", "maxpool-cnn", "resnet-block"])
+def test_relu_graph_claims_hold_against_sampling_and_attacks(name):
+    """A ReLU graph (residual adds, max-pool as ReLU tournaments) gets a CROWN claim; on its ball no sampled or
+    attacked point flips the decision of N, and the LP scheme is refused naming the first skip."""
+    build, shape = GRAPH_MODELS[name]
+    model = build(0).double()
+    x = torch.randn(1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    c = int(model(x).argmax())
+    claim = relaxation_radius_claim(model, x, c, math.inf)
+    assert claim.kind == "certified", claim.reason
+    assert claim.params["relaxation"] == "crown" and claim.witness["radius"] == claim.value > 0
+    net = from_module(model, shape)
+    rows = margin_rows(torch.tensor([c]), net.num_classes)
+    off = rows.abs().sum(-1) > 0
+    flat = x.reshape(1, -1)
+    worst = torch.minimum(sampled_min(net, flat, rows, claim.value, math.inf, count=500),
+                          pgd_min(net, flat, rows, claim.value, math.inf, steps=10))
+    assert (worst[off] > 0).all()
+    lp = relaxation_radius_claim(model, x, c, math.inf, method="lp")
+    assert lp.kind == "refused" and "(its checker's dual bound) is implemented for chains of layers" in lp.reason
+
+
+def test_other_activations_are_refused_by_name():
+    build, shape = GRAPH_MODELS["gelu-mlp"]
+    claim = relaxation_radius_claim(build(0).double(), torch.zeros(1, *shape, dtype=torch.float64), 0, 2)
+    assert claim.kind == "refused" and claim.reason.endswith("hidden layer 0 of this network has GELU")

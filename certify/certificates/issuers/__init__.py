@@ -5,14 +5,17 @@ Every certificate carries the claims about the function N_c (`common.model_claim
 deviation, Lipschitz, weak convexity, curvature), the claims of its method (`ISSUERS`), and a top-k claim
 resting on the method's stability claim. Statements are rendered from params (`claims.render`), values
 rounded outward by `vocabulary.BUILDER_MARGIN`; a bound-based claim is refused, with the reason, when
-the model cannot be translated exactly or the translation fails its conformance check.
+the model cannot be translated exactly or the translation fails its conformance check; claims about the
+score N_c itself (Lipschitz, curvature, gradient, explanation error and stability) are also refused when
+the model's final softmax was dropped (`Issuing.score_refusal`). Margin and radius claims (lagrange-dual)
+stand for a dropped softmax: it does not change the argmax.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,14 +101,14 @@ def certify_explanations(
         claims = ClaimList(copy.deepcopy(per_class[key]))
         a = attributions[i]
         if method == "gradient":
-            gradient_claims(claims, state, inputs[i : i + 1], a, c, eps, refusal)
+            gradient_claims(claims, state, inputs[i : i + 1], a, c, eps, state.score_refusal(i))
         elif method == "moreaugrad":
-            moreaugrad_claims(claims, state, explainer, explanation.diagnostics, i, a, c, eps, refusal)
+            moreaugrad_claims(claims, state, explainer, explanation.diagnostics, i, a, c, eps, state.score_refusal(i))
         else:
             if method == "integrated-gradients":
-                ig_claims(claims, state, explainer, inputs[i : i + 1], a, c, refusal)
+                ig_claims(claims, state, explainer, inputs[i : i + 1], a, c, state.score_refusal(i))
             elif method == "smoothgrad":
-                smoothgrad_claims(claims, state, explainer, inputs[i : i + 1], a, c, i, refusal)
+                smoothgrad_claims(claims, state, explainer, inputs[i : i + 1], a, c, i, state.score_refusal(i))
             _no_stability(claims, method, c, eps)
             if method == "lagrange-dual":
                 lagrange_claims(claims, state, explainer, explanation.diagnostics, i, inputs[i : i + 1], c, refusal)

@@ -22,6 +22,7 @@ import certify
 from certify.bounds import network as network_module
 from certify.bounds.curvature import curvature_bound, weak_convexity
 from certify.bounds.lipschitz import lipschitz_product
+from certify.bounds.activations import Activation
 from certify.bounds.network import AffineNetwork, from_module
 from certify.certificates.claims import FUNCTION_DESCRIPTION, Claim, issue, refuse
 from certify.errors import UnsupportedError
@@ -39,67 +40,107 @@ def translate(model: nn.Module, input_shape: tuple[int, ...]) -> AffineNetwork |
 
 
 def exact_logits(net: AffineNetwork, points: Tensor) -> Tensor:
-    """N at flat float64 points [M, n], with exact softplus (no threshold)."""
-    h = points
-    for k, (w, b) in enumerate(zip(net.weights, net.biases)):
-        h = h @ w.T + b
-        if k < len(net.activations):
-            act = net.activations[k]
-            if act.name == "relu":
-                h = torch.relu(h)
-            else:
-                beta = float(act.beta)
-                h = torch.relu(h) + torch.log1p(torch.exp(-beta * h.abs())) / beta
-    return h
+    """N at flat float64 points [M, n] (its graph, exact softplus: no threshold)."""
+    return net.forward(points)
 
 
 U64 = 2.0**-53
+HEAD_REFUSAL = ("the model ends in {head}: the explanation is of the {output}, the bounds would be about the logit "
+                "(N is the network before the dropped {head})")
+HEAD_OUTPUTS = {"softmax": "probability", "log_softmax": "log-probability"}
 
 
 def _gamma(n: int) -> float:
     return n * U64 / (1.0 - n * U64)
 
 
+def _activation_step(act: Activation, z: Tensor, e_z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(h = sigma(z), a bound on its error, sigma'(z), a bound on the derivative's error) at a computed z
+    with |z - z_exact| <= e_z. relu / leaky_relu: exact pieces, the derivative uncertain (jump |1 - s|)
+    where |z| <= e_z; softplus: sigmoid(beta z), off by beta/4 e_z + 4u; the smooth ones: sigma moves by
+    at most lipschitz e_z plus its evaluation error (`Activation.evaluation_error`), sigma' by
+    max_second_derivative e_z plus the distance from the computed sigma' to the far end of its rigorous
+    enclosure (`Activation.derivative_enclosure`)."""
+    if act.name == "relu":
+        return torch.relu(z), e_z, (z > 0).to(z.dtype), (z.abs() <= e_z).to(z.dtype)
+    if act.name == "leaky_relu":
+        slope = float(act.negative_slope)
+        h = torch.where(z > 0, z, slope * z)
+        jump = abs(1.0 - slope) * (z.abs() <= e_z).to(z.dtype)
+        d = torch.where(z > 0, torch.ones_like(z), torch.full_like(z, slope))
+        return h, max(1.0, abs(slope)) * e_z + U64 * h.abs(), d, jump
+    if act.name == "softplus":
+        beta = float(act.beta)
+        h = torch.relu(z) + torch.log1p(torch.exp(-beta * z.abs())) / beta
+        return h, e_z + 8 * U64 * (h.abs() + 1.0 / beta), torch.sigmoid(beta * z), beta / 4 * e_z + 4 * U64
+    h, d = act(z), act.derivative(z)
+    d_lo, d_hi = act.derivative_enclosure(z)
+    e_h = act.lipschitz * e_z + act.evaluation_error(z)
+    return h, e_h, d, act.max_second_derivative * e_z + torch.maximum((d - d_lo).abs(), (d_hi - d).abs())
+
+
+ISSUER_ROUNDING_FACTOR = 2.0  # see exact_gradient
+
+
 def exact_gradient(net: AffineNetwork, row: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
     """(grad of row . N at each flat float64 point [M, n], a bound [M] on the l2 norm of its float64 error).
 
-    Backward pass by hand: the derivative of exact softplus is sigmoid(beta t), of relu 1{t > 0}. The error
-    bound is a first-order forward-error analysis of this very computation (the checker does its own):
-    forward, e_z <= gamma_{n+1} (|W| |h| + |b|) + |W| e_h per layer (activations are 1-Lipschitz, softplus
-    adds 8u (|h| + 1/beta)); the derivative errs by beta/4 e_z + 4u (softplus) or by 1 where |z| <= e_z
-    (relu: the pattern is uncertain there); backward, each product adds gamma_n |g| |W| and carries the
-    error through |W| and the derivatives (<= 1), plus |t| times the derivative's error."""
-    h = points
-    e_h = torch.zeros_like(points)
+    Backward pass by hand over N's graph (h_0 = x, z_k = W_k h_k + b_k + sum_j S_kj h_j, h_{k+1} =
+    sigma_k(z_k)): the derivative of exact softplus is sigmoid(beta t), of relu 1{t > 0}, of leaky relu 1 or
+    its slope, of the smooth ones `Activation.derivative`. The error bound is a first-order forward-error
+    analysis of this very computation (the checker does its own): forward, e_z <= gamma_{n+s+1} (|W| |h_k|
+    + sum |S| |h_j| + |b|) + |W| e_h_k + sum |S| e_h_j per layer (n inputs in all, s skips), then each
+    activation's value and derivative errors (`_activation_step`); backward, each product adds gamma_n |g|
+    |W| and carries the error through |W| and |sigma'|, plus |t| times the derivative's error; the
+    coefficient of an h_j read by several layers is the sum of their products, each merge adding u |sum|.
+    The bound returned is TWICE that analysis (ISSUER_ROUNDING_FACTOR): the checker's independent analysis
+    counts the smooth activations' value and derivative errors differently (each is a valid first-order
+    bound, they differ by a few percent), and a claim must stay above the checker's re-derivation."""
+    hs, e_hs = [points], [torch.zeros_like(points)]
     ds, dds = [], []
     for k, (w, b) in enumerate(zip(net.weights, net.biases)):
-        z = h @ w.T + b
-        e_z = _gamma(w.shape[1] + 1) * (h.abs() @ w.abs().T + b.abs()) + e_h @ w.abs().T
+        skips = net.skips.get(k, {})
+        z = hs[k] @ w.T + b
+        magnitude = hs[k].abs() @ w.abs().T + b.abs()
+        carried = e_hs[k] @ w.abs().T
+        n = w.shape[1] + 1
+        for j, s_kj in skips.items():
+            z = z + hs[j] @ s_kj.T
+            magnitude = magnitude + hs[j].abs() @ s_kj.abs().T
+            carried = carried + e_hs[j] @ s_kj.abs().T
+            n += s_kj.shape[1] + 1
+        e_z = _gamma(n) * magnitude + carried
         if k < len(net.activations):
-            act = net.activations[k]
-            if act.name == "relu":
-                h, e_h = torch.relu(z), e_z
-                ds.append((z > 0).to(z.dtype))
-                dds.append((z.abs() <= e_z).to(z.dtype))
-            else:
-                beta = float(act.beta)
-                h = torch.relu(z) + torch.log1p(torch.exp(-beta * z.abs())) / beta
-                e_h = e_z + 8 * U64 * (h.abs() + 1.0 / beta)
-                ds.append(torch.sigmoid(beta * z))
-                dds.append(beta / 4 * e_z + 4 * U64)
+            h, e_h, d, dd = _activation_step(net.activations[k], z, e_z)
+            hs.append(h)
+            e_hs.append(e_h)
+            ds.append(d)
+            dds.append(dd)
     g = row.to(points.dtype).expand(points.shape[0], -1)
     err = torch.zeros_like(g)
+    gathered: dict[int, tuple[Tensor, Tensor]] = {}  # coefficient of h_j (and its error) from the skips S_kj
     for k in range(len(net.weights) - 1, -1, -1):
         w = net.weights[k]
+        for j, s_kj in net.skips.get(k, {}).items():
+            part = g @ s_kj
+            e_part = _gamma(s_kj.shape[0]) * (g.abs() @ s_kj.abs()) + err @ s_kj.abs()
+            if j in gathered:
+                part, e_part = gathered[j][0] + part, gathered[j][1] + e_part
+                e_part = e_part + U64 * part.abs()
+            gathered[j] = (part, e_part)
         t = g @ w
         e_t = _gamma(w.shape[0]) * (g.abs() @ w.abs()) + err @ w.abs()
+        if k in gathered:
+            part, e_part = gathered.pop(k)
+            t = t + part
+            e_t = e_t + e_part + U64 * t.abs()
         if k > 0:
             d, dd = ds[k - 1], dds[k - 1]
             g = t * d
-            err = e_t * d + t.abs() * dd + U64 * g.abs()
+            err = e_t * d.abs() + t.abs() * dd + U64 * g.abs()
         else:
             g, err = t, e_t
-    return g, err.norm(dim=1) * (1 + 1e-6) + 1e-300
+    return g, ISSUER_ROUNDING_FACTOR * err.norm(dim=1) * (1 + 1e-6) + 1e-300
 
 
 def unit_row(num_classes: int, c: int) -> Tensor:
@@ -131,6 +172,18 @@ class Issuing:
         for i in range(inputs.shape[0]):  # at x, at the other inputs of the batch, at seeded far points
             state.functions.append(_function_block(model, net, inputs[i : i + 1], inputs))
         return state
+
+    @property
+    def head_refusal(self) -> str | None:
+        """Why claims about the score N_c are refused for every example: N is the logits of a model whose
+        final softmax / log-softmax was dropped (margins and radii stand: the argmax is unchanged)."""
+        head = None if self.net is None else self.net.head
+        return None if head is None else HEAD_REFUSAL.format(head=head, output=HEAD_OUTPUTS.get(head, head))
+
+    def score_refusal(self, i: int) -> str | None:
+        """Why claims about the score N_c itself (its Lipschitz constant, curvature, gradient, an explanation's
+        error and stability) are refused for example i: `refusal(i)`, else a dropped softmax head."""
+        return self.refusal(i) or self.head_refusal
 
     def refusal(self, i: int) -> str | None:
         """Why bound-based claims of example i are refused (translation or conformance), else None."""
@@ -196,21 +249,24 @@ class ClaimList:
 
 
 def model_claims(state: Issuing, c: int, refusal: str | None) -> list[Claim]:
-    """implementation-deviation, lipschitz (l2), weak-convexity and curvature of N_c."""
+    """implementation-deviation, lipschitz (l2), weak-convexity and curvature of N_c; the last three are
+    refused with `Issuing.head_refusal` when the model's softmax head was dropped."""
     p_lip, p_wc, p_cv = {"target": c, "p": 2}, {"target": c}, {"target": c}
-    if refusal is not None:
-        return [refuse("implementation-deviation", "implementation-deviation", {}, "translation", refusal),
-                refuse("lipschitz", "lipschitz", p_lip, "lipschitz-product", refusal),
-                refuse("weak-convexity", "weak-convexity", p_wc, "hessian-bound", refusal),
-                refuse("curvature", "curvature", p_cv, "hessian-bound", refusal)]
-    net = state.net
+    score = refusal or state.head_refusal
     out: list[Claim] = []
-    deviation = getattr(net, "deviation", None)
-    if deviation is None:
+    deviation = None if state.net is None else getattr(state.net, "deviation", None)
+    if refusal is not None:
+        out.append(refuse("implementation-deviation", "implementation-deviation", {}, "translation", refusal))
+    elif deviation is None:
         out.append(refuse("implementation-deviation", "implementation-deviation", {}, "translation",
                           "the translation provides no deviation bound"))
     else:
         out.append(issue("implementation-deviation", "implementation-deviation", {}, float(deviation), "softplus-threshold-bound"))
+    if score is not None:
+        return out + [refuse("lipschitz", "lipschitz", p_lip, "lipschitz-product", score),
+                      refuse("weak-convexity", "weak-convexity", p_wc, "hessian-bound", score),
+                      refuse("curvature", "curvature", p_cv, "hessian-bound", score)]
+    net = state.net
     row = unit_row(state.num_classes, c)
     lip = lipschitz_product(net, 2, row[None])
     out.append(_from_bound("lipschitz", "lipschitz", p_lip, lip, lambda r: float(r.value[0])))

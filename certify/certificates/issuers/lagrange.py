@@ -8,7 +8,7 @@ r*_p(x) = inf { ||delta||_p : x + delta in the domain, the decision at x + delta
   is the norm of that perturbation (and of its float64 sum, whichever is larger), rounded up;
 * `lipschitz-radius`: min_j m_cj(x) / L_cj (product-of-norms constants of the margins);
 * `radius-lower` (radius-relaxation): CROWN bisection with an exactly re-checkable witness (ReLU nets);
-* `exact-radius`: MILP optimum, solver-reported (small ReLU nets, p in {1, inf});
+* `exact-radius`: MILP optimum, solver-reported (small ReLU / leaky ReLU nets, p in {1, inf});
 * `gap`: flip witness minus the best certified lower bound.
 All carry params {target, p, domain}."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ from certify.certificates.claims import issue, refuse
 from certify.certificates.document import encode_array
 from certify.certificates.issuers.common import ClaimList, Issuing, exact_logits
 from certify.certificates.relaxation_claims import relaxation_radius_claim
-from certify.radius_bounds import EXACT_MAX_HIDDEN_UNITS
+from certify.radius_bounds import milp_applicable
 from certify.vocabulary import Domain, norm_json, parse_norm
 
 SCALES = (1.0, 1.001, 1.01, 1.1)
@@ -102,7 +102,7 @@ def lagrange_claims(claims: ClaimList, state: Issuing, explainer: Any, diagnosti
         claims.add(issue("radius-lipschitz", "lipschitz-radius", params, max(0.0, float((margins / lip.value).min())), lip.method))
     claims.add(relaxation_radius_claim(net, x.detach(), c, p, box, "crown", claim_id="radius-relaxation"))
     upper = claims.get("radius-upper")
-    if _small_relu(net) and p != 2 and upper.kind == "certified":
+    if milp_applicable(net) and p != 2 and upper.kind == "certified":
         pair = None if box is None else box.tensors(tuple(x.shape[1:]))
         exact = exact_minimal_radius(net, x.detach().double().flatten(1).cpu(), torch.tensor([c]), p, pair,
                                      upper=upper.value * (1 + 1e-6))
@@ -117,7 +117,3 @@ def lagrange_claims(claims: ClaimList, state: Issuing, explainer: Any, diagnosti
     if upper.kind == "certified" and lowers:
         best = max(lowers, key=lambda cl: cl.value)
         claims.add(issue("radius-gap", "gap", params, upper.value - best.value, "difference", ["radius-upper", best.id]))
-
-
-def _small_relu(net: Any) -> bool:
-    return all(a.name == "relu" for a in net.activations) and sum(w.shape[0] for w in net.weights[:-1]) <= EXACT_MAX_HIDDEN_UNITS

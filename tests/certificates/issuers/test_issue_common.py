@@ -3,6 +3,8 @@ refusals, the exact float64 gradient of N_c with its rounding bound, the model c
 list, the function block and the provenance."""
 import copy
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,12 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from certify.bounds.network import from_module
+from certify.bounds.activations import NAMES, Activation
+from certify.bounds.network import AffineNetwork, from_module
 from certify.certificates.claims import issue, refuse
 from certify.certificates.issuers.common import (
     ClaimList, Issuing, exact_gradient, exact_logits, model_claims, provenance, translate, unit_row)
 from certify.explain import Gradient
 from certify.models.hashing import model_hash
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from graph_networks import GRAPH_MODELS, skip_network, translated  # noqa: E402
+from graph_models import REFUSED  # noqa: E402
 
 
 def _net(act: str, widths=(4, 7, 5, 3), seed: int = 0, scale: float = 1.0) -> nn.Sequential:
@@ -82,15 +89,15 @@ def test_unit_row():
     assert unit_row(4, 2).tolist() == [0.0, 0.0, 1.0, 0.0] and unit_row(4, 2).dtype == torch.float64
 
 
-class _Residual(nn.Sequential):
-    def forward(self, x):
-        return x + super().forward(x)
+def _untranslatable() -> tuple[nn.Module, tuple[int, ...]]:
+    build, shape, _ = REFUSED["product"]
+    return build(0), shape
 
 
 def test_translate_gives_the_network_or_the_reason():
     assert translate(_net("softplus"), (4,)).depth == 3
-    torch.manual_seed(0)
-    reason = translate(_Residual(nn.Linear(3, 8), nn.Softplus(), nn.Linear(8, 3)).eval(), (3,))
+    model, shape = _untranslatable()
+    reason = translate(model, shape)
     assert isinstance(reason, str) and reason.startswith("the model cannot be translated exactly")
 
 
@@ -105,8 +112,8 @@ def test_issuing_state_refuses_per_example_on_a_failed_conformance_check():
     failed.functions[1]["conformance"].update(passed=False, max_deviation=0.5, tolerance=1e-6, points=7)
     assert failed.refusal(0) is None
     assert failed.refusal(1).startswith("the conformance check failed: N differs from the model by 0.5 > tolerance 1e-06 on 7")
-    torch.manual_seed(0)
-    untranslatable = Issuing.build(_Residual(nn.Linear(3, 8), nn.Softplus(), nn.Linear(8, 3)).eval(), torch.randn(2, 3), 3)
+    model, shape = _untranslatable()
+    untranslatable = Issuing.build(model, torch.randn(2, *shape), 3)
     assert untranslatable.net is None and untranslatable.refusal(1) == untranslatable.reason
 
 
@@ -147,3 +154,56 @@ def test_provenance_is_json_ready():
     assert prov["model"]["sha256"] == model_hash(model) and prov["model"]["dtype"] == "float64"
     assert prov["explainer"]["method"] == "gradient" and prov["seconds"] == 1.5
     assert prov["torch"] == torch.__version__
+
+
+# ----------------------------------------------------------------------------------- graphs and heads
+
+@pytest.mark.parametrize("name", [f"skip-{a}" for a in NAMES] + list(GRAPH_MODELS))
+def test_exact_gradient_of_a_graph_matches_autograd_within_its_rounding_bound(name):
+    """Backprop through every skip (and every activation's derivative error)."""
+    if name.startswith("skip-"):
+        net = skip_network(Activation(name[5:]), seed=1, scale=2.0)
+    else:
+        net, _ = translated(name)
+    points = torch.randn(4, net.input_size, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    row = unit_row(net.num_classes, 1)
+    g, bound = exact_gradient(net, row, points)
+    reference = _autograd(net.forward, row, points)
+    assert bool(((g - reference).norm(dim=1) <= 2 * bound + 1e-15).all())
+    assert torch.allclose(exact_logits(net, points), net.forward(points), rtol=0, atol=0)
+
+
+def test_a_dropped_skip_would_be_seen_by_the_gradient_check():
+    net = skip_network(Activation("tanh"), seed=4)
+    points = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    row = unit_row(3, 0)
+    g, bound = exact_gradient(net, row, points)
+    chain = AffineNetwork(net.weights, net.biases, net.activations, (4,), skips={1: net.skips[1], 2: {1: net.skips[2][1]}})
+    assert float(((g - _autograd(chain.forward, row, points)).norm(dim=1) - 2 * bound).min()) > 1e-3
+
+
+@pytest.mark.parametrize("head", ["softmax-head", "log-softmax-head"])
+def test_a_dropped_softmax_refuses_score_claims_but_not_the_deviation(head):
+    build, shape = GRAPH_MODELS[head]
+    model = build(0)
+    state = Issuing.build(model, torch.randn(2, *shape), 3)
+    assert state.refusal(0) is None and state.net.head is not None
+    name = state.net.head
+    output = "probability" if head == "softmax-head" else "log-probability"
+    assert state.score_refusal(0) == (f"the model ends in {name}: the explanation is of the {output}, the bounds "
+                                      f"would be about the logit (N is the network before the dropped {name})")
+    claims = {c.id: c for c in model_claims(state, 1, None)}
+    assert claims["implementation-deviation"].kind == "certified"
+    for id_ in ("lipschitz", "weak-convexity", "curvature"):
+        assert claims[id_].kind == "refused" and claims[id_].reason == state.score_refusal(0)
+
+
+def test_model_claims_of_a_residual_graph():
+    build, shape = GRAPH_MODELS["residual-mlp"]
+    model = build(0)
+    x = torch.randn(200, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    state = Issuing.build(model, x[:2].float(), 3)
+    assert state.refusal(0) is None and not state.net.is_chain
+    claims = {c.id: c for c in model_claims(state, 0, None)}
+    assert claims["lipschitz"].kind == "certified" and "ReLU" in claims["curvature"].reason
+    assert float(_autograd(state.net.forward, unit_row(3, 0), x.flatten(1)).norm(dim=1).max()) <= claims["lipschitz"].value

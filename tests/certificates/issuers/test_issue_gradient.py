@@ -2,6 +2,9 @@
 the explanation error is ||a - E(x)|| for E recomputed in float64 (a made-up explanation gets a large value),
 the gradient stability is `gradient_stability(eps, beta, err)` and holds on sampled shifts, IG's error is
 against its stored quadrature, SmoothGrad's is probabilistic with the McDiarmid term and its seed."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +18,9 @@ from certify.certificates.issuers.gradient import (SMOOTHGRAD_CONFIDENCE, gradie
                                                    smoothgrad_claims)
 from certify.explain import Gradient, IntegratedGradients, SmoothGrad
 from certify.explain.integrated_gradients import quadrature
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from graph_models import GRAPH_MODELS  # noqa: E402
 
 
 def _net(act: nn.Module | None = None, seed: int = 0) -> nn.Sequential:
@@ -143,3 +149,33 @@ def test_gradient_certificates_from_the_builder_verify():
     for cert in certify_explanations(Gradient(model), _x(2), eps=0.05, k=1):
         assert cert.claim("explanation-error").value < 1e-12
         assert verify_certificate(cert, model).valid
+
+
+@pytest.mark.parametrize("name", ["residual-mlp", "gelu-mlp", "branches", "softmax-head"])
+def test_gradient_claims_of_graphs_and_the_refusal_after_a_dropped_softmax(name):
+    build, shape = GRAPH_MODELS[name]
+    model = build(0).double()
+    x = torch.randn(1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (cert,) = certify_explanations(Gradient(model), x, eps=0.1, k=1)
+    error, stability = cert.claim("explanation-error"), cert.claim("stability")
+    if name == "softmax-head":  # the explanation is the probability's gradient; N is the logits
+        for claim in (error, stability, cert.claim("lipschitz"), cert.claim("curvature")):
+            assert claim.kind == "refused" and claim.reason.startswith("the model ends in softmax: the explanation is of the probability")
+        return
+    assert error.kind == "certified" and error.value < 1e-5, error.reason  # the float32 gradient vs N's float64 one
+    assert stability.kind == "refused"  # no curvature bound for ReLU, GELU or a graph (yet)
+    made_up = torch.zeros_like(x)
+    assert _claims(model, x.flatten(1).reshape(x.shape), cert.target, made_up).get("explanation-error").value > 1e-3
+
+
+@pytest.mark.parametrize("head", ["softmax-head", "log-softmax-head"])
+def test_integrated_gradients_and_smoothgrad_after_a_dropped_softmax_are_refused(head):
+    build, shape = GRAPH_MODELS[head]
+    model = build(0).double()
+    x = torch.randn(1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    name, output = ("softmax", "probability") if head == "softmax-head" else ("log_softmax", "log-probability")
+    for explainer in (IntegratedGradients(model, n_steps=8), SmoothGrad(model, sigma=0.3, samples=4, seed=1)):
+        (cert,) = certify_explanations(explainer, x, eps=0.1, k=1)
+        error = cert.claim("explanation-error")
+        assert error.kind == "refused" and error.reason.startswith(f"the model ends in {name}: the explanation is of the {output},")
+        assert cert.claim("implementation-deviation").kind == "certified"

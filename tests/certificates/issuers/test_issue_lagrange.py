@@ -2,6 +2,8 @@
 witness flips the model as run and N, its value is the norm of the perturbation returned; the certified
 lower bounds lie below it (and below the MILP optimum); the gap is their difference; refusals say why."""
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,9 @@ from certify.certificates.checker import verify_certificate
 from certify.certificates.issuers.common import Issuing
 from certify.certificates.issuers.lagrange import flip_witness
 from certify.explain.lagrange_dual import LagrangeDual
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from graph_models import GRAPH_MODELS, REFUSED  # noqa: E402
 
 
 def _relu(seed: int = 0, inputs: int = 4) -> nn.Sequential:
@@ -96,13 +101,8 @@ def test_misclassified_input_and_translation_refusals():
     upper = cert.claim("radius-upper")
     assert upper.kind == "refused" and "already misclassified" in upper.reason
 
-    class Residual(nn.Sequential):
-        def forward(self, x):
-            return x + super().forward(x)
-
-    torch.manual_seed(0)
-    residual = Residual(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
-    (cert,) = certify_explanations(LagrangeDual(residual, p=2), torch.rand(1, 3), eps=0.1, k=1)
+    build, shape, _ = REFUSED["product"]
+    (cert,) = certify_explanations(LagrangeDual(build(0), p=2), torch.rand(1, *shape), eps=0.1, k=1)
     for claim_id in ("radius-upper", "radius-lipschitz", "radius-relaxation"):
         assert cert.claim(claim_id).kind == "refused" and "cannot be translated" in cert.claim(claim_id).reason
 
@@ -111,3 +111,26 @@ def test_unbounded_domain_is_null_in_params():
     model, x = _relu(), _x(1)
     (cert,) = certify_explanations(LagrangeDual(model, p=2, domain=(-math.inf, math.inf)), x, eps=0.1, k=1)
     assert cert.claim("radius-upper").params["domain"] is None
+
+
+@pytest.mark.parametrize("name", ["residual-mlp", "maxpool-cnn", "softmax-head", "sigmoid-mlp"])
+def test_radius_claims_of_graphs_and_of_a_dropped_softmax(name):
+    """Graphs get every radius claim (the relaxation one for ReLU graphs, max-pool included; a sigmoid is
+    refused by name), the MILP runs on small ReLU graphs too, and a dropped softmax does not touch the margins."""
+    build, shape = GRAPH_MODELS[name]
+    model = build(0)
+    x = torch.rand(1, *shape, generator=torch.Generator().manual_seed(1))
+    (cert,) = certify_explanations(LagrangeDual(model, p=math.inf, domain=(-2.0, 2.0)), x, eps=0.1, k=1)
+    claims = {c.id: c for c in cert.claims}
+    relaxation = claims["radius-relaxation"]
+    assert claims["radius-lipschitz"].kind == "certified"
+    if name == "sigmoid-mlp":  # saturates: the attack may find no flip in the domain, so no upper bound here
+        assert relaxation.kind == "refused" and "hidden layer 0 of this network has sigmoid" in relaxation.reason
+        return
+    upper = claims["radius-upper"]
+    assert upper.kind == "certified", upper.reason
+    assert relaxation.kind == "certified", relaxation.reason
+    assert 0 < relaxation.value <= upper.value and claims["radius-lipschitz"].value <= upper.value
+    assert ("radius-exact" in claims) == (name in ("softmax-head", "residual-mlp"))  # small ReLU nets, graphs too
+    if "radius-exact" in claims and claims["radius-exact"].kind == "solver-reported":
+        assert relaxation.value <= claims["radius-exact"].value <= upper.value * (1 + 1e-6)

@@ -2,6 +2,9 @@
 the solver-error claim bounds the true error against a high-accuracy float64 reference solve, refusals at
 rho * lambda >= 1 (and rho * beta >= 1 for the sparse bound), the smoothed (probabilistic) mode, and the
 stability claim built from `certify.bounds.stability`."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -20,6 +23,9 @@ from certify.certificates.issuers.moreaugrad import CONFIDENCE, exact_solver_err
 from certify.errors import InvalidInputError, UsageError
 from certify.explain.moreaugrad import MoreauGrad
 from certify.vocabulary import BUILDER_MARGIN
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from graph_models import GRAPH_MODELS, REFUSED  # noqa: E402
 
 
 def _softplus_net(inputs: int, width: int, seed: int, scale: float = 1.0) -> nn.Sequential:
@@ -200,19 +206,28 @@ def test_smoothed_mode_refuses_when_a_sample_gradient_exceeds_the_lipschitz_cons
     assert claims.get("stability").kind == "refused"
 
 
-class _Residual(nn.Sequential):
-    def forward(self, x):
-        return x + super().forward(x)
-
-
 def test_smoothed_mode_without_a_translation_refuses_the_solver_error():
-    torch.manual_seed(0)
-    model = _Residual(nn.Linear(3, 8), nn.Softplus(), nn.Linear(8, 3)).double().eval()
-    explainer = MoreauGrad(model, rho=0.2, smoothing_sigma=0.5, samples=4, tol=1e-3, seed=0)
-    (cert,) = certify_explanations(explainer, _x(1, 3, 0), eps=0.05, k=1)
+    build, shape, _ = REFUSED["product"]
+    explainer = MoreauGrad(build(0).double(), rho=0.2, smoothing_sigma=0.5, samples=4, tol=1e-3, seed=0)
+    (cert,) = certify_explanations(explainer, torch.rand(1, *shape, dtype=torch.float64), eps=0.05, k=1)
     for claim_id in ("weak-convexity-smoothed", "solver-error", "stability"):
         claim = cert.claim(claim_id)
         assert claim.kind == "refused" and "cannot be translated" in claim.reason, (claim_id, claim.reason)
+
+
+def test_a_residual_graph_gets_smoothed_claims_and_a_dropped_softmax_none():
+    """Smoothed MoreauGrad needs only the l2 Lipschitz constant (the path sum over the graph); after a
+    dropped softmax every claim about the score is refused with the head's reason."""
+    build, shape = GRAPH_MODELS["residual-mlp"]
+    explainer = MoreauGrad(build(0).double(), rho=0.2, smoothing_sigma=0.5, samples=4, tol=1e-3, seed=0)
+    (cert,) = certify_explanations(explainer, torch.rand(1, *shape, dtype=torch.float64), eps=0.05, k=1)
+    assert cert.claim("weak-convexity-smoothed").kind == "certified"
+    assert cert.claim("solver-error").kind == "probabilistic"
+    build, shape = GRAPH_MODELS["log-softmax-head"]
+    explainer = MoreauGrad(build(0).double(), rho=0.2, smoothing_sigma=0.5, samples=4, tol=1e-3, seed=0)
+    (cert,) = certify_explanations(explainer, torch.rand(1, *shape, dtype=torch.float64), eps=0.05, k=1)
+    for claim_id in ("weak-convexity-smoothed", "solver-error", "stability"):
+        assert cert.claim(claim_id).reason.startswith("the model ends in log_softmax"), cert.claim(claim_id).reason
 
 
 def test_a_diverged_solve_gets_no_certificate():
