@@ -1,7 +1,8 @@
 """The `certify` command (DESIGN section 7).
 
 Exit codes (certify.errors): 0 success; 1 a check or claim failed; 2 unusable certificate input;
-64 usage error; 65 invalid input data; 66 unsupported model, layer or method; 70 internal error.
+64 usage error; 65 invalid input data; 66 unsupported model, layer or method; 70 internal error; 75 a
+property neither proven nor refuted (`verify-property`, and `verify` of such a certificate).
 """
 from __future__ import annotations
 
@@ -166,7 +167,7 @@ def _vnnlib_input(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F
 def _cmd_verify_property(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from certify.attacks.property import verify_property
+    from certify.attacks.property import input_shape_for, verify_property
     from certify.errors import UsageError
     from certify.models.spec import load_model
     from certify.models.vnnlib import parse_vnnlib
@@ -176,11 +177,22 @@ def _cmd_verify_property(args: argparse.Namespace) -> int:
     model, _ = load_model(args.model)
     prop = parse_vnnlib(args.property)
     methods = {"crown": ("crown",), "alpha-crown": ("crown", "alpha-crown"), "bab": ("crown", "bab")}[args.method]
-    result = verify_property(model, prop, timeout=args.timeout, methods=methods, seed=args.seed)
+    shape = input_shape_for(model, prop)
+    result = verify_property(model, prop, timeout=args.timeout, input_shape=shape, methods=methods, seed=args.seed)
     if args.counterexample and result.counterexample is not None:
         np.save(args.counterexample, result.counterexample)
+    cert = None
+    if args.out:
+        from certify.certificates.issuers.property import property_certificate
+
+        out = Path(args.out)
+        cert = property_certificate(model, prop, result, shape, args.method, args.timeout, args.model, out)
+        cert.write(out)
+        if cert.answer != result.status:
+            result.notes.append(f"certificate: answer {cert.answer!r} ({cert.claims[0].reason})")
+            result.status = cert.answer
     if args.json:
-        print(json.dumps(result.to_json(), indent=1))
+        print(json.dumps({**result.to_json(), **({"certificate": args.out} if cert else {})}, indent=1))
     else:
         if result.status == "holds":
             print(f"holds: certified by {result.method} (lower bound {result.margin:.6g} > 0 on every output "
@@ -196,15 +208,24 @@ def _cmd_verify_property(args: argparse.Namespace) -> int:
             print(f"{result.status} after {result.seconds:.2f} s")
         for note in result.notes:
             print(f"  {note}")
+        if cert is not None:
+            print(f"  certificate written to {args.out} (answer {cert.answer}; re-check with `certify verify {args.out}`)")
     return {"holds": EXIT_OK, "violated": EXIT_FAILED}.get(result.status, EXIT_UNKNOWN)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from certify.certificates.checker import verify_file
+    from certify.certificates.document import PropertyCertificate, read_certificate
 
+    answer = None
+    cert = read_certificate(Path(args.certificate))
+    if isinstance(cert, PropertyCertificate):
+        answer = cert.answer
     report = verify_file(Path(args.certificate), args.model)
+    subject = "explanation" if answer is None else "property"
     if args.json:
-        print(json.dumps({"valid": report.valid, "problems": report.problems, "function": report.function, "explanation": report.binding,
+        print(json.dumps({"valid": report.valid, "problems": report.problems, "function": report.function, subject: report.binding,
+                          **({} if answer is None else {"answer": answer}),
                           "claims": [c.__dict__ for c in report.checks]}, indent=2))
     else:
         for problem in report.problems:
@@ -220,12 +241,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 for c in rows:
                     print(f"  {c.id:24s} {c.status:21s} {c.detail}")
         print(f"function: {report.function}")
-        print(f"explanation: {report.binding}")
-        if report.valid and not report.by_status("valid", "valid (probabilistic)"):
+        print(f"{subject}: {report.binding}")
+        if answer is not None:
+            print(f"answer: {answer}" + (" (certificate valid)" if report.valid else " (certificate INVALID: " + "; ".join(report.failures()) + ")"))
+        elif report.valid and not report.by_status("valid", "valid (probabilistic)"):
             print("certificate valid, but nothing is certified: every claim is refused or not re-checkable")
         else:
             print("certificate valid" if report.valid else "certificate INVALID: " + "; ".join(report.failures()))
-    return EXIT_OK if report.valid else EXIT_FAILED
+    if not report.valid:
+        return EXIT_FAILED
+    return EXIT_UNKNOWN if answer == "unknown" else EXIT_OK
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -305,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="print the certificate")
     explain.set_defaults(run=_cmd_explain)
 
-    verify = sub.add_parser("verify", help="re-check a certificate: exit 0 valid, 1 a claim fails, 2 unusable input")
+    verify = sub.add_parser("verify", help="re-check a certificate: exit 0 valid, 1 a claim fails, 2 unusable input, "
+                            "75 a valid property certificate whose answer is unknown")
     verify.add_argument("certificate", help="certificate file (JSON)")
     verify.add_argument("--model", help="model SPEC (default: the one recorded in the certificate)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -321,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "with optimised slopes and split multipliers (default bab)")
     vprop.add_argument("--counterexample", metavar="FILE.npy", help="write a counterexample found here")
     vprop.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
+    vprop.add_argument("--out", metavar="CERT.json", help="write the answer's certificate (holds: the split-tree "
+                       "witness; violated: the counterexample; unknown: the reason), re-checkable by `certify verify`")
     vprop.add_argument("--json", action="store_true", help="print the result as JSON")
     vprop.set_defaults(run=_cmd_verify_property)
 

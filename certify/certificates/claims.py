@@ -13,13 +13,18 @@ by `render` (never typed by hand, never parsed back). The registry below fixes, 
 * the assumption TYPES it must rest on (`required_assumptions(params)`: slots of alternatives);
 * the statement template; the witness keys allowed.
 
-This module is part of the checker's trusted base: it imports only the stdlib and `certify.vocabulary`.
+This module is part of the checker's trusted base: it imports only the stdlib, numpy and `certify.vocabulary`.
+Property claims (`property-holds`, `property-violated`) carry the input box and the counterexample formula
+as inline array records in params (validated against their sha256 here).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import numpy as np
 
 from certify.vocabulary import KINDS, Domain, Kind, norm_name, round_down, round_up  # Kind: one definition
 
@@ -28,7 +33,8 @@ RELATIONS = ("<=", ">=", "==")
 # The certificate's `function.description`: what every claim is about (DESIGN section 10). Fixed text, checked
 # by the checker, so that the description a reader sees cannot be edited into a different promise.
 FUNCTION_DESCRIPTION = (
-    "N: the model's traced graph as a chain of dense affine maps and elementwise activations, evaluated in "
+    "N: the model's traced graph as dense affine maps (a layer may also add affine maps of earlier layers' "
+    "outputs: skip terms) and elementwise activations, evaluated in "
     "exact arithmetic with exact softplus log(1 + exp(beta t))/beta (torch's threshold switch to the identity "
     "is not part of N; its effect on the logits is bounded by the implementation-deviation claim). Every "
     "claim is about N (and about the model where its statement says so)."
@@ -122,6 +128,57 @@ def _domain(v: Any, n: int, classes: int) -> None:
         raise ClaimError(f"domain {str(v)[:80]} is not a valid box: {exc}") from None
 
 
+def _record(v: Any, where: str) -> Any:
+    """The float64 array of an inline array record (document.py's format), or ClaimError. The record's hash
+    is checked; sidecars are not allowed in params (a statement's parameters travel with its text)."""
+    if not (isinstance(v, dict) and set(v) == {"shape", "sha256", "values"} and isinstance(v["shape"], list)):
+        raise ClaimError(f"{where} must be an inline array record {{shape, sha256, values}}")
+    try:
+        a = np.asarray(v["values"], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ClaimError(f"{where}: values are not an array of numbers ({exc})") from None
+    if list(a.shape) != list(v["shape"]) or not np.isfinite(a).all():
+        raise ClaimError(f"{where}: values are not finite numbers of shape {v['shape']}")
+    if array_sha256(a) != v["sha256"]:
+        raise ClaimError(f"{where}: values do not match their sha256")
+    return a
+
+
+def array_sha256(array: Any) -> str:
+    """The hash of a float64 array as certificates record it: sha256 of its shape's text and its bytes."""
+    a = np.ascontiguousarray(array, dtype=np.float64)
+    return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def _box_side(name: str) -> Validator:
+    def check(v: Any, n: int, classes: int) -> None:
+        a = _record(v, name)
+        if a.shape != (n,):
+            raise ClaimError(f"{name} has shape {list(a.shape)}; the property has {n} inputs")
+    return check
+
+
+def _conjunctions(v: Any, n: int, classes: int) -> None:
+    if not (isinstance(v, list) and v):
+        raise ClaimError("conjunctions must be a non-empty list of {C, d}")
+    for i, conj in enumerate(v):
+        if not (isinstance(conj, dict) and set(conj) == {"C", "d"}):
+            raise ClaimError(f"conjunctions[{i}] must be an object with exactly C and d")
+        c, d = _record(conj["C"], f"conjunctions[{i}].C"), _record(conj["d"], f"conjunctions[{i}].d")
+        if c.ndim != 2 or c.shape[1] != classes or c.shape[0] < 1 or d.shape != (c.shape[0],):
+            raise ClaimError(f"conjunctions[{i}]: C must be [r >= 1, {classes}] and d [r], got {list(c.shape)} and {list(d.shape)}")
+
+
+def _counterexample(v: Any, n: int, classes: int) -> None:
+    if _record(v, "counterexample").shape != (n,):
+        raise ClaimError(f"counterexample must have shape [{n}]")
+
+
+def _property_consistent(q: dict[str, Any]) -> None:
+    if bool((_record(q["lower"], "lower") > _record(q["upper"], "upper")).any()):
+        raise ClaimError("the input box is empty: some lower bound exceeds its upper bound")
+
+
 def _choice(name: str, options: tuple[str, ...]) -> Validator:
     def check(v: Any, n: int, classes: int) -> None:
         if v not in options:
@@ -162,6 +219,15 @@ def _confidence_text(params: dict[str, Any]) -> str:
 def _moreau_text(params: dict[str, Any]) -> str:
     return (f"rho = {_num(params['rho'])}, sparsity = {_num(params['sparsity'])}, "
             f"group size = {_num(params['group_size'])}")
+
+
+def _property_text(q: dict[str, Any]) -> str:
+    conj = q["conjunctions"]
+    rows = sum(len(c["d"]["values"]) for c in conj)
+    return (f"the box params.lower <= x <= params.upper ({len(q['lower']['values'])} inputs; sha256 "
+            f"{q['lower']['sha256'][:16]}, {q['upper']['sha256'][:16]}) and the counterexample formula OR_i "
+            f"(C_i y <= d_i) of params.conjunctions ({len(conj)} conjunctions, {rows} rows; sha256 "
+            + ", ".join(f"{c['C']['sha256'][:16]}/{c['d']['sha256'][:16]}" for c in conj) + ")")
 
 
 # ------------------------------------------------------------------ the registry
@@ -363,7 +429,32 @@ _TYPES = [
     ),
 ]
 
+_PROPERTY = {"lower": _box_side("lower"), "upper": _box_side("upper"), "conjunctions": _conjunctions}
+# the smallest positive float64: a holds claim states a bound > 0, never 0
+_POSITIVE = (5e-324, math.inf)
+
+_TYPES += [
+    ClaimType(
+        "property-holds", ">=", _BOUNDED, dict(_PROPERTY),
+        lambda q: (f"for every x in {_property_text(q)}, N(x) satisfies no conjunction: min over x in the box and "
+                   "over i of max_r (C_i N(x) - d_i)_r >= value > 0, so the property holds for N (VNN-LIB: unsat)"),
+        witness=frozenset({"format", "unstable", "root_alphas", "conjunctions"}),
+        required_witness=lambda q, kind: (frozenset({"format", "unstable", "root_alphas", "conjunctions"})
+                                          if kind != "refused" else frozenset()),
+        value_range=_POSITIVE, consistent=_property_consistent,
+    ),
+    ClaimType(
+        "property-violated", ">=", _BOUNDED, {**_PROPERTY, "counterexample": _counterexample},
+        lambda q: (f"the point params.counterexample (sha256 {q['counterexample']['sha256'][:16]}) lies in "
+                   f"{_property_text(q)}, and both the model as run (its own dtype) and N (float64, exactly) map it "
+                   "into one conjunction with every row satisfied by at least value: max_i min_r (d_i - C_i y)_r "
+                   ">= value > 0 for y either output, so the property is violated (VNN-LIB: sat)"),
+        value_range=_POSITIVE, consistent=_property_consistent,
+    ),
+]
+
 CLAIM_TYPES: dict[str, ClaimType] = {t.name: t for t in _TYPES}
+PROPERTY_TYPES = frozenset({"property-holds", "property-violated"})
 RADIUS_TYPES = frozenset({"flip-witness", "lipschitz-radius", "radius-lower", "exact-radius", "gap"})
 STABILITY_TYPES = frozenset({"stability-gradient", "stability-moreaugrad", "stability-none"})
 

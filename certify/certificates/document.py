@@ -14,13 +14,19 @@ Arrays (input, explanation, witnesses) are stored inline as nested lists of floa
 round-trip float64 exactly), with their sha256; arrays larger than `INLINE_LIMIT` elements go to a
 sidecar .npy file next to the certificate, referenced by name and hash.
 
+A PROPERTY certificate (schema "certify-property-certificate", version 1, `property-certificate.schema.json`;
+issue 12) answers a VNN-LIB property for a model: `property` {path, sha256 of the file's bytes, input_shape,
+inputs, outputs}, `answer` ("holds", "violated" or "unknown"), `seconds` spent, the `function` block, and
+exactly one claim: a `property-holds` claim (certified when the answer is "holds", else refused with the
+reason) or a `property-violated` claim (certified when "violated"). The input box and the counterexample
+formula are params of that claim (`certify.certificates.claims`).
+
 A file that is not JSON, has a duplicated key, fails the schema (an unknown or missing field, a wrong
 version, a kind or claim type not in the registry) or has duplicate / dangling claim ids raises
 `CertificateFormatError` (exit 2 of `certify verify`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -30,18 +36,22 @@ from typing import Any
 import jsonschema
 import numpy as np
 
-from certify.certificates.claims import CLAIM_TYPES, KINDS, RELATIONS, Claim, Kind
+from certify.certificates.claims import CLAIM_TYPES, KINDS, RELATIONS, Claim, Kind, array_sha256
 from certify.errors import CertificateFormatError
 from certify.vocabulary import round_down, round_up
 
-__all__ = ["Certificate", "Claim", "Kind", "KINDS", "RELATIONS", "SCHEMA_ID", "SCHEMA_VERSION", "INLINE_LIMIT",
-           "array_sha256", "encode_array", "decode_array", "parse_certificate", "read_certificate", "schema",
+__all__ = ["Certificate", "PropertyCertificate", "ANSWERS", "Claim", "Kind", "KINDS", "RELATIONS", "SCHEMA_ID", "SCHEMA_VERSION", "INLINE_LIMIT",
+           "array_sha256", "encode_array", "decode_array", "parse_certificate", "read_certificate", "schema", "property_schema",
            "round_up", "round_down"]
 
 SCHEMA_ID = "certify-certificate"
 SCHEMA_VERSION = 2
 INLINE_LIMIT = 65536
 SCHEMA_FILE = Path(__file__).with_name("certificate.schema.json")
+PROPERTY_SCHEMA_ID = "certify-property-certificate"
+PROPERTY_SCHEMA_VERSION = 1
+PROPERTY_SCHEMA_FILE = Path(__file__).with_name("property-certificate.schema.json")
+ANSWERS = ("holds", "violated", "unknown")
 TARGET_SOURCES = ("given", "predicted")
 
 
@@ -56,9 +66,13 @@ def schema() -> dict[str, Any]:
     return doc
 
 
-def array_sha256(array: np.ndarray) -> str:
-    a = np.ascontiguousarray(array, dtype=np.float64)
-    return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
+@lru_cache(maxsize=1)
+def property_schema() -> dict[str, Any]:
+    """The JSON Schema of a property certificate; its claims and arrays are those of `schema()`."""
+    doc = json.loads(PROPERTY_SCHEMA_FILE.read_text())
+    doc["$defs"] = {"claim": schema()["$defs"]["claim"], "array": schema()["$defs"]["array"]}
+    doc["properties"]["function"] = schema()["properties"]["function"]
+    return doc
 
 
 def encode_array(array: np.ndarray, sidecar: Path | None = None) -> dict[str, Any]:
@@ -85,6 +99,8 @@ def decode_array(record: Any, where: str, base_dir: Path | None = None) -> np.nd
             a = np.load((base_dir or Path(".")) / name, allow_pickle=False)
         else:
             a = np.asarray(record["values"], dtype=np.float64)
+            if a.size == 0:  # [] holds no shape: an empty array of any recorded shape (e.g. [0, 3])
+                a = a.reshape(record["shape"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CertificateFormatError(f"{where}: cannot read the array: {exc}") from exc
     if list(a.shape) != list(record["shape"]):
@@ -126,6 +142,24 @@ class Certificate:
         return path
 
 
+@dataclass
+class PropertyCertificate:
+    """The answer to one VNN-LIB property for one model (module docstring)."""
+
+    provenance: dict[str, Any]
+    function: dict[str, Any]
+    property: dict[str, Any]
+    answer: str
+    seconds: float
+    claims: list[Claim]
+    schema: str = PROPERTY_SCHEMA_ID
+    version: int = PROPERTY_SCHEMA_VERSION
+
+    claim = Certificate.claim
+    to_json = Certificate.to_json
+    write = Certificate.write
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -139,8 +173,9 @@ def _reject_constant(name: str) -> float:
     raise CertificateFormatError(f"{name} is not a JSON number")
 
 
-def parse_certificate(text: str, where: str = "certificate") -> Certificate:
-    """Parse and validate a certificate against the JSON Schema; CertificateFormatError names what is wrong."""
+def parse_certificate(text: str, where: str = "certificate") -> Certificate | PropertyCertificate:
+    """Parse and validate a certificate (an explanation certificate, or a property certificate by its
+    `schema` field) against its JSON Schema; CertificateFormatError names what is wrong."""
     try:
         raw = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
@@ -149,11 +184,14 @@ def parse_certificate(text: str, where: str = "certificate") -> Certificate:
         raise CertificateFormatError(f"{where}: {exc}") from None
     if not isinstance(raw, dict):
         raise CertificateFormatError(f"{where}: top level must be a JSON object")
-    if raw.get("schema") != SCHEMA_ID or raw.get("version") != SCHEMA_VERSION:
+    known = {(SCHEMA_ID, SCHEMA_VERSION): schema, (PROPERTY_SCHEMA_ID, PROPERTY_SCHEMA_VERSION): property_schema}
+    which = (raw.get("schema"), raw.get("version"))
+    if which not in known:
         raise CertificateFormatError(
-            f"{where}: schema {raw.get('schema')!r} version {raw.get('version')!r} is not {SCHEMA_ID!r} version {SCHEMA_VERSION}"
+            f"{where}: schema {raw.get('schema')!r} version {raw.get('version')!r} is not {SCHEMA_ID!r} version "
+            f"{SCHEMA_VERSION} nor {PROPERTY_SCHEMA_ID!r} version {PROPERTY_SCHEMA_VERSION}"
         )
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(raw), key=lambda e: list(e.absolute_path))
+    errors = sorted(jsonschema.Draft202012Validator(known[which]()).iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
         path = "/".join(str(p) for p in first.absolute_path) or "(top level)"
@@ -168,13 +206,16 @@ def parse_certificate(text: str, where: str = "certificate") -> Certificate:
             raise CertificateFormatError(f"{where}: claim {c.id!r} rests on unknown claims {missing}")
         if c.id in c.assumptions:
             raise CertificateFormatError(f"{where}: claim {c.id!r} rests on itself")
+    if which[0] == PROPERTY_SCHEMA_ID:
+        return PropertyCertificate(provenance=raw["provenance"], function=raw["function"], property=raw["property"],
+                                   answer=raw["answer"], seconds=raw["seconds"], claims=claims)
     return Certificate(
         provenance=raw["provenance"], function=raw["function"], input=raw["input"], explanation=raw["explanation"],
         target=raw["target"], target_source=raw["target_source"], claims=claims,
     )
 
 
-def read_certificate(path: Path) -> Certificate:
+def read_certificate(path: Path) -> Certificate | PropertyCertificate:
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:

@@ -3,7 +3,9 @@
 
     S = {x' : ||x' - x||_p <= value} (intersected with the domain box [lo, hi] when the witness states one)
 
-for a ReLU network z_1 = W_1 x + b_1, a_k = relu(z_k), z_{k+1} = W_{k+1} a_k + b_{k+1}. It imports no
+for a ReLU network z_1 = W_1 x + b_1, a_k = relu(z_k), z_{k+1} = W_{k+1} a_k + b_{k+1}, or a ReLU GRAPH with
+skip terms (z_k = W_k h_k + b_k + sum_j S_kj h_j: residual nets, MaxPool as ReLU layers; the back-substitution
+gathers each h_j's coefficients from every layer that reads it before relaxing it). It imports no
 bound code: it re-derives everything from the weights, the input and the witness, in exact arithmetic.
 
 Exact arithmetic. Every float64 is a dyadic rational m 2^e, and sums and products of dyadic rationals
@@ -33,6 +35,7 @@ Schemes (the claim's params.relaxation; the norm p and the domain box are params
       c^T b_top + sum_k w_k^T b_k - sum_k y2_k^T t_k + sum_k [min_{z_k in box} r_z^T z_k
       + min_{a_k in [relu l_k, relu u_k]} r_a^T a_k] + min_{x in S} (W_1^T w_1)^T x,
       r_z = -w_k + y1_k - s_k y2_k,  r_a = W_{k+1}^T w_{k+1} (W_top^T c for the last) - y1_k + y2_k,
+  (on a graph, r_a and the input's coefficient sum A_mj^T w_m over every layer m <= top reading that value),
   so tampered multipliers can only loosen it.
 
 Support of a linear function r^T x over S: for p = inf the box sum min(r_j l_j, r_j u_j) (exact); for
@@ -207,25 +210,37 @@ def relu_lines(lower: np.ndarray, upper: np.ndarray, alpha: np.ndarray | None) -
 
 
 class ReluNetwork:
-    """The exact network: weights[k] [out, in] and biases[k] as Exact."""
+    """The exact network: weights[k] [out, in], biases[k] and skips[k][j] [out_k, size(h_j)] as Exact, for the
+    graph IR z_k = W_k h_k + b_k + sum_j S_kj h_j, h_0 = x, h_{k+1} = relu(z_k) (a chain has no skips)."""
 
-    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> None:
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor],
+                 skips: dict[int, dict[int, torch.Tensor]] | None = None) -> None:
         self.weights = [Exact.of(w.detach().cpu().numpy()) for w in weights]
         self.biases = [Exact.of(b.detach().cpu().numpy()) for b in biases]
-        self.weights_t = [Exact(w.ints.T.copy(), w.exp) for w in self.weights]
+        self.skips = {int(k): {int(j): Exact.of(torch.as_tensor(s).detach().cpu().numpy()) for j, s in sorted(row.items())}
+                      for k, row in (skips or {}).items() if row}
         self.widths = [w.ints.shape[0] for w in self.weights]
 
     @property
     def depth(self) -> int:
         return len(self.weights)
 
+    def inputs_of(self, k: int) -> list[tuple[int, Exact]]:
+        """(j, A_kj) for every h_j that z_k reads: its own h_k (W_k), then the skips."""
+        return [(k, self.weights[k])] + list(self.skips.get(k, {}).items())
+
     def backward(self, input_set: ExactSet, layer: int, coeffs: Exact, lines: list[Line]) -> Exact:
-        """Exact CROWN lower bound on coeffs @ z_layer over S ([R]), with lines[k] for hidden layers < layer."""
+        """Exact CROWN lower bound on coeffs @ z_layer over S ([R]), with lines[k] for hidden layers < layer:
+        the coefficients of each h_j are gathered from every layer that reads it (its own and the skips)
+        before h_j = relu(z_{j-1}) is relaxed."""
         lam = coeffs
         value = Exact(np.zeros(coeffs.ints.shape[0], dtype=object), 0)
+        gathered: dict[int, Exact] = {}
         for k in range(layer, -1, -1):
             value = value + lam @ self.biases[k]
-            lam = lam @ self.weights[k]
+            for j, a in self.inputs_of(k):
+                gathered[j] = lam @ a if j not in gathered else gathered[j] + lam @ a
+            lam = gathered.pop(k)
             if k == 0:
                 break
             line = lines[k - 1]
@@ -234,28 +249,38 @@ class ReluNetwork:
             lam = pos * line.lower_slope + neg * line.upper_slope
         return value + input_set.lower_support(lam)
 
-    def interval(self, k: int, lower: Exact, upper: Exact) -> tuple[Exact, Exact]:
-        """Exact box of W_k h + b_k over h in [lower, upper]."""
-        w_t = self.weights_t[k]
-        pos, neg = w_t.positive(), w_t.negative()
-        low = lower @ pos + upper @ neg + self.biases[k]
-        high = upper @ pos + lower @ neg + self.biases[k]
+    def interval(self, k: int, boxes: list[tuple[Exact, Exact]]) -> tuple[Exact, Exact]:
+        """Exact box of z_k = W_k h_k + b_k + sum_j S_kj h_j over h_j in boxes[j] = (lower, upper)."""
+        low = high = self.biases[k]
+        for j, a in self.inputs_of(k):
+            a_t = Exact(a.ints.T.copy(), a.exp)
+            pos, neg = a_t.positive(), a_t.negative()
+            lower, upper = boxes[j]
+            low = low + lower @ pos + upper @ neg
+            high = high + upper @ pos + lower @ neg
         return low, high
 
     def dual_bound(self, input_set: ExactSet, top: int, c: Exact, duals: dict[str, list[Exact]],
                    boxes: list[tuple[np.ndarray, np.ndarray]], lines: list[Line]) -> Exact:
-        """The LP dual lower bound on c @ z_top (rows of c [R, n_top]) from multipliers w, y1, y2 (module doc)."""
+        """The LP dual lower bound on c @ z_top (rows of c [R, n_top]) from multipliers w, y1, y2 (module doc);
+        on a graph the coefficient of each h_j sums the multipliers of every layer m <= top that reads it
+        (W_m^T w_m or S_mj^T w_m, w_top := c)."""
         w = duals["w"]
         y1, y2 = ([y.positive() for y in duals[key]] for key in ("y1", "y2"))
+        reads: dict[int, Exact] = {}  # j -> sum over readers m of w_m A_mj
+        for m in range(top + 1):
+            for j, a in self.inputs_of(m):
+                part = (c if m == top else w[m]) @ a
+                reads[j] = part if j not in reads else reads[j] + part
         value = c @ self.biases[top]
         for k in range(top):
             line, (lower, upper) = lines[k], boxes[k]
             value = value + (w[k] * self.biases[k]).sum() - (y2[k] * line.upper_intercept).sum()
             r_z = y1[k] - w[k] - y2[k] * line.upper_slope
-            r_a = ((w[k + 1] if k + 1 < top else c) @ self.weights[k + 1]) - y1[k] + y2[k]
+            r_a = reads[k + 1] - y1[k] + y2[k]
             for r, lo, hi in ((r_z, lower, upper), (r_a, _relu(lower), _relu(upper))):
                 value = value + (r * Exact.of(lo)).minimum(r * Exact.of(hi)).sum()
-        return value + input_set.lower_support(w[0] @ self.weights[0])
+        return value + input_set.lower_support(reads[0])
 
 
 Fail = Callable[[str], Exception]
@@ -274,9 +299,9 @@ def crown_boxes(net: ReluNetwork, input_set: ExactSet, alphas: list[np.ndarray],
         raise fail(f"{len(alphas)} alpha vectors for {net.depth - 1} hidden layers")
     boxes: list[tuple[np.ndarray, np.ndarray]] = []
     lines: list[Line] = []
-    ibp_lower, ibp_upper = input_set.lower, input_set.upper
+    ibp = [(input_set.lower, input_set.upper)]  # interval boxes of h_0, h_1, ...
     for k in range(net.depth - 1):
-        ibp_lower, ibp_upper = net.interval(k, ibp_lower, ibp_upper)
+        ibp_lower, ibp_upper = net.interval(k, ibp)
         width = net.widths[k]
         bound = net.backward(input_set, k, _pm_identity(width), lines)
         lower = Exact(bound.ints[:width], bound.exp).maximum(ibp_lower).floor()
@@ -286,7 +311,7 @@ def crown_boxes(net: ReluNetwork, input_set: ExactSet, alphas: list[np.ndarray],
             raise fail(f"alphas of hidden layer {k} must be {width} values in [0, 1]")
         boxes.append((lower, upper))
         lines.append(relu_lines(lower, upper, alpha))
-        ibp_lower, ibp_upper = ibp_lower.positive(), ibp_upper.positive()
+        ibp.append((ibp_lower.positive(), ibp_upper.positive()))
     return boxes, lines
 
 
@@ -341,11 +366,13 @@ def _duals(record: dict, top: int, decode: Callable[[Any], np.ndarray]) -> dict[
 
 def prove_margins(weights: list[torch.Tensor], biases: list[torch.Tensor], x0: np.ndarray, target: int, radius: float,
                   witness: dict, decode: Callable[[Any], np.ndarray], fail: Fail, p: Any, scheme: str,
-                  domain: tuple[np.ndarray, np.ndarray] | None = None) -> list[float]:
+                  domain: tuple[np.ndarray, np.ndarray] | None = None,
+                  skips: dict[int, dict[int, torch.Tensor]] | None = None) -> list[float]:
     """Exact lower bounds (rounded down to float64) of the margins f_target - f_j, j != target, over the
     ball of `radius` in the norm `p` (intersected with the `domain` box [lo, hi]), by the relaxation
     `scheme` with the witness's slopes and multipliers; raises fail(...) naming the first margin not
-    proven > 0. p, scheme and domain are the claim's params, never read from the witness."""
+    proven > 0. p, scheme and domain are the claim's params, never read from the witness. `skips`: the
+    graph's skip terms (ReluNetwork)."""
     try:
         p = parse_norm(p)
     except UsageError as exc:
@@ -358,7 +385,7 @@ def prove_margins(weights: list[torch.Tensor], biases: list[torch.Tensor], x0: n
         domain = tuple(np.broadcast_to(np.asarray(d, dtype=np.float64).reshape(-1), x0.shape) for d in domain)
         if ((x0 < domain[0]) | (x0 > domain[1])).any():
             raise fail("the input lies outside the stated domain")
-    net = ReluNetwork(weights, biases)
+    net = ReluNetwork(weights, biases, skips)
     input_set = ExactSet.build(x0, radius, p, domain)  # type: ignore[arg-type]
     boxes, lines = crown_boxes(net, input_set, [decode(a) for a in witness["alphas"]], fail)
     rows, others = _margin_rows(net.widths[-1], target)
@@ -384,10 +411,11 @@ def prove_margins(weights: list[torch.Tensor], biases: list[torch.Tensor], x0: n
     return values
 
 
-def check_radius_lower(ctx: Any, claim: Any, weights: list[torch.Tensor], biases: list[torch.Tensor], acts: list[tuple]) -> float:
+def check_radius_lower(ctx: Any, claim: Any, weights: list[torch.Tensor], biases: list[torch.Tensor], acts: list[tuple],
+                       skips: dict[int, dict[int, torch.Tensor]] | None = None) -> float:
     """Rule for "radius-lower": max(claimed radius, the witness's radius) if every margin is proven > 0 on
-    that ball (module doc). Norm, domain and scheme come from the claim's params, the weights from the
-    checker's own translation."""
+    that ball (module doc). Norm, domain and scheme come from the claim's params, the weights and skips from
+    the checker's own translation (a ReLU graph: residual ReLU nets, MaxPool as ReLU layers)."""
     if not acts or not all(a[0] == "relu" for a in acts):
         raise Invalid("the exact relaxation re-check covers ReLU networks with at least one hidden layer")
     x0 = ctx.x.reshape(-1).numpy().astype(np.float64)
@@ -410,5 +438,5 @@ def check_radius_lower(ctx: Any, claim: Any, weights: list[torch.Tensor], biases
         raise Invalid("witness radius is not a number")
     radius = max(float(claim.value), float(extra))
     prove_margins(weights, biases, x0, ctx.target, radius, claim.witness, decode, Invalid, params["p"],
-                  params["relaxation"], domain)
+                  params["relaxation"], domain, skips)
     return radius

@@ -842,11 +842,14 @@ class Oracle:
                         "explanation-error": "<=", "solver-error": "<=", "stability-gradient": "<=",
                         "stability-moreaugrad": "<=", "stability-none": "<=", "topk-stability": ">=",
                         "flip-witness": "<=", "lipschitz-radius": ">=", "radius-lower": ">=", "exact-radius": "==",
-                        "gap": "<=", "implementation-deviation": "<=", "smoothed-explanation-error": "<="}
+                        "gap": "<=", "implementation-deviation": "<=", "smoothed-explanation-error": "<=",
+                        "property-holds": ">=", "property-violated": ">="}
         if type_ not in expected_rel:
             return f"unknown claim type {type_!r}"
         if claim.get("relation") != expected_rel[type_]:
             return f"relation {claim.get('relation')!r} is not the type's {expected_rel[type_]!r}"
+        if type_ in ("property-holds", "property-violated"):  # judged in tests/certificates/test_property_check.py
+            return "a property claim says nothing about an explanation certificate's input"
         if type_ == "implementation-deviation":
             obs = self.deviation()
             return None if value >= obs * (1 - 1e-6) else f"observed deviation {obs:.6g} > {value:.6g}"

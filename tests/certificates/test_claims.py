@@ -3,6 +3,7 @@ reject out-of-range values naming the parameter; values are range-checked per ty
 the statement is re-rendered from params and compared; `issue` rounds outward and `refuse` keeps the reason."""
 import math
 
+import numpy as np
 import pytest
 
 from certify.certificates.claims import (CLAIM_TYPES, RADIUS_TYPES, Claim, ClaimError, claim_type, issue, refuse,
@@ -13,6 +14,15 @@ N, C = 6, 3  # features and classes of the example certificate
 BOX = {"lower": 0.0, "upper": 1.0}
 MOREAU = {"target": 1, "rho": 0.3, "sparsity": 0.0, "group_size": None, "sigma": None, "confidence": None}
 RADIUS = {"target": 1, "p": "inf", "domain": BOX}
+
+def _rec(values):
+    from certify.certificates.document import encode_array
+
+    return encode_array(np.asarray(values, dtype=np.float64))
+
+
+PROPERTY = {"lower": _rec(np.zeros(N)), "upper": _rec(np.ones(N)),
+            "conjunctions": [{"C": _rec([[1.0, -1.0, 0.0]]), "d": _rec([0.0])}, {"C": _rec([[1.0, 0.0, -1.0]]), "d": _rec([0.0])}]}
 
 # one valid parameter set per claim type, and per parameter the out-of-range values each validator rejects
 VALID = {
@@ -33,6 +43,8 @@ VALID = {
     "radius-lower": {**RADIUS, "relaxation": "crown"},
     "exact-radius": RADIUS,
     "gap": RADIUS,
+    "property-holds": PROPERTY,
+    "property-violated": {**PROPERTY, "counterexample": _rec(np.full(N, 0.5))},
 }
 BAD = {
     "target": [-1, C, 1.0, True, "1", None],
@@ -51,8 +63,15 @@ BAD = {
     "quadrature": ["simpson"],
     "n_steps": [0, 100_001, 2.5],
     "baseline": [math.inf, "zero"],
+    "lower": [_rec(np.zeros(N + 1)), _rec(np.zeros((1, N))), {**_rec(np.zeros(N)), "sha256": "0" * 64}, [0.0] * N,
+              {"shape": [N], "sha256": "0" * 64, "sidecar": "a.npy"}],
+    "upper": [_rec(np.ones(N - 1)), {**_rec(np.ones(N)), "values": [1.0] * (N - 1) + [math.inf]}],
+    "conjunctions": [[], [{"C": _rec([[1.0, -1.0]]), "d": _rec([0.0])}], [{"C": _rec([[1.0, -1.0, 0.0]]), "d": _rec([0.0, 1.0])}],
+                     [{"C": _rec([[1.0, -1.0, 0.0]])}], None],
+    "counterexample": [_rec(np.zeros(N - 1)), None],
 }
-WITNESS = {"solver-error": {"z": {}}, "flip-witness": {"delta": {}}, "radius-lower": {"alphas": []},
+WITNESS = {"property-holds": {"format": "", "unstable": [], "root_alphas": [], "conjunctions": []},
+           "solver-error": {"z": {}}, "flip-witness": {"delta": {}}, "radius-lower": {"alphas": []},
            "smoothed-explanation-error": {"samples": 4, "seed": 0}}
 
 
@@ -144,6 +163,19 @@ def test_allowed_kinds_of_some_types():
 def test_values_are_finite_and_in_range(value):
     with pytest.raises(ClaimError, match="value"):
         validate_claim(_claim("lipschitz", value=value), N, C)
+
+
+def test_property_claims_state_a_positive_bound_on_a_nonempty_box():
+    for type_ in ("property-holds", "property-violated"):
+        with pytest.raises(ClaimError, match="outside"):
+            validate_claim(_claim(type_, value=0.0), N, C)
+        with pytest.raises(ClaimError, match="box is empty"):
+            validate_params(type_, {**VALID[type_], "lower": _rec(np.full(N, 2.0))}, N, C)
+    text = render("property-holds", PROPERTY)
+    assert "2 conjunctions" in text and PROPERTY["lower"]["sha256"][:16] in text and "N(x)" in text
+    other = {**PROPERTY, "upper": _rec(np.full(N, 1.0 + 1e-12))}
+    assert render("property-holds", other) != text  # another box, another statement
+    assert "model as run" in render("property-violated", VALID["property-violated"])
 
 
 def test_topk_ratio_lies_in_zero_one():

@@ -86,3 +86,42 @@ def test_arrays_inline_and_sidecar(tmp_path):
     record["sha256"] = "0" * 64
     with pytest.raises(CertificateFormatError, match="sha256"):
         decode_array(record, "big", tmp_path)
+
+
+def _property_doc() -> dict:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from property_grid import classification, predicted, tiny_net
+
+    from certify.attacks.property import PropertyResult
+    from certify.certificates.issuers.property import property_certificate
+
+    model = tiny_net(0)
+    centre = np.array([0.3, -0.2])
+    prop = classification(centre, 0.3, predicted(model, centre))
+    cert = property_certificate(model, prop, PropertyResult("unknown", 1.5, "crown", -0.1), (2,), "crown", 2.0)
+    return json.loads(cert.to_json())
+
+
+def test_property_certificates_round_trip_and_are_schema_checked(tmp_path):
+    from certify.certificates.document import PropertyCertificate, property_schema, read_certificate
+
+    doc = _property_doc()
+    jsonschema.validate(doc, property_schema())
+    again = parse_certificate(json.dumps(doc))
+    assert isinstance(again, PropertyCertificate) and again.answer == "unknown" and again.seconds == 1.5
+    assert json.loads(again.to_json()) == doc
+    again.write(tmp_path / "p.json")
+    assert isinstance(read_certificate(tmp_path / "p.json"), PropertyCertificate)
+    bad = {"answer": "maybe", "extra": 1, "claims": doc["claims"] * 2, "version": 2}
+    for key, value in bad.items():
+        with pytest.raises(CertificateFormatError):
+            parse_certificate(json.dumps({**doc, key: value}))
+    with pytest.raises(CertificateFormatError):
+        parse_certificate(json.dumps({**doc, "property": {**doc["property"], "inputs": 0}}))
+
+
+def test_an_empty_array_keeps_its_recorded_shape():
+    record = encode_array(np.zeros((0, 3)))
+    assert decode_array(json.loads(json.dumps(record)), "x").shape == (0, 3)

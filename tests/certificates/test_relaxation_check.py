@@ -227,3 +227,82 @@ def test_digits_lp_claim_beyond_crown_rests_on_its_multipliers(digits):
     untightened["tightening"] = []
     status, detail = _check(model, cert, witness=untightened)
     assert status == "invalid" and "not proven > 0" in detail
+
+
+@pytest.mark.parametrize("name", ["residual-mlp", "maxpool-cnn", "resnet-block"])
+def test_radius_claims_on_relu_graphs_with_skips_verify_exactly_and_hold(name):
+    """ReLU graphs (a residual MLP, a MaxPool CNN as ReLU layers, a ResNet block): the checker's translation has
+    skip terms, the exact back-substitution gathers them, honest claims verify, raised ones fail, and no
+    sampled point of the certified ball (corners by sign patterns, uniform) changes the decision."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from graph_models import GRAPH_MODELS
+
+    build, shape = GRAPH_MODELS[name]
+    model = build(0)
+    assert translate(model, shape).skips
+    x = torch.rand(1, *shape, generator=torch.Generator().manual_seed(1))
+    claim = _honest_raised_loosened(model, x, math.inf, None, "crown")
+    target = claim.params["target"]
+    gen = torch.Generator().manual_seed(2)
+    signs = torch.randint(0, 2, (512, *shape), generator=gen).double() * 2 - 1
+    uniform = torch.rand(512, *shape, generator=gen, dtype=torch.float64) * 2 - 1
+    points = x.double() + claim.value * torch.cat([signs, uniform])
+    with torch.no_grad():
+        assert (model.double()(points).argmax(1) == target).all()
+    model.float()
+
+
+def test_the_lp_dual_bound_on_a_relu_graph_matches_crown_and_holds_for_any_multipliers():
+    """dual_bound on a residual MLP (skips): with the multipliers that make the triangle LP's Lagrangian equal to
+    CROWN's back-substitution (slopes 1: y1 = Q+ on active / unstable units, y2 = -Q-, w = y1 - s y2, Q the
+    coefficient gathered from every layer reading the value) it reproduces the exact CROWN bound (a missing skip
+    term would not), and with random multipliers it stays below c . z_top at sampled points of the ball."""
+    import sys
+    from pathlib import Path
+
+    from certify.certificates.relaxation_check import ReluNetwork, crown_boxes
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from graph_models import GRAPH_MODELS
+
+    build, shape = GRAPH_MODELS["residual-mlp"]
+    model = build(0).double()
+    raw = translate(model, shape)
+    assert raw.skips
+    net = ReluNetwork(raw.mats, raw.biases, raw.skips)
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(-1, 1, net.weights[0].ints.shape[1])
+    input_set = ExactSet.build(x0, 0.4, math.inf, None)
+    boxes, lines = crown_boxes(net, input_set, [np.ones(w) for w in net.widths[:-1]], _Failed)
+    top = net.depth - 1
+    rows = rng.standard_normal((16, net.widths[-1]))
+    crown = net.backward(input_set, top, Exact.of(rows), lines).floor()
+    mats = {k: [(k, np.asarray(raw.mats[k]))] + [(j, np.asarray(v)) for j, v in sorted(raw.skips.get(k, {}).items())]
+            for k in range(top + 1)}
+    g, q, duals = {top: rows}, {}, {"w": [None] * top, "y1": [None] * top, "y2": [None] * top}
+    for k in range(top, 0, -1):
+        for j, a in mats[k]:
+            q[j] = q.get(j, 0.0) + g[k] @ a
+        lo, hi = boxes[k - 1]
+        chord = np.where((lo < 0) & (hi > 0), hi / np.where(hi > lo, hi - lo, 1.0), 0.0)
+        s = np.where(lo >= 0, 1.0, chord)
+        coeff = q.pop(k)
+        y1 = np.maximum(coeff, 0.0) * (hi > 0)
+        y2 = -np.minimum(coeff, 0.0)
+        g[k - 1] = y1 - s * y2
+        duals["w"][k - 1], duals["y1"][k - 1], duals["y2"][k - 1] = g[k - 1], y1, y2
+    exact = {key: [Exact.of(v) for v in values] for key, values in duals.items()}
+    dual = net.dual_bound(input_set, top, Exact.of(rows), exact, boxes, lines).floor()
+    assert np.allclose(dual, crown, rtol=1e-9, atol=1e-9)
+    points = torch.as_tensor(x0 + rng.uniform(-0.4, 0.4, (4000, x0.size)))
+    with torch.no_grad():
+        sampled = (model(points).numpy() @ rows.T).min(axis=0)
+    assert (crown <= sampled + 1e-9).all()
+    for _ in range(5):
+        duals = {key: [Exact.of(rng.standard_normal((16, w)) if key == "w" else rng.uniform(0, 1, (16, w)))
+                       for w in net.widths[:-1]] for key in ("w", "y1", "y2")}
+        assert (net.dual_bound(input_set, top, Exact.of(rows), duals, boxes, lines).floor() <= sampled + 1e-9).all()
+    model.float()

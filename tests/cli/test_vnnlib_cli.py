@@ -53,3 +53,36 @@ def test_explain_reads_the_box_centre_and_label_from_vnnlib(tmp_path, capsys):
     cert = json.loads(out.read_text())
     assert cert["target"] == M.prop("prop_2_0.03.vnnlib").label == 0
     assert main(["verify", str(out)]) == EXIT_OK
+
+
+def test_verify_property_writes_certificates_that_certify_verify_rechecks(tmp_path, capsys):
+    """holds (exit 0) and violated (exit 1) answers write certificates; `certify verify` re-checks them (exit
+    0: valid), names the answer, and an edited certificate fails (exit 1)."""
+    for prop, code, answer in (("prop_2_0.03.vnnlib", EXIT_OK, "holds"), ("prop_7_0.03.vnnlib", EXIT_FAILED, "violated")):
+        net, path = _paths("mnist-net_256x2.onnx", prop)
+        out = tmp_path / f"{answer}.json"
+        assert main(["verify-property", net, path, "--timeout", "20", "--out", str(out)]) == code
+        doc = json.loads(out.read_text())
+        assert doc["answer"] == answer and doc["claims"][0]["kind"] == "certified"
+        assert doc["claims"][0]["type"] == f"property-{answer}"
+        capsys.readouterr()
+        assert main(["verify", str(out)]) == EXIT_OK
+        text = capsys.readouterr().out
+        assert f"answer: {answer} (certificate valid)" in text and "sha256 matches" in text
+        doc["claims"][0]["value"] *= 4
+        out.write_text(json.dumps(doc))
+        assert main(["verify", str(out)]) == EXIT_FAILED
+
+
+def test_an_unknown_answer_exits_75_and_its_certificate_verifies_with_75(tmp_path, capsys):
+    from certify.errors import EXIT_UNKNOWN
+
+    net, prop = _paths("mnist-net_256x6.onnx", "prop_1_0.03.vnnlib")
+    out = tmp_path / "unknown.json"
+    assert main(["verify-property", net, prop, "--timeout", "3", "--method", "crown", "--out", str(out)]) == EXIT_UNKNOWN
+    doc = json.loads(out.read_text())
+    assert doc["answer"] == "unknown" and doc["claims"][0]["kind"] == "refused" and doc["seconds"] > 0
+    capsys.readouterr()
+    assert main(["verify", str(out), "--json"]) == EXIT_UNKNOWN
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid"] and report["answer"] == "unknown" and report["claims"][0]["status"] == "refused"

@@ -1,0 +1,208 @@
+"""The certificate of a VNN-LIB property answer (issue 12; `certify verify-property --out`): a
+`PropertyCertificate` (certify.certificates.document) holding exactly one claim:
+
+* answer "holds": a certified `property-holds` claim whose witness is certify.bounds.property's split-tree
+  witness (root slopes; per conjunction the leaves with their splits, multipliers, rows and slopes), or, where
+  that gives none (ReLU graphs with skips, LeakyReLU networks) or it does not re-check, `crown_witness` on the checker's
+  translation. Its value
+  is the least leaf bound as the CHECKER re-derives it (`property_check.prove_holds` on the checker's own
+  translation), rounded down: a witness the checker would not accept is never written as certified (the claim
+  is refused with the checker's reason and the answer becomes "unknown");
+* answer "violated": a certified `property-violated` claim with the counterexample in its params; its value is
+  the violation slack as the checker re-derives it (`property_check.counterexample_slack`: the model as run
+  and N, each less its rounding tolerance); a slack not above the tolerance refuses the claim ("unknown");
+* answer "unknown": a refused `property-holds` claim saying what was tried and for how long.
+
+The box and the formula are the parsed file's float64 arrays (params of the claim); the file's path and the
+sha256 of its bytes are recorded in the `property` block, so `certify verify` re-parses the file when present.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import certify
+from certify.attacks.property import PropertyResult
+from certify.certificates import semantics
+from certify.certificates._common import Invalid
+from certify.certificates.claims import FUNCTION_DESCRIPTION, Claim, issue, refuse
+from certify.certificates.document import PropertyCertificate, decode_array, encode_array
+from certify.certificates.issuers.common import _jsonable
+from certify.certificates.property_check import (WITNESS_FORMAT, counterexample_slack, graph_of, lower_bound,
+                                                 property_arrays, prove_holds, read_witness, root_boxes, scatter)
+from certify.models.hashing import model_hash
+from certify.models.vnnlib import Property
+
+CLAIM_ID = "property"
+
+
+def _params(prop: Property) -> dict[str, Any]:
+    return {"lower": encode_array(prop.lower), "upper": encode_array(prop.upper),
+            "conjunctions": [{"C": encode_array(c), "d": encode_array(d)} for c, d in prop.disjuncts]}
+
+
+class _Sidecars:
+    """Witness arrays larger than document.INLINE_LIMIT go to `<stem>.w<i>.npy` next to the certificate."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out, self.count = out, 0
+
+    def encode(self, array: Any) -> dict[str, Any]:
+        self.count += 1
+        side = None if self.out is None else self.out.with_name(f"{self.out.stem}.w{self.count}.npy")
+        return encode_array(np.asarray(array, dtype=np.float64), side)
+
+
+def encode_witness(witness: dict, out: Path | None = None) -> dict[str, Any]:
+    """certify.bounds.property's witness dict as certificate array records (sidecars next to `out`)."""
+    side = _Sidecars(out)
+    return {
+        "format": witness["format"],
+        "unstable": [side.encode(u) for u in witness["unstable"]],
+        "root_alphas": [[side.encode(a) for a in layer] for layer in witness["root_alphas"]],
+        "conjunctions": [{key: side.encode(tree[key]) for key in ("depth", "splits", "betas", "row", "alphas")}
+                         for tree in witness["conjunctions"]],
+    }
+
+
+def crown_witness(raw: Any, prop: Property) -> dict | None:
+    """A one-leaf-per-conjunction witness (WITNESS.md format) by plain CROWN on the checker's own translation
+    `raw`, for ReLU GRAPHS (skips) and LeakyReLU networks, which certify.bounds.property gives no witness for:
+    adaptive slopes (alpha 1 where u >= -l, else 0) on the root boxes, built layer by layer with `property_check.root_boxes` (quadratic in
+    the depth); per conjunction the row with the best bound. None when some conjunction has no row > 0."""
+    net = graph_of(raw).require_relu()
+    box, conjunctions = property_arrays(_params(prop))
+    hidden = net.widths[:-1]
+    unstable: list[np.ndarray] = []
+    roots: list[list[np.ndarray]] = []
+    boxes: list = []
+    adaptive = lambda j: (boxes[j][1] >= -boxes[j][0]).astype(np.float64)[0, unstable[j]]  # noqa: E731
+    for k in range(len(hidden)):
+        roots.append([np.repeat(adaptive(j)[None], 2 * hidden[k], 0) for j in range(k)])
+        boxes = root_boxes(net, box, unstable, roots)
+        lo, hi = boxes[k]
+        unstable.append(np.flatnonzero((lo[0] < 0) & (hi[0] > 0)))
+    slopes = [scatter(adaptive(j)[None], unstable[j], hidden[j]) for j in range(len(hidden))]
+    trees = []
+    for c, d in conjunctions:
+        bound = lower_bound(net, net.depth - 1, c, -d, boxes, box, slopes, [None] * len(hidden))
+        if not bound.max() > 0:
+            return None
+        trees.append({"depth": np.zeros(1), "splits": np.zeros((0, 3)), "betas": np.zeros(0),
+                      "row": np.array([int(np.argmax(bound))]),
+                      "alphas": np.concatenate([adaptive(j) for j in range(len(hidden))])[None]})
+    return {"format": WITNESS_FORMAT, "unstable": unstable, "root_alphas": roots, "conjunctions": trees}
+
+
+def _function(model: nn.Module, input_shape: tuple[int, ...], prop: Property) -> tuple[dict[str, Any], Any]:
+    """(the function block, the checker's translation or None): semantics.translate and its conformance check
+    at the box centre, as the checker repeats them."""
+    try:
+        raw = semantics.translate(model, input_shape)
+    except Exception as exc:  # noqa: BLE001 - any refusal of the translation refuses the claim
+        return {"refused": f"the model cannot be translated exactly: {exc}"}, None
+    first = next(iter(model.parameters()), None)
+    dtype = first.dtype if first is not None else torch.float32
+    device = first.device if first is not None else torch.device("cpu")
+    centre = torch.as_tensor((prop.lower + prop.upper) / 2).reshape(1, *input_shape).to(dtype).to(device)
+    try:
+        dev, tol, passed = semantics.check_conformance(model, raw, centre)
+    except Exception as exc:  # noqa: BLE001 - a model that fails on its own box centre does not conform
+        return {"refused": f"the conformance check could not run at the box centre: {exc}"}, None
+    block = {"description": FUNCTION_DESCRIPTION, "semantics": _jsonable(semantics.summary(raw)),
+             "conformance": {"tolerance": float(tol) if math.isfinite(tol) else 0.0,
+                             "max_deviation": float(dev) if math.isfinite(dev) else 1e308,
+                             "points": 33, "passed": bool(passed), "detail": "checker translation, box centre and far points"}}
+    return block, (raw if passed else None)
+
+
+def _claim(model: nn.Module, prop: Property, result: PropertyResult, raw: Any, refusal: str | None,
+           input_shape: tuple[int, ...], out: Path | None) -> Claim:
+    params = _params(prop)
+    method = result.method or "none"
+    box, conjunctions = property_arrays(params)
+    if result.status == "violated" and result.counterexample is not None:
+        point = np.asarray(result.counterexample, dtype=np.float64).reshape(-1)
+        vparams = {**params, "counterexample": encode_array(point)}
+        if refusal is not None:
+            return refuse(CLAIM_ID, "property-violated", vparams, method, refusal)
+        try:
+            slack = min(counterexample_slack(model, graph_of(raw), point, input_shape, conjunctions))
+        except Invalid as exc:
+            return refuse(CLAIM_ID, "property-violated", vparams, method, str(exc))
+        if not slack > 0:
+            return refuse(CLAIM_ID, "property-violated", vparams, method,
+                          f"the counterexample violates the formula by less than the rounding tolerance (slack {slack:.3g})")
+        claim = issue(CLAIM_ID, "property-violated", vparams, slack, method)
+        return claim if claim.value > 0 else refuse(CLAIM_ID, "property-violated", vparams, method, "slack rounds to 0")
+    if result.status == "holds":
+        if refusal is not None:
+            return refuse(CLAIM_ID, "property-holds", params, method, refusal)
+        return _holds_claim(raw, prop, result, params, method, out)
+    margin = "none" if result.margin is None else f"{result.margin:.6g}"
+    return refuse(CLAIM_ID, "property-holds", params, method,
+                  f"{result.status}: neither proven nor refuted in {result.seconds:.1f} s (best certified lower bound {margin})")
+
+
+def _holds_claim(raw: Any, prop: Property, result: PropertyResult, params: dict[str, Any], method: str,
+                 out: Path | None) -> Claim:
+    """The certified holds claim from the first witness the checker accepts: the bound code's, then plain
+    CROWN on the checker's translation (`crown_witness`); else refused with the checker's reasons."""
+    box, conjunctions = property_arrays(params)
+    base = None if out is None else out.parent
+    reasons = []
+    for source in ("bound code", "checker-side CROWN"):
+        try:
+            found = result.witness if source == "bound code" else crown_witness(raw, prop)
+            if found is None:
+                reasons.append(f"{source}: no witness")
+                continue
+            witness = encode_witness(found, out)
+            net = graph_of(raw)
+            decoded = read_witness(witness, net, conjunctions, lambda rec, where: decode_array(rec, where, base))
+            value = prove_holds(net, box, conjunctions, decoded)
+        except Invalid as exc:
+            reasons.append(f"{source}: {exc}")
+            continue
+        claim = issue(CLAIM_ID, "property-holds", params, value, method if source == "bound code" else "crown", witness=witness)
+        if claim.value >= 5e-324:
+            return claim
+        reasons.append(f"{source}: the re-derived bound {value:.3g} rounds to 0")
+    return refuse(CLAIM_ID, "property-holds", params, method,
+                  f"{method} proved the property, but no witness re-checks ({'; '.join(reasons)})")
+
+
+def property_certificate(model: nn.Module, prop: Property, result: PropertyResult, input_shape: tuple[int, ...],
+                         method: str, timeout: float, model_spec: str | None = None,
+                         out: Path | None = None) -> PropertyCertificate:
+    """The certificate of `result` (verify_property's answer for `prop` on `model`, inputs of `input_shape`);
+    witness arrays too large to inline are written next to `out` (module docstring)."""
+    function, raw = _function(model, input_shape, prop)
+    refusal = function.get("refused") or (None if raw is not None else "the conformance check of the checker's translation failed")
+    claim = _claim(model, prop, result, raw, refusal, input_shape, out)
+    answer = "unknown" if claim.kind == "refused" else ("holds" if claim.type == "property-holds" else "violated")
+    digest = None
+    if prop.path and Path(prop.path).is_file():
+        digest = hashlib.sha256(Path(prop.path).read_bytes()).hexdigest()
+    first = next(iter(model.parameters()), None)
+    provenance = {
+        "package": f"certify {certify.__version__}", "torch": torch.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(first.device) if first is not None else "cpu",
+        "model": {"spec": model_spec, "sha256": model_hash(model), "architecture": repr(model),
+                  "dtype": str(first.dtype).replace("torch.", "") if first is not None else "float32"},
+        "method": method, "timeout": float(timeout), "notes": list(result.notes),
+    }
+    return PropertyCertificate(
+        provenance=provenance, function=function,
+        property={"path": prop.path or None, "sha256": digest, "input_shape": [int(s) for s in input_shape],
+                  "inputs": prop.num_inputs, "outputs": prop.num_outputs},
+        answer=answer, seconds=float(result.seconds), claims=[claim])
