@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 a check or claim failed; 2 unusable input to `certify verify` (DESIGN section 7);
 64 usage error; 65 invalid input data (NaN/Inf, shape, dtype, target, model mode); 66 unsupported model,
-layer or method; 70 internal error; 75 undecided within the time limit (`verify-property`: unknown).
+layer or method; 70 internal error; 75 undecided within the time limit (`verify-property` answering unknown,
+and `certify verify` of a valid property certificate whose answer is unknown).
 """
 from __future__ import annotations
 

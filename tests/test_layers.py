@@ -55,8 +55,8 @@ def test_the_contracts_state_the_designed_order():
     assert contracts["layers"]["layers"] == EXPECTED_LAYERS
     checker = contracts["independent-checker"]
     assert checker["type"] == "forbidden"
-    assert {"certify.certificates.checker", "certify.certificates.relaxation_check",
-            "certify.certificates.semantics"} <= set(checker["source_modules"])
+    assert {"certify.certificates.checker", "certify.certificates.property_check",
+            "certify.certificates.relaxation_check", "certify.certificates.semantics"} <= set(checker["source_modules"])
     assert {"certify.explain", "certify.bounds", "certify.attacks"} <= set(checker["forbidden_modules"])
     assert checker.get("allow_indirect_imports", "False") in ("False", "false", False)  # chains count too
     assert "ignore_imports" not in checker and "ignore_imports" not in contracts["layers"]
@@ -99,6 +99,16 @@ def test_a_checker_reaching_the_solver_is_caught(tmp_path):
     assert result.returncode != 0, result.stdout
     assert "the certificate checker imports no solver, verification or attack code BROKEN" in result.stdout
     assert "certify.certificates.checker -> certify.metrics.sparsity" in result.stdout
+
+
+def test_the_property_checker_reaching_the_bounds_is_caught(tmp_path):
+    """The property certificate's checker is part of the independent checker: importing bound code fails."""
+    root = _copy_tree(tmp_path)
+    _add_import(root / "certify" / "certificates" / "property_check.py", "import certify.bounds.sets")
+    result = _lint(root)
+    assert result.returncode != 0, result.stdout
+    assert "the certificate checker imports no solver, verification or attack code BROKEN" in result.stdout
+    assert "certify.certificates.property_check -> certify.bounds.sets" in result.stdout
 
 
 def test_the_theorem_suite_may_not_import_the_cli(tmp_path):

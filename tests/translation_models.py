@@ -1,6 +1,8 @@
 """Models shared by the issuer-side (tests/bounds/test_network.py) and the checker-side
-(tests/certificates/test_semantics.py) translation tests: one the translations must refuse, one written with
-functional calls and method forms they must model. Imported through sys.path, not collected."""
+(tests/certificates/test_semantics.py) translation tests: a residual block written as an overridden forward
+(both translations must see the add as an identity skip, and its Sequential body must fail conformance),
+and one written with functional calls and method forms they must model. Imported through sys.path, not
+collected."""
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -184,7 +184,13 @@ def _curvature(net: AffineNetwork, c_row: Tensor, region: InputSet | None, metho
         if net.is_chain and all(a.name == "relu" for a in net.activations) and _relu_stable(net, region):
             zero = torch.zeros(region.center.shape[0], rows.shape[0], dtype=torch.float64, device=rows.device)
             return zero, zero, assumptions + ["no ReLU changes state on the region: f is affine there"]
-        return BoundResult.refuse(method, RELU_REFUSAL, assumptions)
+        if all(a.name in PIECEWISE_LINEAR for a in net.activations):
+            return BoundResult.refuse(method, RELU_REFUSAL, assumptions)
+        k, act = next((k, a) for k, a in enumerate(net.activations) if a.name in PIECEWISE_LINEAR)
+        return BoundResult.refuse(method, (
+            f"hidden layer {k} of this network has {act.name}, whose kinks leave f without a Hessian bound: where a "
+            "kink lowers the slope f is not weakly convex for any lambda, so no curvature bound exists in general; "
+            "only the Gaussian-smoothed route (certify.bounds.smoothing.smoothed_weak_convexity) applies"), assumptions)
     method_name = "the Hessian eigenvalue bounds"
     reason = activation_refusal(net, method_name, ("softplus",)) or chain_refusal(net, method_name)
     if reason is not None:

@@ -84,15 +84,14 @@ where E(model) is the standard worst-case forward rounding-error bound of the mo
   or a constant is added); concatenation, reshapes and max pooling carry the error unchanged (max is
   1-Lipschitz in the max norm: |max a - max b| <= max |a - b|);
 - an activation carries the error times its Lipschitz constant (Activation.lipschitz: sup |sigma'|) and adds
-  its own rounding relative to its value: ReLU is exact; softplus 6 u |sigma(z)| (as before); the others
-  c u (|sigma(z)| + |z|), c = 2 for LeakyReLU (the product x * slope, plus the slope rounded to the dtype:
-  u |value| each) and c = 16 for Sigmoid, Tanh, GELU (both) and SiLU. Why 16 is safe: torch evaluates them as
-  1 / (1 + exp(-z)), tanh(z), z / 2 (1 + erf(z / sqrt 2)), z / 2 (1 + tanh(sqrt(2 / pi) (z + 0.044715 z^3)))
-  and z / (1 + exp(-z)); the elementary functions of libm, SLEEF (u10) and CUDA are accurate to <= 2 ulp
-  (4u), and each formula adds at most 4 more roundings whose relative errors add up (second-order terms
-  are far below u), so <= 8 u |sigma(z)| plus the absolute error of 1 + erf / 1 + tanh where they cancel
-  (z < 0: <= 4 u, times |z| / 2 <= 2 u |z|) and the underflow of exp(-z) (sigmoid / silu of z < -88 in
-  float32: the true value is below e^{-|z|} < u |z|); 16 is twice that;
+  its own rounding, `Activation.evaluation_error(z, dtype)` in the model's dtype (the bound on torch's
+  kernel there and on this package's float64 value, with the amplification of rounded inner arguments and
+  an underflow floor; its docstring says why it is safe): ReLU is exact, LeakyReLU 2 u |sigma(z)| (the
+  product x * slope, plus the slope rounded to the dtype), softplus 8 u |sigma(z)| plus its argument term,
+  Sigmoid, Tanh and SiLU 16 u |sigma(z)|, GELU (both forms) 16 u (|sigma(z)| + |z|) plus the amplification
+  of 1 + erf / 1 + tanh where it cancels (z < 0); CUDA's exp / tanh / erf are within 2 ulp as well, so
+  the same count of roundings covers them. The activations run as torch's own kernels in the dtype,
+  whatever the matmul precision (TF32 affects the affine ops only);
 
 E(N) is the same bound for N's float64 evaluation of its layers (n = the number of columns of W_k and
 S_{k,j} plus one per matrix product). For a head, L_head is its Lipschitz constant in the max norm
@@ -148,9 +147,6 @@ _SPATIAL = {nn.Conv1d: 1, nn.Conv2d: 2, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.Ada
 
 U64 = 2.0**-53
 CONFORMANCE_SAFETY = 2.0
-SOFTPLUS_ROUNDING = 6  # rounding ops of a softplus evaluation, relative to its value
-# rounding of the other activations, in units of u, relative to |sigma(z)| + |z| (module docstring: why safe)
-ACTIVATION_ROUNDING = {"leaky_relu": 2, "sigmoid": 16, "tanh": 16, "gelu": 16, "gelu_tanh": 16, "silu": 16}
 CONSTANT_TERMS = 3  # rounded operations of an op with a constant operand (conversion, op, reciprocal)
 HEADS = {"softmax": 0.5, "log_softmax": 2.0}  # dropped head -> its Lipschitz constant in the max norm
 
@@ -1241,15 +1237,6 @@ def _gamma(terms: int, u: float) -> float:
     return nu / (1 - nu) if nu < 0.5 else math.inf
 
 
-def _activation_rounding(activation: Activation, z: Tensor, value: Tensor, u: float) -> Tensor | float:
-    """Bound on |torch's sigma(z) - sigma(z)| from rounding in unit roundoff u (module docstring)."""
-    if activation.name == "relu":
-        return 0.0
-    if activation.name == "softplus":
-        return SOFTPLUS_ROUNDING * u * value.abs()
-    return ACTIVATION_ROUNDING[activation.name] * u * (value.abs() + z.abs())
-
-
 def apply_head(head: str | None, logits: Tensor) -> Tensor:
     """The dropped head applied to N's logits [N, C] (identity without one)."""
     if head == "softmax":
@@ -1259,20 +1246,22 @@ def apply_head(head: str | None, logits: Tensor) -> Tensor:
     return logits
 
 
-def rounding_bound(net: AffineNetwork, points: Tensor, u: float) -> Tensor:
+def rounding_bound(net: AffineNetwork, points: Tensor, u: float, dtype: torch.dtype) -> Tensor:
     """[m, C] bound on |model output - N's output (through the dropped head, if any)| from rounding, without the
-    safety factor or `deviation`: the model's op graph in unit roundoff u (plus float64 for building N), N's
-    float64 evaluation and, with a head, its Lipschitz constant and own rounding. points: [m, *input_shape]."""
-    return _rounding(net, points, u)[0]
+    safety factor or `deviation`: the model's op graph in unit roundoff u (plus float64 for building N) with
+    its activations run in `dtype` (the model's), N's float64 evaluation and, with a head, its Lipschitz
+    constant and own rounding. points: [m, *input_shape]."""
+    return _rounding(net, points, u, dtype)[0]
 
 
 def _peak(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1).abs().amax(dim=1) if t[0].numel() else torch.zeros(t.shape[0], dtype=t.dtype)
 
 
-def _model_rounding(net: AffineNetwork, points: Tensor, u: float) -> tuple[Tensor, Tensor]:
+def _model_rounding(net: AffineNetwork, points: Tensor, u: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(bound on |model logits - exact logits| [m, C], peak [m]) by propagating the forward rounding bound
-    through the model's op graph node by node; peak is the largest magnitude any op handles (|A| |h| + |c|,
+    through the model's op graph node by node (affine ops in unit roundoff u, activations by torch's kernels
+    in `dtype`); peak is the largest magnitude any op handles (|A| |h| + |c|,
     activation values), so an overflow of the model's dtype is told from a wrong function."""
     v = u + U64
     values: list[tuple[Tensor, Tensor]] = []
@@ -1286,7 +1275,7 @@ def _model_rounding(net: AffineNetwork, points: Tensor, u: float) -> tuple[Tenso
         elif op.kind == "act":
             (z, e), act = ins[0], op.activation
             h = act(z)
-            err = act.lipschitz * e + _activation_rounding(act, z, h, v)
+            err = act.lipschitz * e + act.evaluation_error(z, dtype)
             peak = torch.maximum(peak, _peak(h))
         elif op.kind == "sum":
             h = sum(c * a for c, (a, _) in zip(op.coefs, ins))
@@ -1325,15 +1314,15 @@ def _network_rounding(net: AffineNetwork, x: Tensor) -> tuple[Tensor, Tensor]:
             act = net.activations[k]
             h = act(z)
             hs.append(h)
-            es.append(act.lipschitz * e + _activation_rounding(act, z, h, U64))
+            es.append(act.lipschitz * e + act.evaluation_error(z, torch.float64))
     return z, e
 
 
-def _rounding(net: AffineNetwork, points: Tensor, u: float) -> tuple[Tensor, Tensor]:
+def _rounding(net: AffineNetwork, points: Tensor, u: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(rounding bound [m, C] of the compared outputs, peak [m]) - see `rounding_bound` and `_model_rounding`."""
     with torch.no_grad():
         points = points.to("cpu", torch.float64)
-        model_err, peak = _model_rounding(net, points, u)
+        model_err, peak = _model_rounding(net, points, u, dtype)
         logits, net_err = _network_rounding(net, points.reshape(points.shape[0], -1))
         bound = model_err + net_err
         if net.head is not None:
@@ -1381,7 +1370,7 @@ def conformance(model: nn.Module, net: AffineNetwork, x: Tensor, data: Tensor | 
     if got.reshape(got.shape[0], -1).shape != want.shape:
         return Conformance(math.inf, math.inf, 0, False, f"the model returns shape {tuple(got.shape)}, N {tuple(want.shape)}")
     got = got.reshape(want.shape)
-    bound, peak = _rounding(net, seen64, u)
+    bound, peak = _rounding(net, seen64, u, dtype)
     tol = CONFORMANCE_SAFETY * bound + HEADS.get(net.head, 1.0) * net.deviation
     n_x = parts[0].shape[0]
     if not torch.equal(alone.reshape(-1), got[0]):

@@ -17,8 +17,9 @@ scheme the witness is for); the witness holds evidence only:
   optimal at the written radius, the claim carries the CROWN witness instead if CROWN proves that radius.
 
 Only ReLU networks are claimed: the checker's exact arithmetic has no exp or log for softplus. Graphs with
-skip terms (residual adds, concatenations, max-pool as ReLU tournaments) are claimed with "crown"; "lp"
-is refused on a graph: the checker's LP dual bound (`relaxation_check`) is written for chains.
+skip terms (residual adds, concatenations, max-pool as ReLU tournaments) are claimed with either scheme: the
+LP's multipliers are per layer as on a chain, and the checker's dual bound (`relaxation_check`) gathers each
+layer output's coefficient from every layer that reads it.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from certify.bounds.crown import layer_bounds, margin_bounds_on_set
 from certify.bounds.lp import LPDuals, LPVerifier
 from certify.bounds.network import AffineNetwork, from_module
 from certify.bounds.radius import certified_radius
-from certify.bounds.requirements import activation_refusal, chain_refusal
+from certify.bounds.requirements import activation_refusal
 from certify.bounds.sets import InputSet
 from certify.vocabulary import parse_norm as norm_order
 from certify.certificates.claims import Claim, issue, refuse
@@ -111,8 +112,6 @@ def relaxation_radius_claim(
         return refuse_("the exactly re-checkable relaxation claim covers ReLU networks with a hidden layer only")
     reason = activation_refusal(net, "the exactly re-checkable relaxation claim (the checker's exact rational "
                                 "arithmetic has no exp, log or tanh)", ("relu",))
-    if method == "lp":
-        reason = reason or chain_refusal(net, "the LP relaxation claim (its checker's dual bound)")
     if reason is not None:
         return refuse_(reason)
     x = x.detach().to(torch.float64).cpu()

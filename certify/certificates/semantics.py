@@ -573,14 +573,23 @@ def _walk(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], i
                                  "softmax over the class dimension is modelled (dropped: bounds are about logits)")
         return _Head(kind, x, n)
 
-    def affine_binary(n: fx.Node, op: str, left: Any, right: Any) -> _T:
-        """add / sub / mul / div where it is affine in the input-dependent operands."""
+    def affine_binary(n: fx.Node, op: str, left: Any, right: Any, alpha: float = 1.0) -> _T:
+        """add / sub / mul / div where it is affine in the input-dependent operands; torch.add / sub's
+        `alpha` scales the right operand (left + alpha * right)."""
         label = _name_of(n)
         lt, rt = isinstance(left, _T), isinstance(right, _T)
+        if alpha != 1.0 and not (op in ("add", "sub") and (rt or lt)):
+            raise SemanticsError(f"op {label} with alpha={alpha} is not modelled")
         if op in ("add", "sub") and lt and rt:
-            fn = operator.add if op == "add" else operator.sub
-            return b.add(label, (left, right), fn, lambda keep, p, q: p + q, 2)
+            sign = 1.0 if op == "add" else -1.0
+            terms = 2 if alpha == 1.0 else 3
+            return b.add(label, (left, right), lambda p, q, a=sign * alpha: p + a * q,
+                         lambda keep, p, q, a=abs(alpha): p + a * q, terms)
         if op in ("add", "sub") and (lt or rt):
+            if alpha != 1.0:
+                if not lt:
+                    raise SemanticsError(f"op {label}: a constant plus alpha={alpha} times a value is not modelled")
+                right = alpha * constant(right, label)
             x, c = (left, constant(right, label)) if lt else (right, constant(left, label))
             if op == "add":
                 run = lambda v, c=c: v + c  # noqa: E731
@@ -754,9 +763,12 @@ def _walk(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], i
         # -- affine arithmetic
         op = "add" if base in _ADD else "sub" if base in _SUB else "mul" if base in _MUL else "div" if base in _DIV else None
         if op is not None and (fn or method):
-            if kwargs.get("alpha", 1) != 1 or kwargs.get("rounding_mode") is not None or len(args) != 2:
+            alpha = kwargs.get("alpha", 1)
+            if not isinstance(alpha, (int, float)) or (alpha != 1 and op not in ("add", "sub")):
+                raise SemanticsError(f"op {name} with alpha={alpha!r} is not modelled")
+            if kwargs.get("rounding_mode") is not None or len(args) != 2 or set(kwargs) - {"alpha"}:
                 raise SemanticsError(f"op {name} with arguments {sorted(kwargs)} is not modelled")
-            env[n] = affine_binary(n, op, args[0], args[1])
+            env[n] = affine_binary(n, op, args[0], args[1], float(alpha))
             continue
         if base in _NEG:
             env[n] = b.add(name, (tensor_arg(n, args[0]),), operator.neg, lambda keep, v: v, 0)

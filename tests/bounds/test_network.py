@@ -102,7 +102,7 @@ def test_zoo_models_translate_and_conform_including_far_points(name):
     assert result.max_deviation <= result.tolerance
     # the tolerance is a rounding bound, not a blanket: at the inputs it stays far below the logits' scale
     x = data.x_test[:2]
-    tol_x = 2 * rounding_bound(net, x.double(), 2.0**-24) + net.deviation
+    tol_x = 2 * rounding_bound(net, x.double(), 2.0**-24, torch.float32) + net.deviation
     assert float(tol_x.max()) < 1e-3 * float(model(x).detach().abs().max())
 
 

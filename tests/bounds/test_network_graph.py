@@ -69,8 +69,32 @@ def test_graph_models_translate_exactly_and_conform(name):
         assert result.passed, (dtype, result.detail)
         assert result.max_deviation <= result.tolerance
     # the tolerance is a rounding bound, not a blanket: at the inputs it stays far below the outputs' scale
-    tol = 2 * rounding_bound(net, x, 2.0**-24) + net.deviation
+    tol = 2 * rounding_bound(net, x, 2.0**-24, torch.float32) + net.deviation
     assert float(tol.max()) < 1e-4 * (1 + float(_model_output(model, x).abs().max()))
+
+
+@pytest.mark.parametrize("module", [nn.ReLU(), nn.LeakyReLU(0.1), nn.Softplus(), nn.Sigmoid(), nn.Tanh(), nn.GELU(),
+                                    nn.GELU(approximate="tanh"), nn.SiLU()], ids=repr)
+def test_conformance_rounds_each_activation_as_activations_evaluation_error(module):
+    """The conformance bound of an activation is its own `Activation.evaluation_error` in the model's dtype
+    (one definition, with the amplification of rounded inner arguments): identity Linear layers around a single
+    activation, z from -40 to 40, where torch's float32 kernel stays within the bound."""
+    def identity():
+        lin = nn.Linear(1, 1)
+        lin.weight.data.fill_(1.0)
+        lin.bias.data.zero_()
+        return lin
+
+    model = nn.Sequential(identity(), module, identity()).eval()
+    net = from_module(model, (1,))
+    act = net.activations[0]
+    z = torch.linspace(-40.0, 40.0, 4001, dtype=F64).float().double().reshape(-1, 1)  # representable in float32
+    b32, b64 = rounding_bound(net, z, 2.0**-24, torch.float32), rounding_bound(net, z, 2.0**-53, torch.float64)
+    assert bool((b32 >= act.evaluation_error(z, torch.float32)).all())
+    assert bool((b64 <= b32).all())
+    with torch.no_grad():
+        got = model.float()(z.float()).double()
+    assert bool(((got - act(z)).abs() <= b32).all())  # without the safety factor 2 of `conformance`
 
 
 def test_chains_stay_chains_and_graphs_have_skips():

@@ -13,12 +13,13 @@ from certify.bounds.curvature import RELU_REFUSAL, curvature_bound, weak_convexi
 from certify.bounds.lipsdp import lipsdp
 from certify.bounds.lp import lp_margin_lower_bounds
 from certify.bounds.milp import exact_margin_lower_bounds
-from certify.bounds.network import AffineNetwork
+from certify.bounds.network import AffineNetwork, from_module
 from certify.bounds.radius import certified_radius
 from certify.bounds.requirements import activation_refusal, chain_refusal, require_chain, require_relu
 from certify.errors import UnsupportedError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_models import GRAPH_MODELS  # noqa: E402
 from graph_networks import skip_network  # noqa: E402
 
 X = torch.full((1, 4), 0.5, dtype=torch.float64)
@@ -79,3 +80,13 @@ def test_lipsdp_and_curvature_bounds_refuse_graphs_and_other_activations():
     for act in ("relu", "leaky_relu"):  # piecewise linear: no curvature bound at all, chain or graph
         assert weak_convexity(skip_network(Activation(act)), row).reason == RELU_REFUSAL
         assert weak_convexity(_chain(act), row).reason == RELU_REFUSAL
+
+
+def test_curvature_bounds_name_the_kinked_layer_of_a_mixed_network():
+    """A network with ReLU and smooth layers is not piecewise linear: the refusal names the ReLU layer."""
+    build, shape = GRAPH_MODELS["branches"]  # cat(relu(A x), tanh(B x)) -> Linear
+    net = from_module(build(0), shape)
+    row = torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64)
+    for result in (weak_convexity(net, row), curvature_bound(net, row)):
+        assert result.refused and result.reason != RELU_REFUSAL
+        assert result.reason.startswith("hidden layer 0 of this network has relu, whose kinks"), result.reason

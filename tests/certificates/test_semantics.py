@@ -544,3 +544,27 @@ def test_property_random_graphs_translate_exactly_and_conform(seed, acts, residu
     assert float(grads.norm(dim=1).max()) <= S.lipschitz_bound(stages, row, 2.0)
     net = from_module(model, (1, 6, 5))
     assert float((net.forward(x.reshape(6, -1)) - S.forward(stages, x)).abs().max()) <= 1e-10
+
+
+class _AddAlpha(nn.Module):
+    """torch.add / torch.sub with alpha: left + alpha * right, on two values and on a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = torch.relu(self.a(x))
+        return self.b(torch.sub(torch.add(x, h, alpha=0.5), 0.25, alpha=2.0))
+
+
+def test_add_and_sub_with_alpha_are_translated_like_the_issuer_does() -> None:
+    torch.manual_seed(0)
+    model = _AddAlpha().eval()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    stages = S.translate(model, (4,))
+    want = model.double()(x).detach()
+    assert float((S.forward(stages, x) - want).abs().max()) < 1e-12
+    assert float((from_module(model, (4,)).forward(x) - want).abs().max()) < 1e-12
+    assert S.check_conformance(model.float(), stages, x[:1].float())[2]
