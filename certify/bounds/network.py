@@ -11,7 +11,8 @@ The graph IR (N). A DAG of L affine layers with skip terms:
 A chain is the special case without skips (`is_chain`). W_k may be all zero when layer k reads skips only.
 
 Translation (`from_module`). The model (unwrapped from nn.DataParallel / DistributedDataParallel /
-torch.compile; a TorchScript module's frozen graph rebuilt as an fx GraphModule by
+torch.compile, each wrapper level first checked like a module: no hooks, eval mode, no instance-level forward
+other than torch.compile's own; a TorchScript module's frozen graph rebuilt as an fx GraphModule by
 `certify.models.torchscript.translatable`) is traced with torch.fx and its graph is walked node by node;
 values the output does not depend on (dead code) make no layers. Every value is either an
 AFFINE FORM over earlier layer outputs ({j: matrix} + constant, dense float64) or the output of an
@@ -43,8 +44,19 @@ Anything else raises UnsupportedError naming the op and why: a product of two in
 ("mul"), division by an input-dependent value, reductions over the batch, torch.max over a dimension,
 indexing, any other module or function (a parameter read with get_attr and used by such an op is refused
 with that op), forward hooks, training mode, BatchNorm without running statistics (it normalises by the
-batch, so it is not a per-example function), Softplus with beta <= 0, an in-place op whose input is read by
-another op too (the traced graph would not see the mutation), multiple inputs or outputs.
+batch, so it is not a per-example function), Softplus with beta <= 0, an in-place op (x += y, x.relu_(),
+x.add_(c), F.relu(x, inplace=True), a module with inplace=True) unless the value it modifies is FRESH storage
+and read by no other op (the traced graph shows the op's result but not the modification, so another reader,
+or a value sharing the storage, would see a value N does not model), multiple inputs or outputs. Fresh: the
+output of an op that always allocates a new tensor (Linear, Conv, BatchNorm, pooling, an out-of-place
+activation or arithmetic op, torch.cat, mean / sum, clone, a Softmax), or of an in-place op accepted on
+such a value (torchvision's `out += identity; out = relu(out)` with ReLU(inplace=True)). Never fresh: the
+model's input, a parameter, and the output of any op that may return a view of its input or the input
+itself (Identity, eval Dropout / F.dropout, Flatten, flatten, view, reshape, contiguous, permute, transpose,
+squeeze, unsqueeze, expand, indexing, anything else): an in-place op there is refused (aliasing). The
+tracer records augmented assignment (`y += c`, in place on a tensor) as the in-place operator.iadd, ...
+(a plain fx Proxy would record the out-of-place y + c), and any op writing into an existing tensor (out=)
+is refused.
 
 What function the claims are about (softplus threshold decision). Every bound in this package is about N,
 the translated network with the EXACT softplus sigma(t) = log(1 + e^{beta t}) / beta. torch's Softplus
@@ -70,7 +82,8 @@ all in one batch, plus the first input alone (a per-example function must not de
 dropped head, the model's output is compared with softmax / log_softmax of N's logits, in float64. At each
 point and output j the tolerance is
 
-    tol_j = 2 * (L_head (E_j(model) + E_j(N)) + R_j(head)) + L_head * net.deviation,
+    tol_j = 2 * (L_head max_i (E_i(model) + E_i(N)) + R_j(head)) + L_head * net.deviation
+            (tol_j = 2 (E_j(model) + E_j(N)) + net.deviation without a head),
 
 where E(model) is the standard worst-case forward rounding-error bound of the model's own graph in its dtype
 (unit roundoff u of the dtype; 2^-11 for float32 on CUDA with TF32 enabled), propagated node by node:
@@ -169,7 +182,23 @@ _POOL_FNS = {
     F.adaptive_avg_pool1d: (nn.AdaptiveAvgPool1d, ("output_size",)),
     F.adaptive_avg_pool2d: (nn.AdaptiveAvgPool2d, ("output_size",)),
 }
-_INPLACE_FNS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_}
+_INPLACE_FNS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
+                operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor, operator.ilshift,
+                operator.irshift, torch.relu_}
+# ops whose output is always a newly allocated tensor (never a view of an input, nor the input itself): the
+# only values an in-place op may modify (in-place forms are told apart first, by `_mutated_input`)
+_FRESH_MODULES = set(AFFINE_TYPES) | set(MAXPOOL_TYPES) | set(HEAD_TYPES) | set(ACTIVATION_TYPES)
+_FRESH_FNS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, torch.add, torch.sub, torch.subtract,
+    torch.mul, torch.multiply, torch.div, torch.divide, torch.true_divide, torch.neg, torch.negative,
+    torch.cat, torch.concat, torch.concatenate, torch.mean, torch.sum,
+    torch.relu, F.relu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.leaky_relu, F.softplus, F.gelu, F.silu,
+    F.softmax, torch.softmax, F.log_softmax, torch.log_softmax,
+    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+}
+_FRESH_METHODS = {"add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_divide", "neg", "negative",
+                  "mean", "sum", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "__add__", "__sub__", "__mul__",
+                  "__truediv__", "__radd__", "__rsub__", "__rmul__", "__rtruediv__", "__neg__"}
 _INPLACE_ARG = {F.relu: 1, F.leaky_relu: 2, F.silu: 1, F.dropout: 3, F.hardtanh: 3, F.elu: 2, F.relu6: 1}
 
 
@@ -278,14 +307,101 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _is_wrapper(model: nn.Module) -> bool:
+    return isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or (
+        type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"))
+
+
+def _compiled_forward_is_dynamo(model: nn.Module) -> bool:
+    """torch.compile's OptimizedModule sets `forward` on the instance: dynamo's wrapper of the wrapped module's
+    __call__ (or of wrap_inline(module); behind `_call_lazy_check` for a lazy module). True only for that."""
+    import torch._dynamo.eval_frame as eval_frame
+    import torch._dynamo.external_utils as external_utils
+
+    inner = model._orig_mod
+    fn = vars(model).get("forward")
+    if getattr(fn, "__self__", None) is model and getattr(fn, "__func__", None) is getattr(type(model), "_call_lazy_check", None):
+        fn = vars(model).get("_forward")
+    code = getattr(fn, "__code__", None)
+    if code is None or code.co_filename != eval_frame.__file__:
+        return False
+    orig = getattr(fn, "_torchdynamo_orig_callable", None)
+    if getattr(orig, "__self__", None) is inner and getattr(orig, "__func__", None) is type(inner).__call__:
+        return True
+    cells = [c.cell_contents for c in (getattr(orig, "__closure__", None) or ())]
+    code = getattr(orig, "__code__", None)
+    return code is not None and code.co_filename == external_utils.__file__ and len(cells) == 1 and cells[0] is inner
+
+
+def _check_wrapper(model: nn.Module) -> None:
+    """A DataParallel / DistributedDataParallel / torch.compile wrapper runs its own hooks (and could carry an
+    instance-level forward) around the module it wraps: checked here, before it is stripped."""
+    label = f"wrapper {type(model).__name__}"
+    if model.training:
+        raise UnsupportedError(f"{label} is in training mode; call model.eval() first")
+    if model._forward_hooks or model._forward_pre_hooks or model._backward_hooks or getattr(model, "_backward_pre_hooks", None):
+        raise UnsupportedError(
+            f"{label} has a forward or backward hook, which can change what the model computes or differentiates; "
+            "certify models only hook-free modules (the wrapper's hooks run around the wrapped module)"
+        )
+    if "forward" in model.__dict__ and not (type(model).__name__ == "OptimizedModule" and _compiled_forward_is_dynamo(model)):
+        raise UnsupportedError(
+            f"{label} has its own instance-level forward (a monkeypatch): the function it computes would not be the "
+            "wrapped module's"
+        )
+
+
+def unwrap_checked(model: nn.Module) -> nn.Module:
+    """`unwrap`, refusing a wrapper level with hooks, training mode or an instance-level forward."""
+    while _is_wrapper(model):
+        _check_wrapper(model)
+        model = model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model._orig_mod
+    return model
+
+
+# augmented assignment: a torch.fx Proxy has no __iadd__, so Python falls back to __add__ and `y += c`
+# (in place on a tensor: it modifies y and every alias of y) would be recorded as the out-of-place y + c
+_AUGMENTED = {"__iadd__": operator.iadd, "__isub__": operator.isub, "__imul__": operator.imul,
+              "__itruediv__": operator.itruediv, "__ifloordiv__": operator.ifloordiv, "__imod__": operator.imod,
+              "__ipow__": operator.ipow, "__imatmul__": operator.imatmul, "__iand__": operator.iand,
+              "__ior__": operator.ior, "__ixor__": operator.ixor, "__ilshift__": operator.ilshift,
+              "__irshift__": operator.irshift}
+
+
+class _InplaceProxy(fx.Proxy):
+    """A Proxy that records augmented assignment as the in-place operator (operator.iadd, ...), so the
+    in-place rule (`_Walker._inplace`) sees it; attributes (x.data, x.T) get the same."""
+
+    def __getattr__(self, k: str) -> fx.Proxy:
+        return _InplaceAttribute(self, k)
+
+
+class _InplaceAttribute(fx.proxy.Attribute, _InplaceProxy):
+    pass
+
+
+def _augmented(fn: Callable) -> Callable:
+    def method(self: fx.Proxy, other: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", fn, (self, other), {})
+
+    return method
+
+
+for _name, _fn in _AUGMENTED.items():
+    setattr(_InplaceProxy, _name, _augmented(_fn))
+
+
 class _Tracer(fx.Tracer):
     """Exact supported classes are leaves (their forward is the one modelled); everything else is traced
-    through, so an overridden forward is seen op by op."""
+    through, so an overridden forward is seen op by op. Augmented assignment is recorded as in place."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if type(m) in _LEAF_TYPES:
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _InplaceProxy(node, self)
 
 
 def _check_model_state(model: nn.Module) -> None:
@@ -721,6 +837,9 @@ class _Walker:
                 live.add(n)
                 stack.extend(n.all_input_nodes)
         for node in self.nodes:
+            if node.op in ("call_function", "call_method") and node.kwargs.get("out") is not None:
+                raise UnsupportedError(f"{_describe(node)} writes its result into an existing tensor (out=), which "
+                                       "modifies that tensor and its aliases in place: not modelled")
             mutated = self._mutated_input(node)
             if mutated is not None:
                 self._inplace(node, mutated, _describe(node))
@@ -827,17 +946,56 @@ class _Walker:
             inplace = str(target).endswith("_") and not str(target).startswith("__")
         elif node.op == "call_function":
             position = _INPLACE_ARG.get(target)
-            inplace = target in _INPLACE_FNS or bool(
+            name = getattr(target, "__name__", "")
+            inplace = target in _INPLACE_FNS or (name.endswith("_") and not name.startswith("__")) or bool(
                 node.kwargs.get("inplace", node.args[position] if position is not None and len(node.args) > position else False))
         else:
             inplace = False
         return (node.args[0] if node.args else node.kwargs.get("input")) if inplace else None
 
+    def _fresh(self, node: fx.Node) -> bool:
+        """Whether `node`'s value is storage of its own: the output of an op that always allocates a new tensor
+        (module docstring), or of an accepted in-place op on such a value (the same storage,
+        read by nothing else before: `_inplace` checked that). Never the model input, a parameter, or the
+        output of an op that may return a view of its input or the input itself (Identity, Dropout, Flatten,
+        flatten, view, reshape, contiguous, permute, transpose, squeeze, unsqueeze, expand, indexing, ...)."""
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if getattr(module, "inplace", False):
+                return self._mutated_input(node) is not None and self._fresh_input(node)
+            return type(module) in _FRESH_MODULES
+        if node.op not in ("call_function", "call_method"):
+            return False  # the input (placeholder), a parameter / buffer (get_attr)
+        if self._mutated_input(node) is not None:
+            return self._fresh_input(node)
+        target = node.target
+        if node.op == "call_method":
+            if target == "clone":
+                return node.kwargs.get("memory_format") is None
+            return target in _FRESH_METHODS
+        if target is torch.clone:
+            return node.kwargs.get("memory_format") is None
+        return target in _FRESH_FNS
+
+    def _fresh_input(self, node: fx.Node) -> bool:
+        mutated = self._mutated_input(node)
+        return isinstance(mutated, fx.Node) and self._fresh(mutated)
+
     def _inplace(self, node: fx.Node, mutated: Any, label: str) -> None:
-        """An in-place op is its out-of-place twin only when nothing else reads its input (a later reader would
-        see the modification, which the traced graph does not show; an earlier one may be a view of it)."""
+        """An in-place op is its out-of-place twin only when (a) the value it modifies is fresh storage
+        (`_fresh`): not a view or alias of another value, whose other readers would see the modification the
+        traced graph does not show, and (b) nothing else reads that value (a later reader would see the
+        modification; an earlier one may be a view of it)."""
         if not isinstance(mutated, fx.Node) or mutated.op == "get_attr":
             raise UnsupportedError(f"{label} modifies a constant or parameter in place")
+        if not self._fresh(mutated):
+            raise UnsupportedError(
+                f"{label} modifies its input in place, and that input ({_describe(mutated)}) is not known to be "
+                "fresh storage: it may be an alias (a view, or the same tensor) of another value - the model's "
+                "input or an earlier result - whose readers would see the modification the traced graph does not "
+                "show (aliasing); apply in-place ops only to the output of Linear / Conv / BatchNorm / pooling / an "
+                "activation / arithmetic, or use the out-of-place form"
+            )
         others = [u for u in mutated.users if u is not node and u not in self.aux]
         if others:
             raise UnsupportedError(
@@ -1147,7 +1305,7 @@ def from_module(model: nn.Module, input_shape: tuple[int, ...]) -> AffineNetwork
     `input_shape` (no batch dimension), by tracing its forward with torch.fx; raises UnsupportedError naming
     any op it does not model exactly."""
     input_shape = tuple(int(s) for s in input_shape)
-    model = translatable(unwrap(model), input_shape)  # a TorchScript module: its graph rebuilt for fx
+    model = translatable(unwrap_checked(model), input_shape)  # a TorchScript module: its graph rebuilt for fx
     _check_model_state(model)
     if type(model) in _LEAF_TYPES:  # the root is always traced through; a bare supported module is a chain of one
         model = nn.Sequential(model).eval()
@@ -1327,7 +1485,10 @@ def _rounding(net: AffineNetwork, points: Tensor, u: float, dtype: torch.dtype) 
         bound = model_err + net_err
         if net.head is not None:
             y = apply_head(net.head, logits)
-            bound = HEADS[net.head] * bound + 2 * (y.shape[1] + 8) * (u + U64) * (y.abs() + 1)
+            # output j of the head depends on EVERY logit: its change is at most L_head (l-inf) times the
+            # largest logit error at the point, carried to every output
+            worst = bound.amax(dim=1, keepdim=True)
+            bound = HEADS[net.head] * worst + 2 * (y.shape[1] + 8) * (u + U64) * (y.abs() + 1)
     return bound, peak
 
 

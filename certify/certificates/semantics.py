@@ -20,7 +20,14 @@ GELU (approximate "none" -> ("gelu",), "tanh" -> ("gelu_tanh",)), SiLU, as modul
 A final Softmax / LogSoftmax over the class dimension is dropped and recorded as `head` (N is the logits
 before it); anywhere else it is refused. Anything else raises SemanticsError naming the op: a product of
 two input-dependent values, division by one, indexing, any other op or module, an in-place op on a value
-another op reads, forward / backward hooks, training mode, BatchNorm without running statistics, a
+another op reads or on a value that may share storage with another (aliasing: an in-place op is accepted only
+on the result of an op that always allocates - Linear, Conv, BatchNorm, pooling, an out-of-place activation or
+arithmetic op, cat, mean / sum, clone - or of an accepted in-place op on such a value; never on the input, a
+parameter, or Identity / Dropout / Flatten / flatten / view / reshape / contiguous / permute / transpose /
+squeeze / unsqueeze / expand / indexing / F.dropout or any other op; `y += c` is traced as the in-place
+operator.iadd, ... and judged so; an op with out= is refused), forward / backward hooks (on the model's
+modules and on every DataParallel / DistributedDataParallel / torch.compile wrapper level, checked before it
+is stripped, with its training mode and instance-level forward), training mode, BatchNorm without running statistics, a
 non-positive softplus beta, a softplus threshold whose switch to the identity is visible at float32
 resolution (log1p(e^{-threshold}) > 2^-24 threshold).
 
@@ -284,13 +291,77 @@ def slope_error(a: tuple, z: Tensor, e_z: Tensor, d: Tensor, u: float) -> Tensor
 # --------------------------------------------------------------------------------------------------- walk
 
 
+# `y += c` on a tensor is in place (y and every alias of y change), but a plain fx Proxy has no __iadd__, so
+# Python would fall back to __add__ and record an out-of-place add: the tracer's proxies record the in-place
+# operator instead (operator.iadd, ...), which the in-place guard then judges
+_AUGMENTED_ASSIGNMENT = {f"__i{name}__": getattr(operator, f"i{name}") for name in (
+    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift")}
+
+
+class _RecordingProxy(fx.Proxy):
+    def __getattr__(self, k: str) -> fx.Proxy:  # x.data, x.T: the same recording
+        return _RecordingAttribute(self, k)
+
+
+class _RecordingAttribute(fx.proxy.Attribute, _RecordingProxy):
+    pass
+
+
+def _record_inplace(op: Callable) -> Callable:
+    return lambda self, other: self.tracer.create_proxy("call_function", op, (self, other), {})
+
+
+for _dunder, _op in _AUGMENTED_ASSIGNMENT.items():
+    setattr(_RecordingProxy, _dunder, _record_inplace(_op))
+
+
 class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return _is_leaf(m) or super().is_leaf_module(m, qualname)
 
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _RecordingProxy(node, self)
 
-def _strip(model: nn.Module) -> nn.Module:
+
+def _dynamo_owns_forward(wrapper: nn.Module) -> bool:
+    """The instance-level `forward` torch.compile's OptimizedModule sets: dynamo's function (from its
+    eval_frame module) around wrapper._orig_mod.__call__ or around external_utils.wrap_inline(_orig_mod)
+    (reached through `_call_lazy_check` for a lazy module); anything else is a monkeypatch."""
+    from torch._dynamo import eval_frame as _frame, external_utils as _ext
+
+    f = wrapper.__dict__.get("forward")
+    if getattr(f, "__func__", None) is getattr(type(wrapper), "_call_lazy_check", None) and getattr(f, "__self__", None) is wrapper:
+        f = wrapper.__dict__.get("_forward")
+    if getattr(getattr(f, "__code__", None), "co_filename", None) != _frame.__file__:
+        return False
+    wrapped, target = getattr(f, "_torchdynamo_orig_callable", None), wrapper._orig_mod
+    if getattr(wrapped, "__self__", None) is target and getattr(wrapped, "__func__", None) is type(target).__call__:
+        return True
+    cells = getattr(wrapped, "__closure__", None) or ()
+    return (getattr(getattr(wrapped, "__code__", None), "co_filename", None) == _ext.__file__ and len(cells) == 1
+            and cells[0].cell_contents is target)
+
+
+def _check_wrapper_state(wrapper: nn.Module) -> None:
+    """The wrapper's own hooks run around the module it wraps, so they are checked before it is stripped."""
+    kind = type(wrapper).__name__
+    if wrapper.training:
+        raise SemanticsError(f"wrapper {kind} is in training mode")
+    hooks = (wrapper._forward_hooks, wrapper._forward_pre_hooks, wrapper._backward_hooks,
+             getattr(wrapper, "_backward_pre_hooks", {}))
+    if any(len(h) for h in hooks):
+        raise SemanticsError(f"wrapper {kind} has a forward or backward hook")
+    if "forward" in vars(wrapper) and not (kind == "OptimizedModule" and _dynamo_owns_forward(wrapper)):
+        raise SemanticsError(f"wrapper {kind} overrides forward on the instance")
+
+
+def _strip(model: nn.Module, check: bool = False) -> nn.Module:
+    """The wrapped module under DataParallel / DistributedDataParallel / torch.compile wrappers; with check,
+    each wrapper level must pass `_check_wrapper_state`."""
     for _ in range(8):
+        if check and (isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or (
+                hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule")):
+            _check_wrapper_state(model)
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         elif hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
@@ -422,6 +493,53 @@ _POOL_FUNCTIONS = {
 }
 
 
+# producers whose result is always a newly allocated tensor (module doc, in-place ops); anything else (the
+# input, parameters, Identity / Dropout / Flatten / flatten / view / reshape / contiguous / permute /
+# transpose / squeeze / unsqueeze / expand / indexing / F.dropout, unknown ops) may alias another value
+_NEW_STORAGE_MODULES = _AFFINE | _ACT_MODULES | set(_MAXPOOL) | set(_HEADS)
+_NEW_STORAGE_FUNCTIONS = set(_ACT_FUNCTIONS) - {torch.relu_} | set(_HEAD_FUNCTIONS) | set(_POOL_FUNCTIONS) | {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, torch.add, torch.sub, torch.subtract,
+    torch.mul, torch.multiply, torch.div, torch.divide, torch.true_divide, torch.neg, torch.negative, torch.cat,
+    torch.concat, torch.mean, torch.sum, torch.clone}
+_NEW_STORAGE_METHODS = {"add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_divide", "neg", "negative",
+                        "mean", "sum", "clone", "relu", "sigmoid", "tanh", "softmax", "log_softmax"}
+
+
+def _mutates(n: fx.Node, named: dict[str, nn.Module]) -> bool:
+    """Whether node n is an in-place op (it modifies its first argument and returns it)."""
+    t = n.target
+    if n.op == "call_module":
+        return bool(getattr(named.get(t), "inplace", False))
+    if n.op == "call_method":
+        return isinstance(t, str) and t.endswith("_") and not t.startswith("__")
+    if n.op != "call_function":
+        return False
+    if t in _INPLACE_OPS or t in _AUGMENTED_ASSIGNMENT.values() or t is torch.relu_ or bool(n.kwargs.get("inplace", False)):
+        return True
+    if _name_of(n).endswith("_") and not _name_of(n).startswith("__"):  # torch.sigmoid_, torch.tanh_, ...
+        return True
+    position = _INPLACE_POSITION.get(t)
+    return position is not None and len(n.args) > position and bool(n.args[position])
+
+
+def _owns_storage(n: fx.Node, named: dict[str, nn.Module]) -> bool:
+    """Whether the value of node n is storage no other value shares: made by an op that always allocates
+    (clone only without memory_format), or an in-place op applied to such a value (same storage; its guard
+    made sure no one else reads that value)."""
+    if _mutates(n, named):
+        target = n.args[0] if n.args else n.kwargs.get("input")
+        return isinstance(target, fx.Node) and _owns_storage(target, named)
+    if n.op == "call_module":
+        return type(named.get(n.target)) in _NEW_STORAGE_MODULES or _is_normalize(named.get(n.target))
+    if n.op == "call_function":
+        fresh = n.target in _NEW_STORAGE_FUNCTIONS
+    elif n.op == "call_method":
+        fresh = n.target in _NEW_STORAGE_METHODS
+    else:
+        return False
+    return fresh and not (n.target in ("clone", torch.clone) and n.kwargs.get("memory_format") is not None)
+
+
 def _name_of(n: fx.Node) -> str:
     t = n.target
     return t if isinstance(t, str) else getattr(t, "__name__", str(t))
@@ -551,7 +669,18 @@ def _walk(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], i
         return value
 
     def inplace_guard(n: fx.Node, inplace: bool) -> None:
-        if inplace and isinstance(n.args[0], fx.Node) and len(n.args[0].users) > 1:
+        if not inplace:
+            return
+        target = n.args[0] if n.args else n.kwargs.get("input")
+        if not isinstance(target, fx.Node):
+            raise SemanticsError(f"in-place op {_name_of(n)} ({n.op}) on a value that is not computed from the input")
+        if not _owns_storage(target, b.named):
+            raise SemanticsError(
+                f"in-place op {_name_of(n)} ({n.op}) overwrites the result of {_name_of(target)} ({target.op}), which "
+                "may share storage with another value (aliasing: a view, the same tensor, or the model input); "
+                "only a freshly allocated value may be modified in place"
+            )
+        if len(target.users) > 1:
             raise SemanticsError(f"in-place op {_name_of(n)} ({n.op}) overwrites a value other ops read")
 
     def constant(value: Any, where: str) -> Tensor | float:
@@ -728,10 +857,12 @@ def _walk(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], i
             continue
         method = n.op == "call_method"
         fn = n.op == "call_function"
+        if (method or fn) and n.kwargs.get("out") is not None:
+            raise SemanticsError(f"op {name} writes into an existing tensor (out=): an in-place write, not modelled")
         position = _INPLACE_POSITION.get(t) if fn else None  # F.relu(x, True), F.leaky_relu(x, s, True)
         inplace = bool(kwargs.get("inplace", False)) or (method and isinstance(t, str) and t.endswith("_")) or \
             (position is not None and len(args) > position and bool(args[position])) or \
-            (fn and t in _INPLACE_OPS) or (fn and t is torch.relu_)
+            (fn and t in _INPLACE_OPS) or (fn and t in _AUGMENTED_ASSIGNMENT.values()) or (fn and t is torch.relu_)
         base = t[:-1] if method and isinstance(t, str) and t.endswith("_") else _INPLACE_OPS.get(t, t) if fn else t
         inplace_guard(n, inplace)
         # -- activations and the head
@@ -891,7 +1022,7 @@ def translate(model: nn.Module, input_shape: tuple[int, ...]) -> Stages:
     from certify.models.torchscript import translatable
 
     shape0 = tuple(int(s) for s in input_shape)
-    model = _strip(model)
+    model = _strip(model, check=True)
     try:  # a ScriptModule's graph rebuilt as fx (conformance then compares N with the ScriptModule itself)
         model = translatable(model, shape0)
     except UnsupportedError as exc:

@@ -194,7 +194,7 @@ def test_functional_and_method_forms_and_wrappers():
     assert [a.name for a in net.activations] == ["softplus", "relu"]
     assert net.activations[0].beta == 2.0 and net.activations[0].threshold == 30.0
     assert conformance(model, net, torch.randn(3, 1, 4, 4)).passed
-    wrapped = from_module(nn.DataParallel(model), (1, 4, 4))
+    wrapped = from_module(nn.DataParallel(model).eval(), (1, 4, 4))  # every wrapper level is checked (eval, no hooks)
     assert all(torch.equal(a, b) for a, b in zip(wrapped.weights, net.weights))
     x = torch.randn(5, 1, 4, 4, dtype=torch.float64)
     assert torch.allclose(net.forward(x.reshape(5, -1)), model.double()(x), atol=1e-10)
@@ -331,3 +331,58 @@ def test_instance_level_forward_and_backward_hooks_are_refused_by_both_translati
         from_module(hooked, (3,))
     with pytest.raises(UnsupportedError, match="backward hook"):
         S.translate(hooked, (3,))
+
+
+def _hooked_wrappers():
+    """(label, model): a hook (or monkeypatch) on a DataParallel / torch.compile WRAPPER, the pattern of the
+    attack: the hook changes the output on a thin slab that conformance points miss."""
+
+    def net():
+        m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+        with torch.no_grad():
+            m[0].weight.zero_()
+            m[0].bias.fill_(1.0)
+            m[2].weight.zero_()
+            m[2].bias.copy_(torch.tensor([0.1, 0.0]))
+        return m.eval()
+
+    def hook(mod, inputs, out):  # type: ignore[no-untyped-def]
+        x = inputs[0]
+        slab = ((x[:, :1] > 0.3) & (x[:, :1] < 0.302)).to(out.dtype)
+        return out - torch.cat([slab, 0 * slab], 1)
+
+    dp = nn.DataParallel(net()).eval()
+    dp.register_forward_hook(hook)
+    pre = nn.DataParallel(net()).eval()
+    pre.register_forward_pre_hook(lambda m, i: (i[0] * 2,))
+    back = nn.DataParallel(net()).eval()
+    back.register_full_backward_hook(lambda m, gi, go: gi)
+    compiled = torch.compile(net()).eval()
+    compiled.register_forward_hook(hook)
+    patched = torch.compile(net()).eval()
+    patched.forward = lambda x: patched._orig_mod(x) * 2
+    swapped = torch.compile(net()).eval()
+    swapped._orig_mod = net()  # dynamo's forward still calls the first module
+    nested = nn.DataParallel(compiled).eval()
+    training = nn.DataParallel(net())  # the wrapper itself left in training mode
+    return [("DataParallel forward hook", dp, "hook"), ("DataParallel pre hook", pre, "hook"),
+            ("DataParallel backward hook", back, "hook"), ("compiled forward hook", compiled, "hook"),
+            ("compiled monkeypatched forward", patched, "forward"), ("compiled wrapped module swapped", swapped, "forward"),
+            ("DataParallel of a hooked compiled module", nested, "hook"), ("DataParallel in training mode", training, "training")]
+
+
+def test_hooks_and_patches_on_wrappers_are_refused_by_both_translations():
+    """The wrapper runs its own hooks around the module it wraps, so each wrapper level is checked before it is
+    stripped (hooks, training mode, an instance-level forward other than torch.compile's own)."""
+    from certify.certificates import semantics as S
+
+    for label, model, why in _hooked_wrappers():
+        with pytest.raises(UnsupportedError, match=why):
+            from_module(model, (2,))
+        with pytest.raises(UnsupportedError, match=why):
+            S.translate(model, (2,))
+    clean = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    for wrapped in (nn.DataParallel(clean).eval(), torch.compile(clean).eval(), nn.DataParallel(torch.compile(clean)).eval()):
+        net = from_module(wrapped, (2,))
+        assert all(torch.equal(a, b) for a, b in zip(net.weights, from_module(clean, (2,)).weights))
+        assert len(S.translate(wrapped, (2,)).mats) == 2

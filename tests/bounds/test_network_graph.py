@@ -610,3 +610,292 @@ def test_functional_pooling_and_dropout_as_in_the_pytorch_mnist_example():
     assert [a.name for a in net.activations] == ["relu"] * 5  # conv1, conv2, 2 tournament rounds, fc1
     _assert_exact(model, net, (1, 8, 8))
     assert conformance(model, net, _points((1, 8, 8), 14, count=3).float()).passed
+
+
+# --- in-place ops on aliases ----------------------------------------------------------------------------
+
+def _both_refuse(model, shape, match):
+    """Both translations (the issuer's and the checker's, written independently) refuse the model."""
+    from certify.certificates import semantics
+
+    with pytest.raises(UnsupportedError, match=match):
+        from_module(model, shape)
+    with pytest.raises(UnsupportedError, match=match):
+        semantics.translate(model, shape)
+
+
+def _both_translate(model, shape, x):
+    from certify.certificates import semantics
+
+    net = from_module(model, shape)
+    assert conformance(model, net, x).passed
+    stages = semantics.translate(model, shape)
+    assert semantics.check_conformance(model, stages, x)[2]
+    return net
+
+
+# values that may share storage with z (a view, or z itself): an in-place op on any of them mutates z
+ALIASES = {
+    "view": lambda s, z: z.view(z.size(0), 4),
+    "reshape": lambda s, z: z.reshape(z.size(0), 2, 2),
+    "flatten(1)": lambda s, z: z.flatten(1),
+    "torch.flatten": lambda s, z: torch.flatten(z, 1),
+    "unsqueeze": lambda s, z: z.unsqueeze(1),
+    "transpose": lambda s, z: z.unsqueeze(2).transpose(1, 2),
+    "permute": lambda s, z: z.unsqueeze(2).permute(0, 2, 1),
+    "squeeze": lambda s, z: z.unsqueeze(1).squeeze(1),
+    "expand": lambda s, z: z.unsqueeze(1).expand(-1, 2, -1),
+    "slicing": lambda s, z: z[:, :2],
+    "contiguous": lambda s, z: z.contiguous(),
+    "nn.Identity": lambda s, z: s.ident(z),
+    "nn.Dropout (eval)": lambda s, z: s.drop(z),
+    "nn.Flatten": lambda s, z: s.flat(z),
+    "F.dropout(training=False)": lambda s, z: F.dropout(z, 0.5, training=False),
+}
+MUTATIONS = {
+    "relu_": lambda s, a: a.relu_(),
+    "torch.relu_": lambda s, a: torch.relu_(a),
+    "F.relu(inplace=True)": lambda s, a: F.relu(a, inplace=True),
+    "nn.ReLU(inplace=True)": lambda s, a: s.act(a),
+    "F.leaky_relu(inplace=True)": lambda s, a: F.leaky_relu(a, 0.1, True),
+    "add_": lambda s, a: a.add_(-5.0),
+    "mul_": lambda s, a: a.mul_(-1.0),
+    "sub_": lambda s, a: a.sub_(1.0),
+    "F.dropout(inplace=True)": lambda s, a: F.dropout(a, 0.5, False, True),
+}
+
+
+class _Alias(nn.Module):
+    """z = fc(x); alias(z) mutated in place; the output reads z (dead: the mutation's result is unused, as in
+    the attack; live: it is used too)."""
+
+    def __init__(self, alias, mutate, live=False) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(4, 4), nn.Linear(4, 3)
+        self.ident, self.drop, self.flat, self.act = nn.Identity(), nn.Dropout(0.5), nn.Flatten(), nn.ReLU(inplace=True)
+        self.alias, self.mutate, self.live = alias, mutate, live
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        z = self.fc(x)
+        m = self.mutate(self, self.alias(self, z))
+        y = self.out(z)
+        return y + m.flatten(1).sum(dim=1, keepdim=True) if self.live else y
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+@pytest.mark.parametrize("mutate", sorted(MUTATIONS))
+def test_in_place_op_on_an_alias_is_refused_by_both_translations(alias, mutate):
+    """An in-place op whose input may be a view of (or the same tensor as) another value mutates that value in
+    eager mode, which the traced graph does not show: refused (aliasing), dead or live. Indexing and expand
+    are refused as ops of their own where they are live."""
+    for live in (False, True):
+        model = _Alias(ALIASES[alias], MUTATIONS[mutate], live).eval()
+        match = "alias|indexing|getitem|expand" if alias in ("slicing", "expand") else "alias"
+        _both_refuse(model, (4,), match)
+
+
+@pytest.mark.parametrize("mutate", sorted(MUTATIONS))
+def test_in_place_op_on_the_model_input_is_refused(mutate):
+    class OnInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.act = nn.Linear(4, 3), nn.ReLU(inplace=True)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.fc(MUTATIONS[mutate](self, x))
+
+    _both_refuse(OnInput().eval(), (4,), "alias")
+
+
+def test_in_place_ops_on_fresh_values_still_translate_in_both():
+    torch.manual_seed(11)
+    model = _seeded_bn(_FreshNoPool())
+    x = _points((1, 2, 2), 3, count=4).float()
+    net = _both_translate(model, (1, 2, 2), x)
+    _assert_exact(model, net, (1, 2, 2))
+    torch.manual_seed(4)
+    block = _seeded_bn(_TorchvisionBlock())
+    _both_translate(block, (2, 8, 8), _points((2, 8, 8), 5, count=2).float())
+
+
+class _FreshNoPool(nn.Module):
+    """In-place ops on fresh values only: ReLU(inplace=True) after Conv / BatchNorm / Linear, `out +=
+    identity` then ReLU(inplace=True) (torchvision), relu_ of a clone (z itself is not mutated), a chain
+    of in-place ops on an out-of-place difference, tanh_ of torch.cat, F.relu(inplace=True) after pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(inplace=True)
+        self.fc, self.fc2, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(10, 3)
+        self.pool = nn.AvgPool2d(2)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = self.act(self.bn(self.conv(x)))  # [2, 2, 2]
+        pooled = F.relu(self.pool(h), inplace=True).flatten(1)  # [2]
+        z = self.fc(h.flatten(1))
+        out = self.fc2(z)
+        out += z
+        out = self.act(out)
+        c = z.clone().relu_()
+        s = (z - 1.0).add_(2.0).mul_(0.5)
+        t = torch.cat([z, c], dim=1).tanh_().reshape(z.size(0), 2, 8).sum(dim=1)
+        return self.out(torch.cat([out + c + s + t, pooled], dim=1))
+
+
+class _AttackAlias(nn.Module):
+    """The attack: ReLU(inplace=True) on z.contiguous() (z itself in eager mode) mutates z, which the head
+    reads; z < 0 only on a slab 0.3 < x0 < 0.302 that conformance points miss. Eager reads relu(z)."""
+
+    def __init__(self, live=False) -> None:
+        super().__init__()
+        a, d = 0.3, 1e-3
+        self.fc1, self.fc2, self.fc2b = nn.Linear(2, 3), nn.Linear(3, 1), nn.Linear(3, 1)
+        self.relu, self.act, self.head, self.use = nn.ReLU(), nn.ReLU(inplace=True), nn.Linear(2, 2), nn.Linear(1, 2)
+        self.live = live
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0]]))
+            self.fc1.bias.copy_(torch.tensor([-a, -a - d, -a - 2 * d]))
+            w = torch.tensor([[1.0, -2.0, 1.0]]) * (-2.0 / d)
+            for fc in (self.fc2, self.fc2b):
+                fc.weight.copy_(w)
+                fc.bias.fill_(1.0)
+            self.head.weight.copy_(torch.tensor([[-1.0, 1.0], [0.0, 0.0]]))
+            self.head.bias.copy_(torch.tensor([0.1, 0.0]))
+            self.use.weight.zero_()
+            self.use.bias.zero_()
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = self.relu(self.fc1(x))
+        z = self.fc2(h)
+        if self.live:
+            out = self.act(z.flatten(1))  # used: alias_live
+        else:
+            self.act(z.contiguous())  # result unused: alias_model
+        y = self.head(torch.cat([z, self.fc2b(h)], dim=1))
+        return y + self.use(out) if self.live else y
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["alias_model", "alias_live"])
+def test_attack_alias_models_are_refused_by_both_translations(live):
+    model = _AttackAlias(live).eval()
+    with torch.no_grad():  # the model as run: y0 drops by ~1 on the slab (z mutated), which N would not show
+        y = model(torch.tensor([[0.301, 0.0], [0.0, 0.0]]))
+    assert abs(float(y[0, 0] - y[1, 0])) > 0.5
+    _both_refuse(model, (2,), "alias")
+
+
+# --- dropped softmax head: the carried logit error -------------------------------------------------------
+
+def _attack_softmax_head() -> nn.Sequential:
+    a, d = 0.3, 1e-3
+    m = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2), nn.Softmax(dim=1))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0]]))
+        m[0].bias.copy_(torch.tensor([-a, -a - d, -a - 2 * d]))
+        m[2].weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 1.0]]) * torch.tensor([[1.0], [4.0 / d]]))
+        m[2].bias.copy_(torch.tensor([3.0, 2.0]))
+    return m.eval()
+
+
+def test_softmax_head_carries_the_largest_logit_error_to_every_output():
+    """softmax's output j depends on every logit, so a logit's rounding reaches every output: the carried
+    bound is L_head * max_i err_i, not L_head * err_j. The float32 attack model (logit 0 a constant, logit 1
+    with weights 4e3) conforms on both sides; a mis-translation under the head still fails."""
+    from certify.certificates import semantics
+
+    model = _attack_softmax_head().float()
+    body = nn.Sequential(*list(model)[:-1]).eval()
+    x = torch.zeros(1, 2)
+    net = from_module(model, (2,))
+    assert net.head == "softmax"
+    result = conformance(model, net, x)
+    assert result.passed, result.detail
+    assert conformance(body, from_module(body, (2,)), x).passed
+    stages = semantics.translate(model, (2,))
+    assert semantics.check_conformance(model, stages, x)[2]
+    # the bound: every output gets L_head * (largest logit error) at the point
+    points = torch.cat([x.double(), torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=F64) * 100])
+    with_head = rounding_bound(net, points, 2.0**-24, torch.float32)
+    logits = rounding_bound(from_module(body, (2,)), points, 2.0**-24, torch.float32)
+    assert bool((with_head >= 0.5 * logits.amax(dim=1, keepdim=True)).all())
+    # a mis-translation under the head (logit 1's bias off by 0.5) fails
+    broken = from_module(model, (2,))
+    broken.biases[-1] = broken.biases[-1] + torch.tensor([0.0, 0.5], dtype=F64)
+    assert not conformance(model, broken, x).passed
+    wrong = copy.deepcopy(model)
+    with torch.no_grad():
+        wrong[2].bias.add_(torch.tensor([0.0, 0.5]))
+    assert not conformance(wrong, net, x).passed
+    assert not semantics.check_conformance(wrong, stages, x)[2]
+
+
+# `y += c` on a tensor is in place; a plain fx Proxy would record it as y + c (out of place), hiding the write
+AUGMENTED = {
+    "python alias y = z; y += 1": lambda s, z: (lambda y: (y.__iadd__(1.0), torch.cat([z, y], dim=1))[1])(z),
+    "view then *=": lambda s, z: _augment_view(s, z),
+    "x.data += 1": lambda s, z: _augment_data(s, z),
+    "torch.add(out=z)": lambda s, z: (torch.add(z, 1.0, out=z), torch.cat([z, z], dim=1))[1],
+    "torch.cat(out=z)": lambda s, z: (torch.cat([z], dim=1, out=z), torch.cat([z, z], dim=1))[1],
+}
+
+
+def _augment_view(s, z):  # type: ignore[no-untyped-def]
+    v = z.view(z.size(0), 4)
+    v *= -1.0
+    return torch.cat([z, z], dim=1)
+
+
+def _augment_data(s, z):  # type: ignore[no-untyped-def]
+    v = z.data
+    v += 1.0
+    return torch.cat([z, z], dim=1)
+
+
+class _Augmented(nn.Module):
+    def __init__(self, body) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.fc, self.out, self.body = nn.Linear(4, 4), nn.Linear(8, 3), body
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.out(self.body(self, self.fc(x)))
+
+
+class _AugmentedAlias(nn.Module):
+    """`y = z; y += 1.0` with the augmented assignment written as such (Python falls back to __add__ on a
+    plain fx Proxy): eager reads z + 1 twice, an out-of-place translation z and z + 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(4, 4), nn.Linear(8, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        z = self.fc(x)
+        y = z
+        y += 1.0
+        return self.out(torch.cat([z, y], dim=1))
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTED))
+def test_augmented_assignment_and_out_writes_on_shared_values_are_refused_by_both(name):
+    _both_refuse(_Augmented(AUGMENTED[name]).eval(), (4,), "in place|in-place|alias|out=|other ops read|getattr")
+
+
+def test_augmented_assignment_is_traced_as_in_place():
+    _both_refuse(_AugmentedAlias().eval(), (4,), "in place|other ops read")
+
+    class Fresh(nn.Module):  # torchvision: out += identity on a fresh value, then more in-place ops on it
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            out = self.a(x)
+            out += self.b(x)
+            out *= 0.5
+            out = torch.relu_(out)
+            return self.out(out)
+
+    torch.manual_seed(12)
+    model = Fresh().eval()
+    net = _both_translate(model, (4,), _points((4,), 1, count=3).float())
+    _assert_exact(model, net, (4,))

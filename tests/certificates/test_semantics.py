@@ -568,3 +568,80 @@ def test_add_and_sub_with_alpha_are_translated_like_the_issuer_does() -> None:
     assert float((S.forward(stages, x) - want).abs().max()) < 1e-12
     assert float((from_module(model, (4,)).forward(x) - want).abs().max()) < 1e-12
     assert S.check_conformance(model.float(), stages, x[:1].float())[2]
+
+
+class _InPlace(nn.Module):
+    def __init__(self, body) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.fc, self.out, self.act, self.ident = nn.Linear(4, 4), nn.Linear(4, 3), nn.ReLU(inplace=True), nn.Identity()
+        self.body = body
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.out(self.body(self, self.fc(x)))
+
+
+@pytest.mark.parametrize("body", [
+    lambda s, z: (s.act(z.contiguous()), z)[1],  # the attack: ReLU(inplace=True) on z.contiguous() (z itself)
+    lambda s, z: z + s.act(z.flatten(1)),  # the live variant: a view of z, mutated and read
+    lambda s, z: (z.view(z.size(0), 2, 2).relu_(), z)[1],
+    lambda s, z: (s.ident(z).add_(1.0), z)[1],
+    lambda s, z: (F.dropout(z, 0.5, training=False).mul_(2.0), z)[1],
+    lambda s, z: (z.unsqueeze(1).transpose(1, 2).relu_(), z)[1],
+    lambda s, z: (F.relu(z.reshape(z.size(0), 4), inplace=True), z)[1],
+], ids=["contiguous", "flatten-live", "view", "Identity", "F.dropout", "transpose", "reshape"])
+def test_checker_refuses_in_place_ops_on_values_that_may_alias_another(body):
+    with pytest.raises(SemanticsError, match="aliasing"):
+        S.translate(_InPlace(body).eval(), (4,))
+
+
+def test_checker_refuses_in_place_ops_on_the_input_and_augmented_assignment_on_a_shared_value():
+    class OnInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            x.relu_()
+            return self.fc(x)
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.out = nn.Linear(4, 4), nn.Linear(8, 3)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            z = self.fc(x)
+            y = z
+            y += 1.0  # in place: z changes too
+            return self.out(torch.cat([z, y], dim=1))
+
+    with pytest.raises(SemanticsError, match="aliasing"):
+        S.translate(OnInput().eval(), (4,))
+    with pytest.raises(SemanticsError, match="in-place"):
+        S.translate(Shared().eval(), (4,))
+
+
+def test_checker_accepts_in_place_ops_on_fresh_values():
+    """nn.ReLU(inplace=True) after Conv / BatchNorm / Linear and torchvision's `out += identity; relu(out)`."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn, self.relu = nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(inplace=True)
+            self.fc, self.fc2, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            h = self.relu(self.bn(self.conv(x))).flatten(1)
+            identity = self.relu(self.fc(h))
+            out = self.fc2(identity)
+            out += identity
+            out = self.relu(out)
+            return self.out(out.clone().relu_())
+
+    torch.manual_seed(5)
+    model = Block().eval()
+    stages = S.translate(model, (1, 2, 2))
+    x = torch.randn(3, 1, 2, 2)
+    assert S.check_conformance(model, stages, x)[2]
+    with torch.no_grad():
+        assert torch.allclose(S.forward(stages, x.double()), copy.deepcopy(model).double()(x.double()), atol=1e-10)
