@@ -9,12 +9,19 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
 import certify
-from certify.errors import EXIT_FAILED, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE, CertifyError, UnsupportedError
+from certify.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE, CertifyError,
+                            UnsupportedError)
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for a run stopped by Ctrl-C
+DEBUG_ENV = "CERTIFY_DEBUG"  # set to 1 (or pass --debug) for the traceback of an internal error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,6 +88,18 @@ def _radius(text: str) -> float:
         raise argparse.ArgumentTypeError(f"eps must be a finite number > 0, got {text!r}") from None
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    """--input-shape C,H,W (any rank >= 1): positive integers separated by commas (or x)."""
+    parts = [p for p in text.replace("x", ",").replace(" ", "").split(",") if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, like 1,28,28; got {text!r}")
+    return shape
+
+
 def _load_input(args: argparse.Namespace, data) -> "torch.Tensor":  # noqa: F821
     import numpy as np
     import torch
@@ -112,7 +131,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if args.method not in METHODS:
         raise UnsupportedError(f"unknown explanation method {args.method!r}; choose one of {sorted(METHODS)}")
     model, data = load_model(args.model)
-    x = _vnnlib_input(args, model) if _is_vnnlib(args.input) else _load_input(args, data)
+    x = _vnnlib_input(args, model) if _is_vnnlib(args.input) else _shaped(args, _load_input(args, data))
     params = dict(args.param or [])
     if data is not None and "domain" in inspect.signature(METHODS[args.method]).parameters:
         params.setdefault("domain", data.domain)  # the data set's input box, unless given
@@ -135,6 +154,22 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shaped(args: argparse.Namespace, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    """An input file's array reshaped to --input-shape (one example, with or without its batch dimension)."""
+    from certify.errors import UsageError
+
+    shape = args.input_shape
+    if shape is None or tuple(x.shape[1:]) == shape:
+        return x
+    size = 1
+    for s in shape:
+        size *= s
+    if x.numel() != size:
+        raise UsageError(f"--input-shape {','.join(map(str, shape))} holds {size} values, but the input has {x.numel()} "
+                         f"(shape {tuple(x.shape)})")
+    return x.reshape(1, *shape)
+
+
 def _is_vnnlib(path: str | None) -> bool:
     return bool(path) and Path(path).suffix.lower() == ".vnnlib"
 
@@ -144,13 +179,14 @@ def _vnnlib_input(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F
     midpoint) shaped as the model's input, and its label as the target unless --target is given."""
     import torch
 
-    from certify.models.onnx import input_shape_of
+    from certify.models.spec import check_property_fits, property_input_shape
     from certify.models.vnnlib import parse_vnnlib
 
     prop = parse_vnnlib(args.input)
     ball = prop.ball()
     centre = ball[0] if ball is not None else (prop.lower + prop.upper) / 2
-    shape = input_shape_of(model) or (prop.num_inputs,)
+    shape = property_input_shape(model, prop.num_inputs, args.input_shape)
+    check_property_fits(model, prop.lower, prop.upper, prop.num_outputs, shape, args.input_shape is not None)
     x = torch.as_tensor(centre, dtype=torch.float32).reshape(1, *shape)
     box = (f"an L-inf ball of radius {ball[1]:.6g} around its centre, clipped to [0, 1]" if ball is not None
            else "not an L-inf ball clipped to [0, 1]: explaining its midpoint")
@@ -165,50 +201,58 @@ def _vnnlib_input(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F
 
 
 def _cmd_verify_property(args: argparse.Namespace) -> int:
+    """The answer printed and the exit code are the certificate's (issued in memory, re-checked by the
+    independent checker, written only with --out): "holds" only when its holds claim verifies, "violated" only
+    when its counterexample does; whatever the search found that the certificate cannot carry is "unknown"."""
     import numpy as np
 
-    from certify.attacks.property import input_shape_for, verify_property
+    from certify.attacks.property import verify_property
+    from certify.certificates.issuers.property import checked_property_certificate
     from certify.errors import UsageError
-    from certify.models.spec import load_model
+    from certify.models.spec import check_property_fits, load_model, property_input_shape
     from certify.models.vnnlib import parse_vnnlib
 
-    if not args.timeout > 0:
-        raise UsageError("--timeout must be positive")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
     model, _ = load_model(args.model)
     prop = parse_vnnlib(args.property)
+    shape = property_input_shape(model, prop.num_inputs, args.input_shape)
+    check_property_fits(model, prop.lower, prop.upper, prop.num_outputs, shape, args.input_shape is not None)
     methods = {"crown": ("crown",), "alpha-crown": ("crown", "alpha-crown"), "bab": ("crown", "bab")}[args.method]
-    shape = input_shape_for(model, prop)
     result = verify_property(model, prop, timeout=args.timeout, input_shape=shape, methods=methods, seed=args.seed)
+    found = result.status
+    out = Path(args.out) if args.out else None
+    cert, _ = checked_property_certificate(model, prop, result, shape, args.method, args.timeout, args.model, out)
+    if cert.answer != found:
+        result.notes.append(f"{found} by {result.method or 'the search'}, but the certificate answers {cert.answer!r}: "
+                            f"{cert.claims[0].reason}")
+        result.status = cert.answer
+    if out is not None:
+        cert.write(out)
     if args.counterexample and result.counterexample is not None:
         np.save(args.counterexample, result.counterexample)
-    cert = None
-    if args.out:
-        from certify.certificates.issuers.property import property_certificate
-
-        out = Path(args.out)
-        cert = property_certificate(model, prop, result, shape, args.method, args.timeout, args.model, out)
-        cert.write(out)
-        if cert.answer != result.status:
-            result.notes.append(f"certificate: answer {cert.answer!r} ({cert.claims[0].reason})")
-            result.status = cert.answer
     if args.json:
-        print(json.dumps({**result.to_json(), **({"certificate": args.out} if cert else {})}, indent=1))
+        print(json.dumps({**result.to_json(), "found": found, **({"certificate": args.out} if out else {})}, indent=1))
     else:
         if result.status == "holds":
-            print(f"holds: certified by {result.method} (lower bound {result.margin:.6g} > 0 on every output "
-                  f"constraint over the whole input box) in {result.seconds:.2f} s")
+            print(f"holds: certified by {cert.claims[0].method} (lower bound {cert.claims[0].value:.6g} > 0 on every "
+                  f"output constraint over the whole input box, re-derived by the independent checker; search "
+                  f"{result.method}, bound {'none' if result.margin is None else format(result.margin, '.6g')}) in "
+                  f"{result.seconds:.2f} s")
         elif result.status == "violated":
             y, y64 = result.outputs["model dtype"], result.outputs["float64"]
-            print(f"violated: counterexample found by PGD in {result.seconds:.2f} s, inside the box and violating the "
-                  f"output constraint in the model's dtype (outputs {np.round(y, 5).tolist()}) and in float64 "
-                  f"(outputs {np.round(y64, 5).tolist()})")
+            print(f"violated: counterexample found by {result.method} in {result.seconds:.2f} s, inside the box and "
+                  f"violating the output constraint in the model's dtype (outputs {np.round(y, 5).tolist()}) and in "
+                  f"float64 (outputs {np.round(y64, 5).tolist()})")
             if args.counterexample:
                 print(f"  counterexample written to {args.counterexample}")
         else:
             print(f"{result.status} after {result.seconds:.2f} s")
+            if args.counterexample and result.counterexample is not None:
+                print(f"  the point found (not certified) written to {args.counterexample}")
         for note in result.notes:
             print(f"  {note}")
-        if cert is not None:
+        if out is not None:
             print(f"  certificate written to {args.out} (answer {cert.answer}; re-check with `certify verify {args.out}`)")
     return {"holds": EXIT_OK, "violated": EXIT_FAILED}.get(result.status, EXIT_UNKNOWN)
 
@@ -299,22 +343,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="certify", description="Certified explanations for PyTorch classifiers.")
     parser.add_argument("--version", action="version", version=f"certify {certify.__version__}")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help=f"print the traceback of an internal error (also: {DEBUG_ENV}=1)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=f"print the traceback of an internal error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    demo = sub.add_parser("demo", help="explain, certify and report on the embedded default model")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    demo = add("demo", help="explain, certify and report on the embedded default model")
     demo.add_argument("--out", default="demo-output", help="output directory (default: demo-output)")
     demo.add_argument("--quick", action="store_true", help="fewer examples and samples (about a minute)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(run=_cmd_demo)
 
-    check = sub.add_parser("check", help="run the theorem checks and write the theorem table")
+    check = add("check", help="run the theorem checks and write the theorem table")
     check.add_argument("--quick", action="store_true", help="fewer cases per theorem")
     check.add_argument("--only", nargs="+", metavar="ID", help="run only these theorem ids")
     check.add_argument("--out", default="reports", help="directory for THEOREMS.md/.json (default: reports)")
     check.add_argument("--json", action="store_true", help="print the results as JSON")
     check.set_defaults(run=_cmd_check)
 
-    explain = sub.add_parser("explain", help="explain one input and write its certificate")
+    explain = add("explain", help="explain one input and write its certificate")
     explain.add_argument("--model", required=True, help="zoo name (zoo:NAME), ONNX file, TorchScript file or module:callable")
     explain.add_argument("--method", required=True, help="explanation method (gradient, integrated-gradients, smoothgrad, moreaugrad, ...)")
     source = explain.add_mutually_exclusive_group()
@@ -326,20 +378,22 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--param", type=_param, action="append", metavar="KEY=VALUE", help="method parameter, repeatable (e.g. rho=0.3)")
     explain.add_argument("--eps", type=_radius, default=0.1, help="L2 radius of the stability claims (default 0.1)")
     explain.add_argument("--topk", type=int, default=None, help="k of the top-k claim (default 10%% of the features)")
+    explain.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="per-example input shape to reshape --input "
+                         "to, for a model that records none (module:callable, TorchScript; ONNX models record theirs)")
     explain.add_argument("--out", required=True, help="certificate file to write (JSON)")
     explain.add_argument("--json", action="store_true", help="print the certificate")
     explain.set_defaults(run=_cmd_explain)
 
-    verify = sub.add_parser("verify", help="re-check a certificate: exit 0 valid, 1 a claim fails, 2 unusable input, "
+    verify = add("verify", help="re-check a certificate: exit 0 valid, 1 a claim fails, 2 unusable input, "
                             "75 a valid property certificate whose answer is unknown")
     verify.add_argument("certificate", help="certificate file (JSON)")
     verify.add_argument("--model", help="model SPEC (default: the one recorded in the certificate)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(run=_cmd_verify)
 
-    vprop = sub.add_parser("verify-property", help="decide a VNN-LIB property: holds (certified), violated (counterexample) or unknown",
+    vprop = add("verify-property", help="decide a VNN-LIB property: holds (certified), violated (counterexample) or unknown",
                            description="Exit 0 holds, 1 violated, 75 unknown within the time limit.")
-    vprop.add_argument("model", help="model SPEC (an ONNX file, zoo name, module:callable)")
+    vprop.add_argument("model", help="model SPEC (an ONNX file, zoo name, TorchScript file, module:callable)")
     vprop.add_argument("property", help="VNN-LIB file (input box, output constraint)")
     vprop.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     vprop.add_argument("--method", choices=("crown", "alpha-crown", "bab"), default="bab",
@@ -347,12 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "with optimised slopes and split multipliers (default bab)")
     vprop.add_argument("--counterexample", metavar="FILE.npy", help="write a counterexample found here")
     vprop.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
+    vprop.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="per-example input shape the property's flat "
+                       "inputs X_0.. are reshaped to (row-major), for a model that records none (module:callable, "
+                       "TorchScript; ONNX models record theirs); default: flat")
     vprop.add_argument("--out", metavar="CERT.json", help="write the answer's certificate (holds: the split-tree "
                        "witness; violated: the counterexample; unknown: the reason), re-checkable by `certify verify`")
     vprop.add_argument("--json", action="store_true", help="print the result as JSON")
     vprop.set_defaults(run=_cmd_verify_property)
 
-    evaluate = sub.add_parser("evaluate", help="robustness study: metrics under random and adversarial perturbations vs certificates")
+    evaluate = add("evaluate", help="robustness study: metrics under random and adversarial perturbations vs certificates")
     evaluate.add_argument("--model", required=True, help="model SPEC")
     evaluate.add_argument("--dataset", help="embedded data set (default: the zoo model's)")
     evaluate.add_argument("--n", type=int, default=32, help="number of test inputs (default 32)")
@@ -367,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.set_defaults(run=_cmd_evaluate)
 
-    report = sub.add_parser("report", help="rebuild the HTML/Markdown/JSON report from a run's artefacts")
+    report = add("report", help="rebuild the HTML/Markdown/JSON report from a run's artefacts")
     report.add_argument("directory", help="output directory of `certify demo` (summary.json, evaluation.json, ...)")
     report.add_argument("--json", action="store_true", help="print the written paths as JSON")
     report.set_defaults(run=_cmd_report)
@@ -375,12 +432,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code (module docstring). An exception the package did not raise on
+    purpose is an internal error: exit 70 with one line naming it (the traceback with --debug or
+    CERTIFY_DEBUG=1), never 1, which `verify-property` and `verify` give their own meanings; Ctrl-C exits 130."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
     except CertifyError as exc:
         print(f"certify {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"certify {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every other exception is a bug, reported as one (exit 70)
+        debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"certify {args.command}: internal error: {type(exc).__name__}{': ' + text if text else ''} -- this is a "
+              f"bug in certify {certify.__version__}; please report it"
+              + ("" if debug else f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"), file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

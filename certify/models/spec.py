@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -111,3 +112,88 @@ def load_model(spec: str) -> tuple[nn.Module, Dataset | None]:
         f"model spec {spec!r} is neither a zoo name ({', '.join(zoo.names())}), an ONNX file, a TorchScript file, "
         "nor module:callable"
     )
+
+
+def _first_weighted(model: nn.Module) -> tuple[str, torch.Size] | None:
+    """(layer name, weight shape) of the first module, in registration order, holding a weight of rank >= 2
+    (a Linear or convolution; TorchScript modules report their original class name). Only for messages."""
+    for module in model.modules():
+        try:
+            weight = dict(module.named_parameters(recurse=False)).get("weight")
+        except Exception:  # noqa: BLE001 - a module that cannot list its parameters: no hint
+            weight = None
+        if isinstance(weight, torch.Tensor) and not isinstance(weight, nn.parameter.UninitializedParameter) and weight.dim() >= 2:
+            return getattr(module, "original_name", type(module).__name__), weight.shape
+    return None
+
+
+def property_input_shape(model: nn.Module, n_inputs: int, given: tuple[int, ...] | None = None,
+                         option: str = "--input-shape") -> tuple[int, ...]:
+    """The per-example input shape to reshape a property's flat box of `n_inputs` values to: the shape the
+    model records (`certify_input_shape`, ONNX), else `given` (the CLI's `option`), else flat (n_inputs,).
+    UsageError when `given` disagrees with the recorded shape or does not hold n_inputs values; InvalidInputError
+    when the recorded shape does not hold n_inputs values."""
+    from certify.errors import InvalidInputError, UsageError
+
+    recorded = getattr(model, "certify_input_shape", None)
+    if recorded is not None:
+        recorded = tuple(int(s) for s in recorded)
+        if given is not None and tuple(given) != recorded:
+            raise UsageError(f"{option} {','.join(map(str, given))} differs from the input shape {recorded} the model records")
+        size = math.prod(recorded)
+        if size != n_inputs:
+            raise InvalidInputError(f"the property has {n_inputs} inputs (X_0..X_{n_inputs - 1}), but the model takes "
+                                    f"{size} (input shape {recorded})")
+        return recorded
+    if given is not None:
+        size = math.prod(given)
+        if size != n_inputs:
+            raise UsageError(f"{option} {','.join(map(str, given))} holds {size} values, but the property has {n_inputs} "
+                             f"inputs (X_0..X_{n_inputs - 1})")
+        return tuple(int(s) for s in given)
+    return (n_inputs,)
+
+
+def check_property_fits(model: nn.Module, lower, upper, n_outputs: int, shape: tuple[int, ...],
+                        shape_given: bool = False, option: str = "--input-shape") -> None:
+    """Run `model` once at the centre of the box [lower, upper] (flat float64 arrays) reshaped to `shape`, and
+    check it has `n_outputs` outputs. A model that cannot take the box is named with both sizes (its first
+    Linear's inputs) or, when it takes images and no shape is known, with `option`: UsageError (the option is
+    missing) or InvalidInputError (the property does not fit the model)."""
+    import numpy as np
+
+    from certify.errors import InvalidInputError, UsageError
+
+    n_inputs = int(np.asarray(lower).size)
+    dtype, device = torch.float32, torch.device("cpu")
+    for t in list(model.parameters()) + list(model.buffers()):
+        if not isinstance(t, nn.parameter.UninitializedParameter) and t.is_floating_point():
+            dtype, device = t.dtype, t.device
+            break
+    centre = (np.asarray(lower, dtype=np.float64) + np.asarray(upper, dtype=np.float64)) / 2
+    x = torch.as_tensor(centre).reshape(1, *shape).to(device=device, dtype=dtype)
+    try:
+        with torch.no_grad():
+            y = model(x)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the property's inputs do not fit the model
+        first = _first_weighted(model)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        cause = f"{type(exc).__name__}: {text}"
+        if first is not None and len(first[1]) > 2 and len(shape) == 1:
+            name, weight = first
+            raise UsageError(f"the model's first layer is {name} (weight {list(weight)}), which takes images, and the model "
+                             f"records no input shape: give {option} C,H,W with C*H*W = {n_inputs} (the property's inputs)"
+                             f" [{cause}]") from exc
+        if first is not None and len(first[1]) == 2 and len(shape) == 1 and int(first[1][1]) != n_inputs:
+            name, weight = first
+            raise InvalidInputError(f"the property has {n_inputs} inputs (X_0..X_{n_inputs - 1}), but the model's first "
+                                    f"layer {name} takes {int(weight[1])} [{cause}]") from exc
+        hint = "" if shape_given or len(shape) > 1 else f"; if the model takes images, give {option} C,H,W"
+        raise InvalidInputError(f"the model cannot be evaluated on the property's {n_inputs} inputs shaped "
+                                f"{tuple(shape)}: {cause}{hint}") from exc
+    if not isinstance(y, torch.Tensor):
+        raise UnsupportedError(f"the model returns {type(y).__name__}, not one tensor of outputs")
+    m = int(y.numel())  # one example
+    if m != n_outputs:
+        raise InvalidInputError(f"the property constrains {n_outputs} outputs (Y_0..Y_{n_outputs - 1}), but the model "
+                                f"has {m} outputs")

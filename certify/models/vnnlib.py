@@ -37,6 +37,7 @@ from certify.errors import InvalidInputError, UnsupportedError
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
 _VAR = re.compile(r"^([XY])_(\d+)$")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity)$", re.IGNORECASE)
 
 
 @dataclass
@@ -101,31 +102,68 @@ class Property:
         return np.clip(centre, d_lo, d_hi), eps
 
 
-def _tokens(text: str) -> list[str]:
-    lines = [line.split(";", 1)[0] for line in text.splitlines()]
-    return _TOKEN.findall("\n".join(lines))
+def _tokens(text: str) -> list[tuple[str, int]]:
+    """(token, 1-based line) pairs, comments (`;` to the end of the line) dropped."""
+    return [(m.group(0), number) for number, line in enumerate(text.splitlines(), 1)
+            for m in _TOKEN.finditer(line.split(";", 1)[0])]
 
 
-def _parse_sexprs(tokens: list[str]) -> list[Any]:
+def _parse_sexprs(tokens: list[tuple[str, int]]) -> list[tuple[Any, int]]:
+    """The top-level forms, each with the line it starts on."""
     stack: list[list[Any]] = [[]]
-    for tok in tokens:
+    lines: list[int] = []
+    for tok, line in tokens:
         if tok == "(":
+            if len(stack) == 1:
+                lines.append(line)
             stack.append([])
         elif tok == ")":
             if len(stack) == 1:
-                raise InvalidInputError("VNN-LIB: unbalanced ')'")
+                raise InvalidInputError(f"VNN-LIB line {line}: unbalanced ')'")
             done = stack.pop()
             stack[-1].append(done)
         else:
+            if len(stack) == 1:
+                lines.append(line)
             stack[-1].append(tok)
     if len(stack) != 1:
-        raise InvalidInputError("VNN-LIB: unbalanced '(' (file truncated?)")
-    return stack[0]
+        raise InvalidInputError(f"VNN-LIB: unbalanced '(' (file truncated?): the form opened on line {lines[-1]} is not closed")
+    return list(zip(stack[0], lines))
+
+
+def _variables(expr: Any) -> list[str]:
+    """The X_i / Y_j names in a form, in order of appearance (for messages)."""
+    if isinstance(expr, str):
+        return [expr] if _VAR.match(expr) else []
+    return [v for sub in expr for v in _variables(sub)]
+
+
+def _to_float(value: Fraction, what: str, signed: bool = True) -> float:
+    """`value` rounded to the nearest float64; InvalidInputError (naming `what`) when it is beyond float64's
+    range (e.g. 1e400), which no input box or output formula can mean. `signed=False` states its magnitude
+    (a formula's numbers are stored with the signs of its normal form, not the file's)."""
+    try:
+        out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        stated = f"is {_short(value)}" if signed else f"has magnitude {_short(abs(value))}"
+        raise InvalidInputError(f"{what} {stated}, beyond the float64 range (|v| <= 1.8e308)")
+    return out
+
+
+def _short(value: Fraction) -> str:
+    """A Fraction too large for float, written as sign, leading digits and power of ten."""
+    digits = str(abs(value.numerator // value.denominator))
+    sign = "-" if value < 0 else ""
+    return f"{sign}{digits[0]}.{digits[1:4] or '0'}e+{len(digits) - 1}"
 
 
 def _number(tok: Any) -> Fraction | None:
     if isinstance(tok, str) and _NUMBER.match(tok):
         return Fraction(tok)
+    if isinstance(tok, str) and _NONFINITE.match(tok):
+        raise InvalidInputError(f"{tok!r} is not a finite number (a bound or coefficient must be finite)")
     return None
 
 
@@ -225,70 +263,93 @@ def parse_vnnlib(source: str | Path, text: str | None = None) -> Property:
     lower: dict[int, float] = {}
     upper: dict[int, float] = {}
     output_conjuncts: list[list[list[tuple[dict, Fraction]]]] = []
-    for form in _parse_sexprs(_tokens(text)):
+    lower_at: dict[int, int] = {}  # line of the assert giving X_i its (tightest) lower / upper bound
+    upper_at: dict[int, int] = {}
+    output_lines: list[int] = []
+    for form, line in _parse_sexprs(_tokens(text)):
+        where = f"VNN-LIB line {line}"
         if not isinstance(form, list) or not form:
-            raise InvalidInputError(f"VNN-LIB: unexpected top-level token {form!r}")
+            raise InvalidInputError(f"{where}: unexpected top-level token {form!r}")
         if form[0] == "declare-const":
             if len(form) != 3 or not isinstance(form[1], str) or form[2] != "Real":
-                raise UnsupportedError(f"VNN-LIB: unsupported declaration {form!r}")
+                raise UnsupportedError(f"{where}: unsupported declaration {form!r}")
             m = _VAR.match(form[1])
             if not m:
-                raise UnsupportedError(f"VNN-LIB: variable {form[1]!r} is neither X_i nor Y_j")
+                raise UnsupportedError(f"{where}: variable {form[1]!r} is neither X_i nor Y_j")
             declared[m.group(1)].add(int(m.group(2)))
             continue
         if form[0] != "assert" or len(form) != 2:
-            raise UnsupportedError(f"VNN-LIB: top-level command {form[0]!r} is not supported (declare-const, assert)")
-        dnf = _dnf(form[1])
+            raise UnsupportedError(f"{where}: top-level command {form[0]!r} is not supported (declare-const, assert)")
+        names = ", ".join(dict.fromkeys(_variables(form))) or "no variable"
+        try:
+            dnf = _dnf(form[1])
+        except (InvalidInputError, UnsupportedError) as exc:
+            message = str(exc).removeprefix("VNN-LIB: ")
+            raise type(exc)(f"{where} (constraint on {names}): {message}") from None
         kinds = {key[0] for conj in dnf for coeffs, _ in conj for key in coeffs}
         if kinds == {"X"}:
             if len(dnf) != 1:
-                raise UnsupportedError("VNN-LIB: a disjunction over the inputs (several input boxes) is not supported")
+                raise UnsupportedError(f"{where}: a disjunction over the inputs (several input boxes) is not supported")
             for coeffs, const in dnf[0]:
                 if len(coeffs) != 1:
-                    raise UnsupportedError("VNN-LIB: an input constraint over several inputs is not a box")
+                    raise UnsupportedError(f"{where}: an input constraint over several inputs is not a box")
                 ((_, i), c), = coeffs.items()
-                bound = float(const / c)  # c * x_i <= const
+                side = "upper" if c > 0 else "lower"
+                bound = _to_float(const / c, f"{where}: the {side} bound of X_{i}")  # c * x_i <= const
                 if c > 0:
-                    upper[i] = min(upper.get(i, math.inf), bound)
+                    if bound < upper.get(i, math.inf):
+                        upper[i], upper_at[i] = bound, line
                 else:
-                    lower[i] = max(lower.get(i, -math.inf), bound)
+                    if bound > lower.get(i, -math.inf):
+                        lower[i], lower_at[i] = bound, line
         elif kinds == {"Y"}:
             output_conjuncts.append(dnf)
+            output_lines.append(line)
         elif not kinds:
-            raise UnsupportedError("VNN-LIB: an assert without variables")
+            raise UnsupportedError(f"{where}: an assert without variables")
         else:
-            raise UnsupportedError("VNN-LIB: an assert mixing inputs and outputs is not supported")
+            raise UnsupportedError(f"{where}: an assert mixing inputs and outputs is not supported")
     n_in = max(declared["X"]) + 1 if declared["X"] else 0
     n_out = max(declared["Y"]) + 1 if declared["Y"] else 0
     if declared["X"] != set(range(n_in)) or declared["Y"] != set(range(n_out)) or not n_in or not n_out:
         raise InvalidInputError("VNN-LIB: inputs X_0..X_{n-1} and outputs Y_0..Y_{m-1} must all be declared")
+    for i in list(lower) + list(upper):
+        if i >= n_in:
+            line = lower_at.get(i, upper_at.get(i))
+            raise InvalidInputError(f"VNN-LIB line {line}: X_{i} is not declared (inputs X_0..X_{n_in - 1})")
     missing = [i for i in range(n_in) if i not in lower or i not in upper]
     if missing:
         raise UnsupportedError(f"VNN-LIB: input(s) {missing[:5]} have no lower or upper bound (an unbounded box)")
     lo = np.array([lower[i] for i in range(n_in)], dtype=np.float64)
     hi = np.array([upper[i] for i in range(n_in)], dtype=np.float64)
     if (lo > hi).any():
-        raise InvalidInputError(f"VNN-LIB: empty input box at X_{int(np.argmax(lo > hi))}")
+        i = int(np.argmax(lo > hi))
+        raise InvalidInputError(f"VNN-LIB: empty input box at X_{i}: lower bound {float(lo[i])!r} (line {lower_at[i]}) > upper "
+                                f"bound {float(hi[i])!r} (line {upper_at[i]})")
     # the conjunction of the output asserts, in DNF
+    if not output_conjuncts:
+        raise UnsupportedError("VNN-LIB: no output constraint")
+    for dnf, line in zip(output_conjuncts, output_lines):  # every number of the formula as a float64, or refused
+        for conj in dnf:
+            for coeffs, const in conj:
+                for (kind, j), v in coeffs.items():
+                    if j >= n_out:
+                        raise InvalidInputError(f"VNN-LIB line {line}: Y_{j} is not declared (outputs Y_0..Y_{n_out - 1})")
+                    _to_float(v, f"VNN-LIB line {line}: the coefficient of Y_{j}", signed=False)
+                names = ", ".join(f"Y_{j}" for _, j in coeffs)
+                _to_float(const, f"VNN-LIB line {line}: the constant of the constraint on {names}", signed=False)
     conjunctions: list[list[tuple[dict, Fraction]]] = [[]]
     for dnf in output_conjuncts:
         conjunctions = [a + b for a in conjunctions for b in dnf]
-    if not output_conjuncts:
-        raise UnsupportedError("VNN-LIB: no output constraint")
     disjuncts = []
     for conj in conjunctions:
         c = np.zeros((len(conj), n_out), dtype=np.float64)
         d = np.zeros(len(conj), dtype=np.float64)
         for r, (coeffs, const) in enumerate(conj):
             for (kind, j), v in coeffs.items():
-                if j >= n_out:
-                    raise InvalidInputError(f"VNN-LIB: Y_{j} is not declared")
                 c[r, j] = float(v)
             d[r] = float(const)
         disjuncts.append((c, d))
-    for i in list(lower) + list(upper):
-        if i >= n_in:
-            raise InvalidInputError(f"VNN-LIB: X_{i} is not declared")
     return Property(lo, hi, n_out, disjuncts, path, comments)
 
 

@@ -89,3 +89,48 @@ def test_outside_the_subset_is_refused_with_the_reason(text, error, match):
 def test_a_missing_file_is_invalid_input(tmp_path):
     with pytest.raises(InvalidInputError, match="cannot read"):
         parse_vnnlib(tmp_path / "missing.vnnlib")
+
+
+HEAD = "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+BOX = "(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (>= X_1 0))\n(assert (<= X_1 1))\n"
+FORMULA = "(assert (>= Y_1 Y_0))\n"
+
+
+@pytest.mark.parametrize(
+    "box, match",
+    [
+        # beyond float64 (an OverflowError in float(Fraction)), on either side
+        (BOX.replace("(<= X_1 1)", "(<= X_1 1e400)"), r"line 8: the upper bound of X_1 is 1\.000e\+400, beyond the float64 range"),
+        (BOX.replace("(>= X_0 0)", "(>= X_0 -2.5e400)"), r"line 5: the lower bound of X_0 is -2\.500e\+400"),
+        (BOX.replace("(<= X_0 1)", "(<= (* 1e-400 X_0) 1)"), r"line 6: the upper bound of X_0 is 1\.000e\+400"),
+        # non-finite tokens
+        (BOX.replace("(>= X_1 0)", "(>= X_1 nan)"), r"line 7 \(constraint on X_1\): 'nan' is not a finite number"),
+        (BOX.replace("(<= X_0 1)", "(<= X_0 +inf)"), r"line 6 \(constraint on X_0\): '\+inf' is not a finite number"),
+        (BOX.replace("(>= X_0 0)", "(>= X_0 -Infinity)"), r"line 5 \(constraint on X_0\): '-Infinity' is not a finite number"),
+        # lower > upper: both lines
+        (BOX.replace("(>= X_1 0)", "(>= X_1 2)"), r"empty input box at X_1: lower bound 2\.0 \(line 7\) > upper bound 1\.0 \(line 8\)"),
+    ],
+)
+def test_unrepresentable_or_empty_bounds_are_input_errors_naming_the_variable_and_line(box, match):
+    with pytest.raises(InvalidInputError, match=match):
+        parse_vnnlib("inline", HEAD + box + FORMULA)
+
+
+@pytest.mark.parametrize("formula, match", [
+    ("(assert (>= Y_1 1e400))", r"line 9: the constant of the constraint on Y_1 has magnitude 1\.000e\+400"),
+    ("(assert (>= (* 1e999 Y_1) Y_0))", r"line 9: the coefficient of Y_1 has magnitude 1\.000e\+999"),
+    ("(assert (>= Y_1 NaN))", r"line 9 \(constraint on Y_1\): 'NaN' is not a finite number"),
+])
+def test_unrepresentable_numbers_in_the_formula_are_input_errors(formula, match):
+    with pytest.raises(InvalidInputError, match=match):
+        parse_vnnlib("inline", HEAD + BOX + formula + "\n")
+
+
+def test_the_tightest_bound_wins_and_a_tiny_number_rounds_to_nearest():
+    prop = parse_vnnlib("inline", HEAD + BOX + "(assert (<= X_0 0.5))\n(assert (>= X_1 1e-400))\n" + FORMULA)
+    assert prop.lower.tolist() == [0.0, 0.0] and prop.upper.tolist() == [0.5, 1.0]
+
+
+def test_an_unknown_symbol_names_its_line():
+    with pytest.raises(UnsupportedError, match=r"line 9 \(constraint on Y_1\): unknown symbol 'Z_0'"):
+        parse_vnnlib("inline", HEAD + BOX + "(assert (>= Y_1 Z_0))\n")

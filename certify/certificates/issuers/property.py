@@ -98,7 +98,7 @@ def crown_witness(raw: Any, prop: Property) -> dict | None:
             return None
         trees.append({"depth": np.zeros(1), "splits": np.zeros((0, 3)), "betas": np.zeros(0),
                       "row": np.array([int(np.argmax(bound))]),
-                      "alphas": np.concatenate([adaptive(j) for j in range(len(hidden))])[None]})
+                      "alphas": np.concatenate([adaptive(j) for j in range(len(hidden))] or [np.zeros(0)])[None]})
     return {"format": WITNESS_FORMAT, "unstable": unstable, "root_alphas": roots, "conjunctions": trees}
 
 
@@ -206,3 +206,41 @@ def property_certificate(model: nn.Module, prop: Property, result: PropertyResul
         property={"path": prop.path or None, "sha256": digest, "input_shape": [int(s) for s in input_shape],
                   "inputs": prop.num_inputs, "outputs": prop.num_outputs},
         answer=answer, seconds=float(result.seconds), claims=[claim])
+
+
+def checked_property_certificate(model: nn.Module, prop: Property, result: PropertyResult, input_shape: tuple[int, ...],
+                                 method: str, timeout: float, model_spec: str | None = None,
+                                 out: Path | None = None) -> tuple[PropertyCertificate, list[str]]:
+    """`property_certificate`, then re-checked as `certify verify` would (its JSON parsed back, the independent
+    checker, `certify.certificates.checker.verify_certificate`, on `model`), so that an answer is only ever
+    "holds" or "violated" when the certificate's claim verifies. (certificate, problems): when the checker does
+    not accept the claim, the certificate returned answers "unknown", its claim refused with the checker's
+    reasons (listed in problems); `certify verify-property` prints the answer of the certificate this returns,
+    written or not."""
+    from certify.certificates.checker import verify_certificate
+    from certify.certificates.document import parse_certificate
+    from certify.errors import CertifyError
+
+    cert = property_certificate(model, prop, result, input_shape, method, timeout, model_spec, out)
+    claim = cert.claims[0]
+    try:
+        report = verify_certificate(parse_certificate(cert.to_json()), model, None if out is None else out.parent)
+    except CertifyError as exc:
+        problems = [f"the checker could not re-check the certificate ({type(exc).__name__}: {exc})"]
+    else:
+        problems = list(report.problems) + [f"claim {c.id}: {c.status}: {c.detail}" for c in report.checks
+                                            if c.status not in ("valid", "refused")]
+        if claim.kind == "refused" and not report.problems:
+            return cert, []  # an unknown answer: nothing to accept
+        if claim.kind != "refused" and not problems and any(c.status == "valid" for c in report.checks):
+            return cert, []
+        if not problems:
+            problems = ["the checker did not mark the claim valid"]
+    if claim.kind == "refused":  # an unknown answer whose document the checker rejects: a bug, said as such
+        raise CertifyError(f"the unknown answer's certificate does not verify: {'; '.join(problems)}")
+    refused = refuse(CLAIM_ID, claim.type, claim.params, claim.method,
+                     f"{cert.answer}: found by {claim.method}, but the independent checker does not accept the "
+                     f"certificate: {'; '.join(problems)}")
+    cert.claims = [refused]
+    cert.answer = "unknown"
+    return cert, problems

@@ -384,3 +384,72 @@ def test_random_mutations_are_rejected_or_still_true(split_case):
         truth = min(values[:, a:b].max(axis=1).min() for a, b in zip(starts[:-1], starts[1:]))
         assert claim["value"] <= truth + 1e-9, f"trial {trial}: accepted a false certificate"
     assert rejected >= 60 and accepted >= 10
+
+
+def test_checked_certificates_keep_answers_the_checker_accepts():
+    """checked_property_certificate (what `certify verify-property` prints, with or without --out): holds,
+    violated and unknown answers the independent checker accepts come back unchanged, with no problems."""
+    from certify.certificates.issuers.property import checked_property_certificate
+
+    model = tiny_net(0)
+    label = predicted(model, CENTRE)
+    for eps, c, expected in ((0.05, label, "holds"), (2.0, (label + 1) % 3, "violated")):
+        prop = classification(CENTRE, eps, c)
+        result = verify_property(model, prop, timeout=3.0, input_shape=(2,), methods=("crown", "bab"))
+        assert result.status == expected
+        cert, problems = checked_property_certificate(model, prop, result, (2,), "bab", 3.0)
+        assert cert.answer == expected and problems == [] and cert.claims[0].kind == "certified"
+    unknown = PropertyResult("unknown", 0.5, "crown", -0.1)
+    cert, problems = checked_property_certificate(model, classification(CENTRE, 0.05, label), unknown, (2,), "crown", 0.5)
+    assert cert.answer == "unknown" and problems == []
+
+
+@pytest.mark.parametrize("failure", ["problem", "invalid claim", "format error"])
+def test_a_claim_the_checker_rejects_becomes_an_unknown_answer(monkeypatch, failure):
+    """Should the checker ever reject what the issuer certified, the answer is unknown (the claim refused with
+    the checker's reasons), never holds; and that certificate verifies, as unknown, with the real checker."""
+    import certify.certificates.checker as checker
+    from certify.certificates.issuers.property import checked_property_certificate
+    from certify.errors import CertificateFormatError as FormatError
+
+    model = tiny_net(0)
+    prop = classification(CENTRE, 0.05, predicted(model, CENTRE))
+    result = verify_property(model, prop, timeout=3.0, input_shape=(2,), methods=("crown",))
+    assert result.status == "holds"
+    real = checker.verify_certificate
+
+    def rejecting(cert, model, base_dir=None):
+        if failure == "format error":
+            raise FormatError("simulated")
+        report = real(cert, model, base_dir)
+        if failure == "problem":
+            report.problems.append("simulated problem")
+        else:
+            report.checks[0].status, report.checks[0].detail = "invalid", "simulated mismatch"
+        return report
+
+    monkeypatch.setattr(checker, "verify_certificate", rejecting)
+    cert, problems = checked_property_certificate(model, prop, result, (2,), "crown", 3.0)
+    assert cert.answer == "unknown" and cert.claims[0].kind == "refused" and problems
+    assert "independent checker does not accept" in cert.claims[0].reason and "simulated" in cert.claims[0].reason
+    monkeypatch.setattr(checker, "verify_certificate", real)
+    valid, report = _verify(json.loads(cert.to_json()), model)
+    assert valid, report.failures()
+
+
+def test_a_network_without_hidden_layers_gets_a_crown_witness():
+    """One Linear layer (no activation): the checker-side CROWN witness has no unstable units and no slopes,
+    and proves the property exactly (the margin y_0 - y_j = 5 everywhere)."""
+    from certify.certificates.issuers.property import checked_property_certificate
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(0.1)
+        model[0].bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    prop = classification(CENTRE, 0.1, 0)
+    result = PropertyResult("holds", 0.1, "crown", 5.0)  # what the bound code would say; it gives no witness
+    cert, problems = checked_property_certificate(model, prop, result, (2,), "crown", 1.0)
+    assert cert.answer == "holds" and problems == [] and cert.claims[0].method == "crown"
+    assert 4.99 < cert.claims[0].value <= 5.0
+    valid, report = _verify(json.loads(cert.to_json()), model)
+    assert valid, report.failures()
