@@ -28,8 +28,18 @@ TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript"}
 
 
 def unwrap_parallel(model: nn.Module) -> nn.Module:
-    """The module inside nn.DataParallel / DistributedDataParallel wrappers (any depth)."""
+    """The module inside nn.DataParallel / DistributedDataParallel wrappers (any depth).
+
+    Raises UnsupportedError when a wrapper carries a forward / pre / backward hook or an instance-level
+    forward: stripping it would drop what it changes (the translations refuse the same on wrappers)."""
     while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        hooks = (model._forward_hooks or model._forward_pre_hooks or model._backward_hooks
+                 or getattr(model, "_backward_pre_hooks", None))
+        if hooks or "forward" in model.__dict__:
+            raise UnsupportedError(
+                f"the {type(model).__name__} wrapper has a hook or its own forward, which can change what it computes; "
+                "certify models only hook-free modules"
+            )
         model = model.module
     return model
 

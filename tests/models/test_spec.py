@@ -214,3 +214,17 @@ def test_explain_an_onnx_file_with_a_vnnlib_input_from_the_cli(tmp_path, capsys)
     for bound in ("implementation-deviation", "lipschitz", "explanation-error"):
         assert claims[bound]["kind"] == "certified" and claims[bound]["value"] is not None, claims[bound]
     assert claims["curvature"]["value"] is None and "ReLU" in claims["curvature"]["reason"]  # a precise refusal
+
+
+def test_a_wrapper_with_a_hook_is_refused_not_stripped() -> None:
+    from torch import nn
+
+    from certify.errors import UnsupportedError
+    from certify.models.spec import unwrap_parallel
+
+    inner = nn.Sequential(nn.Linear(2, 2)).eval()
+    wrapper = nn.DataParallel(inner)
+    assert unwrap_parallel(wrapper) is inner
+    wrapper.register_forward_hook(lambda m, i, o: -o)
+    with pytest.raises(UnsupportedError, match="hook"):
+        unwrap_parallel(wrapper)
