@@ -1,8 +1,9 @@
 """Decide a VNN-LIB property (certify.models.vnnlib) within a time limit: "violated" (a counterexample found
 by a strong PGD attack and re-evaluated), "holds" (certified by CROWN, alpha-CROWN or branch and bound with
 optimised split multipliers on the exact float64 translation N of the model, certify.bounds.property), or
-"unknown". Order: PGD for 10% of the time, CROWN, then branch and bound (or alpha-CROWN) until 85% of what
-is left, then PGD again with the rest.
+"unknown". Order: PGD for 5% of the time (at most 1 s), CROWN, then branch and bound (or alpha-CROWN) until 90% of what
+is left, then PGD again with the rest. Branch and bound also proposes points where its search saw the formula
+satisfied (the corner minimising a subdomain's linear bound); each is re-evaluated like a PGD point.
 
 Counterexample search: projected sign-gradient descent (l-inf PGD, Madry et al. 2018) in the model's own
 dtype, targeted at each conjunction {y : C y <= d} of the counterexample formula (loss max_r (C y - d)_r,
@@ -45,6 +46,7 @@ class PropertyResult:
     counterexample: np.ndarray | None = None  # float64 copy of the point as evaluated in the model's dtype
     outputs: dict[str, list[float]] = field(default_factory=dict)  # {"model dtype": y, "float64": y}
     notes: list[str] = field(default_factory=list)
+    witness: dict | None = None  # status "holds" on a ReLU chain: certify.bounds.property's witness (not in to_json)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -176,7 +178,7 @@ def verify_property(
     start = time.perf_counter()
     shape = input_shape or input_shape_for(model, prop)
     notes: list[str] = []
-    quick = min(attack_seconds if attack_seconds is not None else 0.1 * timeout, timeout)
+    quick = min(attack_seconds if attack_seconds is not None else min(0.05 * timeout, 1.0), timeout)
     point, info = pgd_counterexample(model, prop, shape, seconds=quick, seed=seed)
     if point is not None:
         return PropertyResult("violated", time.perf_counter() - start, "pgd", None,
@@ -188,6 +190,11 @@ def verify_property(
             check = conformance(model, net, torch.as_tensor(0.5 * (prop.lower + prop.upper)).reshape(1, *shape))
             if not check.passed:
                 raise UnsupportedError(f"the translation does not conform: {check.detail}")
+            if net.head is not None:
+                raise UnsupportedError(
+                    f"the model ends in {net.head}, which N drops: the property constrains the model's outputs, "
+                    "the bounds would be about the logits before it"
+                )
         except UnsupportedError as exc:
             notes.append(f"no bound: {exc}")
             net = None
@@ -198,12 +205,25 @@ def verify_property(
             left = timeout - (time.perf_counter() - start)
             if left <= 0:
                 break
-            options = {"deadline": time.perf_counter() + 0.85 * left} if method in ("alpha-crown", "bab") else {}
-            bound = property_bounds(net, prop, method, **options)
+            options = {"deadline": time.perf_counter() + 0.9 * left} if method in ("alpha-crown", "bab") else {}
+            try:
+                bound = property_bounds(net, prop, method, **options)
+            except UnsupportedError as exc:
+                notes.append(f"{method}: {exc}")
+                continue
             margin, method_used = bound.margin, method
             notes.append(f"{method}: certified lower bound {bound.margin:.4g}")
             if bound.holds:
-                return PropertyResult("holds", time.perf_counter() - start, method, bound.margin, notes=notes)
+                return PropertyResult("holds", time.perf_counter() - start, method, bound.margin, notes=notes,
+                                      witness=bound.witness)
+            lo, hi = representable_box(prop, _dtype(model))
+            for candidate in bound.details.get("candidates", [])[:16]:
+                point = torch.minimum(torch.maximum(candidate.to(lo.dtype).reshape(-1), lo), hi)
+                ok, evaluation = check_counterexample(model, prop, point, shape)
+                if ok:
+                    return PropertyResult("violated", time.perf_counter() - start, method, margin,
+                                          point.detach().to("cpu", torch.float64).numpy(),
+                                          {k: evaluation[k] for k in ("model dtype", "float64")}, notes)
     left = timeout - (time.perf_counter() - start)
     if left > 0.5:
         point, info = pgd_counterexample(model, prop, shape, seconds=left, seed=seed + 1000)

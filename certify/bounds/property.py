@@ -3,11 +3,15 @@
 the input box (then no point of the box satisfies that conjunction, so none is a counterexample).
 
 The box is the file's box exactly: InputSet with centre (lower + upper) / 2, L-infinity radius the largest
-half-width, intersected with the domain [lower, upper]. Lower bounds come from CROWN back-substitution
-(certify.bounds.crown.backward_lower_bound with the rows C and constant -d), from alpha-CROWN
-(certify.bounds.alpha_crown, optimised slopes, re-evaluated through the same code path), or from branch and
-bound on ReLU splits (certify.bounds.bab, method "bab": alpha-CROWN at the root, then per unproven
-conjunction); all in float64 with outward rounding. All rows of all conjunctions are bounded in one pass.
+half-width, intersected with the domain [lower, upper]. On a ReLU chain every method goes through the certified
+root of certify.bounds.alpha_crown (boxes and bounds by certify.bounds.crown.backward_lower_bound, float64,
+outward rounding): "crown" with CROWN's slopes, "alpha-crown" with optimised ones, and "bab" adds branch and
+bound on ReLU splits (certify.bounds.bab, beta-CROWN) over the conjunctions the root leaves unproven. A result
+that holds carries its witness (`PropertyBound.witness`, the format of /tmp/plan/WITNESS.md version 1: root
+slopes, and per conjunction a complete split tree whose leaves carry their slopes and split multipliers), from
+which a checker re-derives a positive bound for every leaf. Other networks: "crown" by
+certify.bounds.crown.layer_bounds (no witness); "alpha-crown" and "bab" refuse them (UnsupportedError).
+All rows of all conjunctions are bounded in one pass.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from torch import Tensor
 
 from certify.bounds.crown import backward_lower_bound, layer_bounds
 from certify.bounds.network import AffineNetwork
+from certify.bounds.requirements import activation_refusal
 from certify.bounds.sets import InputSet
 from certify.errors import UsageError
 from certify.models.vnnlib import Property
@@ -52,13 +57,16 @@ def property_rows(prop: Property) -> tuple[Tensor, Tensor, list[slice]]:
 @dataclass
 class PropertyBound:
     """Certified lower bounds of C y - d over the box, per row; `holds` when every conjunction
-    has a row with a positive bound. `margin` is min over conjunctions of the best row (> 0 iff holds)."""
+    has a row with a positive bound. `margin` is min over conjunctions of the best row (> 0 iff holds).
+    `witness`: the dict of /tmp/plan/WITNESS.md (version 1) when the property holds on a ReLU chain (the root
+    slopes and, per conjunction, the leaves of its split tree), else None."""
 
     lower: Tensor  # [R]
     slices: list[slice]
     method: str
     details: dict
     by_bab: dict = field(default_factory=dict)  # conjunction index -> BaB's certified bound (> 0: proven)
+    witness: dict | None = None
 
     @property
     def per_conjunction(self) -> list[float]:
@@ -73,8 +81,15 @@ class PropertyBound:
         return self.margin > 0
 
 
+def _relu_chain(net: AffineNetwork) -> bool:
+    return activation_refusal(net, "", ("relu",)) is None and net.is_chain
+
+
 def property_bounds(net: AffineNetwork, prop: Property, method: str = "crown", **options) -> PropertyBound:
-    """Certified lower bounds of C y - d for every row of `prop` over its input box (module docstring)."""
+    """Certified lower bounds of C y - d for every row of `prop` over its input box (module docstring).
+    On a ReLU chain every method goes through certify.bounds.alpha_crown's certified root (CROWN's slopes for
+    "crown"), so a result that holds carries its witness; "alpha-crown" and "bab" refuse other networks
+    (UnsupportedError naming the activation or the skips), "crown" bounds them by certify.bounds.crown."""
     if method not in PROPERTY_METHODS:
         raise UsageError(f"unknown property method {method!r}; choose one of {PROPERTY_METHODS}")
     if net.input_size != prop.num_inputs or net.num_classes != prop.num_outputs:
@@ -84,52 +99,84 @@ def property_bounds(net: AffineNetwork, prop: Property, method: str = "crown", *
         )
     input_set = property_set(prop)
     rows, consts, slices = property_rows(prop)
-    if method == "crown":
+    if (method == "crown" and not _relu_chain(net)) or not net.activations:  # no hidden layer: CROWN is exact
         with torch.no_grad():
             boxes, relaxations = layer_bounds(net, input_set, "crown")
             value = backward_lower_bound(net, input_set, net.depth - 1, rows, relaxations, boxes, const=consts)
         return PropertyBound(value[0], slices, "crown", {})
-    if method == "alpha-crown":
+    if method in ("crown", "alpha-crown"):
         from certify.bounds.alpha_crown import alpha_crown_lower_bound
 
+        if method == "crown":
+            options = {"iterations": 0}
         value, details = alpha_crown_lower_bound(net, input_set, rows, consts, **options)
-        return PropertyBound(value[0], slices, "alpha-crown", details)
+        result = PropertyBound(value[0], slices, method, details)
+        result.witness = _witness(details["root"], slices, {}) if result.holds else None
+        return result
     return _bab(net, input_set, rows, consts, slices, **options)
 
 
+def _root_leaf(root, s: slice) -> dict:
+    """The one-leaf tree of a conjunction proven at the root: its best row with the root's final slopes."""
+    import numpy as np
+
+    row = int(root.value[s].argmax())
+    return {"depth": np.zeros(1, dtype=np.int64), "splits": np.zeros((0, 3), dtype=np.int64),
+            "betas": np.zeros(0, dtype=np.float32), "row": np.array([row], dtype=np.int64),
+            "alphas": root.final[s][row][None].numpy().astype(np.float32)}
+
+
+def _witness(root, slices: list[slice], trees: dict) -> dict:
+    """WITNESS.md's dict: the root slopes, and per conjunction its BaB leaves or its root leaf."""
+    return {
+        "format": "certify.relu-split-witness/1",
+        "unstable": [u.numpy().copy() for u in root.unstable],
+        "root_alphas": [[a.numpy().astype("float32") for a in layer] for layer in root.root_alphas],
+        "conjunctions": [trees[i] if i in trees else _root_leaf(root, s) for i, s in enumerate(slices)],
+    }
+
+
+def witness_bytes(witness: dict) -> int:
+    """Size in bytes of the witness's arrays (what a binary serialisation stores)."""
+    total = sum(u.nbytes for u in witness["unstable"]) + sum(a.nbytes for layer in witness["root_alphas"] for a in layer)
+    return total + sum(v.nbytes for tree in witness["conjunctions"] for v in tree.values())
+
+
 def _bab(net: AffineNetwork, input_set: InputSet, rows: Tensor, consts: Tensor, slices: list[slice],
-         deadline: float | None = None, batch: int = 64, root_iterations: int = 20,
-         root_share: float = 0.3, iterations: int = 10) -> PropertyBound:
-    """alpha-CROWN at the root (its optimised intermediate boxes, for at most `root_share` of the time),
-    then branch and bound (certify.bounds.bab) on each conjunction still unproven, in order, until
-    `deadline` (perf_counter time)."""
+         deadline: float | None = None, batch: int = 512, root_iterations: int = 50,
+         root_share: float = 0.25, iterations: int = 20, lr: float = 0.05, lr_beta: float = 0.1) -> PropertyBound:
+    """alpha-CROWN at the root (for at most `root_share` of the time), then one branch and bound
+    (certify.bounds.bab) over all the conjunctions still unproven, until `deadline` (perf_counter time; default
+    60 s from now). A candidate counterexample it proposes lands in details["candidates"] (the caller checks)."""
     from certify.bounds.alpha_crown import alpha_crown_lower_bound
     from certify.bounds.bab import branch_and_bound
 
     start = time.perf_counter()
     deadline = start + 60.0 if deadline is None else deadline
-    with torch.no_grad():
-        boxes, relaxations = layer_bounds(net, input_set, "crown")
-        value = backward_lower_bound(net, input_set, net.depth - 1, rows, relaxations, boxes, const=consts)
-    relu_only = all(a.name == "relu" for a in net.activations)  # alpha-CROWN optimises ReLU slopes only
-    if root_iterations > 0 and relu_only and not all(float(value[0, s].max()) > 0 for s in slices):
-        root, details = alpha_crown_lower_bound(net, input_set, rows, consts, iterations=root_iterations,
-                                                deadline=start + root_share * (deadline - start))
-        value = torch.maximum(value, root)
-        boxes = [(torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])) for a, b in zip(boxes, details["boxes"])]
-    result = PropertyBound(value[0], slices, "bab", {"conjunctions": {}})
-    order = sorted(range(len(slices)), key=lambda i: float(value[0, slices[i]].max()), reverse=True)
-    for i in order:
-        s = slices[i]
-        if float(value[0, s].max()) > 0:
-            continue
-        if time.perf_counter() > deadline:
-            break
-        outcome = branch_and_bound(net, input_set, rows[:, s], consts[:, s], boxes, deadline, batch=batch,
-                                   iterations=iterations)
-        result.details["conjunctions"][i] = outcome
-        if not outcome.proven:
-            break  # the property needs every conjunction: stop at the first one BaB cannot prove in time
-        result.by_bab[i] = outcome.lower
+    value, details = alpha_crown_lower_bound(net, input_set, rows, consts, iterations=root_iterations,
+                                             deadline=start + root_share * (deadline - start))
+    root = details["root"]
+    result = PropertyBound(value[0], slices, "bab", {"root": details})
+    todo = [i for i, s in enumerate(slices) if not float(value[0, s].max()) > 0]
+    trees: dict = {}
+    if todo and time.perf_counter() < deadline:
+        width = max(slices[i].stop - slices[i].start for i in todo)
+        c_rows = torch.zeros(len(todo), width, rows.shape[2], dtype=torch.float64)
+        c_consts = torch.full((len(todo), width), -math.inf, dtype=torch.float64)  # -inf: a padding row
+        c_alpha = torch.zeros(len(todo), width, root.final.shape[1], dtype=torch.float32)
+        for n, i in enumerate(todo):
+            count = slices[i].stop - slices[i].start
+            c_rows[n, :count], c_consts[n, :count] = rows[0, slices[i]], consts[0, slices[i]]
+            c_alpha[n, :count] = root.final[slices[i]]
+        outcome = branch_and_bound(net, input_set, root, c_rows, c_consts, c_alpha, deadline, batch=batch,
+                                   iterations=iterations, lr=lr, lr_beta=lr_beta)
+        result.details["bab"] = outcome
+        if outcome.candidates is not None:
+            result.details["candidates"] = outcome.candidates
+        if outcome.proven:
+            for n, i in enumerate(todo):
+                result.by_bab[i] = outcome.lower
+                trees[i] = outcome.leaves[n]
+    if result.holds:
+        result.witness = _witness(root, slices, trees)
     return result
-

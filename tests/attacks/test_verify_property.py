@@ -112,3 +112,57 @@ def test_mnistfc_crown_proves_and_pgd_refutes_and_never_both():
     result = verify_property(model, violated, timeout=10.0, net=net)
     assert result.status == "violated" and result.counterexample is not None
     assert (result.counterexample >= violated.lower).all() and (result.counterexample <= violated.upper).all()
+
+
+def test_mnistfc_branch_and_bound_answers_with_a_witness_or_a_checked_counterexample():
+    """256x2 prop_9_0.03 needs splitting and holds: the answer carries the witness; 256x2 prop_0_0.05 has a
+    counterexample that a short PGD misses and branch and bound's search proposes: it is re-evaluated like a
+    PGD point (inside the file's box, violating in the model's dtype and in float64)."""
+    model = M.model("mnist-net_256x2.onnx")
+    net = from_module(model, model.certify_input_shape)
+    holds = M.prop("prop_9_0.03.vnnlib")
+    result = verify_property(model, holds, timeout=60.0, net=net)
+    assert result.status == "holds" and result.method == "bab" and result.margin > 0
+    assert result.witness["format"] == "certify.relu-split-witness/1"
+    assert len(result.witness["conjunctions"]) == len(holds.disjuncts)
+    violated = M.prop("prop_0_0.05.vnnlib")
+    result = verify_property(model, violated, timeout=60.0, net=net, attack_seconds=0.2)
+    assert result.status == "violated" and result.method == "bab" and result.witness is None
+    x = result.counterexample
+    assert (x >= violated.lower).all() and (x <= violated.upper).all()
+    assert violates(violated, np.array(result.outputs["model dtype"])) and violates(violated, np.array(result.outputs["float64"]))
+
+
+def test_a_softmax_head_gets_no_bound_on_its_outputs() -> None:
+    """The property constrains the model's probabilities; N is the logits before the dropped softmax, so a
+    bound on N says nothing about them (the attacker's softmax_head got 'holds' for a reachable region).
+    Here the region Y_0 >= 2 is unreachable for both, so only the refusal tells the fixed code apart."""
+    import numpy as np
+    from torch import nn
+
+    from certify.models.vnnlib import Property
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Softmax(dim=1)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0]]))
+        model[0].bias.zero_()
+    prop = Property(np.array([-0.5, -0.5]), np.array([0.5, 0.5]), 2, [(np.array([[-1.0, 0.0]]), np.array([-2.0]))])
+    result = verify_property(model, prop, timeout=5.0, attack_seconds=0.0)
+    assert result.status == "unknown"
+    assert any("softmax" in note for note in result.notes)
+
+
+def test_a_network_without_hidden_layer_is_bounded_exactly() -> None:
+    import numpy as np
+    from torch import nn
+
+    from certify.models.vnnlib import Property
+
+    model = nn.Sequential(nn.Linear(2, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2))
+        model[0].bias.copy_(torch.tensor([0.0, 5.0]))
+    # unsafe: Y_1 <= Y_0, i.e. y_0 - y_1 >= 0; y_0 - y_1 = x_0 - x_1 - 5 <= -4 on the box: holds
+    prop = Property(np.array([-0.5, -0.5]), np.array([0.5, 0.5]), 2, [(np.array([[-1.0, 1.0]]), np.array([0.0]))])
+    result = verify_property(model, prop, timeout=5.0, attack_seconds=0.0)
+    assert result.status == "holds"
