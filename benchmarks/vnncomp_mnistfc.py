@@ -6,6 +6,10 @@
     PGD or proposed by branch and bound, re-evaluated in the model's dtype and in float64) | unknown, seconds per
     instance (median, max) and the size of the witnesses of the certified pairs (median, max bytes).
 
+Each answer is the property certificate's, as `certify verify-property` prints it: "holds" and "violated" count only
+when the independent checker (certify.certificates.checker) re-derives the certificate's claim from its witness or
+counterexample (an answer it rejects counts as unknown; the seconds include issuing and re-checking).
+
 Guard: after every "holds" a fresh attack with another seed looks for a counterexample again; a pair with
 both is printed as CONTRADICTION (a soundness bug) and counted apart, never as certified.
 
@@ -28,6 +32,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -35,6 +40,7 @@ import torch
 from certify.attacks.property import pgd_counterexample, verify_property
 from certify.bounds.network import from_module
 from certify.bounds.property import witness_bytes
+from certify.certificates.issuers.property import checked_property_certificate
 from certify.models.spec import load_model
 from certify.models.vnnlib import parse_vnnlib
 
@@ -75,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         prop = parse_vnnlib(data / prop_name)
         timeout = min(args.timeout, limit)
         result = verify_property(model, prop, timeout=timeout, net=net, methods=methods)
-        status = result.status
+        found = result.status
+        start = time.perf_counter()
+        cert, _ = checked_property_certificate(model, prop, result, model.certify_input_shape, args.method, timeout)
+        result.seconds += time.perf_counter() - start
+        status = cert.answer
+        if status != found:
+            result.notes.append(f"{found} by {result.method}, but the re-checked certificate answers {status!r}")
         if status == "holds" and args.guard_seconds > 0:
             point, _ = pgd_counterexample(model, prop, model.certify_input_shape, seconds=args.guard_seconds, seed=12345)
             if point is not None:
