@@ -142,6 +142,7 @@ from torch import Tensor, nn
 from certify.bounds.activations import Activation, softplus_threshold_accepted
 from certify.errors import UnsupportedError
 from certify.models.builders import Normalize
+from certify.models.integrity import check_torch_integrity
 from certify.models.torchscript import translatable
 
 AFFINE_TYPES = (
@@ -199,6 +200,10 @@ _FRESH_FNS = {
 _FRESH_METHODS = {"add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_divide", "neg", "negative",
                   "mean", "sum", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "__add__", "__sub__", "__mul__",
                   "__truediv__", "__radd__", "__rsub__", "__rmul__", "__rtruediv__", "__neg__"}
+_SHAPE_FNS = {operator.getitem, getattr, torch.flatten, torch.reshape, torch.permute, torch.transpose,
+              torch.squeeze, torch.unsqueeze, F.dropout, torch.clone}
+_SHAPE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "contiguous", "size",
+                  "dim", "clone", "expand", "__getitem__"}
 _INPLACE_ARG = {F.relu: 1, F.leaky_relu: 2, F.silu: 1, F.dropout: 3, F.hardtanh: 3, F.elu: 2, F.relu6: 1}
 
 
@@ -843,7 +848,10 @@ class _Walker:
             mutated = self._mutated_input(node)
             if mutated is not None:
                 self._inplace(node, mutated, _describe(node))
-            if node.op == "placeholder" or node not in live:
+            if node.op != "placeholder" and node not in live:
+                self._dead(node)
+                continue
+            if node.op == "placeholder":
                 continue
             if node.op == "output":
                 out = node.args[0]
@@ -865,6 +873,23 @@ class _Walker:
                 continue
             value = self._visit(node, _describe(node))
             self.values[node] = value
+
+    def _dead(self, node: fx.Node) -> None:
+        """A node the output does not depend on makes no layer, but an op certify does not know could still
+        modify its inputs (torch.ops.aten.relu_.default, a torch.fx.wrap'ed function calling .clamp_()):
+        unused ops must be known pure ones (fresh or reshaping torch ops, leaf modules, batch reads)."""
+        if node.op in ("get_attr", "output") or self._batch_read(node) or node in self.aux:
+            return
+        if node.op == "call_module" and type(self.modules[node.target]) in _LEAF_TYPES:
+            return
+        if node.op == "call_function" and (node.target in _FRESH_FNS or node.target in _SHAPE_FNS):
+            return
+        if node.op == "call_method" and (node.target in _FRESH_METHODS or node.target in _SHAPE_METHODS):
+            return
+        raise UnsupportedError(
+            f"{_describe(node)} is not modelled; its result is unused, but an op certify does not know may modify "
+            "its inputs in place, so it is refused even there"
+        )
 
     # --- helpers -------------------------------------------------------------------------------------
 
@@ -1305,7 +1330,9 @@ def from_module(model: nn.Module, input_shape: tuple[int, ...]) -> AffineNetwork
     `input_shape` (no batch dimension), by tracing its forward with torch.fx; raises UnsupportedError naming
     any op it does not model exactly."""
     input_shape = tuple(int(s) for s in input_shape)
+    check_torch_integrity(model)  # torch's own classes and functions, not replacements (certify.models.integrity)
     model = translatable(unwrap_checked(model), input_shape)  # a TorchScript module: its graph rebuilt for fx
+    check_torch_integrity(model)
     _check_model_state(model)
     if type(model) in _LEAF_TYPES:  # the root is always traced through; a bare supported module is a chain of one
         model = nn.Sequential(model).eval()

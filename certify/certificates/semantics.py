@@ -1019,12 +1019,18 @@ def _affine_value(nodes: list[Node], target: int, frees: dict[int, Tensor]) -> T
 
 def translate(model: nn.Module, input_shape: tuple[int, ...]) -> Stages:
     """The checker's translation of `model` for one example of shape `input_shape` (raises SemanticsError)."""
+    from certify.models.integrity import check_torch_integrity
     from certify.models.torchscript import translatable
 
     shape0 = tuple(int(s) for s in input_shape)
+    try:  # torch's own classes and functions, not replacements (certify.models.integrity)
+        check_torch_integrity(model)
+    except UnsupportedError as exc:
+        raise SemanticsError(str(exc)) from exc
     model = _strip(model, check=True)
     try:  # a ScriptModule's graph rebuilt as fx (conformance then compares N with the ScriptModule itself)
         model = translatable(model, shape0)
+        check_torch_integrity(model)
     except UnsupportedError as exc:
         raise SemanticsError(str(exc)) from exc
     if _is_leaf(model):  # fx always traces the root's own forward: wrap a bare module

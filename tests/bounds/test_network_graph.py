@@ -899,3 +899,36 @@ def test_augmented_assignment_is_traced_as_in_place():
     model = Fresh().eval()
     net = _both_translate(model, (4,), _points((4,), 1, count=3).float())
     _assert_exact(model, net, (4,))
+
+
+def zero_negatives(t):  # type: ignore[no-untyped-def]
+    """A user function wrapped as an fx leaf that mutates its argument (the second attacker's fxwrap)."""
+    t.clamp_(min=0)
+    return t
+
+
+torch.fx.wrap("zero_negatives")
+
+
+class _DeadMutation(nn.Module):
+    """An unused op certify does not know, that modifies z in place: the model's output changes although the
+    traced graph's output does not depend on the op."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.variant = nn.Linear(2, 2), nn.Linear(2, 2), variant
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        z = self.fc1(x)
+        if self.variant == "aten":
+            torch.ops.aten.relu_.default(z)
+        else:
+            zero_negatives(z)
+        return self.fc2(z)
+
+
+@pytest.mark.parametrize("variant", ["aten", "fxwrap"])
+def test_an_unused_unknown_op_is_refused_since_it_may_mutate_its_input(variant: str) -> None:
+    model = _DeadMutation(variant).eval()
+    with pytest.raises(UnsupportedError, match="not modelled"):
+        from_module(model, (2,))

@@ -38,7 +38,8 @@ def test_checker_module_imports_no_bound_explainer_or_attack_code():
     for banned in ("certify.bounds", "certify.explain", "certify.attacks"):
         assert not any(name == banned or name.startswith(banned + ".") for name in imported), imported
     # the TorchScript front door only rebuilds a ScriptModule's graph; conformance compares N with the ScriptModule
-    assert {name for name in imported if name.startswith("certify")} <= {"certify.errors", "certify.vocabulary", "certify.models.torchscript"}
+    assert {name for name in imported if name.startswith("certify")} <= {"certify.errors", "certify.vocabulary", "certify.models.torchscript",
+                                                                        "certify.models.integrity"}
 
 
 def test_residual_translates_to_a_skip_into_the_next_layer():

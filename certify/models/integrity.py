@@ -1,0 +1,124 @@
+"""Is torch still torch? A check that the torch code a model runs through has not been replaced.
+
+Both translations (the issuer's `certify.bounds.network.from_module` and the checker's
+`certify.certificates.semantics.translate`) model an op by what torch's OWN implementation computes: an
+`nn.Linear` is W x + b, a call_function node whose target is `F.relu` is a ReLU, a call_method `.view` is a
+reshape. A model factory can change what those names do without touching the model: replace
+`nn.Module.__call__`, `nn.Linear.forward` or `nn.Conv2d._conv_forward` on the class, or `F.relu` /
+`torch.Tensor.view` in the module. The traced graph then looks exactly like an honest one while the model
+computes something else (a second attacker's finding: a class-level `nn.Module.__call__` patch gave a false
+property-holds and a Lipschitz bound of 1e-300, both accepted by the checker).
+
+`check_torch_integrity(model)` raises UnsupportedError when:
+* any method defined on a torch class in the MRO of any of the model's modules (nn.Module itself included:
+  `__call__`, `_call_impl`, ...; `_ConvNd._conv_forward`; every `forward`) is a Python function whose code
+  does not live in torch's installed package;
+* any of the torch functions and Tensor methods the translations map to ops (`TRACKED`) is no longer the
+  object it was when certify was imported, or is a Python function from outside torch's package, or a
+  builtin of another name (e.g. `torch.relu = torch.abs`).
+A patch made before certify is imported with a torch-internal function of the same name is not detected;
+the CLI imports certify before it imports a user's model.
+"""
+from __future__ import annotations
+
+import inspect
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from certify.errors import UnsupportedError
+
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+
+_F_NAMES = ("relu", "leaky_relu", "softplus", "sigmoid", "tanh", "gelu", "silu", "softmax", "log_softmax",
+            "dropout", "avg_pool1d", "avg_pool2d", "max_pool1d", "max_pool2d", "adaptive_avg_pool1d",
+            "adaptive_avg_pool2d", "linear", "conv1d", "conv2d", "batch_norm", "pad", "max_pool1d_with_indices",
+            "max_pool2d_with_indices", "_max_pool1d", "_max_pool2d")
+_TORCH_NAMES = ("relu", "relu_", "sigmoid", "tanh", "flatten", "cat", "concat", "add", "sub", "subtract", "mul",
+                "multiply", "div", "divide", "neg", "negative", "mean", "sum", "softmax", "log_softmax", "permute",
+                "transpose", "squeeze", "unsqueeze", "reshape", "conv1d", "conv2d", "batch_norm", "avg_pool1d",
+                "max_pool1d", "max_pool2d", "adaptive_avg_pool1d", "clone", "sigmoid_", "tanh_")
+_TENSOR_NAMES = ("relu", "relu_", "sigmoid", "tanh", "view", "reshape", "flatten", "permute", "transpose",
+                 "squeeze", "unsqueeze", "contiguous", "mean", "sum", "add", "sub", "mul", "div", "neg", "softmax",
+                 "log_softmax", "size", "clone", "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__",
+                 "__isub__", "__mul__", "__rmul__", "__imul__", "__truediv__", "__itruediv__", "__neg__",
+                 "__getitem__", "add_", "sub_", "mul_", "div_")
+
+
+def _tracked() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for prefix, owner, names in (("torch.nn.functional", F, _F_NAMES), ("torch", torch, _TORCH_NAMES),
+                                 ("torch.Tensor", torch.Tensor, _TENSOR_NAMES)):
+        for name in names:
+            if hasattr(owner, name):
+                found[f"{prefix}.{name}"] = getattr(owner, name)
+    return found
+
+
+TRACKED = _tracked()  # taken when certify is imported
+
+
+def _from_torch(fn: Any) -> bool:
+    """A Python function whose code lives in torch's installed package."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return False
+    try:
+        return str(Path(code.co_filename).resolve()).startswith(_TORCH_DIR)
+    except (OSError, ValueError):
+        return False
+
+
+def _genuine(name: str, current: Any) -> bool:
+    if isinstance(current, types.FunctionType):
+        return _from_torch(current)
+    short = name.rsplit(".", 1)[1]
+    own = getattr(current, "__name__", short)
+    # builtins and descriptors keep their C name; torch.concat / subtract / multiply / divide / negative alias others
+    return own == short or short in ("concat", "subtract", "multiply", "divide", "negative", "_max_pool1d",
+                                     "_max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices") or (
+        (short, own) in (("__itruediv__", "__idiv__"), ("__neg__", "neg")))
+
+
+def _torch_class(cls: type) -> bool:
+    return (cls.__module__ or "").split(".")[0] == "torch"
+
+
+def check_torch_integrity(model: nn.Module) -> None:
+    """Raise UnsupportedError naming the first torch method or function that is not torch's own (module doc)."""
+    seen: set[type] = set()
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    for module in modules:
+        for cls in inspect.getmro(type(module)):
+            if cls in seen or not _torch_class(cls):
+                continue
+            seen.add(cls)
+            for attr, value in vars(cls).items():
+                if isinstance(value, (staticmethod, classmethod)):
+                    value = value.__func__
+                generated = (attr == "forward" and issubclass(cls, torch.fx.GraphModule)
+                             and value.__code__.co_filename.startswith("<eval_with_key>"))  # fx's code of the graph
+                if isinstance(value, types.FunctionType):
+                    try:  # a decorated method (contextlib.contextmanager, functools.wraps): judge the function it wraps
+                        value = inspect.unwrap(value)
+                    except ValueError:
+                        pass
+                if isinstance(value, types.FunctionType) and not _from_torch(value) and not generated:
+                    raise UnsupportedError(
+                        f"{cls.__module__}.{cls.__qualname__}.{attr} has been replaced by code outside torch "
+                        f"({value.__code__.co_filename}): the ops of this model would not compute what torch's own "
+                        "implementation does, which is what certify models"
+                    )
+    for name, original in TRACKED.items():
+        prefix, short = name.rsplit(".", 1)
+        owner = {"torch.nn.functional": F, "torch": torch, "torch.Tensor": torch.Tensor}[prefix]
+        current = getattr(owner, short, None)
+        if current is not original or not _genuine(name, current):
+            raise UnsupportedError(
+                f"{name} has been replaced since certify was imported (or is not torch's own): the traced ops "
+                "would not compute what torch's implementation does, which is what certify models"
+            )

@@ -1,0 +1,67 @@
+"""certify.models.integrity: a model factory that replaces torch's own code (a class-level patch of
+nn.Module.__call__ or of a layer's forward, a replaced functional or Tensor method) is refused by BOTH
+translations, because the traced graph would look honest while the model computes something else (the
+second attacker's finding: a false property-holds and a Lipschitz bound of 1e-300, accepted by the checker)."""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from certify.bounds.network import from_module
+from certify.certificates import semantics
+from certify.errors import UnsupportedError
+from certify.models.integrity import TRACKED, check_torch_integrity
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)).eval()
+
+
+@contextlib.contextmanager
+def _patched(owner, name, value):  # type: ignore[no-untyped-def]
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def _slab_call(original):  # type: ignore[no-untyped-def]
+    def call(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = original(self, *args, **kwargs)
+        return out - 1.0 if isinstance(self, nn.Linear) else out
+
+    return call
+
+
+PATCHES = {
+    "Module.__call__": lambda: _patched(nn.Module, "__call__", _slab_call(nn.Module.__call__)),
+    "Linear.forward": lambda: _patched(nn.Linear, "forward", _slab_call(nn.Linear.forward)),
+    "_ConvNd helper": lambda: _patched(nn.Conv2d, "_conv_forward", lambda self, x, w, b: F.conv2d(x, w, b) * 2.0),
+    "F.relu": lambda: _patched(F, "relu", lambda x, inplace=False: torch.abs(x)),
+    "torch.relu = torch.abs": lambda: _patched(torch, "relu", torch.abs),
+    "Tensor.view": lambda: _patched(torch.Tensor, "view", lambda self, *shape: torch.Tensor.reshape(self, *shape) * 0),
+}
+
+
+@pytest.mark.parametrize("patch", sorted(PATCHES))
+def test_replaced_torch_code_is_refused_by_both_translations(patch: str) -> None:
+    model = _net()
+    with PATCHES[patch]():
+        with pytest.raises(UnsupportedError, match="replaced"):
+            check_torch_integrity(model)
+        with pytest.raises(UnsupportedError, match="replaced"):
+            from_module(model, (1, 4, 4))
+        with pytest.raises(semantics.SemanticsError, match="replaced"):
+            semantics.translate(model, (1, 4, 4))
+    check_torch_integrity(model)  # restored: accepted again
+
+
+def test_untouched_torch_passes_and_every_tracked_name_is_genuine() -> None:
+    check_torch_integrity(_net())
+    assert len(TRACKED) > 50
+    from_module(_net(), (1, 4, 4))
