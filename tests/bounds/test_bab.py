@@ -129,24 +129,34 @@ def test_bab_agrees_with_the_milp_and_never_proves_a_violated_property(seed, eps
         assert all(v > 0 for values in recheck(net, prop, bab.witness) for v in values)
 
 
+def _random_subdomains(seed, widths, radius, target, iterations, count, density):
+    """A seeded tiny net, a classification property around a random centre (target None: the predicted class),
+    its alpha-CROWN root and search state, and `count` random split patterns (each unit split with probability
+    `density`) with the root's final slopes and zero multipliers."""
+    model = tiny_net(seed, widths)
+    centre = np.random.default_rng(seed).uniform(-1, 1, 2)
+    prop = classification(centre, radius, predicted(model, centre) if target is None else target)
+    net = from_module(model, (2,))
+    input_set = property_set(prop)
+    rows, consts, _ = property_rows(prop)
+    _, details = alpha_crown_lower_bound(net, input_set, rows, consts, iterations=iterations)
+    root = details["root"]
+    search = _Search(SearchChain.build(net, input_set), root, rows.float(), consts.float())
+    gen = torch.Generator().manual_seed(seed)
+    splits = (torch.randint(-1, 2, (count, search.size), generator=gen)
+              * (torch.rand(count, search.size, generator=gen) < density)).to(torch.int8)
+    alpha = root.final[None].expand(count, -1, -1).clone()
+    beta = torch.zeros(count, rows.shape[1], search.size)
+    return prop, net, input_set, rows, consts, root, search, splits, alpha, beta
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_split_subdomain_bounds_never_exceed_the_grid_minimum_of_the_subdomain(seed):
     """The Lagrangian split term has the right sign and the clamped boxes are sound: a subdomain's certified
     bound, after optimisation, stays below the least objective on the grid points satisfying its splits."""
-    model = tiny_net(seed, (2, 10, 10, 3))
-    centre = np.random.default_rng(seed).uniform(-1, 1, 2)
-    prop = classification(centre, 0.8, 0)
-    net = from_module(model, (2,))
-    input_set = property_set(prop)
-    rows, consts, _ = property_rows(prop)
-    _, details = alpha_crown_lower_bound(net, input_set, rows, consts, iterations=10)
-    root = details["root"]
-    search = _Search(SearchChain.build(net, input_set), root, rows.float(), consts.float())
-    gen = torch.Generator().manual_seed(seed)
     count = 16
-    splits = (torch.randint(-1, 2, (count, search.size), generator=gen) * (torch.rand(count, search.size, generator=gen) < 0.4)).to(torch.int8)
-    alpha = root.final[None].expand(count, -1, -1).clone()
-    beta = torch.zeros(count, rows.shape[1], search.size)
+    prop, net, input_set, rows, consts, root, search, splits, alpha, beta = _random_subdomains(
+        seed, (2, 10, 10, 3), 0.8, 0, iterations=10, count=count, density=0.4)
     _, alpha, beta = _optimise(search, splits, alpha, beta, torch.zeros(count, dtype=torch.long), 40, 0.1, 0.1)
     bound = certified_leaf_bounds(net, input_set, root, rows, consts, splits, alpha, beta)
     xs = np.linspace(prop.lower[0], prop.upper[0], 161)
@@ -167,20 +177,9 @@ def test_split_subdomain_bounds_never_exceed_the_grid_minimum_of_the_subdomain(s
 def test_optimising_slopes_and_multipliers_improves_the_bound_on_average():
     gains = []
     for seed in range(4):
-        model = tiny_net(seed, (2, 16, 16, 3))
-        centre = np.random.default_rng(seed).uniform(-1, 1, 2)
-        prop = classification(centre, 0.6, predicted(model, centre))
-        net = from_module(model, (2,))
-        input_set = property_set(prop)
-        rows, consts, _ = property_rows(prop)
-        _, details = alpha_crown_lower_bound(net, input_set, rows, consts, iterations=0)
-        root = details["root"]
-        search = _Search(SearchChain.build(net, input_set), root, rows.float(), consts.float())
-        gen = torch.Generator().manual_seed(seed)
         count = 32
-        splits = (torch.randint(-1, 2, (count, search.size), generator=gen) * (torch.rand(count, search.size, generator=gen) < 0.3)).to(torch.int8)
-        alpha = root.final[None].expand(count, -1, -1).clone()
-        beta = torch.zeros(count, rows.shape[1], search.size)
+        _, net, input_set, rows, consts, root, search, splits, alpha, beta = _random_subdomains(
+            seed, (2, 16, 16, 3), 0.6, None, iterations=0, count=count, density=0.3)
         before = certified_leaf_bounds(net, input_set, root, rows, consts, splits, alpha, beta)
         _, alpha, beta = _optimise(search, splits, alpha, beta, torch.zeros(count, dtype=torch.long), 30, 0.1, 0.1)
         after = certified_leaf_bounds(net, input_set, root, rows, consts, splits, alpha, beta)
