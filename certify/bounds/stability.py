@@ -15,6 +15,12 @@ For ||d||_2 <= eps (DESIGN section 5, MoreauGrad paper Sec. 4-5, Errata in DESIG
   attributions a off (x - z)/rho by `rounding`: ||a - MG(x)|| <= (||r|| + deviation)/(1 - rho lambda) + rounding.
 * Computed explanations: the stored one is within `err` (the solver-error claim) of the exact MG(x), and a
   run at x + d stopped at residual <= tol within tol / (1 - rho lambda) of MG(x + d).
+* Vanilla MG with curvature (f beta-smooth and lambda-weakly convex on a convex set holding the prox points,
+  rho lambda < 1): MG(x) = grad f_c(z*) at the prox z* = (I + rho grad f_c)^-1(x) (Theorem 1(1)-(2)), and
+  <x' - x'', z' - z''> = ||z' - z''||^2 + rho <grad f_c(z') - grad f_c(z''), z' - z''> >= (1 - rho lambda)
+  ||z' - z''||^2, so ||z' - z''|| <= ||x' - x''|| / (1 - rho lambda) and ||MG(x') - MG(x'')|| <= beta eps /
+  (1 - rho lambda) (`prox_curvature_bound`; as rho -> 0 it tends to the gradient's beta eps where Corollary 1's
+  eps / rho blows up). The stability claim states the smaller of the two (`vanilla_stability`).
 * Gradient explanations: ||grad f_c(x + d) - a|| <= beta eps + ||a - grad f_c(x)||.
 * Top-k margin: feature i of the top-k of a (by |a|) stays in the top-k of any b with ||b - a||_2 <= B if
   |a_i| - |a_(k+1)| > sqrt(2) B (two coordinates move by at most B in total squared, so |b_i| drops and
@@ -79,10 +85,28 @@ def solver_terms(err: float, tol: float, rho: float, lam: float) -> float:
     return err + tol / (1.0 - rho * lam)
 
 
-def moreaugrad_stability(eps: float, rho: float, tol: float, lam: float, err: float, beta: float | None = None) -> float:
-    """The certified stability bound of a computed MoreauGrad explanation: Corollary 1 (beta None: vanilla)
-    or the corrected Corollary 2 (beta given: sparse / group-sparse), plus the solver terms."""
-    core = corollary1(eps, rho, lam) if beta is None else corollary2_corrected(eps, rho, beta)
+def prox_curvature_bound(eps: float, rho: float, lam: float, beta: float) -> float:
+    """beta eps / (1 - rho lambda): vanilla MG with f beta-smooth and lambda-weakly convex (rho lambda < 1)."""
+    eps, rho, lam, beta = _check("eps", eps), _check("rho", rho, True), _check("lambda", lam), _check("beta", beta)
+    if not rho * lam < 1:
+        raise UsageError(f"rho * lambda = {rho * lam} >= 1: the prox is not known to be Lipschitz")
+    return beta * eps / (1.0 - rho * lam)
+
+
+def vanilla_stability(eps: float, rho: float, lam: float, beta: float | None = None) -> float:
+    """The smaller of Corollary 1 and, when a curvature bound beta is given, `prox_curvature_bound`."""
+    core = corollary1(eps, rho, lam)
+    return core if beta is None or not math.isfinite(beta) else min(core, prox_curvature_bound(eps, rho, lam, beta))
+
+
+def moreaugrad_stability(eps: float, rho: float, tol: float, lam: float, err: float, beta: float | None = None,
+                         sparse: bool = False) -> float:
+    """The certified stability bound of a computed MoreauGrad explanation, plus the solver terms: vanilla
+    (sparse False) `vanilla_stability` (Corollary 1, or beta eps / (1 - rho lambda) when beta is given and
+    smaller); sparse / group-sparse the corrected Corollary 2 (beta required)."""
+    if sparse and beta is None:
+        raise UsageError("the sparse stability bound needs a curvature bound beta")
+    core = corollary2_corrected(eps, rho, beta) if sparse else vanilla_stability(eps, rho, lam, beta)
     return core + solver_terms(err, tol, rho, lam)
 
 

@@ -42,8 +42,13 @@ def test_moreaugrad_stability_is_the_corollary_plus_the_solver_terms():
     vanilla = S.moreaugrad_stability(eps, rho, tol, lam, err)
     assert vanilla == pytest.approx(S.corollary1(eps, rho, lam) + err + tol / (1 - rho * lam))
     assert vanilla == pytest.approx(eps / 0.5 + err + 2 * tol)
-    sparse = S.moreaugrad_stability(eps, rho, tol, lam, err, beta=1.5)
+    sparse = S.moreaugrad_stability(eps, rho, tol, lam, err, beta=1.5, sparse=True)
     assert sparse == pytest.approx(1.5 * eps / (1 - 0.75) + err + 2 * tol)
+    # vanilla with a curvature bound: the smaller of Corollary 1 (0.2) and beta eps / (1 - rho lambda)
+    assert S.moreaugrad_stability(eps, rho, tol, lam, err, beta=0.5) == pytest.approx(0.5 * eps / 0.5 + err + 2 * tol)
+    assert S.moreaugrad_stability(eps, rho, tol, lam, err, beta=3.0) == pytest.approx(vanilla)
+    with pytest.raises(UsageError, match="curvature"):
+        S.moreaugrad_stability(eps, rho, tol, lam, err, sparse=True)
 
 
 def test_gradient_stability_closed_form():
@@ -67,7 +72,7 @@ def test_rho_beta_at_least_one_is_refused():
     with pytest.raises(UsageError, match=r"rho \* beta = 1.0 >= 1"):
         S.corollary2_corrected(0.1, 0.5, 2.0)
     with pytest.raises(UsageError, match=r"rho \* beta"):
-        S.moreaugrad_stability(0.1, 0.5, 1e-3, 0.5, 0.0, beta=3.0)
+        S.moreaugrad_stability(0.1, 0.5, 1e-3, 0.5, 0.0, beta=3.0, sparse=True)
 
 
 @pytest.mark.parametrize("call, name", [

@@ -32,6 +32,12 @@ def test_moreaugrad_stability_agrees(eps, rho, frac, err, tol, beta_frac):
     _close_above(stability.solver_terms(err, tol, rho, lam), checker.solver_terms(err, tol, rho, lam))
     issued = stability.moreaugrad_stability(eps, rho, tol, lam, err)
     _close_above(issued, checker.corollary1(eps, rho, lam) + checker.solver_terms(err, tol, rho, lam))
+    _close_above(stability.prox_curvature_bound(eps, rho, lam, beta), checker.prox_curvature(eps, rho, lam, beta))
+    issued = stability.moreaugrad_stability(eps, rho, tol, lam, err, beta)  # vanilla with a curvature bound
+    _close_above(issued, min(checker.corollary1(eps, rho, lam), checker.prox_curvature(eps, rho, lam, beta))
+                 + checker.solver_terms(err, tol, rho, lam))
+    sparse = stability.moreaugrad_stability(eps, rho, tol, lam, err, beta, sparse=True)
+    _close_above(sparse, checker.corollary2(eps, rho, beta) + checker.solver_terms(err, tol, rho, lam))
 
 
 @settings(max_examples=200, deadline=None)
