@@ -10,15 +10,21 @@ It trusts nothing a certificate says about itself (DESIGN section 10):
   conformance check; a certificate whose function block is refused or failed carries no bound-based claim;
 * every claim is a well-formed statement of its type (`claims.validate_claim`: kind allowed for the type,
   every parameter range-checked, value range, witness keys, statement == render(type, params)); every
-  claim about f_c has params.target == the certificate's target; at most one claim per type; all radius
-  claims share p and domain, and the domain contains x; the assumptions are resolved BY TYPE (exactly the
-  slots the type requires) and claims sharing a quantity agree (top-k eps = stability eps, stability
-  rho/tol/sparsity/sigma = solver-error's, Proposition 1 uses an l2 Lipschitz claim);
+  claim about f_c has params.target == the certificate's target; at most one claim per type (weak-convexity
+  and curvature: one on R^n and one on a ball); all radius claims share p and domain, and the domain
+  contains x; the assumptions are resolved BY TYPE (exactly the slots the type requires) and claims sharing
+  a quantity agree (top-k eps = stability eps, stability rho/tol/sparsity/sigma/region = solver-error's,
+  Proposition 1 uses an l2 Lipschitz claim);
 * every value is RE-DERIVED from the model, the input, the explanation and the params (never from a
   witness's copy of a parameter): row vectors from params.target, eps / rho / tol / k / p / domain from
   params, the explanation error of a gradient explanation by recomputing grad N_c(x) in float64 with
   exact softplus, solver errors from the stored iterate, the smoothed residual from its stored seed and
   sample count (status "valid (probabilistic)"), flip witnesses in the model's own dtype and in float64.
+
+Weak-convexity and curvature claims on a ball B(x, radius) (DESIGN section 11) are re-derived by the checker's
+own local Hessian bound (`certify.certificates.local_check`); MoreauGrad claims of region "local" rest on
+them only where lemma MG-LOC applies: their radius covers B(x, eps + rho (L + tol)), or the last of the
+shrinking radii of the witness, each re-checked with the checker's own local gradient bound (`prox_radius`).
 
 Property certificates (a VNN-LIB property's answer, issue 12) are checked by the same claim machinery, their
 document checks and rules in `certify.certificates.property_check` (registered in RULES).
@@ -27,8 +33,9 @@ Statuses: "valid" (re-derived), "valid (probabilistic)" (statistic recomputed fr
 re-checkable" (solver-reported optima), "refused" (nothing to check), "invalid". A claim is valid when its
 value is no tighter than the re-derived one (which is rounded outward by CHECKER_SAFETY); the issuers
 round by the larger BUILDER_MARGIN, so honest certificates pass and tightened ones fail. The checker's
-closed-form formulas (Corollary 1, corrected Corollary 2, Proposition 1, the top-k margin) are its own
-copies, tested against `certify.bounds.stability` / `certify.bounds.smoothing` on random inputs.
+closed-form formulas (Corollary 1, corrected Corollary 2, the prox curvature bound, Proposition 1, the top-k
+margin) are its own copies, tested against `certify.bounds.stability` / `certify.bounds.smoothing` on random
+inputs.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from certify.certificates import local_check
 from certify.certificates._common import TINY, Invalid, down, spectral_norm, up
 from certify.certificates.claims import CLAIM_TYPES, FUNCTION_DESCRIPTION, RADIUS_TYPES, Claim, ClaimError, validate_claim
 from certify.certificates.document import Certificate, PropertyCertificate, decode_array, read_certificate
@@ -72,6 +80,14 @@ def corollary2(eps: float, rho: float, beta: float) -> float:
     if not rho * beta < 1:
         raise Invalid(f"rho * beta = {rho * beta:.6g} >= 1: the corrected Corollary 2 does not apply")
     return up(up(beta * eps) / down(1.0 - rho * beta))
+
+
+def prox_curvature(eps: float, rho: float, lam: float, beta: float) -> float:
+    """beta eps / (1 - rho lambda), rounded up (vanilla MG, f beta-smooth and lambda-weakly convex where the prox
+    points lie, rho lambda < 1: the prox is 1/(1 - rho lambda)-Lipschitz and MG = grad f at the prox point)."""
+    if not rho * lam < 1:
+        raise Invalid(f"rho * lambda = {rho * lam:.6g} >= 1: the prox is not known to be Lipschitz")
+    return up(up(beta * eps) / down(1.0 - rho * lam))
 
 
 def solver_terms(err: float, tol: float, rho: float, lam: float) -> float:
@@ -365,14 +381,84 @@ def _hessian_eigen_bounds(ctx: _Context, row: Tensor) -> tuple[float, float]:
     return down(low), up(high)
 
 
+def _eigen_bounds(ctx: _Context, claim: Claim) -> list[tuple[float, float]]:
+    """The (m, M) pairs valid where a weak-convexity / curvature claim speaks: the global bounds on R^n
+    (params.radius null), or for a claim on the l2 ball B(x, radius) also the local ones re-derived by
+    `local_check.hessian_bounds` (DESIGN section 11; the global pair is dropped where it does not exist, as
+    for sigmoid and tanh networks). The claim's value is the smallest constant any pair gives."""
+    row = _row(ctx, claim.params["target"])
+    radius = claim.params["radius"]
+    if radius is None:
+        return [_hessian_eigen_bounds(ctx, row)]
+    local = local_check.hessian_bounds(ctx.require_function(), ctx.x.reshape(-1), float(radius), row)
+    try:
+        return [_hessian_eigen_bounds(ctx, row), local]
+    except Invalid:
+        return [local]
+
+
 def check_weak_convexity(ctx: _Context, claim: Claim) -> float:
-    low, _ = _hessian_eigen_bounds(ctx, _row(ctx, claim.params["target"]))
-    return up(max(0.0, -low))
+    """lambda = max(0, -m) on R^n, or min(global, local) on the ball B(x, params.radius)."""
+    return min(up(max(0.0, -low)) for low, _ in _eigen_bounds(ctx, claim))
 
 
 def check_curvature(ctx: _Context, claim: Claim) -> float:
-    low, high = _hessian_eigen_bounds(ctx, _row(ctx, claim.params["target"]))
-    return up(max(high, -low, 0.0))
+    """beta = max(M, -m, 0) on R^n, or min(global, local) on the ball B(x, params.radius)."""
+    return min(up(max(high, -low, 0.0)) for low, high in _eigen_bounds(ctx, claim))
+
+
+def _lipschitz_l2(ctx: _Context, claim: Claim) -> float:
+    """The verified value of the (global) l2 Lipschitz claim a local MoreauGrad claim rests on."""
+    if _p(ctx.assumption(claim, "lipschitz").params) != 2:
+        raise Invalid("the local region B(x, eps + rho L) needs an l2 Lipschitz constant L (p = 2)")
+    return ctx.value_of(claim, "lipschitz")
+
+
+MAX_RADII = 64
+
+
+def prox_radius(ctx: _Context, claim: Claim, eps: float, tol: float) -> float:
+    """Lemma MG-LOC (DESIGN section 11): a radius r such that B(x, r) holds, for every x' with ||x' - x|| <= eps,
+    every z with a residual <= tol of F_x'(z) = f(z) + ||z - x'||^2 / (2 rho) (its stationary points: tol = 0;
+    a penalty's shrinkage only shortens z - x'), since ||z - x'|| <= rho (||grad f(z)|| + tol).
+    r_0 = eps + rho (L + tol), L the verified l2 Lipschitz constant; with the witness "radii" [r_0, .., r_K] each
+    r_k >= r_{k-1} or r_k >= eps + rho (L(r_{k-1}) + tol), L(r) the checker's own bound on ||grad f|| over
+    B(x, r) (`local_check.gradient_bound`): by induction all those z lie in every B(x, r_k). Returns r_K."""
+    rho = float(claim.params["rho"])
+    first = up(eps + up(rho * up(_lipschitz_l2(ctx, claim) + tol)))
+    radii = claim.witness.get("radii")
+    if radii is None:
+        return first
+    if not (isinstance(radii, list) and 1 <= len(radii) <= MAX_RADII
+            and all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0 for r in radii)):
+        raise Invalid(f"the witness radii must be a list of 1 to {MAX_RADII} finite positive numbers")
+    if not radii[0] >= first:
+        raise Invalid(f"radii[0] = {radii[0]!r} < eps + rho (L + tol) = {first:.10g}")
+    row = _row(ctx, claim.params["target"])
+    for k in range(1, len(radii)):
+        if radii[k] >= radii[k - 1]:
+            continue
+        lip = local_check.gradient_bound(ctx.require_function(), ctx.x.reshape(-1), float(radii[k - 1]), row)
+        bound = up(eps + up(rho * up(lip + tol)))
+        if not radii[k] >= bound:
+            raise Invalid(f"radii[{k}] = {radii[k]!r} < eps + rho (L(radii[{k - 1}]) + tol) = {bound:.10g}, L(r) the "
+                          "local gradient bound on B(x, r)")
+    return float(radii[-1])
+
+
+def _holds_on(ctx: _Context, claim: Claim, type_: str, needed: float | None) -> None:
+    """The weak-convexity / curvature assumption of `claim` holds where `claim` uses it: region "global"
+    (needed None) requires a global claim (params.radius null); region "local" a ball of radius >= needed
+    around x (a global claim holds on every ball)."""
+    dep = ctx.assumption(claim, type_)
+    radius = dep.params["radius"]
+    if needed is None:
+        if radius is not None:
+            raise Invalid(f"region 'global' rests on the {type_} claim {dep.id!r}, which holds only on the ball "
+                          f"||y - x||_2 <= {radius!r}: a global claim (radius null) is needed")
+    elif radius is not None and not float(radius) >= needed:
+        raise Invalid(f"the {type_} claim {dep.id!r} holds on the ball of radius {radius!r} < {needed:.10g}, the "
+                      "radius the local region needs (lemma MG-LOC)")
 
 
 def check_smoothed(ctx: _Context, claim: Claim) -> float:
@@ -455,7 +541,10 @@ def _smoothed_samples(seed: int, m: int, n: int) -> Tensor:
 def check_solver_error(ctx: _Context, claim: Claim) -> float:
     """||a - MG(x)|| <= (||r|| + dev) / (1 - rho lambda) + ||a - (x - z)/rho||: r recomputed at the stored
     iterate z from grad N_c (deterministic) or from the Monte Carlo mean of grad N_c at z + sigma Z_i redrawn
-    from the stored seed (smoothed; dev = rounding + (L/sqrt(m))(1 + sqrt(2 ln(1/(1 - confidence)))))."""
+    from the stored seed (smoothed; dev = rounding + (L/sqrt(m))(1 + sqrt(2 ln(1/(1 - confidence))))).
+    Region "local" (deterministic only): lambda must hold on B(x, r) with r >= `prox_radius` with eps = tol = 0
+    (the prox point lies within rho L of x, L the l2 Lipschitz claim's verified value) and ||z - x||_2 <= r;
+    "global": on R^n."""
     q = claim.params
     rho, eta, sigma = float(q["rho"]), float(q["sparsity"]), q["sigma"]
     if (sigma is None) != (claim.kind == "certified"):
@@ -469,6 +558,17 @@ def check_solver_error(ctx: _Context, claim: Claim) -> float:
     if z.numel() != ctx.x.numel():
         raise Invalid("the iterate z has the wrong size")
     z = z.reshape(ctx.x.shape)
+    if q["region"] == "local":  # lemma MG-LOC: the prox point and z lie in B(x, radius), where lambda holds
+        if sigma is not None:
+            raise Invalid("smoothed MoreauGrad uses Proposition 1's global constant: region 'local' does not apply")
+        _holds_on(ctx, claim, "weak-convexity", prox_radius(ctx, claim, 0.0, 0.0))
+        radius = ctx.assumption(claim, "weak-convexity").params["radius"]
+        distance = up(float((z.double() - ctx.x.double()).norm()))
+        if radius is not None and not distance <= float(radius):
+            raise Invalid(f"the iterate z is at distance {distance:.10g} from x, outside the ball of radius {radius!r} "
+                          "on which the weak-convexity claim holds")
+    elif sigma is None:
+        _holds_on(ctx, claim, "weak-convexity", None)
     row = _row(ctx, claim.params["target"])
     if sigma is None:
         g, rounding = ctx.n_gradient(row, z.reshape(1, -1))
@@ -515,21 +615,30 @@ def check_smoothed_explanation_error(ctx: _Context, claim: Claim) -> float:
 
 
 def check_stability_gradient(ctx: _Context, claim: Claim) -> float:
-    """||grad N_c(x + d) - a|| <= beta eps + ||a - grad N_c(x)||."""
+    """||grad N_c(x + d) - a|| <= beta eps + ||a - grad N_c(x)||; a local curvature claim must hold on a ball
+    of radius >= eps (it contains every segment [x, x + d])."""
     if ctx.assumption(claim, "explanation-error").params.get("method") != "gradient":
         raise Invalid("rests on an explanation-error claim that does not bound ||a - grad N_c(x)|| (another "
                       "method's explanation): the gradient stability bound does not follow")
     beta = ctx.value_of(claim, "curvature")
+    radius = ctx.assumption(claim, "curvature").params["radius"]
+    if radius is not None and not float(radius) >= float(claim.params["eps"]):
+        raise Invalid(f"the curvature claim holds on the ball of radius {radius!r} < eps = {claim.params['eps']!r}: "
+                      "the segment from x to x + d may leave it")
     err = ctx.value_of(claim, "explanation-error")
     return up(up(beta * float(claim.params["eps"])) + err)
 
 
 def check_stability_moreaugrad(ctx: _Context, claim: Claim) -> float:
-    """Corollary 1 (sparsity 0) or the corrected Corollary 2, plus err + tol / (1 - rho lambda)."""
+    """Corollary 1 (sparsity 0; the smaller of it and beta eps / (1 - rho lambda) when a curvature claim is
+    listed) or the corrected Corollary 2, plus err + tol / (1 - rho lambda). Region "local" (lemma MG-LOC,
+    DESIGN section 11): lambda (and beta) must hold on B(x, r), r = `prox_radius` with eps and tol (every
+    iterate with residual <= tol at every x' in B(x, eps) lies there), and the solver-error claim must be
+    local too, on the same lambda claim; region "global": they must hold on R^n."""
     q = claim.params
     eps, rho, tol, sigma = float(q["eps"]), float(q["rho"]), float(q["tol"]), q["sigma"]
     err_claim = ctx.assumption(claim, "solver-error")
-    for key in ("target", "rho", "sparsity", "group_size", "sigma", "confidence"):
+    for key in ("target", "rho", "sparsity", "group_size", "sigma", "confidence", "region"):
         if err_claim.params[key] != q[key]:
             raise Invalid(f"{key} = {q[key]!r} differs from the solver-error claim's {err_claim.params[key]!r}")
     if claim.kind != ("certified" if err_claim.kind == "certified" else "probabilistic"):
@@ -540,9 +649,26 @@ def check_stability_moreaugrad(ctx: _Context, claim: Claim) -> float:
             raise Invalid("sigma differs from the smoothed-weak-convexity claim's")
     else:
         lam = ctx.value_of(claim, "weak-convexity")
-        beta = ctx.value_of(claim, "curvature") if q["sparsity"] > 0 else None
+        curved = any(ctx.claims[a].type == "curvature" for a in claim.assumptions)
+        beta = ctx.value_of(claim, "curvature") if curved else None
+        if q["region"] == "local":  # lemma MG-LOC: the points of every run at x' in B(x, eps) lie in B(x, r)
+            if ctx.assumption(err_claim, "weak-convexity").id != ctx.assumption(claim, "weak-convexity").id:
+                raise Invalid("the solver-error claim rests on another weak-convexity claim")
+            needed = prox_radius(ctx, claim, eps, tol)
+        else:
+            needed = None
+        _holds_on(ctx, claim, "weak-convexity", needed)
+        if curved:
+            _holds_on(ctx, claim, "curvature", needed)
     err = ctx.value_of(claim, "solver-error")
-    core = corollary1(eps, rho, lam) if q["sparsity"] == 0 else corollary2(eps, rho, beta)  # type: ignore[arg-type]
+    if q["sparsity"] > 0:
+        if beta is None:
+            raise Invalid("the corrected Corollary 2 needs a curvature claim")
+        core = corollary2(eps, rho, beta)
+    else:
+        core = corollary1(eps, rho, lam)
+        if beta is not None:
+            core = min(core, prox_curvature(eps, rho, lam, beta))
     return up(core + solver_terms(err, tol, rho, lam))
 
 
@@ -811,6 +937,8 @@ def _explanation_binding(ctx: _Context, report: VerifyReport) -> None:
         sigma = params.get("smoothing_sigma") or None
         if q.get("sigma") != sigma:
             report.problems.append(f"claim {claim.id}: sigma {q.get('sigma')!r} is not the explainer's {sigma!r}")
+        if params.get("rho") == "auto":  # rho chosen per example (DESIGN section 11): the claim states the one used
+            del expected["rho"]
     for key, source in expected.items():
         if q.get(key) != params.get(source):
             report.problems.append(f"claim {claim.id}: {key} = {q.get(key)!r} is not the explainer's {source} = {params.get(source)!r}")
@@ -845,8 +973,10 @@ def _document_checks(ctx: _Context, report: VerifyReport) -> None:
             report.problems.append(f"target_source 'predicted' but the model predicts class {own}, not {cert.target}")
         if ctx.stages is not None and ctx.no_function is None and int(ctx.n_logits(ctx.x).argmax()) != cert.target:
             report.problems.append(f"target_source 'predicted' but N (float64) predicts class {int(ctx.n_logits(ctx.x).argmax())}")
-    types = [c.type for c in cert.claims]
-    duplicated = sorted({t for t in types if types.count(t) > 1})
+    # one claim per type; weak-convexity and curvature: one on R^n and one on a ball around x (DESIGN section 11)
+    types = [(c.type, c.type in ("weak-convexity", "curvature") and isinstance(c.params, dict)
+              and c.params.get("radius") is not None) for c in cert.claims]
+    duplicated = sorted({t for t, local in types if types.count((t, local)) > 1})
     if duplicated:
         report.problems.append(f"more than one claim of type {duplicated}")
     radius = [c for c in cert.claims if c.type in RADIUS_TYPES and isinstance(c.params, dict)]

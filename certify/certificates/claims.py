@@ -217,8 +217,10 @@ def _confidence_text(params: dict[str, Any]) -> str:
 
 
 def _moreau_text(params: dict[str, Any]) -> str:
+    region = ("; curvature constants on B(x, eps + rho L), L the lipschitz claim's value (lemma MG-LOC)"
+              if params.get("region") == "local" else "")
     return (f"rho = {_num(params['rho'])}, sparsity = {_num(params['sparsity'])}, "
-            f"group size = {_num(params['group_size'])}")
+            f"group size = {_num(params['group_size'])}{region}")
 
 
 def _property_text(q: dict[str, Any]) -> str:
@@ -261,7 +263,10 @@ _T = {"target": _target}
 _RADIUS = {**_T, "p": _norm(), "domain": _domain}
 _BOUNDED = frozenset({Kind.CERTIFIED.value, Kind.REFUSED.value})
 _MOREAU = {**_T, "rho": _positive("rho"), "sparsity": _nonnegative("sparsity"), "group_size": _group_size,
-           "sigma": _optional(_positive("sigma")), "confidence": _optional(_confidence)}
+           "sigma": _optional(_positive("sigma")), "confidence": _optional(_confidence),
+           "region": _choice("region", ("global", "local"))}
+# the ball B(x, radius) around the certificate's input a curvature claim holds on (null: all of R^n)
+_CURV = {**_T, "radius": _optional(_positive("radius"))}
 
 
 QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
@@ -296,24 +301,44 @@ def _explanation_text(q: dict[str, Any]) -> str:
             f"(nodes a_k and weights w_k in float64 as numpy computes them) with baseline x' = {_num(q['baseline'])}")
 
 
+def _local(params: dict[str, Any]) -> Slots:
+    """The l2 Lipschitz claim a local constant rests on: its region B(x, eps + rho L) (lemma MG-LOC)."""
+    return (("lipschitz",),) if params.get("region") == "local" else ()
+
+
 def _solver_error_assumptions(params: dict[str, Any]) -> Slots:
     if params.get("sigma") is None:
-        return (("weak-convexity",),)
+        return (("weak-convexity",),) + _local(params)
     return (("smoothed-weak-convexity",), ("lipschitz",))
 
 
 def _stability_moreau_assumptions(params: dict[str, Any]) -> Slots:
     if params.get("sigma") is not None:  # Proposition 1 bounds h's curvature on both sides
         return (("smoothed-weak-convexity",), ("solver-error",))
-    if params["sparsity"] == 0:
-        return (("weak-convexity",), ("solver-error",))
-    return (("weak-convexity",), ("curvature",), ("solver-error",))
+    return (("weak-convexity",), ("curvature",), ("solver-error",)) + _local(params)
+
+
+def _moreau_consistent(q: dict[str, Any]) -> None:
+    if q["region"] == "local" and q["sigma"] is not None:
+        raise ClaimError("smoothed MoreauGrad uses Proposition 1's global constant: its region is 'global'")
+
+
+def _where(q: dict[str, Any]) -> str:
+    return "on R^n" if q["radius"] is None else f"on the ball ||y - x||_2 <= {_num(q['radius'])} (x the input)"
 
 
 def _solver_error_witness(params: dict[str, Any], kind: str) -> frozenset[str]:
     if kind == Kind.REFUSED.value:
         return frozenset()
-    return frozenset({"z", "samples", "seed"}) if params.get("sigma") is not None else frozenset({"z"})
+    if params.get("sigma") is not None:
+        return frozenset({"z", "samples", "seed"})
+    return frozenset({"z", "radii"}) if params.get("region") == "local" else frozenset({"z"})
+
+
+def _local_witness(params: dict[str, Any], kind: str) -> frozenset[str]:
+    """The radii r_0 >= ... of the balls holding the prox points (certify.bounds.local.prox_region) of a claim
+    with local constants."""
+    return frozenset({"radii"}) if kind != Kind.REFUSED.value and params.get("region") == "local" else frozenset()
 
 
 _TYPES = [
@@ -329,12 +354,12 @@ _TYPES = [
         lambda q: f"|N_{q['target']}(x) - N_{q['target']}(y)| <= value * ||x - y||_{_p(q['p'])} for all x, y",
     ),
     ClaimType(
-        "weak-convexity", "<=", _BOUNDED, dict(_T),
-        lambda q: f"N_{q['target']}(x) + value/2 * ||x||_2^2 is convex on R^n",
+        "weak-convexity", "<=", _BOUNDED, dict(_CURV),
+        lambda q: f"N_{q['target']}(y) + value/2 * ||y||_2^2 is convex {_where(q)}",
     ),
     ClaimType(
-        "curvature", "<=", _BOUNDED, dict(_T),
-        lambda q: f"||Hess N_{q['target']}(x)||_2 <= value for all x",
+        "curvature", "<=", _BOUNDED, dict(_CURV),
+        lambda q: f"||Hess N_{q['target']}(y)||_2 <= value for all y {_where(q)}",
     ),
     ClaimType(
         "smoothed-weak-convexity", "<=", _BOUNDED, {**_T, "sigma": _positive("sigma")},
@@ -365,8 +390,8 @@ _TYPES = [
         "solver-error", "<=", frozenset({Kind.CERTIFIED.value, Kind.PROBABILISTIC.value, Kind.REFUSED.value}), _MOREAU,
         lambda q: (f"||a - MG(x)||_2 <= value, a the stored explanation and MG(x) the exact MoreauGrad explanation of "
                    f"{_function(q)} at x ({_moreau_text(q)}){_confidence_text(q)}"),
-        witness=frozenset({"z", "samples", "seed"}), required_witness=_solver_error_witness,
-        assumptions=_solver_error_assumptions,
+        witness=frozenset({"z", "samples", "seed", "radii"}), required_witness=_solver_error_witness,
+        assumptions=_solver_error_assumptions, consistent=_moreau_consistent,
     ),
     ClaimType(
         "stability-gradient", "<=", _BOUNDED, {**_T, "eps": _positive("eps")},
@@ -380,7 +405,8 @@ _TYPES = [
         lambda q: (f"||b - a||_2 <= value for every ||d||_2 <= {_num(q['eps'])} and every MoreauGrad explanation b "
                    f"of {_function(q)} at x + d computed to residual <= {_num(q['tol'])} ({_moreau_text(q)}; a the "
                    f"stored explanation){_confidence_text(q)}"),
-        assumptions=_stability_moreau_assumptions,
+        assumptions=_stability_moreau_assumptions, consistent=_moreau_consistent,
+        witness=frozenset({"radii"}), required_witness=_local_witness,
     ),
     ClaimType(
         "stability-none", "<=", frozenset({Kind.REFUSED.value}), {**_T, "eps": _positive("eps")},

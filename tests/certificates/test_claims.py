@@ -12,7 +12,8 @@ from certify.vocabulary import BUILDER_MARGIN, KINDS
 
 N, C = 6, 3  # features and classes of the example certificate
 BOX = {"lower": 0.0, "upper": 1.0}
-MOREAU = {"target": 1, "rho": 0.3, "sparsity": 0.0, "group_size": None, "sigma": None, "confidence": None}
+MOREAU = {"target": 1, "rho": 0.3, "sparsity": 0.0, "group_size": None, "sigma": None, "confidence": None,
+          "region": "global"}
 RADIUS = {"target": 1, "p": "inf", "domain": BOX}
 
 def _rec(values):
@@ -28,8 +29,8 @@ PROPERTY = {"lower": _rec(np.zeros(N)), "upper": _rec(np.ones(N)),
 VALID = {
     "implementation-deviation": {},
     "lipschitz": {"target": 1, "p": 2},
-    "weak-convexity": {"target": 1},
-    "curvature": {"target": 1},
+    "weak-convexity": {"target": 1, "radius": None},
+    "curvature": {"target": 1, "radius": 0.5},
     "smoothed-weak-convexity": {"target": 1, "sigma": 0.5},
     "explanation-error": {"target": 1, "method": "gradient", "quadrature": None, "n_steps": None, "baseline": None},
     "smoothed-explanation-error": {"target": 1, "sigma": 0.5, "confidence": 0.99},
@@ -232,3 +233,18 @@ def test_issue_rounds_outward_and_refuse_keeps_the_reason():
     validate_claim(refused, N, C)
     with pytest.raises(ClaimError, match="unknown claim type"):
         render("made-up", {})
+
+
+def test_local_region_rests_on_the_lipschitz_claim():
+    """Lemma MG-LOC: a MoreauGrad claim with local constants needs the l2 Lipschitz claim (its region is
+    B(x, eps + rho L)); smoothed MoreauGrad has only the global Proposition 1 constant."""
+    local = {**MOREAU, "region": "local"}
+    slots = CLAIM_TYPES["solver-error"].assumptions(local)
+    assert ("lipschitz",) in slots and ("lipschitz",) not in CLAIM_TYPES["solver-error"].assumptions(MOREAU)
+    assert ("lipschitz",) in CLAIM_TYPES["stability-moreaugrad"].assumptions({**local, "eps": 0.1, "tol": 1e-5})
+    validate_params("solver-error", local, N, C)
+    with pytest.raises(ClaimError, match="global"):
+        validate_params("solver-error", {**local, "sigma": 0.1, "confidence": 0.99}, N, C)
+    with pytest.raises(ClaimError):
+        validate_params("weak-convexity", {"target": 1, "radius": 0.0}, N, C)
+    assert "ball" in render("weak-convexity", {"target": 1, "radius": 0.5})

@@ -1,0 +1,302 @@
+"""The checker's own re-derivation of LOCAL curvature bounds: certified bounds lower <= lambda_min(Hess f(y)) and
+lambda_max(Hess f(y)) <= upper for every y in the l2 ball B(x, radius), f = row . N (N the checker's own
+translation, exact softplus). DESIGN section 11; the Hessian formula is Singla & Feizi (ICML 2020), Lemma 1.
+Written independently of `certify.bounds.local` (the issuer's code, which this module must not import); the
+tests compare the two.
+
+Network (a chain, `Stages` without skips): z_0 = W_0 y + b_0, a_k = sigma_k(z_k), z_{k+1} = W_{k+1} a_k + b_{k+1},
+N = z_{L-1}.
+
+1. Region boxes. z_0,i lies in W_0,i x + b_0,i +- radius ||W_0,i||_2 (Cauchy-Schwarz, attained), then each
+   sigma_k maps a box to the box between its values at the ends (softplus, sigmoid and tanh increase) and each
+   affine layer maps a centre-radius box (m, r) to (W m + b, |W| r). Every computed quantity is widened by
+   its float64 rounding (`_margin`: 2 gamma_{n+2} of the magnitude summed) and box ends are rounded outward
+   (nextafter), so the boxes contain z_k(y) for every y of the ball in exact arithmetic.
+
+2. Derivative ranges. On a box [l, u], sigma' and sigma'' are monotone between their critical points
+   (softplus: sigma' = S(beta t) increases, sigma'' = beta S(beta t) S(-beta t) peaks at t = 0; sigmoid:
+   sigma' = S(t) S(-t) peaks at 0, sigma'' = -S(t) S(-t) tanh(t/2) has extremes at t = -+ln(2 + sqrt 3);
+   tanh: sigma' = sech^2 t peaks at 0, sigma'' = -2 tanh(t) sech^2(t) has extremes at t = -+atanh(1/sqrt 3)),
+   so each range is the hull of the values at l, u and the critical points inside, each value widened by
+   32 u (1 + |argument|) of itself (library accuracy, amplified by the rounding of the argument).
+
+3. Hessian. With D_k = diag sigma_k'(z_k), the Jacobians J_0 = W_0, J_k = W_k D_{k-1} J_{k-1} and the backward
+   vectors g_{L-2} = W_{L-1}^T row, g_{k-1} = W_k^T D_k g_k give Hess f = sum_k J_k^T diag(w_k) J_k with
+   w_k = g_k * sigma_k''(z_k). Interval arithmetic gives J_k in Jc_k +- Jr_k and w_k in wc_k +- wr_k on the
+   whole ball; then Hess f(y) = T_0(y) + M + Delta(y) with T_0 = W_0^T diag(w_0) W_0 (J_0 exact), M =
+   sum_{k>=1} Jc_k^T diag(wc_k) Jc_k and |Delta(y)| <= P elementwise,
+       P = sum_{k>=1} |Jc_k|^T diag(wr_k) |Jc_k| + Jr_k^T diag(wa_k) |Jc_k| + |Jc_k|^T diag(wa_k) Jr_k
+                 + Jr_k^T diag(wa_k) Jr_k,        wa_k = |wc_k| + wr_k,
+   (expand (Jc + E)^T diag(wc + e) (Jc + E)), and W_0^T diag(w_0,lo) W_0 <= T_0(y) <= W_0^T diag(w_0,hi) W_0 in
+   the semidefinite order (congruence preserves diag(w_lo) <= diag(w_0) <= diag(w_hi)). For a symmetric Delta
+   with |Delta| <= P, ||Delta||_2 <= ||P||_2 = lambda_max(P) (P nonnegative symmetric: Perron-Frobenius), so by
+   Weyl, with L = W_0^T diag(w_0,lo) W_0 + M and U = W_0^T diag(w_0,hi) W_0 + M,
+       lambda_min(L) - ||P||_2 <= eig(Hess f(y)) <= lambda_max(U) + ||P||_2   for every y in the ball.
+   Eigenvalues by eigvalsh, widened by 2 gamma_{t + n^2} ||mag||_F (t the length of the sums forming the
+   matrix, n^2 a generous backward-error constant of the symmetric eigensolver, mag the matrix of the summed
+   magnitudes); P is rounded up elementwise before its eigenvalue.
+
+4. Gradient. grad f(y) = W_0^T D_0 g_0 lies in the interval vector of the same backward pass, so the norm
+   of its magnitude bounds ||grad f|| on the ball (`gradient_bound`, the local Lipschitz constant L(r) of
+   lemma MG-LOC's shrinking radii).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from certify.certificates import semantics
+from certify.certificates._common import Invalid
+
+LOCAL_ACTIVATIONS = ("softplus", "sigmoid", "tanh")
+_U = 2.0**-53
+_FLOOR = 2.0**-1000  # absolute floor of every margin (underflow)
+_SIGMOID_T = math.log(2.0 + math.sqrt(3.0))
+_TANH_T = math.atanh(1.0 / math.sqrt(3.0))
+
+
+def _margin(magnitude: Tensor, terms: int) -> Tensor:
+    """Twice the worst-case float64 error of a sum of `terms` products whose magnitudes sum to `magnitude`."""
+    n = terms + 2
+    return 2.0 * (n * _U / (1.0 - n * _U)) * magnitude + _FLOOR
+
+
+def _down(t: Tensor) -> Tensor:
+    return torch.nextafter(t, torch.full_like(t, -math.inf))
+
+
+def _up(t: Tensor) -> Tensor:
+    return torch.nextafter(t, torch.full_like(t, math.inf))
+
+
+# ------------------------------------------------------------------ activations: values and derivatives
+
+def _derivatives(act: tuple, t: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """((lo, hi) of sigma'(t), (lo, hi) of sigma''(t)): rigorous enclosures of the exact values at t."""
+    name = act[0]
+    if name == "softplus":
+        beta = float(act[1])
+        y = beta * t
+        d = torch.sigmoid(y)
+        s = beta * torch.sigmoid(y) * torch.sigmoid(-y)
+    elif name == "sigmoid":
+        y = t
+        d = torch.sigmoid(t) * torch.sigmoid(-t)
+        s = -d * torch.tanh(t / 2)
+    else:  # tanh
+        y = t
+        sech2 = 1.0 / torch.cosh(t) ** 2  # 0 where cosh overflows (|t| > 710): the exact value is < 1e-600
+        d = sech2
+        s = -2.0 * torch.tanh(t) * sech2
+    scale = 32 * _U * (1.0 + y.abs())
+    dm, sm = scale * d.abs() + _FLOOR, scale * s.abs() + _FLOOR
+    return (d - dm, d + dm), (s - sm, s + sm)
+
+
+def _critical(act: tuple) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(points where sigma'' = 0, points where sigma''' = 0): the extremes of sigma' and of sigma''."""
+    name = act[0]
+    if name == "softplus":
+        return (), (0.0,)
+    if name == "sigmoid":
+        return (0.0,), (-_SIGMOID_T, _SIGMOID_T)
+    return (0.0,), (-_TANH_T, _TANH_T)
+
+
+def derivative_ranges(act: tuple, lo: Tensor, hi: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """((centre, radius) of sigma' over [lo, hi], (centre, radius) of sigma'' over it), elementwise [n]: the
+    hull of the enclosures at lo, hi and at the critical points (`_critical`) lying in [lo, hi]."""
+    first, second = _critical(act)
+    ends = [_derivatives(act, lo), _derivatives(act, hi)]
+    d_lo = torch.minimum(ends[0][0][0], ends[1][0][0])
+    d_hi = torch.maximum(ends[0][0][1], ends[1][0][1])
+    s_lo = torch.minimum(ends[0][1][0], ends[1][1][0])
+    s_hi = torch.maximum(ends[0][1][1], ends[1][1][1])
+    for c, which in [(c, 0) for c in first] + [(c, 1) for c in second]:
+        point = torch.full_like(lo, c)
+        inside = (lo <= c) & (c <= hi)
+        enc = _derivatives(act, point)[which]
+        if which == 0:
+            d_lo = torch.where(inside, torch.minimum(d_lo, enc[0]), d_lo)
+            d_hi = torch.where(inside, torch.maximum(d_hi, enc[1]), d_hi)
+        else:
+            s_lo = torch.where(inside, torch.minimum(s_lo, enc[0]), s_lo)
+            s_hi = torch.where(inside, torch.maximum(s_hi, enc[1]), s_hi)
+    return _centred(d_lo, d_hi), _centred(s_lo, s_hi)
+
+
+def _centred(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """[lo, hi] as (centre, radius), the radius rounded up to cover the rounding of the centre."""
+    mid = (lo + hi) / 2
+    return mid, (hi - lo) / 2 + _margin(mid.abs() + (hi - lo), 2)
+
+
+def _image(act: tuple, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Rigorous range of the (nondecreasing) sigma over [lo, hi]: its values at the ends, widened by the
+    rounding bound of the checker's semantics (`semantics.act_rounding`)."""
+    a_lo = semantics.activate(act, lo)
+    a_hi = semantics.activate(act, hi)
+    return _down(a_lo - semantics.act_rounding(act, lo, a_lo, _U)), _up(a_hi + semantics.act_rounding(act, hi, a_hi, _U))
+
+
+# ------------------------------------------------------------------ interval arithmetic (centre, radius)
+
+def _affine(mid: Tensor, rad: Tensor, w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
+    """{W h + b : h in mid +- rad}, h [n] or [n, m] (columns), as (centre, radius)."""
+    out = w @ mid
+    spread = w.abs() @ rad
+    magnitude = w.abs() @ mid.abs() + spread
+    if b is not None:
+        bb = b if mid.dim() == 1 else b[:, None]
+        out = out + bb
+        magnitude = magnitude + bb.abs()
+    return out, spread + _margin(magnitude, w.shape[1] + 2)
+
+
+def _product(am: Tensor, ar: Tensor, bm: Tensor, br: Tensor) -> tuple[Tensor, Tensor]:
+    """Elementwise (am +- ar) * (bm +- br) (broadcasting), as (centre, radius)."""
+    mid = am * bm
+    rad = am.abs() * br + ar * (bm.abs() + br)
+    return mid, rad + _margin(mid.abs() + rad, 3)
+
+
+def _chain(stages) -> tuple[list[Tensor], list[Tensor], list[tuple]]:
+    skips = getattr(stages, "skips", None) or {}
+    if any(len(row) for row in skips.values()):
+        raise Invalid("local curvature bounds are re-derived for chains only: this network has skip connections (a graph)")
+    bad = sorted({a[0] for a in stages.acts if a[0] not in LOCAL_ACTIVATIONS})
+    if bad:
+        raise Invalid(f"local curvature bounds cover {', '.join(LOCAL_ACTIVATIONS)} activations only, not {', '.join(bad)}")
+    mats = [torch.as_tensor(m, dtype=torch.float64).cpu() for m in stages.mats]
+    biases = [torch.as_tensor(b, dtype=torch.float64).cpu() for b in stages.biases]
+    return mats, biases, [tuple(a) for a in stages.acts]
+
+
+def region_boxes(stages, center: Tensor, radius: float) -> list[tuple[Tensor, Tensor]]:
+    """(lower, upper) [n_k] of every hidden pre-activation z_0 .. z_{L-2} over the l2 ball B(center, radius)
+    (center [n], flattened input): rule 1 of the module docstring. Invalid for graphs and other activations."""
+    mats, biases, acts = _chain(stages)
+    center = torch.as_tensor(center, dtype=torch.float64).cpu().reshape(-1)
+    if center.numel() != mats[0].shape[1]:
+        raise Invalid(f"the region has {center.numel()} features, N expects {mats[0].shape[1]}")
+    if not (radius >= 0 and math.isfinite(radius)):
+        raise Invalid(f"radius {radius!r} is not a finite nonnegative number")
+    w0, n0 = mats[0], mats[0].shape[1]
+    norms = torch.linalg.vector_norm(w0, dim=1) * (1 + 2 * (n0 + 2) * _U)
+    mid, spread = _affine(center, torch.zeros_like(center), w0, biases[0])
+    rad = _up(spread + radius * norms * (1 + 4 * _U) + _margin(radius * norms, 2))
+    boxes = []
+    for k in range(len(acts)):
+        lo, hi = _down(mid - rad), _up(mid + rad)
+        boxes.append((lo, hi))
+        if k + 1 < len(acts):
+            a_lo, a_hi = _image(acts[k], lo, hi)
+            a_mid, a_rad = _centred(a_lo, a_hi)
+            mid, rad = _affine(a_mid, a_rad, mats[k + 1], biases[k + 1])
+    return boxes
+
+
+def _eig_bounds(matrix: Tensor, magnitude: Tensor, terms: int) -> tuple[float, float]:
+    """(lower bound on lambda_min, upper bound on lambda_max) of the exact symmetric matrix that `matrix` [n, n]
+    approximates to 2 gamma_terms `magnitude` elementwise (eigvalsh's backward error included)."""
+    n = matrix.shape[0]
+    eig = torch.linalg.eigvalsh(matrix)
+    slack = float(_margin(torch.linalg.matrix_norm(magnitude) * (1 + 4 * n * _U), terms + n * n))
+    return math.nextafter(float(eig[0]) - slack, -math.inf), math.nextafter(float(eig[-1]) + slack, math.inf)
+
+
+def _backward(mats: list[Tensor], acts: list[tuple], boxes: list, row: Tensor) -> tuple[list, list]:
+    """(ranges, gs): the (sigma', sigma'') ranges on every box and the backward vectors g_k = df/da_k
+    (k = 0 .. L-2) as (centre, radius) over the region, f = row . N."""
+    ranges = [derivative_ranges(a, lo, hi) for a, (lo, hi) in zip(acts, boxes)]
+    top = mats[-1]
+    gs = [(top.T @ row, _margin(top.abs().T @ row.abs(), top.shape[0] + 2))]
+    for k in range(len(acts) - 1, 0, -1):
+        t_mid, t_rad = _product(*gs[0], *ranges[k][0])
+        gs.insert(0, _affine(t_mid, t_rad, mats[k].T, None))
+    return ranges, gs
+
+
+def gradient_bound(stages, center: Tensor, radius: float, row: Tensor) -> float:
+    """An upper bound on max ||grad f(y)||_2 over the l2 ball B(center, radius), f = row . N (row [C], center
+    [n]): the norm of the magnitude of the interval gradient W_0^T (D_0 g_0) (backward pass of rule 3), rounded
+    up. Invalid for graphs and other activations."""
+    mats, _, acts = _chain(stages)
+    boxes = region_boxes(stages, center, radius)
+    row = torch.as_tensor(row, dtype=torch.float64).cpu().reshape(-1)
+    if not acts:
+        g_mid, g_rad = _affine(row, torch.zeros_like(row), mats[0].T, None)
+    else:
+        ranges, gs = _backward(mats, acts, boxes, row)
+        g_mid, g_rad = _affine(*_product(*gs[0], *ranges[0][0]), mats[0].T, None)
+    mag = g_mid.abs() + g_rad
+    value = float(torch.linalg.vector_norm(mag)) * (1 + 2 * (mag.numel() + 2) * _U)
+    if not math.isfinite(value):
+        raise Invalid("the local gradient bound is not finite (the region's boxes overflow)")
+    return math.nextafter(value, math.inf)
+
+
+def hessian_split(stages, center: Tensor, radius: float, row: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(L, U, mag, P), each [n, n], of rule 3 of the module docstring for f = row . N (row [C]) on the l2 ball
+    B(center, radius) (center [n] flattened): for every y of the ball, Hess f(y) = T_0(y) + M + Delta(y) with
+    W_0^T diag(w_0,lo) W_0 <= T_0(y) <= W_0^T diag(w_0,hi) W_0 (semidefinite order: J_0 = W_0 is exact),
+    L = W_0^T diag(w_0,lo) W_0 + M, U = W_0^T diag(w_0,hi) W_0 + M, |Delta(y)| <= P elementwise, P >= 0 symmetric
+    and rounded up; L, U as computed in float64, within 2 gamma_t mag (elementwise) of the exact matrices.
+    Invalid for graphs and other activations."""
+    mats, _, acts = _chain(stages)
+    boxes = region_boxes(stages, center, radius)
+    n0 = mats[0].shape[1]
+    centre = torch.zeros(n0, n0, dtype=torch.float64)
+    magnitude = torch.zeros_like(centre)
+    spread = torch.zeros_like(centre)
+    if not acts:
+        return centre, centre.clone(), magnitude, spread
+    row = torch.as_tensor(row, dtype=torch.float64).cpu().reshape(-1)
+    ranges, gs = _backward(mats, acts, boxes, row)
+    w0 = mats[0]
+    j_mid, j_rad = w0, torch.zeros_like(w0)  # J_0 = W_0 exactly
+    for k in range(len(acts)):
+        if k > 0:  # J_k = W_k D_{k-1} J_{k-1}
+            d_mid, d_rad = ranges[k - 1][0]
+            s_mid, s_rad = _product(j_mid, j_rad, d_mid[:, None], d_rad[:, None])
+            j_mid, j_rad = _affine(s_mid, s_rad, mats[k], None)
+        w_mid, w_rad = _product(*gs[k], *ranges[k][1])
+        if k == 0:  # its term by congruence with the ends of w_0, rounded outward
+            w_lo, w_hi, w_mag = _down(w_mid - w_rad), _up(w_mid + w_rad), w_mid.abs() + w_rad
+            continue
+        ja, wa = j_mid.abs(), (w_mid.abs() + w_rad)[:, None]
+        centre = centre + j_mid.T @ (w_mid[:, None] * j_mid)
+        magnitude = magnitude + ja.T @ (w_mid.abs()[:, None] * ja)
+        cross = j_rad.T @ (wa * ja)
+        spread = spread + ja.T @ (w_rad[:, None] * ja) + cross + cross.T + j_rad.T @ (wa * j_rad)
+    lower = centre + w0.T @ (w_lo[:, None] * w0)
+    upper = centre + w0.T @ (w_hi[:, None] * w0)
+    magnitude = magnitude + w0.abs().T @ (w_mag[:, None] * w0.abs())
+    p_mat = torch.maximum(spread, spread.T)
+    return (lower + lower.T) / 2, (upper + upper.T) / 2, magnitude, p_mat + _margin(p_mat, _terms(mats))
+
+
+def _terms(mats: list[Tensor]) -> int:
+    """Length of the longest float64 sum forming an entry of M or P: a sum over n_k, a product, and up to 4
+    additions per layer."""
+    return max(m.shape[0] for m in mats) + 4 * len(mats) + 4
+
+
+def hessian_bounds(stages, center: Tensor, radius: float, row: Tensor) -> tuple[float, float]:
+    """(lower, upper): lower <= lambda_min(Hess f(y)) and lambda_max(Hess f(y)) <= upper for every y with
+    ||y - center||_2 <= radius, f = row . N (row [C], center [n] flattened): rule 3 of the module docstring,
+    lambda_min(L) - ||P||_2 and lambda_max(U) + ||P||_2 rounded outward (`hessian_split`). A network without
+    activation has Hessian 0. Invalid for graphs and activations other than softplus, sigmoid, tanh."""
+    lower_m, upper_m, magnitude, p_mat = hessian_split(stages, center, radius, row)
+    if not stages.acts:
+        return 0.0, 0.0
+    low, _ = _eig_bounds(lower_m, magnitude, _terms(list(stages.mats)))
+    _, high = _eig_bounds(upper_m, magnitude, _terms(list(stages.mats)))
+    _, p_norm = _eig_bounds(p_mat, p_mat, lower_m.shape[0])
+    p_norm = max(p_norm, 0.0)
+    lower, upper = math.nextafter(low - p_norm, -math.inf), math.nextafter(high + p_norm, math.inf)
+    if not (math.isfinite(lower) and math.isfinite(upper)):
+        raise Invalid("the local curvature bound is not finite (the region's boxes overflow)")
+    return lower, upper
