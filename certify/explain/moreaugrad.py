@@ -51,7 +51,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from certify.errors import InvalidInputError, UsageError
+from certify.bounds.curvature import weak_convexity
+from certify.bounds.lipschitz import lipschitz_product
+from certify.bounds.local import choose_rho
+from certify.bounds.network import from_module
+from certify.errors import InvalidInputError, UnsupportedError, UsageError
 from certify.explain.base import Explainer, Explanation
 from certify.explain.prox import Penalty, check_groups
 from certify.scores import score_gradients
@@ -100,6 +104,34 @@ def _rows(v: Tensor, like: Tensor) -> Tensor:
     return v.view((-1,) + (1,) * (like.dim() - 1))
 
 
+class AutoRho:
+    """rho = "auto" (DESIGN section 11): per example, the rho of certify.bounds.local.RHO_GRID minimising
+    Corollary 1's certified stability bound at l2 radius `eps` with local constants
+    (certify.bounds.local.choose_rho; global l2 Lipschitz constant and weak convexity from certify.bounds). Examples with no admissible rho
+    (or a model whose bounds are refused, e.g. a ReLU network) get FALLBACK_RHO; the certificate then refuses."""
+
+    FALLBACK_RHO = 1.0
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+
+    def __call__(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+        fallback = torch.full((inputs.shape[0],), self.FALLBACK_RHO, dtype=torch.float64)
+        try:
+            net = from_module(model, tuple(inputs.shape[1:]))
+            rows = torch.nn.functional.one_hot(target.cpu(), net.num_classes).to(torch.float64)
+            per_class = {}
+            for c in sorted(set(target.tolist())):
+                row = rows[target.cpu() == c][0]
+                lam = weak_convexity(net, row)
+                per_class[c] = (float(lipschitz_product(net, 2, row[None]).value[0]), math.inf if lam.refused else float(lam.value))
+            lip, lam = (torch.tensor(v, dtype=torch.float64) for v in zip(*(per_class[c] for c in target.tolist())))
+            choice = choose_rho(net, inputs.detach().cpu().double(), rows, self.eps, lip, lam)
+        except UnsupportedError:
+            return fallback
+        return torch.where(torch.isnan(choice.rho), fallback, choice.rho)
+
+
 class MoreauGrad(Explainer):
     """MoreauGrad explanations MG = (x - z*)/rho (see the module docstring for the maths and the solver).
 
@@ -120,7 +152,7 @@ class MoreauGrad(Explainer):
     def __init__(
         self,
         model: nn.Module,
-        rho: float = 1.0,
+        rho: float | str = 1.0,
         sparsity: float = 0.0,
         group_size: int | None = None,
         smoothing_sigma: float = 0.0,
@@ -130,9 +162,15 @@ class MoreauGrad(Explainer):
         tol: float = 1e-5,
         method: Method = "accelerated",
         seed: int | None = None,
+        eps: float = 0.1,
     ) -> None:
         super().__init__(model)
-        positive_number(rho, "rho")
+        self.rho_auto = None
+        if rho == "auto":
+            positive_number(eps, "eps")
+            self.rho_auto, rho = AutoRho(float(eps)), math.nan
+        else:
+            positive_number(rho, "rho")
         positive_number(tol, "tol")
         nonnegative_number(sparsity, "sparsity")
         nonnegative_number(smoothing_sigma, "smoothing_sigma")
@@ -148,6 +186,7 @@ class MoreauGrad(Explainer):
                 raise UsageError(f"group_size = {group_size} needs sparsity > 0 (the weight eta of the group penalty); "
                                  "with sparsity 0 the explanation is vanilla MoreauGrad")
         self.rho, self.sparsity, self.group_size = float(rho), float(sparsity), group_size
+        self.eps = float(eps)
         self.smoothing_sigma, self.samples = float(smoothing_sigma), samples
         self.step = None if step is None else float(step)
         self.max_iter, self.tol, self.method, self.seed = max_iter, float(tol), method, seed
@@ -159,7 +198,8 @@ class MoreauGrad(Explainer):
 
     def params(self) -> dict[str, Any]:
         return {
-            "rho": self.rho,
+            "rho": "auto" if self.rho_auto is not None else self.rho,
+            "eps": self.eps,
             "sparsity": self.sparsity,
             "group_size": self.group_size,
             "smoothing_sigma": self.smoothing_sigma,
@@ -206,9 +246,28 @@ class MoreauGrad(Explainer):
     def _explain(self, inputs: Tensor, target: Tensor) -> Explanation:
         if self.penalty.kind == "group":
             check_groups(inputs.shape, self.group_size)
+        if self.rho_auto is None:
+            attributions, diagnostics = self._solve(inputs, target, self.rho)
+            return Explanation(attributions, target, self.method_name, self.params(), diagnostics)
+        choice = self.rho_auto(self.model, inputs, target)  # [N] rho per example
+        attributions = torch.empty_like(inputs)
+        parts: dict[str, Tensor] = {}
+        for rho in sorted(set(choice.tolist())):  # one solve per distinct rho of the grid, not per example
+            rows = torch.nonzero(choice == rho).flatten()
+            part, diag = self._solve(inputs[rows], target[rows], rho)
+            attributions[rows] = part
+            for key, value in diag.items():
+                if key not in parts:
+                    parts[key] = torch.empty((inputs.shape[0],) + tuple(value.shape[1:]), dtype=value.dtype, device=value.device)
+                parts[key][rows] = value
+        parts["rho"] = choice.to(inputs.dtype)
+        return Explanation(attributions, target, self.method_name, self.params(), parts)
+
+    def _solve(self, inputs: Tensor, target: Tensor, rho: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """(attributions, diagnostics) of `inputs` with one rho (the class docstring's solver)."""
         x = inputs.detach()
         n = x.shape[0]
-        rho, eta, accelerated = self.rho, self.sparsity, self.method == "accelerated"
+        eta, accelerated = self.sparsity, self.method == "accelerated"
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
@@ -255,7 +314,7 @@ class MoreauGrad(Explainer):
             running = ~finished
             if self.smoothed and bool((residual[running] <= margin[running]).any()):
                 samples = min(2 * samples, MAX_SAMPLE_GROWTH * self.samples)
-            gamma = self._step_sizes(state, grad, accelerated, k > 0)
+            gamma = self._step_sizes(state, grad, accelerated, k > 0, rho)
             u_next = self.penalty.prox(state.y - _rows(gamma, x) * smooth_grad, gamma * eta)
             state.prev_y, state.prev_grad = state.y, grad.value
             if accelerated:
@@ -292,9 +351,9 @@ class MoreauGrad(Explainer):
         }
         if self.smoothed:
             diagnostics["final_samples"] = torch.full((n,), samples, dtype=torch.long, device=x.device)
-        return Explanation(attributions, target, self.method_name, self.params(), diagnostics)
+        return attributions, diagnostics
 
-    def _step_sizes(self, state: _ActiveSet, grad: _Gradient, accelerated: bool, has_secant: bool) -> Tensor:
+    def _step_sizes(self, state: _ActiveSet, grad: _Gradient, accelerated: bool, has_secant: bool, rho: float) -> Tensor:
         """gamma per active example: the given step, 0.1 (Algorithm 1's default) for fixed-step, or
         1/(1/rho + beta) with beta the running smoothness estimate (module docstring)."""
         if self.step is not None or not accelerated:
@@ -305,6 +364,6 @@ class MoreauGrad(Explainer):
             dy = _row_norms(state.y - state.prev_y)
             estimate = _row_norms(grad.value - state.prev_grad) / torch.clamp(dy, min=torch.finfo(dy.dtype).tiny)
         else:
-            return torch.full_like(state.curvature, self.rho)
+            return torch.full_like(state.curvature, rho)
         state.curvature = torch.maximum(state.curvature, estimate)
-        return torch.reciprocal(state.curvature + 1.0 / self.rho)
+        return torch.reciprocal(state.curvature + 1.0 / rho)

@@ -251,7 +251,7 @@ class ClaimList:
 def model_claims(state: Issuing, c: int, refusal: str | None) -> list[Claim]:
     """implementation-deviation, lipschitz (l2), weak-convexity and curvature of N_c; the last three are
     refused with `Issuing.head_refusal` when the model's softmax head was dropped."""
-    p_lip, p_wc, p_cv = {"target": c, "p": 2}, {"target": c}, {"target": c}
+    p_lip, p_wc, p_cv = {"target": c, "p": 2}, {"target": c, "radius": None}, {"target": c, "radius": None}
     score = refusal or state.head_refusal
     out: list[Claim] = []
     deviation = None if state.net is None else getattr(state.net, "deviation", None)

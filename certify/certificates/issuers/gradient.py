@@ -12,11 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from certify.bounds.local import local_constants
 from certify.bounds.smoothing import vector_mean_deviation
 from certify.bounds.stability import gradient_stability
 from certify.certificates.claims import issue, refuse
 from certify.certificates.issuers.common import U64, ClaimList, Issuing, _gamma, exact_gradient, unit_row
-from certify.certificates.issuers.moreaugrad import smoothed_samples
+from certify.certificates.issuers.moreaugrad import LOCAL_METHOD, smoothed_samples
+from certify.errors import UnsupportedError
 from certify.explain.integrated_gradients import quadrature
 
 
@@ -30,13 +32,31 @@ def gradient_claims(claims: ClaimList, state: Issuing, x: Tensor, a: Tensor, c: 
     g, rounding = exact_gradient(state.net, unit_row(state.num_classes, c), x.detach().double().cpu().flatten(1))
     err = float((a.detach().double().cpu().flatten() - g[0]).norm()) + float(rounding[0])
     claims.add(issue("explanation-error", "explanation-error", err_params, err, "float64-gradient"))
-    beta = claims.certified("curvature")
+    beta_id = _local_curvature(claims, state, x, c, eps)
+    beta = claims.certified(beta_id)
     if beta is None:
         claims.add(refuse("stability", "stability-gradient", stab_params, "beta-smoothness",
                           "no certified curvature bound beta for this model (see claim 'curvature')"))
         return
     claims.add(issue("stability", "stability-gradient", stab_params, gradient_stability(eps, beta, claims.certified("explanation-error")),
-                     "beta-smoothness", ["curvature", "explanation-error"]))
+                     "beta-smoothness", [beta_id, "explanation-error"]))
+
+
+def _local_curvature(claims: ClaimList, state: Issuing, x: Tensor, c: int, eps: float) -> str:
+    """The id of the curvature claim the stability rests on: "curvature-local" (beta on B(x, eps), issued here
+    by certify.bounds.local, DESIGN section 11) when it beats the global "curvature", else "curvature"."""
+    beta_global = claims.certified("curvature")
+    try:
+        local = local_constants(state.net, x.detach().double().cpu(), unit_row(state.num_classes, c)[None],
+                                torch.tensor([eps], dtype=torch.float64))
+    except UnsupportedError:
+        return "curvature"
+    beta = float(local.beta[0])
+    if beta_global is not None and not beta < beta_global:
+        return "curvature"
+    claims.add(issue("curvature-local", "curvature", {"target": c, "radius": eps}, beta if beta_global is None else min(beta, beta_global),
+                     LOCAL_METHOD))
+    return "curvature-local"
 
 
 def integrated_gradients_error(state: Issuing, x: Tensor, a: Tensor, c: int, rule: str, n_steps: int,

@@ -141,7 +141,7 @@ def test_lipschitz_claim_bounds_sampled_gradient_norms():
 def test_claim_list_lookups():
     claims = ClaimList()
     claims.add(issue("lipschitz", "lipschitz", {"target": 0, "p": 2}, 2.0, "m"))
-    claims.add(refuse("curvature", "curvature", {"target": 0}, "m", "no"))
+    claims.add(refuse("curvature", "curvature", {"target": 0, "radius": None}, "m", "no"))
     assert claims.get("lipschitz").value >= 2.0 and claims.get("missing") is None
     assert claims.certified("lipschitz") == claims.get("lipschitz").value
     assert claims.certified("curvature") is None and claims.certified("missing") is None

@@ -62,8 +62,13 @@ def test_gradient_stability_uses_the_shared_formula_and_holds_on_sampled_shifts(
         g = _grad(model, x, 2)[0]
         claims = _claims(model, x, 2, g, eps)
         stability = claims.get("stability")
-        assert stability.type == "stability-gradient" and stability.assumptions == ["curvature", "explanation-error"]
-        expected = gradient_stability(eps, claims.certified("curvature"), claims.certified("explanation-error"))
+        beta_id = stability.assumptions[0]  # the local beta on B(x, eps) when it beats the global one
+        assert stability.type == "stability-gradient" and stability.assumptions in (
+            ["curvature", "explanation-error"], ["curvature-local", "explanation-error"])
+        assert claims.certified(beta_id) <= claims.certified("curvature")
+        if beta_id == "curvature-local":
+            assert claims.get(beta_id).params == {"target": 2, "radius": eps}
+        expected = gradient_stability(eps, claims.certified(beta_id), claims.certified("explanation-error"))
         assert stability.value == pytest.approx(expected, rel=1e-8) and stability.value >= expected
         d = torch.randn(64, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         d = eps * d / d.norm(dim=1, keepdim=True)
