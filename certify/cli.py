@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -125,6 +126,7 @@ def _load_input(args: argparse.Namespace, data) -> "torch.Tensor":  # noqa: F821
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from certify.certificates.builder import certify_explanations
+    from certify.certificates.summary import STABILITY_VACUOUS, explanation_norm, vacuous_label, vacuous_reason
     from certify.explain.registry import METHODS, make_explainer
     from certify.models.spec import load_model
 
@@ -135,11 +137,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     params = dict(args.param or [])
     if data is not None and "domain" in inspect.signature(METHODS[args.method]).parameters:
         params.setdefault("domain", data.domain)  # the data set's input box, unless given
+    if args.method == "moreaugrad" and params.setdefault("rho", "auto") == "auto":
+        params.setdefault("eps", args.eps)  # rho chosen to minimise the certified stability bound at this eps
     explainer = make_explainer(args.method, model, **params)
     (cert,) = certify_explanations(explainer, x, target=args.target, eps=args.eps, k=args.topk, model_spec=args.model)
     cert.write(Path(args.out))
-    if args.json:
-        print(cert.to_json())
+    norm = explanation_norm(cert, Path(args.out).parent)
+    vacuous = {c.id: vacuous_reason(c, norm) for c in cert.claims}
+    if args.json:  # the certificate, each claim with "vacuous" (certify.certificates.summary); the file is unchanged
+        document = json.loads(cert.to_json())
+        for c in document["claims"]:
+            c["vacuous"] = vacuous[c["id"]]
+        print(json.dumps(document, indent=1))
     else:
         print(f"wrote {args.out}: {args.method} explanation of class {cert.target}")
         untranslated = cert.function.get("refused")
@@ -150,7 +159,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             if untranslated and untranslated in reason:  # said once above
                 reason = "the model is not translated (above)"
             value = "refused: " + reason if c.value is None else f"{c.relation} {c.value:.6g} ({c.kind})"
+            if vacuous[c.id]:  # true, but certifies nothing: never shown as a plain certified number
+                of_a = f"; ||a||_2 = {norm:.6g}" if vacuous[c.id] == STABILITY_VACUOUS else ""
+                value = f"{vacuous_label(vacuous[c.id])}: {c.relation} {c.value:.6g} ({c.kind}{of_a})"
             print(f"  {c.id:24s} {value}")
+        empty = [i for i, r in vacuous.items() if r]
+        if empty:
+            print(f"  vacuous (true, but certify nothing): {', '.join(empty)}")
     return EXIT_OK
 
 
@@ -257,9 +272,20 @@ def _cmd_verify_property(args: argparse.Namespace) -> int:
     return {"holds": EXIT_OK, "violated": EXIT_FAILED}.get(result.status, EXIT_UNKNOWN)
 
 
+_CHECKER_VACUOUS = re.compile(r" \[VACUOUS: ([^\]]*)\]")
+
+
+def _checker_vacuous(check) -> str | None:
+    """The checker's own label of a claim that verifies but guarantees nothing (' [VACUOUS: why]' in its
+    detail, e.g. a radius lower bound that no point of the domain can reach)."""
+    found = _CHECKER_VACUOUS.search(check.detail)
+    return found.group(1) if found else None
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from certify.certificates.checker import verify_file
     from certify.certificates.document import PropertyCertificate, read_certificate
+    from certify.certificates.summary import vacuous_label, vacuous_reasons
 
     answer = None
     cert = read_certificate(Path(args.certificate))
@@ -267,10 +293,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         answer = cert.answer
     report = verify_file(Path(args.certificate), args.model)
     subject = "explanation" if answer is None else "property"
+    # claims that verify but certify nothing: shown apart, never counted as certified (certify.certificates.summary)
+    reasons = vacuous_reasons(cert, Path(args.certificate).parent)
+    vacuous = {c.id: reasons.get(c.id) or _checker_vacuous(c) for c in report.checks
+               if c.status in ("valid", "valid (probabilistic)")}
+    vacuous = {i: r for i, r in vacuous.items() if r}
     if args.json:
         print(json.dumps({"valid": report.valid, "problems": report.problems, "function": report.function, subject: report.binding,
                           **({} if answer is None else {"answer": answer}),
-                          "claims": [c.__dict__ for c in report.checks]}, indent=2))
+                          "claims": [{**c.__dict__, "vacuous": vacuous.get(c.id)} for c in report.checks]}, indent=2))
     else:
         for problem in report.problems:
             print(f"INVALID: {problem}")
@@ -279,19 +310,29 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                   ("not re-checkable (solver-reported; shown apart, not certified)", ("not re-checkable", "estimate")),
                   ("refused (no value; the reason)", ("refused",)))
         for title, statuses in groups:
-            rows = [c for c in report.checks if c.status in statuses]
+            rows = [c for c in report.checks if c.status in statuses and c.id not in vacuous]
             if rows:
                 print(f"{title}:")
                 for c in rows:
                     print(f"  {c.id:24s} {c.status:21s} {c.detail}")
+        rows = [c for c in report.checks if c.id in vacuous]
+        if rows:
+            print("vacuous (they verify, but certify nothing; shown apart, not counted as certified):")
+            for c in rows:
+                detail = _CHECKER_VACUOUS.sub("", c.detail)  # the reason is in the label
+                print(f"  {c.id:24s} {c.status:21s} {vacuous_label(vacuous[c.id])}: {detail}")
         print(f"function: {report.function}")
         print(f"{subject}: {report.binding}")
+        certified = [c for c in report.by_status("valid", "valid (probabilistic)") if c.id not in vacuous]
         if answer is not None:
             print(f"answer: {answer}" + (" (certificate valid)" if report.valid else " (certificate INVALID: " + "; ".join(report.failures()) + ")"))
-        elif report.valid and not report.by_status("valid", "valid (probabilistic)"):
-            print("certificate valid, but nothing is certified: every claim is refused or not re-checkable")
+        elif report.valid and not certified:
+            print("certificate valid, but nothing is certified: every claim is refused, not re-checkable or vacuous")
+        elif report.valid:
+            print(f"certificate valid: {len(certified)} claims verified"
+                  + (f", and {len(vacuous)} vacuous ({', '.join(vacuous)}: shown apart)" if vacuous else ""))
         else:
-            print("certificate valid" if report.valid else "certificate INVALID: " + "; ".join(report.failures()))
+            print("certificate INVALID: " + "; ".join(report.failures()))
     if not report.valid:
         return EXIT_FAILED
     return EXIT_UNKNOWN if answer == "unknown" else EXIT_OK
@@ -381,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="per-example input shape to reshape --input "
                          "to, for a model that records none (module:callable, TorchScript; ONNX models record theirs)")
     explain.add_argument("--out", required=True, help="certificate file to write (JSON)")
-    explain.add_argument("--json", action="store_true", help="print the certificate")
+    explain.add_argument("--json", action="store_true", help="print the certificate, each claim with \"vacuous\" "
+                         "(why it certifies nothing, or null; not in the file written)")
     explain.set_defaults(run=_cmd_explain)
 
     verify = add("verify", help="re-check a certificate: exit 0 valid, 1 a claim fails, 2 unusable input, "

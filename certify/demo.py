@@ -19,6 +19,7 @@ import certify
 from certify.certificates.builder import certify_explanations
 from certify.certificates.checker import verify_certificate
 from certify.certificates.document import decode_array
+from certify.certificates.summary import vacuous_reasons
 from certify.evaluation import ATTACKABLE, StudyConfig, run_study
 from certify.explain.registry import PRESETS, make_preset
 from certify.models import model_hash, zoo
@@ -26,7 +27,7 @@ from certify.models.training import accuracy
 from certify.metrics import gini_index, zero_fraction
 from certify.progress import progress_bar
 from certify.reports.heatmaps import heatmap_grid
-from certify.reports.report import write_report
+from certify.reports.report import claim_table_rows, write_report
 
 
 @dataclass(frozen=True)
@@ -68,21 +69,6 @@ def _params_text(params: dict[str, Any]) -> str:
     return json.dumps(shown)
 
 
-def _claim_rows(label: str, certificates: list) -> list[list[str]]:
-    """One row per claim id: its kind and the spread of its values over the examples (or the refusal reason)."""
-    rows = []
-    for claim in certificates[0].claims:
-        same = [c for cert in certificates for c in cert.claims if c.id == claim.id]
-        values = sorted(c.value for c in same if c.value is not None)
-        if values:
-            spread = f"{claim.relation} {values[len(values) // 2]:.4g} ({values[0]:.4g}-{values[-1]:.4g})"
-        else:
-            spread = "-"
-        note = claim.reason if claim.kind == "refused" else claim.statement
-        rows.append([label, claim.id, claim.kind, spread, note])
-    return rows
-
-
 def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
     """Run the demo, write everything under `out_dir` (existing files of other names are kept), and
     return the JSON summary that is also written to `out_dir/summary.json`."""
@@ -103,22 +89,24 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
         certificates = certify_explanations(explainer, x, eps=config.eps, model_spec=config.model)
         seconds = time.perf_counter() - start
         attributions[label] = torch.cat([torch.as_tensor(decode_array(c.explanation, label)) for c in certificates])
-        verified, probabilistic, unchecked = 0, 0, 0
+        verified, probabilistic, unchecked, vacuous = 0, 0, 0, 0
         for i, cert in enumerate(certificates):
             cert.write(cert_dir / f"{label}-{i}.json")
             report = verify_certificate(cert, model, cert_dir)
             verified += report.valid
             probabilistic += len(report.by_status("valid (probabilistic)"))
             unchecked += len(report.by_status("not re-checkable"))
+            vacuous += sum(1 for why in vacuous_reasons(cert, cert_dir).values() if why)
         verified_counts[label] = f"{verified}/{len(certificates)} verified" + (
             f" ({probabilistic} probabilistic claims recomputed from seeds)" if probabilistic else "") + (
-            f" ({unchecked} solver-reported claims not re-checkable)" if unchecked else "")
+            f" ({unchecked} solver-reported claims not re-checkable)" if unchecked else "") + (
+            f" ({vacuous} vacuous claims: true, but certify nothing)" if vacuous else "")
         function = certificates[0].function
         method_rows.append([
             label, _params_text(explainer.params()), f"{seconds:.3f}", verified_counts[label],
             f"{float(gini_index(attributions[label]).mean()):.3f}", f"{float(zero_fraction(attributions[label]).mean()):.3f}",
         ])
-        claim_rows += _claim_rows(label, certificates)
+        claim_rows += claim_table_rows(label, certificates, cert_dir)
     titles = [f"label {int(a)} / pred {int(b)}" for a, b in zip(y, predicted)]
     heatmap_grid(x, attributions, titles, out_dir / "heatmaps.png")
 
@@ -147,7 +135,9 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
                "points. " if "conformance" in function else f"No translation: {function.get('refused')}. ")
             + "Certified values are re-derived by the independent checker (`certify verify`) from the model, the "
             "input, the explanation and the parameters; probabilistic ones are recomputed from their stored seeds; "
-            "solver-reported ones are not re-checkable; refused claims say why no number is guaranteed."
+            "solver-reported ones are not re-checkable; refused claims say why no number is guaranteed; vacuous "
+            "values (a certified top-k of 0, a stability bound not smaller than the explanation's own norm) are "
+            "true but certify nothing: counted apart, never in the value column."
         ),
         "claim_rows": claim_rows,
         "certificates": verified_counts,

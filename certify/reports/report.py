@@ -1,8 +1,8 @@
 """The report (`certify report DIR`, and the end of `certify demo`): one self-contained HTML file plus
 Markdown and JSON, rebuilt from the artefacts a run leaves in DIR:
 
-* `summary.json`: model, examples, methods with timings, certificate claims (issued / refused and why),
-  environment (written by the demo);
+* `summary.json`: model, examples, methods with timings, certificate claims (issued / refused and why, with
+  vacuous values counted apart: `claim_table_rows`), environment (written by the demo);
 * `heatmaps.png`: inputs and every method's explanation;
 * `evaluation.json` (optional): the robustness study of `certify evaluate`;
 * `THEOREMS.json` (optional): the theorem table of `certify check`.
@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from certify.certificates.summary import TOPK_VACUOUS, vacuous_label, vacuous_reasons  # noqa: E402
 from certify.errors import UsageError  # noqa: E402
 from certify.reports.document import Document  # noqa: E402
 
@@ -75,6 +76,40 @@ def certified_figure(evaluation: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def claim_table_rows(label: str, certificates: list, base_dir: Path | None = None) -> list[list[str]]:
+    """The report's claim table (summary.json's `claim_rows`): one row per claim id of `certificates` (one
+    method, one certificate per example): method, claim, kind, the spread of its values over the examples
+    (median, min-max; or "-"), and its statement (or the refusal reason). A value that is vacuous
+    (`certify.certificates.summary`: true, but it certifies nothing) is never part of the spread: the row
+    says "vacuous on m/n" with the reason, so an empty certificate is not shown as an achievement."""
+    reasons = [vacuous_reasons(cert, base_dir) for cert in certificates]
+    rows = []
+    for claim in certificates[0].claims:
+        same = [(c, why[c.id]) for cert, why in zip(certificates, reasons) for c in cert.claims if c.id == claim.id]
+        values = sorted(c.value for c, why in same if c.value is not None and not why)
+        spread = f"{claim.relation} {values[len(values) // 2]:.4g} ({values[0]:.4g}-{values[-1]:.4g})" if values else "-"
+        kind = claim.kind
+        note = claim.reason if claim.kind == "refused" else claim.statement
+        empty = sorted({why for _, why in same if why})
+        if empty:
+            count = sum(1 for _, why in same if why)
+            kind = f"{claim.kind}, vacuous on {count}/{len(same)}"
+            note = (f"{'; '.join(vacuous_label(why) for why in empty)} on {count} of {len(same)} examples (not in "
+                    f"the value column: they certify nothing). {note}")
+        rows.append([label, claim.id, kind, spread, note])
+    return rows
+
+
+def _topk_cell(stats: dict[str, float] | None) -> str:
+    """The robustness table's certified top-k (mean over the inputs); a 0 is labelled vacuous, not shown as a
+    certified number."""
+    if stats is None:
+        return "-"
+    if stats["max"] <= 0:
+        return vacuous_label(TOPK_VACUOUS)
+    return f"{stats['mean']:.3f}" + (" (vacuous on some inputs: min 0)" if stats["min"] <= 0 else "")
+
+
 def _robustness_rows(evaluation: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for method, entries in evaluation["methods"].items():
@@ -88,7 +123,7 @@ def _robustness_rows(evaluation: dict[str, Any]) -> list[list[Any]]:
                 cell("adversarial", "ssim"),
                 "-" if not cert else f"{cert['median']:.4g}",
                 "-" if not cert else f"{r['observed_over_certified']['max']:.3f}",
-                "-" if r.get("certified_topk") is None else f"{r['certified_topk']['mean']:.3f}",
+                _topk_cell(r.get("certified_topk")),
             ])
     return rows
 
