@@ -24,6 +24,7 @@ DESIGN_ROWS: list[tuple[str, str, str]] = [
     ("MG-P1", "paper Prop 1", "Gaussian smoothing of an L-Lipschitz f is sqrt(2/pi) L/sigma-smooth"),
     ("MG-T2", "paper Thm 2", "ST/GST identities of the sparse envelopes"),
     ("MG-C2", "paper Cor 2", "sparse stability: false as stated; corrected bound"),
+    ("MG-LOC", "DESIGN section 11", "Corollary 1 with the local lambda on B(x, eps + rho L)"),
     ("MG-A1", "paper Alg 1", "linear convergence of the fixed-step inner solver"),
     ("MG-ENV", "convex analysis", "closed-form Moreau envelopes match the solver"),
     ("LD-KKT", "proposal Sec 3", "stationarity at the computed optimum"),

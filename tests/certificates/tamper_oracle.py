@@ -89,6 +89,7 @@ def _explainers(name: str, model: nn.Module, data: Any) -> dict[str, Callable[[]
         "smoothgrad": lambda: SmoothGrad(model, samples=16, seed=0),
         "moreaugrad": lambda: MoreauGrad(model, rho=0.3, tol=1e-6),
         "moreaugrad-sparse": lambda: MoreauGrad(model, rho=0.3, sparsity=0.25, tol=1e-6),
+        "moreaugrad-auto": lambda: MoreauGrad(model, rho="auto", eps=EPS, tol=1e-6),  # local constants on deeper nets
         "moreaugrad-group": lambda: MoreauGrad(model, rho=0.3, sparsity=0.25, group_size=2, tol=1e-6),
         "moreaugrad-smoothed": lambda: MoreauGrad(model, rho=smooth_rho, smoothing_sigma=0.1, samples=16, tol=1e-2,
                                                   max_iter=200, seed=0),
@@ -379,6 +380,38 @@ class Oracle:
                 beta_hat = max(beta_hat, float(ratio.max()), float((8 * second.abs() / h**2 - rounding).max()))
             return lam_hat, beta_hat
         return self._cached(("curvature", c), compute)
+
+    def local_curvature_truth(self, c: int, radius: float) -> tuple[float, float]:
+        """(lambda_hat, beta_hat) on the ball B(x, radius) only (a claim with a radius): exact Hessians at random
+        points of the ball (inside and on the sphere) and eigenvector ascent projected back onto it (smooth nets;
+        ReLU nets: 0, 0, as no local claim is issued for them)."""
+        def compute() -> tuple[float, float]:
+            if self.net.relu:
+                return 0.0, 0.0
+            gen = torch.Generator().manual_seed(3)
+            u = torch.randn(96, self.n, generator=gen, dtype=torch.float64)
+            u = u / u.norm(dim=1, keepdim=True)
+            scale = torch.cat([torch.ones(48, 1, dtype=torch.float64), torch.rand(48, 1, generator=gen, dtype=torch.float64)])
+            pts = torch.cat([self.x, self.x + radius * scale * u])
+            ev = torch.linalg.eigvalsh(self.net.hessians(pts, c))
+            lam_hat, beta_hat = float((-ev[:, 0]).clamp_min(0).max()), float(ev.abs().max())
+            for which, sign in ((0, -1.0), (-1, 1.0)):
+                y = pts[(sign * ev[:, which]).argsort(descending=True)[:4]].clone()
+                for _ in range(10):
+                    _, v = torch.linalg.eigh(self.net.hessians(y, c))
+                    vec = v[:, :, which]
+                    yy = y.clone().requires_grad_(True)
+                    gfun = self.net.grad(yy, c, create_graph=True)
+                    hv = torch.autograd.grad((gfun * vec).sum(), yy, create_graph=True)[0]
+                    (step,) = torch.autograd.grad((hv * vec).sum(), yy)
+                    y = (y + sign * 0.1 * radius * step / step.norm(dim=1, keepdim=True).clamp_min(1e-12)).detach()
+                    d = y - self.x
+                    y = self.x + d * (radius / d.norm(dim=1, keepdim=True).clamp_min(radius))  # back into the ball
+                    ev2 = torch.linalg.eigvalsh(self.net.hessians(y, c))
+                    lam_hat = max(lam_hat, float((-ev2[:, 0]).max()))
+                    beta_hat = max(beta_hat, float(ev2.abs().max()))
+            return lam_hat, beta_hat
+        return self._cached(("local-curvature", c, radius), compute)
 
     def smoothed_curvature(self, c: int, sigma: float) -> float:
         """Lower confidence estimate of sup ||Hess h||, h = E N_c(. + sigma Z), from second differences of h
@@ -864,7 +897,10 @@ class Oracle:
             obs = self.max_grad_norms(c)[_dual(p)]
             return None if slack(value) >= obs else f"gradient dual norm {obs:.6g} reached > L = {value:.6g}"
         if type_ in ("weak-convexity", "curvature"):
-            lam_hat, beta_hat = self.curvature_truth(c)
+            radius = params.get("radius")
+            if radius is not None and not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
+                return f"radius = {radius!r}"
+            lam_hat, beta_hat = self.curvature_truth(c) if radius is None else self.local_curvature_truth(c, float(radius))
             obs = lam_hat if type_ == "weak-convexity" else beta_hat
             return None if slack(value) >= obs else f"observed {obs:.6g} > {value:.6g}"
         if type_ == "smoothed-weak-convexity":

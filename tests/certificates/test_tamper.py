@@ -78,7 +78,12 @@ def test_oracle_refutes_a_witness_that_does_not_flip_and_a_raised_topk(cases, su
     case = cases["digits-softplus-mlp/gradient"]
     doc = copy.deepcopy(case.doc)
     topk = _claim(doc, "topk-stability")
-    topk["value"] = 5 / 6  # the exact minimum within the stated stability bound is 4/6 here
+    stability = next(c for c in doc["claims"] if c["id"] == topk["assumptions"][0])
+    a = T._decode(doc["explanation"]).reshape(-1)
+    k = topk["params"]["k"]
+    exact = T.Oracle.topk_min_intersection(a, k, stability["value"]) / k  # the exact minimum within the bound
+    assert exact < 1 and topk["value"] <= exact
+    topk["value"] = exact + 1 / k
     assert any(cid == topk["id"] for cid, _ in suite.judge(case, doc, None))
 
 
@@ -270,3 +275,40 @@ def test_the_edits_listed_in_issue_10_are_rejected_or_true(cases, suite, key, ed
     assert not outcome.startswith("crash"), outcome
     if outcome == "accepted":
         assert suite.judge(case, doc, report) == []
+
+
+@pytest.fixture(scope="module")
+def deep_cases():
+    """The two-hidden-layer softplus MLP, where local constants beat the global ones (the default model's one
+    hidden layer has exact global eigenvalue bounds)."""
+    return {k: v for k, v in T.build_cases(models=("digits-softplus-mlp2",)).items()
+            if k.endswith(("/gradient", "/moreaugrad-auto"))}
+
+
+@pytest.mark.parametrize("key,claim_id", [
+    ("digits-softplus-mlp2/gradient", "curvature-local"),                # beta on B(x, eps)
+    ("digits-softplus-mlp2/moreaugrad-auto", "weak-convexity-local"),    # lambda on the prox region
+    ("digits-softplus-mlp2/moreaugrad-auto", "curvature-local"),
+])
+def test_local_constants_lowered_are_caught_by_the_oracle_and_the_checker(deep_cases, suite, key, claim_id):
+    """A local constant lowered below what exact Hessians inside its ball show: the oracle (sampling only that
+    ball) calls it false, and the checker (re-deriving it) rejects the certificate; an enlarged radius with the
+    same value is rejected by the checker too (the value no longer holds there, or the larger ball is not what
+    the claims resting on it were checked against)."""
+    case = deep_cases[key]
+    report, outcome = T.verify_doc(case.doc, case.model)
+    assert outcome == "accepted" and suite.judge(case, case.doc, report) == []
+    doc = copy.deepcopy(case.doc)
+    claim = next(c for c in doc["claims"] if c["id"] == claim_id)
+    assert claim["kind"] == "certified" and claim["params"]["radius"] > 0
+    lam_hat, beta_hat = suite.oracle(case).local_curvature_truth(claim["params"]["target"], claim["params"]["radius"])
+    observed = lam_hat if claim["type"] == "weak-convexity" else beta_hat
+    assert 0 < observed <= claim["value"] * (1 + 1e-9)  # the honest value holds where the oracle looked
+    claim["value"] = 0.5 * observed  # false: exact Hessians inside the ball show more
+    assert any(cid == claim_id for cid, _ in suite.judge(case, doc, None))
+    assert T.verify_doc(doc, case.model)[1] != "accepted"
+    doc = copy.deepcopy(case.doc)
+    claim = next(c for c in doc["claims"] if c["id"] == claim_id)
+    claim["params"]["radius"] *= 50
+    claim["statement"] = T._render(claim["type"], claim["params"])
+    assert T.verify_doc(doc, case.model)[1] != "accepted"
