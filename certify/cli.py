@@ -151,6 +151,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=1))
     else:
         print(f"wrote {args.out}: {args.method} explanation of class {cert.target}")
+        if getattr(explainer, "rho_auto", None) is not None:
+            rho = next((c.params["rho"] for c in cert.claims if "rho" in c.params), None)
+            if rho is not None:
+                print(f"  rho = {rho:.4g}, chosen to minimise the certified stability bound at eps = {args.eps:g} "
+                      "(--param rho=... to set it)")
         untranslated = cert.function.get("refused")
         if untranslated:
             print(f"  no bound-based claims: {untranslated}")

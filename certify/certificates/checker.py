@@ -385,11 +385,19 @@ def _eigen_bounds(ctx: _Context, claim: Claim) -> list[tuple[float, float]]:
     """The (m, M) pairs valid where a weak-convexity / curvature claim speaks: the global bounds on R^n
     (params.radius null), or for a claim on the l2 ball B(x, radius) also the local ones re-derived by
     `local_check.hessian_bounds` (DESIGN section 11; the global pair is dropped where it does not exist, as
-    for sigmoid and tanh networks). The claim's value is the smallest constant any pair gives."""
+    for sigmoid and tanh networks); on a ReLU chain (0, 0) when no unit's box on the ball contains 0
+    (`local_check.unstable_relu_units`), else Invalid. The claim's value is the smallest constant any pair gives."""
     row = _row(ctx, claim.params["target"])
     radius = claim.params["radius"]
     if radius is None:
         return [_hessian_eigen_bounds(ctx, row)]
+    stages = ctx.require_function()
+    if stages.acts and all(a[0] == "relu" for a in stages.acts):  # a ReLU chain: Hessian 0 where no unit switches
+        count = local_check.unstable_relu_units(stages, ctx.x.reshape(-1), float(radius))
+        if count:
+            raise Invalid(f"{count} ReLU units may change state on the ball of radius {radius:.6g}: N is not known to "
+                          "be affine there, so no curvature bound holds")
+        return [(0.0, 0.0)]
     local = local_check.hessian_bounds(ctx.require_function(), ctx.x.reshape(-1), float(radius), row)
     try:
         return [_hessian_eigen_bounds(ctx, row), local]

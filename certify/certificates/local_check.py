@@ -162,22 +162,23 @@ def _product(am: Tensor, ar: Tensor, bm: Tensor, br: Tensor) -> tuple[Tensor, Te
     return mid, rad + _margin(mid.abs() + rad, 3)
 
 
-def _chain(stages) -> tuple[list[Tensor], list[Tensor], list[tuple]]:
+def _chain(stages, allowed: tuple[str, ...] = LOCAL_ACTIVATIONS) -> tuple[list[Tensor], list[Tensor], list[tuple]]:
     skips = getattr(stages, "skips", None) or {}
     if any(len(row) for row in skips.values()):
         raise Invalid("local curvature bounds are re-derived for chains only: this network has skip connections (a graph)")
-    bad = sorted({a[0] for a in stages.acts if a[0] not in LOCAL_ACTIVATIONS})
+    bad = sorted({a[0] for a in stages.acts if a[0] not in allowed})
     if bad:
-        raise Invalid(f"local curvature bounds cover {', '.join(LOCAL_ACTIVATIONS)} activations only, not {', '.join(bad)}")
+        raise Invalid(f"local curvature bounds cover {', '.join(allowed)} activations only, not {', '.join(bad)}")
     mats = [torch.as_tensor(m, dtype=torch.float64).cpu() for m in stages.mats]
     biases = [torch.as_tensor(b, dtype=torch.float64).cpu() for b in stages.biases]
     return mats, biases, [tuple(a) for a in stages.acts]
 
 
-def region_boxes(stages, center: Tensor, radius: float) -> list[tuple[Tensor, Tensor]]:
+def region_boxes(stages, center: Tensor, radius: float, allowed: tuple[str, ...] = LOCAL_ACTIVATIONS) -> list[tuple[Tensor, Tensor]]:
     """(lower, upper) [n_k] of every hidden pre-activation z_0 .. z_{L-2} over the l2 ball B(center, radius)
-    (center [n], flattened input): rule 1 of the module docstring. Invalid for graphs and other activations."""
-    mats, biases, acts = _chain(stages)
+    (center [n], flattened input): rule 1 of the module docstring. Invalid for graphs and activations not
+    `allowed`."""
+    mats, biases, acts = _chain(stages, allowed)
     center = torch.as_tensor(center, dtype=torch.float64).cpu().reshape(-1)
     if center.numel() != mats[0].shape[1]:
         raise Invalid(f"the region has {center.numel()} features, N expects {mats[0].shape[1]}")
@@ -300,3 +301,11 @@ def hessian_bounds(stages, center: Tensor, radius: float, row: Tensor) -> tuple[
     if not (math.isfinite(lower) and math.isfinite(upper)):
         raise Invalid("the local curvature bound is not finite (the region's boxes overflow)")
     return lower, upper
+
+
+def unstable_relu_units(stages, center: Tensor, radius: float) -> int:
+    """How many units of a ReLU chain have a box (rule 1) with 0 inside on the l2 ball B(center, radius): with
+    none, no unit changes state there, N is affine on the ball and its Hessian is 0. Invalid for graphs and
+    other activations."""
+    boxes = region_boxes(stages, center, radius, ("relu",))
+    return int(sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in boxes))

@@ -314,8 +314,12 @@ def test_local_claims_on_sigmoid_networks_need_no_global_bound():
     assert checker.check_weak_convexity(ctx, wc_local) == pytest.approx(max(0.0, -lower), rel=1e-9)
     relu, shape = _small((nn.ReLU(),))
     ctx = _context(relu, shape, x, [wc_local], {})
-    with pytest.raises(Invalid, match="not relu"):
+    with pytest.raises(Invalid, match="ReLU units may change state"):  # a ReLU net: 0 only where no unit switches
         checker.check_weak_convexity(ctx, wc_local)
+    tiny = _claim("wct", "weak-convexity", {"target": 0, "radius": 1e-9})
+    assert checker.check_weak_convexity(_context(relu, shape, x + 0.123, [tiny], {}), tiny) <= 1e-300
+    with pytest.raises(Invalid, match="relu"):
+        local_check.region_boxes(semantics.translate(relu, shape), x, 0.5)  # the curvature boxes refuse ReLU
 
 
 RHO, LIP, LAM, EPS, TOL = 0.2, 2.0, 0.5, 0.1, 1e-3

@@ -61,3 +61,18 @@ def test_demo_writes_outputs_and_keeps_existing_files(tmp_path, monkeypatch, cap
 def test_report_rebuilds_from_artefacts_or_refuses(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == EXIT_USAGE
     assert "no summary.json" in capsys.readouterr().err
+
+
+def test_default_moreaugrad_explain_chooses_rho_and_certifies_solver_error_stability_and_topk(tmp_path, capsys):
+    """Issue 13: `certify explain --method moreaugrad` with default settings on the default model picks rho itself
+    (never a refused default) and issues certified solver-error, stability and top-k claims."""
+    out = tmp_path / "mg.json"
+    assert main(["explain", "--model", "digits-softplus-mlp", "--method", "moreaugrad", "--index", "0",
+                 "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    claims = {c["id"]: c for c in doc["claims"]}
+    for cid in ("solver-error", "stability", "topk"):
+        assert claims[cid]["kind"] == "certified", (cid, claims[cid].get("reason"))
+    assert claims["topk"]["value"] > 0 and claims["stability"]["value"] < 1.0
+    assert doc["provenance"]["explainer"]["params"]["rho"] == "auto"
+    assert main(["verify", str(out), "--model", "digits-softplus-mlp"]) == 0

@@ -12,12 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from certify.bounds.local import local_constants
+from certify.bounds.local import local_constants, region_boxes, unstable_units
 from certify.bounds.smoothing import vector_mean_deviation
 from certify.bounds.stability import gradient_stability
 from certify.certificates.claims import issue, refuse
 from certify.certificates.issuers.common import U64, ClaimList, Issuing, _gamma, exact_gradient, unit_row
 from certify.certificates.issuers.moreaugrad import LOCAL_METHOD, smoothed_samples
+
+PATTERN_METHOD = "local-activation-pattern"
 from certify.errors import UnsupportedError
 from certify.explain.integrated_gradients import quadrature
 
@@ -35,7 +37,9 @@ def gradient_claims(claims: ClaimList, state: Issuing, x: Tensor, a: Tensor, c: 
     beta_id = _local_curvature(claims, state, x, c, eps)
     beta = claims.certified(beta_id)
     if beta is None:
+        local = claims.get(beta_id) if beta_id == "curvature-local" else None
         claims.add(refuse("stability", "stability-gradient", stab_params, "beta-smoothness",
+                          local.reason if local is not None else
                           "no certified curvature bound beta for this model (see claim 'curvature')"))
         return
     claims.add(issue("stability", "stability-gradient", stab_params, gradient_stability(eps, beta, claims.certified("explanation-error")),
@@ -44,17 +48,31 @@ def gradient_claims(claims: ClaimList, state: Issuing, x: Tensor, a: Tensor, c: 
 
 def _local_curvature(claims: ClaimList, state: Issuing, x: Tensor, c: int, eps: float) -> str:
     """The id of the curvature claim the stability rests on: "curvature-local" (beta on B(x, eps), issued here
-    by certify.bounds.local, DESIGN section 11) when it beats the global "curvature", else "curvature"."""
+    by certify.bounds.local, DESIGN section 11) when it beats the global "curvature", else "curvature". On a
+    ReLU chain "curvature-local" is 0 when no unit's interval box on the ball contains 0 (N is affine there,
+    its gradient constant), else refused with the count of units that may change state."""
     beta_global = claims.certified("curvature")
+    x = x.detach().double().cpu()
+    radius = torch.tensor([eps], dtype=torch.float64)
+    params = {"target": c, "radius": eps}
+    acts = [] if state.net is None else state.net.activations
+    if acts and all(a.name == "relu" for a in acts) and state.net.is_chain:
+        unstable = int(unstable_units(region_boxes(state.net, x.flatten(1), radius, 2))[0])
+        if unstable:
+            claims.add(refuse("curvature-local", "curvature", params, PATTERN_METHOD,
+                              f"{unstable} ReLU units may change state on the l2 ball of radius {eps:g} (interval bounds): "
+                              "the gradient is not certified constant there"))
+        else:
+            claims.add(issue("curvature-local", "curvature", params, 0.0, PATTERN_METHOD))
+        return "curvature-local"
     try:
-        local = local_constants(state.net, x.detach().double().cpu(), unit_row(state.num_classes, c)[None],
-                                torch.tensor([eps], dtype=torch.float64))
+        local = local_constants(state.net, x, unit_row(state.num_classes, c)[None], radius)
     except UnsupportedError:
         return "curvature"
     beta = float(local.beta[0])
     if beta_global is not None and not beta < beta_global:
         return "curvature"
-    claims.add(issue("curvature-local", "curvature", {"target": c, "radius": eps}, beta if beta_global is None else min(beta, beta_global),
+    claims.add(issue("curvature-local", "curvature", params, beta if beta_global is None else min(beta, beta_global),
                      LOCAL_METHOD))
     return "curvature-local"
 

@@ -75,12 +75,38 @@ def test_gradient_stability_uses_the_shared_formula_and_holds_on_sampled_shifts(
         assert float((_grad(model, x + d, 2) - g).norm(dim=1).max()) <= stability.value
 
 
-def test_relu_nets_get_an_explanation_error_but_no_gradient_stability():
+def test_relu_nets_get_a_gradient_stability_only_where_no_unit_changes_state():
+    """ReLU (issue 13, item 3): on a ball where no unit's box contains 0, N is affine, the local curvature is 0
+    and the stability is the explanation error alone (the gradient is constant: checked at sampled shifts and
+    by the checker); on a ball where units may switch, both are refused with their count."""
     model, x = _net(nn.ReLU()), _x(1)
-    claims = _claims(model, x, 0, _grad(model, x, 0)[0])
+    g = _grad(model, x, 0)[0]
+    claims = _claims(model, x, 0, g, eps=5.0)
     assert claims.get("explanation-error").kind == "certified"
-    stability = claims.get("stability")
-    assert stability.kind == "refused" and "no certified curvature" in stability.reason
+    local, stability = claims.get("curvature-local"), claims.get("stability")
+    assert local.kind == stability.kind == "refused" and "ReLU units may change state" in stability.reason
+    assert local.reason == stability.reason
+    eps = 1e-3
+    claims = _claims(model, x, 0, g, eps=eps)
+    local, stability = claims.get("curvature-local"), claims.get("stability")
+    assert local.kind == "certified" and local.value <= 1e-300 and local.params == {"target": 0, "radius": eps}
+    assert stability.kind == "certified" and stability.value == pytest.approx(claims.certified("explanation-error"), abs=1e-15)
+    d = torch.randn(64, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    d = eps * d / d.norm(dim=1, keepdim=True)
+    assert float((_grad(model, x + d, 0) - g).norm(dim=1).max()) <= stability.value + 1e-15
+
+
+def test_relu_constant_gradient_certificate_verifies_and_an_enlarged_ball_is_rejected():
+    model, x = _net(nn.ReLU()), _x(1)
+    (cert,) = certify_explanations(Gradient(model), x, target=0, eps=1e-3, k=1)
+    assert cert.claim("curvature-local").value <= 1e-300 and cert.claim("stability").kind == "certified"
+    assert verify_certificate(cert, model).valid
+    claim = cert.claim("curvature-local")
+    claim.params["radius"] = 5.0  # units switch on this ball: the checker must not accept 0 there
+    from certify.certificates.claims import render
+    claim.statement = render(claim.type, claim.params)
+    report = verify_certificate(cert, model)
+    assert not report.valid and any("ReLU units may change state" in f for f in report.failures())
 
 
 def test_a_refusal_reason_refuses_both_claims():

@@ -240,3 +240,23 @@ def test_a_diverged_solve_gets_no_certificate():
     assert bool(explainer.explain(_x(1, 3, 0), 0).diagnostics["diverged"].all())
     with pytest.raises(InvalidInputError, match="NaN or infinite attributions"):
         certify_explanations(explainer, _x(1, 3, 0), target=0, eps=0.05, k=1)
+
+
+def test_a_refused_rho_names_the_largest_accepted_one_and_auto_is_certified():
+    """Issue 13, item 4: a user rho with rho lambda >= 1 is refused with the largest rho that would be accepted
+    (and that rho, slightly lowered, is accepted); rho = "auto" gives certified solver-error and stability."""
+    import re
+
+    net = _softplus_net(4, 8, seed=1)
+    lam = _lambda(net, 4)
+    x = _x(1, 4, 0)
+    (cert,) = certify_explanations(MoreauGrad(net, rho=3.0 / lam, tol=1e-8), x, target=0, eps=0.05, k=1)
+    err = cert.claim("solver-error")
+    assert err.kind == "refused"
+    largest = float(re.search(r"use rho < ([0-9.e+-]+)", err.reason).group(1))
+    assert largest >= 1.0 / lam * (1 - 1e-3)
+    (cert,) = certify_explanations(MoreauGrad(net, rho=largest * 0.99, tol=1e-8), x, target=0, eps=0.05, k=1)
+    assert cert.claim("solver-error").kind == "certified"
+    (cert,) = certify_explanations(MoreauGrad(net, rho="auto", eps=0.05, tol=1e-8), x, target=0, eps=0.05, k=1)
+    assert cert.claim("solver-error").kind == cert.claim("stability").kind == "certified"
+    assert verify_certificate(cert, net).valid
