@@ -153,9 +153,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: {args.method} explanation of class {cert.target}")
         if getattr(explainer, "rho_auto", None) is not None:
             rho = next((c.params["rho"] for c in cert.claims if "rho" in c.params), None)
-            if rho is not None:
-                print(f"  rho = {rho:.4g}, chosen to minimise the certified stability bound at eps = {args.eps:g} "
-                      "(--param rho=... to set it)")
+            solver = next((c for c in cert.claims if c.id == "solver-error"), None)
+            if rho is not None and solver is not None and solver.kind != "refused":
+                print(f"  rho = {rho:.4g}, chosen to minimise Corollary 1's certified stability bound at eps = "
+                      f"{explainer.eps:g} (the stability claim states the smaller of that and beta eps / (1 - rho lambda); "
+                      "--param rho=... to set it)")
+            elif rho is not None:
+                print(f"  rho = {rho:.4g}: no rho is admissible for this model's certified bounds (a fallback; the "
+                      "claims below say why they refuse)")
         untranslated = cert.function.get("refused")
         if untranslated:
             print(f"  no bound-based claims: {untranslated}")

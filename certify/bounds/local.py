@@ -98,6 +98,18 @@ class Interval:
         return self.mid.abs() + self.rad
 
 
+def norm_up(v: Tensor, dim: int | tuple[int, ...] = -1) -> Tensor:
+    """An upper bound on the l2 (Frobenius over a tuple of dims) norm of v along dim that never underflows: the
+    norm of v / s times s, s = max |v| (the squares of tiny entries would flush to 0 and give 0), rounded up by
+    (terms + 4) u plus an absolute floor for the entries that v / s loses to underflow."""
+    mag = v.abs()
+    scale = mag.amax(dim=dim, keepdim=True)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    terms = mag.numel() // max(1, scale.numel())
+    value = torch.linalg.vector_norm(mag / safe, dim=dim) * safe.squeeze(dim)
+    return value * (1 + (terms + 4) * UNIT_ROUNDOFF) + terms * 2.0**-1074 * (1 + safe.squeeze(dim))
+
+
 def _range(values: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     lo = torch.stack([v[0] for v in values]).amin(0)
     hi = torch.stack([v[1] for v in values]).amax(0)
@@ -157,7 +169,8 @@ def region_boxes(net: AffineNetwork, center: Tensor, radius: Tensor, p: float | 
     if net.depth == 1:
         return []  # no hidden layer
     w0, b0 = net.weights[0], net.biases[0]
-    row_norm = torch.linalg.vector_norm(w0, ord=dual_norm(order), dim=1)
+    dual = dual_norm(order)
+    row_norm = norm_up(w0, 1) if dual == 2 else torch.linalg.vector_norm(w0, ord=dual, dim=1)
     mid = center @ w0.T + b0
     spread = radius * row_norm * (1 + 4 * UNIT_ROUNDOFF * w0.shape[1])
     magnitude = center.abs() @ w0.abs().T + b0.abs() + spread
@@ -206,14 +219,13 @@ class LocalCurvature:
 
     @property
     def lipschitz(self) -> Tensor:
-        mag = self.gradient.mag
-        return torch.linalg.vector_norm(mag, dim=-1) * (1 + 4 * UNIT_ROUNDOFF * mag.shape[-1])
+        return norm_up(self.gradient.mag, -1)
 
 
 def _eig_extremes(matrix: Tensor, magnitude: Tensor, terms: int) -> tuple[Tensor, Tensor]:
     eig = torch.linalg.eigvalsh(matrix)
     n = matrix.shape[-1]
-    slack = rounding_margin(torch.linalg.matrix_norm(magnitude), terms + n * n)
+    slack = rounding_margin(norm_up(magnitude, (-2, -1)), terms + n * n) + n * 1e-300
     return eig[..., 0] - slack, eig[..., -1] + slack
 
 
@@ -298,12 +310,21 @@ def unstable_units(boxes: list[Interval]) -> Tensor:
 
 
 def local_constants(net: AffineNetwork, x: Tensor, rows: Tensor, radius: Tensor) -> LocalCurvature:
-    """`local_curvature` of f = rows . logits (rows [N, C]) on the l2 balls B(x, radius), x [N, ...], radius [N]."""
+    """`local_curvature` of f = rows . logits (rows [N, C]) on the l2 balls B(x, radius), x [N, ...], radius [N] (float64),
+    in chunks of examples so that memory stays bounded (the matrices are [examples, n, n], n the input size)."""
     center = x.reshape(x.shape[0], -1).to(torch.float64)
     rows = torch.as_tensor(rows, dtype=torch.float64).reshape(-1, net.num_classes).expand(center.shape[0], -1)
-    return local_curvature(net, rows, region_boxes(net, center, radius, 2))
+    radius = torch.as_tensor(radius).reshape(-1).expand(center.shape[0])
+    chunk = max(1, CHUNK_ENTRIES // center.shape[1] ** 2)  # the [chunk, n, n] matrices stay ~64 MB each
+    parts = [local_curvature(net, rows[i : i + chunk], region_boxes(net, center[i : i + chunk], radius[i : i + chunk], 2))
+             for i in range(0, center.shape[0], chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    gradient = Interval(torch.cat([p.gradient.mid for p in parts]), torch.cat([p.gradient.rad for p in parts]))
+    return LocalCurvature(torch.cat([p.lower for p in parts]), torch.cat([p.upper for p in parts]), gradient)
 
 
+CHUNK_ENTRIES = 2**23  # float64 entries of one [examples, n, n] matrix of `local_constants` (64 MB)
 REGION_STEPS = 4  # shrinking steps of `prox_region` (the radii converge geometrically; 4 get most of the gain)
 REGION_SLACK = 1e-9  # relative slack of each radius over the bound it must exceed (the checker recomputes it)
 

@@ -185,7 +185,7 @@ def region_boxes(stages, center: Tensor, radius: float, allowed: tuple[str, ...]
     if not (radius >= 0 and math.isfinite(radius)):
         raise Invalid(f"radius {radius!r} is not a finite nonnegative number")
     w0, n0 = mats[0], mats[0].shape[1]
-    norms = torch.linalg.vector_norm(w0, dim=1) * (1 + 2 * (n0 + 2) * _U)
+    norms = _l2_up(w0, 1) * (1 + 2 * (n0 + 2) * _U)
     mid, spread = _affine(center, torch.zeros_like(center), w0, biases[0])
     rad = _up(spread + radius * norms * (1 + 4 * _U) + _margin(radius * norms, 2))
     boxes = []
@@ -199,12 +199,24 @@ def region_boxes(stages, center: Tensor, radius: float, allowed: tuple[str, ...]
     return boxes
 
 
+def _l2_up(v: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """An upper bound on the l2 (Frobenius) norm of v over `dim` (all dims: None) safe from underflow: where the
+    largest entry is below 2^-400 the squares could flush to 0, so the sum of |v| (>= the l2 norm, no squares) is
+    used instead; rounded up by (terms + 4) u plus the subnormal floor of every term."""
+    mag = v.abs()
+    dims = tuple(range(mag.dim())) if dim is None else dim
+    terms = mag.numel() // max(1, mag.amax(dim=dims).numel())
+    tiny = mag.amax(dim=dims) < 2.0**-400
+    value = torch.where(tiny, mag.sum(dim=dims), torch.linalg.vector_norm(mag, dim=dims))
+    return value * (1 + (terms + 4) * _U) + terms * 2.0**-1074
+
+
 def _eig_bounds(matrix: Tensor, magnitude: Tensor, terms: int) -> tuple[float, float]:
     """(lower bound on lambda_min, upper bound on lambda_max) of the exact symmetric matrix that `matrix` [n, n]
     approximates to 2 gamma_terms `magnitude` elementwise (eigvalsh's backward error included)."""
     n = matrix.shape[0]
     eig = torch.linalg.eigvalsh(matrix)
-    slack = float(_margin(torch.linalg.matrix_norm(magnitude) * (1 + 4 * n * _U), terms + n * n))
+    slack = float(_margin(_l2_up(magnitude) * (1 + 4 * n * _U), terms + n * n)) + n * 1e-300
     return math.nextafter(float(eig[0]) - slack, -math.inf), math.nextafter(float(eig[-1]) + slack, math.inf)
 
 
@@ -233,7 +245,7 @@ def gradient_bound(stages, center: Tensor, radius: float, row: Tensor) -> float:
         ranges, gs = _backward(mats, acts, boxes, row)
         g_mid, g_rad = _affine(*_product(*gs[0], *ranges[0][0]), mats[0].T, None)
     mag = g_mid.abs() + g_rad
-    value = float(torch.linalg.vector_norm(mag)) * (1 + 2 * (mag.numel() + 2) * _U)
+    value = float(_l2_up(mag)) * (1 + 2 * (mag.numel() + 2) * _U)
     if not math.isfinite(value):
         raise Invalid("the local gradient bound is not finite (the region's boxes overflow)")
     return math.nextafter(value, math.inf)

@@ -115,7 +115,8 @@ class AutoRho:
     def __init__(self, eps: float) -> None:
         self.eps = eps
 
-    def __call__(self, model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+    def __call__(self, model: nn.Module, inputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(rho [N] float64, chosen [N] bool: False where FALLBACK_RHO was used)."""
         fallback = torch.full((inputs.shape[0],), self.FALLBACK_RHO, dtype=torch.float64)
         try:
             net = from_module(model, tuple(inputs.shape[1:]))
@@ -128,8 +129,9 @@ class AutoRho:
             lip, lam = (torch.tensor(v, dtype=torch.float64) for v in zip(*(per_class[c] for c in target.tolist())))
             choice = choose_rho(net, inputs.detach().cpu().double(), rows, self.eps, lip, lam)
         except UnsupportedError:
-            return fallback
-        return torch.where(torch.isnan(choice.rho), fallback, choice.rho)
+            return fallback, torch.zeros(inputs.shape[0], dtype=torch.bool)
+        chosen = ~torch.isnan(choice.rho)
+        return torch.where(chosen, choice.rho, fallback), chosen
 
 
 class MoreauGrad(Explainer):
@@ -249,7 +251,7 @@ class MoreauGrad(Explainer):
         if self.rho_auto is None:
             attributions, diagnostics = self._solve(inputs, target, self.rho)
             return Explanation(attributions, target, self.method_name, self.params(), diagnostics)
-        choice = self.rho_auto(self.model, inputs, target)  # [N] rho per example
+        choice, chosen = self.rho_auto(self.model, inputs, target)  # [N] rho per example
         attributions = torch.empty_like(inputs)
         parts: dict[str, Tensor] = {}
         for rho in sorted(set(choice.tolist())):  # one solve per distinct rho of the grid, not per example
@@ -260,7 +262,7 @@ class MoreauGrad(Explainer):
                 if key not in parts:
                     parts[key] = torch.empty((inputs.shape[0],) + tuple(value.shape[1:]), dtype=value.dtype, device=value.device)
                 parts[key][rows] = value
-        parts["rho"] = choice.to(inputs.dtype)
+        parts["rho"], parts["rho_chosen"] = choice, chosen  # float64: the exact value the claims state
         return Explanation(attributions, target, self.method_name, self.params(), parts)
 
     def _solve(self, inputs: Tensor, target: Tensor, rho: float) -> tuple[Tensor, dict[str, Tensor]]:

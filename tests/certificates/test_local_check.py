@@ -559,3 +559,56 @@ def test_gradient_stability_rests_on_a_local_curvature_ball_of_radius_eps(local_
     report = verify_certificate(_edit(cert, _set_params("curvature-local", radius=0.025)), model)
     assert not report.valid and _status(report, "stability") == "invalid"
     assert _status(report, "curvature-local") == "valid"  # a true statement on a smaller ball
+
+
+def _saturated() -> nn.Sequential:
+    """Two softplus units deep in saturation at x = 0 (pre-activations -460, -510): Hessian entries ~1e-200, whose
+    squares underflow (attacker's finding: the eigenvalue slack and the gradient norm collapsed to 0)."""
+    g = torch.Generator().manual_seed(16)
+    m = nn.Sequential(nn.Linear(3, 2), nn.Softplus(), nn.Linear(2, 2)).double().eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.randn(2, 3, generator=g, dtype=torch.float64))
+        m[0].bias.copy_(torch.tensor([-460.0, -510.0], dtype=torch.float64))
+        m[2].weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 0.0]], dtype=torch.float64))
+        m[2].bias.copy_(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    return m
+
+
+def test_tiny_hessians_and_gradients_do_not_underflow_into_false_bounds():
+    """At x = 0 the exact Hessian is W0^T diag(g s''(z)) W0 with g = (1, -1): its lambda_min ~ -1e-221 < 0, so
+    no weak-convexity value below that is true; computed here exactly up to a power-of-two scaling. Both sides'
+    bounds must hold, and a claim of 1e-300 must be rejected."""
+    model = _saturated()
+    x = torch.zeros(3, dtype=torch.float64)
+    w0, b0 = model[0].weight.detach(), model[0].bias.detach()
+    z = b0
+    s2 = torch.sigmoid(z) * torch.sigmoid(-z)  # softplus'' (beta 1), ~1e-200 and ~1e-222: representable
+    scale = 2.0**600
+    h_scaled = w0.T @ torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64) * s2 * scale) @ w0
+    exact_min = float(torch.linalg.eigvalsh(h_scaled)[0]) / scale
+    exact_max = float(torch.linalg.eigvalsh(h_scaled)[-1]) / scale
+    assert exact_min < 0 < exact_max
+    stages = semantics.translate(model, (3,))
+    row = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    lower, upper = local_check.hessian_bounds(stages, x, 1e-6, row)
+    assert lower <= exact_min and upper >= exact_max
+    net = from_module(model, (3,))
+    mine = issuer_local.local_constants(net, x[None], row[None], torch.tensor([1e-6], dtype=torch.float64))
+    assert float(mine.lower) <= exact_min and float(mine.upper) >= exact_max
+    gradient = w0.T @ (torch.tensor([1.0, -1.0], dtype=torch.float64) * torch.sigmoid(z))  # ~1e-200
+    norm = float((gradient * scale).norm()) / scale  # its norm, without the underflow of the squares
+    assert local_check.gradient_bound(stages, x, 1e-6, row) >= norm > 0
+    assert float(mine.lipschitz) >= norm
+    wc = _claim("wcl", "weak-convexity", {"target": 0, "radius": 1e-3}, value=1e-300)
+    assert checker.check_weak_convexity(_context(model, (3,), x, [wc], {}), wc) > 1e-300  # the claim is refuted
+
+
+def test_a_certificate_for_an_input_far_from_the_data_verifies():
+    """Attacker's finding: for a digit scaled by 1e6 the checker's (looser) softplus slope allowance made its
+    gradient bounds exceed the issuer's radii by 1e-8; the issuer now raises its radii to what the checker
+    re-derives."""
+    model, data = zoo.load("digits-softplus-mlp")
+    x = data.x_test[:1] * 1e6
+    (cert,) = certify_explanations(MoreauGrad(model, rho="auto", eps=0.1, tol=1e-5), x, eps=0.1)
+    report = verify_certificate(cert, model)
+    assert report.valid, report.failures()

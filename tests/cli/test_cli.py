@@ -76,3 +76,11 @@ def test_default_moreaugrad_explain_chooses_rho_and_certifies_solver_error_stabi
     assert claims["topk"]["value"] > 0 and claims["stability"]["value"] < 1.0
     assert doc["provenance"]["explainer"]["params"]["rho"] == "auto"
     assert main(["verify", str(out), "--model", "digits-softplus-mlp"]) == 0
+
+
+def test_auto_rho_on_a_relu_model_says_no_rho_is_admissible(tmp_path, capsys):
+    """The fallback rho of a model without certified curvature is not announced as a minimiser."""
+    assert main(["explain", "--model", "digits-relu-mlp", "--method", "moreaugrad", "--index", "0",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "no rho is admissible" in out and "chosen to minimise" not in out

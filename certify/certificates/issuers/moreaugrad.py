@@ -29,6 +29,7 @@ from certify.bounds.local import choose_rho, local_constants, prox_region
 from certify.bounds.network import AffineNetwork
 from certify.bounds.smoothing import proposition1_constant, vector_mean_deviation
 from certify.bounds.stability import moreaugrad_stability, solver_error
+from certify.certificates import local_check, semantics
 from certify.certificates.claims import issue, refuse
 from certify.certificates.document import encode_array
 from certify.certificates.issuers.common import ClaimList, Issuing, exact_gradient, unit_row
@@ -73,9 +74,15 @@ def _local_claims(claims: ClaimList, state: Issuing, x: Tensor, c: int, rho: flo
     try:
         lip = torch.tensor([lipschitz], dtype=torch.float64)
         radii = prox_region(state.net, x, row, eps + rho * tol * (1 + 1e-9), rho, lip)[0]
-        local = local_constants(state.net, x, row, radii[-1:])
         solver_radii = prox_region(state.net, x, row, 0.0, rho, lip)[0]
     except UnsupportedError:
+        return None
+    try:  # the radii as the checker re-derives them (its own, possibly looser, gradient bounds)
+        stages = semantics.translate(state.model, state.input_shape)
+        radii = _checkable(stages, x, c, radii, eps + rho * tol, rho)
+        solver_radii = _checkable(stages, x, c, solver_radii, 0.0, rho)
+        local = local_constants(state.net, x, row, radii[-1:])
+    except Exception:  # noqa: BLE001 - no checkable region: no local claim (the global one stands)
         return None
     lam_global = math.inf if lam_global is None else lam_global
     beta_global = math.inf if beta_global is None else beta_global
@@ -86,6 +93,20 @@ def _local_claims(claims: ClaimList, state: Issuing, x: Tensor, c: int, rho: flo
     claims.add(issue("weak-convexity-local", "weak-convexity", params, lam, LOCAL_METHOD))
     claims.add(issue("curvature-local", "curvature", params, beta, LOCAL_METHOD))
     return {"stability": {"radii": [float(r) for r in radii]}, "solver-error": {"radii": [float(r) for r in solver_radii]}}
+
+
+def _checkable(stages: Any, x: Tensor, c: int, radii: Tensor, eps: float, rho: float) -> Tensor:
+    """The radii r_0 >= r_1 >= ... of `prox_region`, each r_k raised where needed to min(r_(k-1), eps + rho L(r_(k-1)))
+    with the checker's gradient bound L (certify.certificates.local_check.gradient_bound), so that the checker's
+    rule holds: the two sides bound sigma' with different rounding allowances (a relative 1e-8 apart for inputs
+    scaled by 1e6). A raised radius is still a ball holding every stationary point."""
+    out = [radii[0]]
+    row = unit_row(int(stages.mats[-1].shape[0]), c)
+    for r in radii[1:]:
+        previous = float(out[-1])
+        need = (eps + rho * local_check.gradient_bound(stages, x.reshape(-1), previous, row)) * (1 + 1e-9)
+        out.append(torch.maximum(r, torch.tensor(min(previous, need), dtype=torch.float64)))
+    return torch.stack(out)
 
 
 def moreaugrad_claims(claims: ClaimList, state: Issuing, explainer: Any, diagnostics: dict, i: int, a: Tensor, c: int,
