@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from certify.bounds.lipschitz import output_rows
+from certify.bounds.local import norm_up
 from certify.bounds.activations import Activation
 from certify.bounds.network import AffineNetwork
 from certify.bounds.requirements import activation_refusal, chain_refusal
@@ -116,10 +117,12 @@ def preactivation_intervals(net: AffineNetwork, region: InputSet | None) -> list
 def _sym_eig_bounds(matrix: Tensor, magnitude: Tensor, terms: int) -> tuple[Tensor, Tensor]:
     """(lower bound on lambda_min, upper bound on lambda_max) of symmetric matrices [..., n, n] formed
     with sums of `terms` products of absolute size `magnitude` [..., n, n]."""
-    eig = torch.linalg.eigvalsh(matrix)
     n = matrix.shape[-1]
-    slack = rounding_margin(torch.linalg.matrix_norm(magnitude), terms + n * n)
-    return eig[..., 0] - slack, eig[..., -1] + slack
+    finite = torch.isfinite(matrix).flatten(-2).all(-1) & torch.isfinite(magnitude).flatten(-2).all(-1)
+    keep = finite[..., None, None]  # an overflowed matrix gives the vacuous pair (-inf, inf), refused upstream
+    eig = torch.linalg.eigvalsh(torch.where(keep, matrix, 0.0))
+    slack = rounding_margin(norm_up(torch.where(keep, magnitude, 0.0), (-2, -1)), terms + n * n)  # no underflow
+    return torch.where(finite, eig[..., 0] - slack, -math.inf), torch.where(finite, eig[..., -1] + slack, math.inf)
 
 
 def hessian_eigen_bounds(net: AffineNetwork, rows: Tensor, region: InputSet | None) -> tuple[Tensor, Tensor]:
@@ -152,7 +155,8 @@ def hessian_eigen_bounds(net: AffineNetwork, rows: Tensor, region: InputSet | No
         w_norm = torch.linalg.svdvals(w)[0] + rounding_margin(torch.linalg.matrix_norm(w), w.numel())
         jac_norm = jac_norm * slope * w_norm
         jac_norm = jac_norm + rounding_margin(jac_norm, 3)
-        r2 = (jac_norm**2)[:, None]
+        square = jac_norm**2
+        r2 = (square + rounding_margin(square, 1))[:, None]  # >= 1e-300 even where the square underflows to 0
         term = weights_per_layer[idx]
         high = high + term.hi.amax(-1).clamp_min(0.0) * r2
         low = low + term.lo.amin(-1).clamp_max(0.0) * r2
@@ -205,6 +209,9 @@ def _hessian_result(net: AffineNetwork, c_row: Tensor, region: InputSet | None, 
     if isinstance(out, BoundResult):
         return out
     low, high, assumptions = out
+    if not bool(torch.isfinite(value_of(low, high)).all()):
+        return BoundResult.refuse(method, "the Hessian bound overflowed float64 (weights or activations too large)",
+                                  assumptions)
     two_d = torch.as_tensor(c_row).dim() == 2
     return BoundResult(
         _shape(value_of(low, high).clamp_min(0.0) + 0.0, two_d, region), Kind.CERTIFIED, method, assumptions,

@@ -370,14 +370,16 @@ def _hessian_eigen_bounds(ctx: _Context, row: Tensor) -> tuple[float, float]:
             g_lo = w.clamp(min=0).T @ lo + w.clamp(max=0).T @ hi
             g_hi = w.clamp(min=0).T @ hi + w.clamp(max=0).T @ lo
     w1 = mats[0]
-    scale = float(torch.linalg.matrix_norm(w1)) ** 2 * float(torch.maximum(terms[0][0].abs(), terms[0][1].abs()).max())
+    worst = torch.maximum(terms[0][0].abs(), terms[0][1].abs())
+    scale = up(float(local_check.l2_up(w1.abs().T @ torch.diag(worst) @ w1.abs())))  # no squares that underflow
     low = float(torch.linalg.eigvalsh(w1.T @ torch.diag(terms[0][0]) @ w1)[0]) - 1e-11 * scale
     high = float(torch.linalg.eigvalsh(w1.T @ torch.diag(terms[0][1]) @ w1)[-1]) + 1e-11 * scale
     jac = spectral_norm(w1)
     for idx in range(1, len(st.acts)):
         jac *= spectral_norm(mats[idx])
-        low += float(terms[idx][0].min()) * up(jac) ** 2
-        high += float(terms[idx][1].max()) * up(jac) ** 2
+        square = up(up(jac) ** 2)  # >= TINY where the square underflows to 0
+        low += float(terms[idx][0].min()) * square
+        high += float(terms[idx][1].max()) * square
     return down(low), up(high)
 
 

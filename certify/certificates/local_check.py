@@ -185,7 +185,7 @@ def region_boxes(stages, center: Tensor, radius: float, allowed: tuple[str, ...]
     if not (radius >= 0 and math.isfinite(radius)):
         raise Invalid(f"radius {radius!r} is not a finite nonnegative number")
     w0, n0 = mats[0], mats[0].shape[1]
-    norms = _l2_up(w0, 1) * (1 + 2 * (n0 + 2) * _U)
+    norms = l2_up(w0, 1) * (1 + 2 * (n0 + 2) * _U)
     mid, spread = _affine(center, torch.zeros_like(center), w0, biases[0])
     rad = _up(spread + radius * norms * (1 + 4 * _U) + _margin(radius * norms, 2))
     boxes = []
@@ -199,7 +199,7 @@ def region_boxes(stages, center: Tensor, radius: float, allowed: tuple[str, ...]
     return boxes
 
 
-def _l2_up(v: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+def l2_up(v: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
     """An upper bound on the l2 (Frobenius) norm of v over `dim` (all dims: None) safe from underflow: where the
     largest entry is below 2^-400 the squares could flush to 0, so the sum of |v| (>= the l2 norm, no squares) is
     used instead; rounded up by (terms + 4) u plus the subnormal floor of every term."""
@@ -216,7 +216,7 @@ def _eig_bounds(matrix: Tensor, magnitude: Tensor, terms: int) -> tuple[float, f
     approximates to 2 gamma_terms `magnitude` elementwise (eigvalsh's backward error included)."""
     n = matrix.shape[0]
     eig = torch.linalg.eigvalsh(matrix)
-    slack = float(_margin(_l2_up(magnitude) * (1 + 4 * n * _U), terms + n * n)) + n * 1e-300
+    slack = float(_margin(l2_up(magnitude) * (1 + 4 * n * _U), terms + n * n)) + n * 1e-300
     return math.nextafter(float(eig[0]) - slack, -math.inf), math.nextafter(float(eig[-1]) + slack, math.inf)
 
 
@@ -245,7 +245,7 @@ def gradient_bound(stages, center: Tensor, radius: float, row: Tensor) -> float:
         ranges, gs = _backward(mats, acts, boxes, row)
         g_mid, g_rad = _affine(*_product(*gs[0], *ranges[0][0]), mats[0].T, None)
     mag = g_mid.abs() + g_rad
-    value = float(_l2_up(mag)) * (1 + 2 * (mag.numel() + 2) * _U)
+    value = float(l2_up(mag)) * (1 + 2 * (mag.numel() + 2) * _U)
     if not math.isfinite(value):
         raise Invalid("the local gradient bound is not finite (the region's boxes overflow)")
     return math.nextafter(value, math.inf)

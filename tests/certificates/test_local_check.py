@@ -612,3 +612,27 @@ def test_a_certificate_for_an_input_far_from_the_data_verifies():
     (cert,) = certify_explanations(MoreauGrad(model, rho="auto", eps=0.1, tol=1e-5), x, eps=0.1)
     report = verify_certificate(cert, model)
     assert report.valid, report.failures()
+
+
+def test_global_curvature_keeps_deep_terms_when_the_jacobian_norm_squared_underflows():
+    """Second attacker's finding: first-layer weights 1e-170 made ||J||^2 underflow to 0 in both global bounds,
+    dropping a deeper layer's term of size ~1e-38 (a claim of 5e-44 verified). The true lambda_min at x = 0 is
+    about -1.25e-38 (the local bounds, exact at a point, show it); both global values must now be >= 1.25e-38."""
+    m = nn.Sequential(nn.Linear(2, 1), nn.Softplus(beta=1e-3), nn.Linear(1, 1), nn.Softplus(beta=1e3),
+                      nn.Linear(1, 2)).double().eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1e-170, 1e-170]], dtype=torch.float64))
+        m[0].bias.zero_()
+        m[2].weight.copy_(torch.tensor([[1.0]], dtype=torch.float64))
+        m[2].bias.copy_(torch.tensor([-math.log(2.0) / 1e-3], dtype=torch.float64))
+        m[4].weight.copy_(torch.tensor([[-1e300], [0.0]], dtype=torch.float64))
+        m[4].bias.copy_(torch.tensor([1e298, 0.0], dtype=torch.float64))
+    x = torch.zeros(2, dtype=torch.float64)
+    row = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    stages = semantics.translate(m, (2,))
+    lower, _ = local_check.hessian_bounds(stages, x, 1e-12, row)
+    assert -lower >= 1.2e-38  # the local bound at (almost) a point: lambda_min(Hess f(0)) ~ -1.25e-38
+    from certify.bounds.curvature import weak_convexity
+    assert float(weak_convexity(from_module(m, (2,)), row).value) >= -lower
+    wc = _claim("wc", "weak-convexity", {"target": 0, "radius": None}, value=5e-44)
+    assert checker.check_weak_convexity(_context(m, (2,), x, [wc], {}), wc) >= -lower
