@@ -90,25 +90,22 @@ def test_a_wrong_layer_import_is_caught(tmp_path):
     assert "certify.bounds.sets -> certify.explain.gradient" in result.stdout
 
 
-def test_a_checker_reaching_the_solver_is_caught(tmp_path):
-    """Indirect chains count: the checker importing a module that imports the solver breaks the contract."""
+@pytest.mark.parametrize("imports, chain", [
+    # indirect chains count: the checker importing a module that imports the solver breaks the contract
+    ((("certificates/checker.py", "certify.metrics.sparsity"), ("metrics/sparsity.py", "certify.explain.base")),
+     "certify.certificates.checker -> certify.metrics.sparsity"),
+    # the property and local-constant checkers are part of the independent checker
+    ((("certificates/property_check.py", "certify.bounds.sets"),), "certify.certificates.property_check -> certify.bounds.sets"),
+    ((("certificates/local_check.py", "certify.bounds.local"),), "certify.certificates.local_check -> certify.bounds.local"),
+], ids=["checker-indirect", "property_check", "local_check"])
+def test_the_checker_reaching_solver_or_bound_code_is_caught(tmp_path, imports, chain):
     root = _copy_tree(tmp_path)
-    _add_import(root / "certify" / "certificates" / "checker.py", "import certify.metrics.sparsity")
-    _add_import(root / "certify" / "metrics" / "sparsity.py", "import certify.explain.base")
+    for module, target in imports:
+        _add_import(root / "certify" / module, f"import {target}")
     result = _lint(root)
     assert result.returncode != 0, result.stdout
     assert "the certificate checker imports no solver, verification or attack code BROKEN" in result.stdout
-    assert "certify.certificates.checker -> certify.metrics.sparsity" in result.stdout
-
-
-def test_the_property_checker_reaching_the_bounds_is_caught(tmp_path):
-    """The property certificate's checker is part of the independent checker: importing bound code fails."""
-    root = _copy_tree(tmp_path)
-    _add_import(root / "certify" / "certificates" / "property_check.py", "import certify.bounds.sets")
-    result = _lint(root)
-    assert result.returncode != 0, result.stdout
-    assert "the certificate checker imports no solver, verification or attack code BROKEN" in result.stdout
-    assert "certify.certificates.property_check -> certify.bounds.sets" in result.stdout
+    assert chain in result.stdout
 
 
 def test_the_theorem_suite_may_not_import_the_cli(tmp_path):

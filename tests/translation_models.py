@@ -51,3 +51,19 @@ def functional_model(seed: int) -> nn.Module:
     model.bn.running_mean.normal_()
     model.bn.running_var.uniform_(0.5, 2.0)
     return model.eval()
+
+
+class AugmentedAlias(nn.Module):
+    """`y = z; y += 1.0` on a shared value, the augmented assignment written as such (Python falls back to
+    __add__ on a plain fx Proxy): eager reads z + 1 twice, an out-of-place translation z and z + 1. Both
+    translations must refuse it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(4, 4), nn.Linear(8, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        z = self.fc(x)
+        y = z
+        y += 1.0  # in place: z changes too
+        return self.out(torch.cat([z, y], dim=1))

@@ -16,6 +16,7 @@ from certify.errors import UnsupportedError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graph_models import GRAPH_MODELS, REFUSED  # noqa: E402
+from translation_models import AugmentedAlias  # noqa: E402
 
 F64 = torch.float64
 
@@ -860,28 +861,13 @@ class _Augmented(nn.Module):
         return self.out(self.body(self, self.fc(x)))
 
 
-class _AugmentedAlias(nn.Module):
-    """`y = z; y += 1.0` with the augmented assignment written as such (Python falls back to __add__ on a
-    plain fx Proxy): eager reads z + 1 twice, an out-of-place translation z and z + 1."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc, self.out = nn.Linear(4, 4), nn.Linear(8, 3)
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        z = self.fc(x)
-        y = z
-        y += 1.0
-        return self.out(torch.cat([z, y], dim=1))
-
-
 @pytest.mark.parametrize("name", sorted(AUGMENTED))
 def test_augmented_assignment_and_out_writes_on_shared_values_are_refused_by_both(name):
     _both_refuse(_Augmented(AUGMENTED[name]).eval(), (4,), "in place|in-place|alias|out=|other ops read|getattr")
 
 
 def test_augmented_assignment_is_traced_as_in_place():
-    _both_refuse(_AugmentedAlias().eval(), (4,), "in place|other ops read")
+    _both_refuse(AugmentedAlias().eval(), (4,), "in place|other ops read")
 
     class Fresh(nn.Module):  # torchvision: out += identity on a fresh value, then more in-place ops on it
         def __init__(self) -> None:

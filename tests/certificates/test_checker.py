@@ -27,6 +27,9 @@ from certify.explain.moreaugrad import MoreauGrad
 from certify.models import zoo
 from certify.models.hashing import model_hash
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edits import doc_claim as _claim, edited as _edit  # noqa: E402
+
 MODEL = "digits-softplus-mlp"
 
 
@@ -70,16 +73,6 @@ def smoothed(model):
 def _numeric_certified(cert):
     return [c for c in cert.claims if c.kind == "certified" and c.value is not None]
 
-
-def _edit(cert, change):
-    """The certificate after `change(doc)` on its JSON object, parsed again (as a user's hand edit)."""
-    doc = json.loads(cert.to_json())
-    change(doc)
-    return parse_certificate(json.dumps(doc))
-
-
-def _claim(doc, claim_id):
-    return next(c for c in doc["claims"] if c["id"] == claim_id)
 
 
 def _rerender(claim):

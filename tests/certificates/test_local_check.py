@@ -3,8 +3,9 @@ local weak-convexity / curvature claims: agreement with the issuer's certify.bou
 soundness against exact Hessians (autograd, float64) at sampled points of the ball and on its boundary, the
 exact eigenvalues at x as the radius shrinks, refusals (ReLU, a skip connection), and the region conditions
 of lemma MG-LOC (tamper-style: each violated condition is rejected with a message naming it)."""
-import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,10 +18,13 @@ from certify.certificates._common import Invalid
 from certify.certificates.builder import certify_explanations
 from certify.certificates.checker import verify_certificate
 from certify.certificates.claims import Claim, render
-from certify.certificates.document import encode_array, parse_certificate
+from certify.certificates.document import encode_array
 from certify.explain import Gradient
 from certify.explain.moreaugrad import MoreauGrad
 from certify.models import zoo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edits import doc_claim as _doc_claim, edited as _edit  # noqa: E402
 
 ZOO = ("digits-softplus-mlp", "digits-softplus-mlp2", "digits-softplus-cnn")
 
@@ -496,16 +500,6 @@ def test_gradient_stability_needs_a_curvature_ball_of_radius_eps(mlp):
 
 
 # ------------------------------------------------------------------ end to end (issued certificates, hand edits)
-
-
-def _edit(cert, change):
-    doc = json.loads(cert.to_json())
-    change(doc)
-    return parse_certificate(json.dumps(doc))
-
-
-def _doc_claim(doc, claim_id):
-    return next(c for c in doc["claims"] if c["id"] == claim_id)
 
 
 def _set_params(claim_id, **params):

@@ -24,7 +24,7 @@ from certify.models import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graph_models import GRAPH_MODELS, REFUSED, Residual  # noqa: E402
-from translation_models import functional_model, residual_model as _residual_model  # noqa: E402
+from translation_models import AugmentedAlias, functional_model, residual_model as _residual_model  # noqa: E402
 
 
 def test_checker_module_imports_no_bound_explainer_or_attack_code():
@@ -605,21 +605,10 @@ def test_checker_refuses_in_place_ops_on_the_input_and_augmented_assignment_on_a
             x.relu_()
             return self.fc(x)
 
-    class Shared(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc, self.out = nn.Linear(4, 4), nn.Linear(8, 3)
-
-        def forward(self, x):  # type: ignore[no-untyped-def]
-            z = self.fc(x)
-            y = z
-            y += 1.0  # in place: z changes too
-            return self.out(torch.cat([z, y], dim=1))
-
     with pytest.raises(SemanticsError, match="aliasing"):
         S.translate(OnInput().eval(), (4,))
     with pytest.raises(SemanticsError, match="in-place"):
-        S.translate(Shared().eval(), (4,))
+        S.translate(AugmentedAlias().eval(), (4,))
 
 
 def test_checker_accepts_in_place_ops_on_fresh_values():

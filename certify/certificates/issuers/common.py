@@ -24,6 +24,7 @@ from certify.bounds.curvature import curvature_bound, weak_convexity
 from certify.bounds.lipschitz import lipschitz_product
 from certify.bounds.activations import Activation
 from certify.bounds.network import AffineNetwork, from_module
+from certify.certificates import semantics
 from certify.certificates.claims import FUNCTION_DESCRIPTION, Claim, issue, refuse
 from certify.errors import UnsupportedError
 from certify.explain.base import Explainer
@@ -159,6 +160,7 @@ class Issuing:
     net: AffineNetwork | None
     reason: str | None  # why N is unusable for the whole batch (translation refused)
     functions: list[dict[str, Any]] = field(default_factory=list)
+    _checker_stages: Any = field(default=None, repr=False)
 
     @classmethod
     def build(cls, model: nn.Module, inputs: Tensor, num_classes: int) -> "Issuing":
@@ -172,6 +174,14 @@ class Issuing:
         for i in range(inputs.shape[0]):  # at x, at the other inputs of the batch, at seeded far points
             state.functions.append(_function_block(model, net, inputs[i : i + 1], inputs))
         return state
+
+    def checker_stages(self) -> Any:
+        """The checker's own translation of the model (certify.certificates.semantics), made once per call: the
+        issuers use it to shape witnesses exactly as the checker re-derives them. UnsupportedError (a
+        SemanticsError) when the checker cannot translate the model."""
+        if self._checker_stages is None:
+            self._checker_stages = semantics.translate(self.model, self.input_shape)
+        return self._checker_stages
 
     @property
     def head_refusal(self) -> str | None:

@@ -29,7 +29,8 @@ from certify.bounds.local import choose_rho, local_constants, prox_region
 from certify.bounds.network import AffineNetwork
 from certify.bounds.smoothing import proposition1_constant, vector_mean_deviation
 from certify.bounds.stability import moreaugrad_stability, solver_error
-from certify.certificates import local_check, semantics
+from certify.certificates import local_check
+from certify.certificates._common import Invalid
 from certify.certificates.claims import issue, refuse
 from certify.certificates.document import encode_array
 from certify.certificates.issuers.common import ClaimList, Issuing, exact_gradient, unit_row
@@ -78,11 +79,11 @@ def _local_claims(claims: ClaimList, state: Issuing, x: Tensor, c: int, rho: flo
     except UnsupportedError:
         return None
     try:  # the radii as the checker re-derives them (its own, possibly looser, gradient bounds)
-        stages = semantics.translate(state.model, state.input_shape)
+        stages = state.checker_stages()
         radii = _checkable(stages, x, c, radii, eps + rho * tol, rho)
         solver_radii = _checkable(stages, x, c, solver_radii, 0.0, rho)
         local = local_constants(state.net, x, row, radii[-1:])
-    except Exception:  # noqa: BLE001 - no checkable region: no local claim (the global one stands)
+    except (UnsupportedError, Invalid):  # no region the checker re-derives: no local claim (the global one stands)
         return None
     lam_global = math.inf if lam_global is None else lam_global
     beta_global = math.inf if beta_global is None else beta_global
