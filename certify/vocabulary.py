@@ -112,6 +112,13 @@ so an issuer's honestly rounded value passes and one rounded the wrong way does 
 
 _TINY = 1e-300  # absolute floor, so that a zero value is widened too
 
+# Input splitting of the local constants (DESIGN section 11; certify.bounds.local.cover_cells and the checker's
+# certify.certificates.local_check, each with its own code): a ball over at most SPLIT_MAX_FEATURES inputs is
+# covered by the cells of a grid of SPLIT_CELLS ** (1/n) (a power of two) cells per axis, and each constant is
+# the worst over the cells that meet the ball.
+SPLIT_MAX_FEATURES = 3
+SPLIT_CELLS = 64
+
 
 def round_up(value: float) -> float:
     """An upper bound as an issuer writes it: value widened by the relative BUILDER_MARGIN (and 1e-300)."""

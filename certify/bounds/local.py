@@ -56,7 +56,7 @@ from certify.bounds.network import AffineNetwork
 from certify.bounds.requirements import chain_refusal
 from certify.bounds.sets import UNIT_ROUNDOFF, rounding_margin
 from certify.errors import UnsupportedError, UsageError
-from certify.vocabulary import dual_norm, parse_norm
+from certify.vocabulary import SPLIT_CELLS, SPLIT_MAX_FEATURES, dual_norm, parse_norm
 
 CURVATURE_ACTIVATIONS = ("softplus", "sigmoid", "tanh")
 
@@ -309,13 +309,53 @@ def unstable_units(boxes: list[Interval]) -> Tensor:
     return sum(((b.lo < 0) & (b.hi > 0)).sum(-1) for b in boxes)
 
 
+def cover_cells(n: int) -> tuple[Tensor, float]:
+    """The input-splitting cover of the unit l2 ball in R^n (n <= SPLIT_MAX_FEATURES; DESIGN section 11): the
+    centres g [C, n] of the cells of the grid of k = SPLIT_CELLS ** (1/n) cells per axis over [-1, 1]^n (k a power
+    of two, so centres and cell edges are exact in binary) whose l2 distance to the origin is at most 1 (each
+    cell meeting the ball is kept; a cell is dropped only when the ball misses it), and the relative radius
+    h sqrt(n) (1 + 1e-9), h = 1/k, of the l2 ball around a centre that holds its cell. So B(x, r) lies in the
+    union over g of B(x + r g, r h sqrt(n))."""
+    k = 1 << int(math.floor(math.log2(SPLIT_CELLS) / n + 1e-12))
+    axis = (2 * torch.arange(k, dtype=torch.float64) + 1) / k - 1
+    grid = torch.stack(torch.meshgrid(*([axis] * n), indexing="ij"), -1).reshape(-1, n)
+    distance = (grid.abs() - 1.0 / k).clamp_min(0.0).norm(dim=1)
+    return grid[distance <= 1.0 + 1e-9], math.sqrt(n) / k * (1 + 1e-9)
+
+
+def _split_constants(net: AffineNetwork, center: Tensor, rows: Tensor, radius: Tensor) -> LocalCurvature:
+    """`local_curvature` on B(x, r) for few inputs: the worst over the covering balls of `cover_cells` (lower: min,
+    upper: max, gradient: the hull), intersected with the bounds on the whole ball (both hold; the covering balls
+    stick out of B(x, r), so neither is always tighter). The centres x + r g are rounded; each covering radius
+    carries an absolute slack 1e-12 sqrt(n) (max |x| + r), far above that rounding."""
+    n_ex, n = center.shape
+    grid, relative = cover_cells(n)
+    cells = grid.shape[0]
+    centres = (center[:, None, :] + radius[:, None, None] * grid[None]).reshape(n_ex * cells, n)
+    slack = 1e-12 * math.sqrt(n) * (center.abs().amax(1) + radius)
+    sub = (radius * relative + slack).repeat_interleave(cells)
+    found = local_curvature(net, rows.repeat_interleave(cells, 0), region_boxes(net, centres, sub, 2))
+    whole = local_curvature(net, rows, region_boxes(net, center, radius, 2))  # both are sound: keep the tighter
+    lo = torch.maximum(found.gradient.lo.reshape(n_ex, cells, n).amin(1), whole.gradient.lo)
+    hi = torch.minimum(found.gradient.hi.reshape(n_ex, cells, n).amax(1), whole.gradient.hi)
+    lower = torch.maximum(found.lower.reshape(n_ex, cells).amin(1), whole.lower)
+    upper = torch.minimum(found.upper.reshape(n_ex, cells).amax(1), whole.upper)
+    return LocalCurvature(lower, upper, Interval.of(lo, hi))
+
+
 def local_constants(net: AffineNetwork, x: Tensor, rows: Tensor, radius: Tensor) -> LocalCurvature:
     """`local_curvature` of f = rows . logits (rows [N, C]) on the l2 balls B(x, radius), x [N, ...], radius [N] (float64),
-    in chunks of examples so that memory stays bounded (the matrices are [examples, n, n], n the input size)."""
+    in chunks of examples so that memory stays bounded (the matrices are [examples, n, n], n the input size).
+    With at most SPLIT_MAX_FEATURES inputs the ball is split (`cover_cells`): the interval boxes of a small cell
+    are far tighter than those of the whole ball (on the 2-D moons model at l2 eps 0.1, 95% of MoreauGrad
+    certificates say something instead of 77%)."""
     center = x.reshape(x.shape[0], -1).to(torch.float64)
     rows = torch.as_tensor(rows, dtype=torch.float64).reshape(-1, net.num_classes).expand(center.shape[0], -1)
-    radius = torch.as_tensor(radius).reshape(-1).expand(center.shape[0])
-    chunk = max(1, CHUNK_ENTRIES // center.shape[1] ** 2)  # the [chunk, n, n] matrices stay ~64 MB each
+    radius = torch.as_tensor(radius, dtype=torch.float64).reshape(-1).expand(center.shape[0])
+    n = center.shape[1]
+    if n <= SPLIT_MAX_FEATURES and net.depth > 1 and bool(torch.isfinite(radius).all()):
+        return _split_constants(net, center, rows, radius)
+    chunk = max(1, CHUNK_ENTRIES // n ** 2)  # the [chunk, n, n] matrices stay ~64 MB each
     parts = [local_curvature(net, rows[i : i + chunk], region_boxes(net, center[i : i + chunk], radius[i : i + chunk], 2))
              for i in range(0, center.shape[0], chunk)]
     if len(parts) == 1:

@@ -39,6 +39,14 @@ N = z_{L-1}.
 4. Gradient. grad f(y) = W_0^T D_0 g_0 lies in the interval vector of the same backward pass, so the norm
    of its magnitude bounds ||grad f|| on the ball (`gradient_bound`, the local Lipschitz constant L(r) of
    lemma MG-LOC's shrinking radii).
+
+5. Input splitting (`covering_balls`). With n <= SPLIT_MAX_FEATURES inputs, the ball B(x, r) is covered by
+   balls B(x + r g, r sqrt(n)/k (1 + 1e-9) + 1e-12 sqrt(n) (max|x| + r)), g the centres of the cells of the
+   grid of k cells per axis over [-1, 1]^n (k the largest power of two with k^n <= SPLIT_CELLS) that meet the
+   unit ball (a cell is dropped only when its l2 distance to the origin exceeds 1 + 1e-9); a ball of radius
+   sqrt(n)/k holds its cell, and the absolute term exceeds the rounding of the centres. Rules 1-4 on each
+   covering ball, the worst taken, bound the constants on B(x, r); so do rules 1-4 on B(x, r) itself, and the
+   tighter of the two is kept (the covering balls stick out of B(x, r)).
 """
 from __future__ import annotations
 
@@ -49,6 +57,7 @@ from torch import Tensor
 
 from certify.certificates import semantics
 from certify.certificates._common import Invalid
+from certify.vocabulary import SPLIT_CELLS, SPLIT_MAX_FEATURES
 
 LOCAL_ACTIVATIONS = ("softplus", "sigmoid", "tanh")
 _U = 2.0**-53
@@ -232,10 +241,37 @@ def _backward(mats: list[Tensor], acts: list[tuple], boxes: list, row: Tensor) -
     return ranges, gs
 
 
+def covering_balls(center: Tensor, radius: float) -> list[tuple[Tensor, float]]:
+    """Rule 5 of the module docstring: [(centre, radius)] of l2 balls whose union holds B(center, radius); the ball
+    itself when it has more than SPLIT_MAX_FEATURES inputs or an infinite radius."""
+    center = torch.as_tensor(center, dtype=torch.float64).cpu().reshape(-1)
+    n = center.numel()
+    if n > SPLIT_MAX_FEATURES or not math.isfinite(radius):
+        return [(center, radius)]
+    per_axis = 1
+    while per_axis ** n * 2 ** n <= SPLIT_CELLS:  # the largest power of two k with k^n <= SPLIT_CELLS
+        per_axis *= 2
+    edges = [(2 * j + 1) / per_axis - 1 for j in range(per_axis)]
+    cover = radius * math.sqrt(n) / per_axis * (1 + 1e-9) + 1e-12 * math.sqrt(n) * (float(center.abs().max()) + radius)
+    balls = []
+    for index in range(per_axis ** n):
+        g = [edges[(index // per_axis ** d) % per_axis] for d in range(n)]
+        gap = math.sqrt(sum(max(abs(v) - 1 / per_axis, 0.0) ** 2 for v in g))
+        if gap <= 1 + 1e-9:
+            balls.append((center + radius * torch.tensor(g, dtype=torch.float64), cover))
+    return balls
+
+
 def gradient_bound(stages, center: Tensor, radius: float, row: Tensor) -> float:
     """An upper bound on max ||grad f(y)||_2 over the l2 ball B(center, radius), f = row . N (row [C], center
-    [n]): the norm of the magnitude of the interval gradient W_0^T (D_0 g_0) (backward pass of rule 3), rounded
-    up. Invalid for graphs and other activations."""
+    [n]): the largest over the covering balls (rule 5) of the norm of the magnitude of the interval gradient
+    W_0^T (D_0 g_0) (backward pass of rule 3), rounded up. Invalid for graphs and other activations."""
+    balls = covering_balls(center, radius)
+    whole = _ball_gradient_bound(stages, center, radius, row)
+    return whole if len(balls) == 1 else min(whole, max(_ball_gradient_bound(stages, c, r, row) for c, r in balls))
+
+
+def _ball_gradient_bound(stages, center: Tensor, radius: float, row: Tensor) -> float:
     mats, _, acts = _chain(stages)
     boxes = region_boxes(stages, center, radius)
     row = torch.as_tensor(row, dtype=torch.float64).cpu().reshape(-1)
@@ -300,8 +336,18 @@ def _terms(mats: list[Tensor]) -> int:
 def hessian_bounds(stages, center: Tensor, radius: float, row: Tensor) -> tuple[float, float]:
     """(lower, upper): lower <= lambda_min(Hess f(y)) and lambda_max(Hess f(y)) <= upper for every y with
     ||y - center||_2 <= radius, f = row . N (row [C], center [n] flattened): rule 3 of the module docstring,
-    lambda_min(L) - ||P||_2 and lambda_max(U) + ||P||_2 rounded outward (`hessian_split`). A network without
-    activation has Hessian 0. Invalid for graphs and activations other than softplus, sigmoid, tanh."""
+    lambda_min(L) - ||P||_2 and lambda_max(U) + ||P||_2 rounded outward (`hessian_split`), the worst over the
+    covering balls of rule 5. A network without activation has Hessian 0. Invalid for graphs and activations
+    other than softplus, sigmoid, tanh."""
+    balls = covering_balls(center, radius)
+    lower, upper = _ball_hessian_bounds(stages, center, radius, row)
+    if len(balls) == 1:
+        return lower, upper
+    bounds = [_ball_hessian_bounds(stages, c, r, row) for c, r in balls]
+    return max(lower, min(b[0] for b in bounds)), min(upper, max(b[1] for b in bounds))
+
+
+def _ball_hessian_bounds(stages, center: Tensor, radius: float, row: Tensor) -> tuple[float, float]:
     lower_m, upper_m, magnitude, p_mat = hessian_split(stages, center, radius, row)
     if not stages.acts:
         return 0.0, 0.0

@@ -771,3 +771,54 @@ def test_local_curvature_random_architectures():
         radius = 10 ** torch.empty(2, dtype=F64).uniform_(-4, 0.3, generator=gen)
         p = (2, math.inf)[case % 2]
         _bounds_hold(model, net, row, center, radius, p, gen, samples=40, steps=4, grad_attack=inputs <= 4)
+
+
+# --------------------------------------------------------------------------------------------- input splitting
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_cover_cells_cover_the_ball(n):
+    """Every point of the unit ball (random, on the sphere, and the points nearest to each dropped cell) lies in
+    some covering ball of `cover_cells`; cells that miss the ball are the only ones dropped."""
+    from certify.bounds.local import cover_cells
+    from certify.vocabulary import SPLIT_CELLS
+
+    grid, relative = cover_cells(n)
+    k = round(SPLIT_CELLS ** (1 / n))
+    assert grid.shape[1] == n and grid.shape[0] <= k**n
+    gen = torch.Generator().manual_seed(n)
+    direction = torch.randn(20000, n, generator=gen, dtype=F64)
+    on_sphere = direction / direction.norm(dim=1, keepdim=True)
+    inside = on_sphere * torch.rand(20000, 1, generator=gen, dtype=F64) ** (1 / n)
+    for pts in (on_sphere, inside):
+        nearest = (pts[:, None, :] - grid[None]).norm(dim=2).amin(1)
+        assert (nearest <= relative).all(), float(nearest.max())
+
+
+def test_split_constants_are_sound_and_tighter_on_two_inputs():
+    """Two inputs: with splitting, the bounds of `local_constants` still enclose the exact Hessian eigenvalues and
+    gradients on a dense grid of the l2 ball, and they are tighter than the whole-ball interval bounds."""
+    from certify.bounds.local import local_constants
+
+    t = torch.linspace(-1, 1, 201, dtype=F64)
+    square = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+    disc = square[square.norm(dim=1) <= 1]
+    gen = torch.Generator().manual_seed(7)
+    for seed, acts in enumerate([("softplus", "softplus"), ("tanh", "sigmoid"), ("softplus", "tanh", "softplus")]):
+        model = chain(acts, (16, 12, 8)[: len(acts)], 2, 2, 80 + seed, scale=2.0, beta=2.0)
+        net = from_module(model, (2,))
+        row = torch.randn(1, 2, generator=gen, dtype=F64).expand(3, -1)
+        center = torch.randn(3, 2, generator=gen, dtype=F64)
+        radius = torch.tensor([0.05, 0.3, 1.0], dtype=F64)
+        split = local_constants(net, center, row, radius)
+        whole = local_curvature(net, row, region_boxes(net, center, radius, 2))
+        pts = center[:, None] + radius[:, None, None] * disc
+        g, h = hessians(exact_forward(model), row[0], pts.reshape(-1, 2))
+        eig = torch.linalg.eigvalsh(h).reshape(3, -1, 2)
+        g = g.reshape(3, -1, 2)
+        allowance = 1e-12 * (1 + eig.abs().amax((1, 2)))
+        assert (split.lower <= eig[..., 0].amin(1) + allowance).all()
+        assert (eig[..., 1].amax(1) <= split.upper + allowance).all()
+        assert (g.norm(dim=-1).amax(1) <= split.lipschitz * (1 + 1e-12)).all()
+        assert (split.lower >= whole.lower).all() and (split.upper <= whole.upper).all()  # never looser
+        assert (split.upper - split.lower < whole.upper - whole.lower).any()

@@ -630,3 +630,38 @@ def test_global_curvature_keeps_deep_terms_when_the_jacobian_norm_squared_underf
     assert float(weak_convexity(from_module(m, (2,)), row).value) >= -lower
     wc = _claim("wc", "weak-convexity", {"target": 0, "radius": None}, value=5e-44)
     assert checker.check_weak_convexity(_context(m, (2,), x, [wc], {}), wc) >= -lower
+
+
+def test_split_bounds_on_the_two_input_moons_model_hold_and_agree_with_the_issuer():
+    """Input splitting (rule 5) on the zoo's 2-D moons model: the checker's covering balls cover the ball; its
+    bounds and the issuer's enclose the exact Hessian eigenvalues and gradient norms on a dense grid of the
+    ball, and the checker's are at least as tight as the issuer's up to rounding (so a claim the issuer makes
+    from them verifies)."""
+    model, data = zoo.load("moons-softplus-mlp")
+    model = model.double()
+    stages = semantics.translate(model, (2,))
+    net = from_module(model, (2,))
+    t = torch.linspace(-1, 1, 241, dtype=torch.float64)
+    square = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+    disc = square[square.norm(dim=1) <= 1]
+    for i, radius in ((0, 0.1), (3, 0.4), (7, 1.2)):
+        x = data.x_test[i].double()
+        balls = local_check.covering_balls(x, radius)
+        assert len(balls) > 1
+        pts = x + radius * disc
+        covered = ((pts[:, None] - torch.stack([c for c, _ in balls])[None]).norm(dim=2) <= balls[0][1]).any(1)
+        assert bool(covered.all())
+        for c in range(2):
+            row = _row(2, c)
+            xs = pts.clone().requires_grad_(True)
+            g = torch.autograd.grad(model(xs)[:, c].sum(), xs, create_graph=True)[0]
+            h = torch.stack([torch.autograd.grad(g[:, j].sum(), xs, retain_graph=True)[0] for j in range(2)], 1)
+            eig = torch.linalg.eigvalsh(h.detach())
+            lower, upper = local_check.hessian_bounds(stages, x, radius, row)
+            mine = issuer_local.local_constants(net, x[None], row[None], torch.tensor([radius], dtype=torch.float64))
+            allowance = 1e-12 * (1 + float(eig.abs().max()))
+            assert lower <= float(eig[:, 0].min()) + allowance and float(eig[:, 1].max()) <= upper + allowance
+            assert float(mine.lower) <= float(eig[:, 0].min()) + allowance and float(eig[:, 1].max()) <= float(mine.upper) + allowance
+            assert lower >= float(mine.lower) - 1e-9 * (1 + abs(lower)) and upper <= float(mine.upper) + 1e-9 * (1 + abs(upper))
+            lip = local_check.gradient_bound(stages, x, radius, row)
+            assert float(g.detach().norm(dim=1).max()) <= lip <= float(mine.lipschitz) * (1 + 1e-9)
