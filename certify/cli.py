@@ -47,6 +47,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"theorem checks that failed: {', '.join(bad)}")
         for method, verified in summary["certificates"].items():
             print(f"  {method:22s} certificates {verified}")
+        for denoiser, answer in summary["prox"].items():
+            print(f"  {denoiser:22s} prox certificate: {answer}")
     return EXIT_OK
 
 
@@ -75,18 +77,23 @@ def _param(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), value
 
 
-def _radius(text: str) -> float:
-    """--eps: a finite number > 0 (`certify.validation.positive_number`); inf, nan, 0 and negative radii are
-    usage errors (exit 64), never certified claims."""
-    from certify.errors import UsageError
-    from certify.validation import positive_number
+def _positive(name: str):
+    """An argparse type for a finite number > 0 (`certify.validation.positive_number`): inf, nan, 0 and negative
+    values are usage errors (exit 64), never parameters of a claim."""
+    def parse(text: str) -> float:
+        from certify.errors import UsageError
+        from certify.validation import positive_number
 
-    try:
-        return positive_number(float(text), "eps")
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"eps must be a finite number > 0, got {text!r}") from None
+        try:
+            return positive_number(float(text), name)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text!r}") from None
+    return parse
+
+
+_radius = _positive("eps")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -292,17 +299,97 @@ def _checker_vacuous(check) -> str | None:
     return found.group(1) if found else None
 
 
+def _prox_points(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F821
+    """Noisy points y = x + sigma v for the prox evidence: x from --data (digits, mnist or a .npy/.pt file of
+    clean inputs [N, ...]), default by the denoiser's size (an LPN's dim: 64 digits, 784 MNIST, else N(0, I))."""
+    import numpy as np
+    import torch
+
+    from certify.errors import InvalidInputError, UsageError
+    from certify.inverse.evidence import sample_points
+    from certify.inverse.study import digits_images, mnist_images
+
+    data = args.data or {64: "digits", 784: "mnist"}.get(getattr(model, "dim", None), "normal")
+    if data == "digits":
+        clean = digits_images(64).flatten(1)
+    elif data == "mnist":
+        clean = mnist_images(15).flatten(1)
+    elif data == "normal":
+        dim = getattr(model, "dim", None)
+        if dim is None:
+            raise UsageError("give --data (digits, mnist or a file of clean inputs): the denoiser's input size is unknown")
+        clean = torch.randn(64, dim, generator=torch.Generator().manual_seed(args.seed), dtype=torch.float64)
+    else:
+        path = Path(data)
+        if not path.is_file():
+            raise UsageError(f"--data {data!r} is neither digits, mnist nor a file")
+        try:
+            array = np.load(path) if path.suffix == ".npy" else torch.load(path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is invalid input
+            raise InvalidInputError(f"cannot read {data}: {exc}") from None
+        clean = torch.as_tensor(np.asarray(array), dtype=torch.float64)
+        if clean.dim() < 2 or clean.shape[0] < 1 or not bool(torch.isfinite(clean).all()):
+            raise InvalidInputError(f"{data}: expected finite clean inputs [N, ...], got shape {tuple(clean.shape)}")
+    if args.input_shape is not None:
+        size = 1
+        for side in args.input_shape:
+            size *= side
+        if clean[0].numel() != size:
+            raise UsageError(f"--input-shape {args.input_shape} holds {size} values; the data's inputs have {clean[0].numel()}")
+        clean = clean.reshape(clean.shape[0], *args.input_shape)
+    return sample_points(clean, args.sigma, args.points, seed=args.seed)
+
+
+def _cmd_prox(args: argparse.Namespace) -> int:
+    """Exit 0: certified prox; 1: certified not a prox (a violating cycle); 75: undecided (sampled evidence only)."""
+    from certify.certificates.issuers.prox import checked_prox_certificate
+    from certify.inverse.spec import load_denoiser
+
+    if args.points < 2:
+        from certify.errors import UsageError
+
+        raise UsageError(f"--points must be at least 2 (a cycle needs two points), got {args.points}")
+    model = load_denoiser(args.model)
+    points = _prox_points(args, model)
+    try:
+        cert, problems = checked_prox_certificate(model, points, model_spec=args.model, data=args.data or "default",
+                                                  seed=args.seed, quick=not args.thorough)
+    except (RuntimeError, TypeError) as exc:
+        from certify.errors import UnsupportedError
+
+        raise UnsupportedError(f"the denoiser cannot be evaluated on inputs of shape {tuple(points.shape[1:])} "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                               "give --input-shape or --data") from None
+    if args.out:
+        cert.write(Path(args.out))
+    if args.json:
+        print(cert.to_json())
+    else:
+        verdict = {"prox": "a proximal operator (certified: structure)",
+                   "not-a-prox": "NOT a proximal operator (certified: a cycle on which it is not cyclically monotone)",
+                   "undecided": "undecided (no structural proof; no violation found among the sampled evidence)"}
+        print(f"{args.model}: {verdict[cert.answer]}")
+        for c in cert.claims:
+            value = "refused: " + (c.reason or "") if c.value is None else f"{c.relation} {c.value:.6g} ({c.kind})"
+            print(f"  {c.id:16s} {c.type:28s} {value}")
+        for problem in problems:
+            print(f"  checker: {problem}")
+        if args.out:
+            print(f"wrote {args.out} (re-check: certify verify {args.out})")
+    return {"prox": EXIT_OK, "not-a-prox": EXIT_FAILED}.get(cert.answer, EXIT_UNKNOWN)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from certify.certificates.checker import verify_file
-    from certify.certificates.document import PropertyCertificate, read_certificate
+    from certify.certificates.document import PropertyCertificate, ProxCertificate, read_certificate
     from certify.certificates.summary import vacuous_label, vacuous_reasons
 
     answer = None
     cert = read_certificate(Path(args.certificate))
-    if isinstance(cert, PropertyCertificate):
+    if isinstance(cert, (PropertyCertificate, ProxCertificate)):
         answer = cert.answer
     report = verify_file(Path(args.certificate), args.model)
-    subject = "explanation" if answer is None else "property"
+    subject = "explanation" if answer is None else "denoiser" if isinstance(cert, ProxCertificate) else "property"
     # claims that verify but certify nothing: shown apart, never counted as certified (certify.certificates.summary)
     reasons = vacuous_reasons(cert, Path(args.certificate).parent)
     vacuous = {c.id: reasons.get(c.id) or _checker_vacuous(c) for c in report.checks
@@ -317,7 +404,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"INVALID: {problem}")
         groups = (("re-derived by the checker", ("valid", "invalid")),
                   ("probabilistic, statistic recomputed from stored seeds", ("valid (probabilistic)",)),
-                  ("not re-checkable (solver-reported; shown apart, not certified)", ("not re-checkable", "estimate")),
+                  ("not re-checkable (solver-reported; shown apart, not certified)", ("not re-checkable",)),
+                  ("estimates (sampled evidence, re-evaluated at their witness; not certified)", ("estimate",)),
                   ("refused (no value; the reason)", ("refused",)))
         for title, statuses in groups:
             rows = [c for c in report.checks if c.status in statuses and c.id not in vacuous]
@@ -345,7 +433,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print("certificate INVALID: " + "; ".join(report.failures()))
     if not report.valid:
         return EXIT_FAILED
-    return EXIT_UNKNOWN if answer == "unknown" else EXIT_OK
+    return EXIT_UNKNOWN if answer in ("unknown", "undecided") else EXIT_OK
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -437,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_cmd_explain)
 
     verify = add("verify", help="re-check a certificate: exit 0 valid, 1 a claim fails, 2 unusable input, "
-                            "75 a valid property certificate whose answer is unknown")
+                            "75 a valid property certificate whose answer is unknown, or a prox certificate that is undecided")
     verify.add_argument("certificate", help="certificate file (JSON)")
     verify.add_argument("--model", help="model SPEC (default: the one recorded in the certificate)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -460,6 +548,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "witness; violated: the counterexample; unknown: the reason), re-checkable by `certify verify`")
     vprop.add_argument("--json", action="store_true", help="print the result as JSON")
     vprop.set_defaults(run=_cmd_verify_property)
+
+    prox = add("prox", help="is a denoiser a proximal operator? exit 0 certified prox, 1 certified not a prox, 75 undecided",
+               description="A certificate of what is proven about a denoiser f: for a learned proximal network, the "
+               "structural proof (psi convex, so f = grad psi is a prox); for any other denoiser, a cycle on which f is not "
+               "cyclically monotone (a proof that it is not a prox), and sampled evidence (Jacobian symmetry and "
+               "positive semi-definiteness, cyclic monotonicity) with an adversarial search. Exit 0 prox, 1 not a prox, "
+               "75 undecided.")
+    prox.add_argument("--model", required=True, help="denoiser SPEC: an inverse-problem zoo name (lpn-digits-0.1, "
+                      "mlp-digits-0.1, ...) or a model SPEC (ONNX, TorchScript, module:callable)")
+    prox.add_argument("--data", help="clean inputs the evidence is sampled around: digits, mnist, or a .npy/.pt file "
+                      "[N, ...] (default by the denoiser's size)")
+    prox.add_argument("--sigma", type=_positive("sigma"), default=0.1, help="noise added to the clean inputs (default 0.1)")
+    prox.add_argument("--points", type=int, default=16, help="sampled points (default 16)")
+    prox.add_argument("--thorough", action="store_true", help="a longer adversarial search and more cycles")
+    prox.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="shape of one input for a denoiser that "
+                      "does not take flat inputs")
+    prox.add_argument("--seed", type=int, default=0)
+    prox.add_argument("--out", metavar="CERT.json", help="write the prox certificate (re-check with certify verify)")
+    prox.add_argument("--json", action="store_true", help="print the certificate as JSON")
+    prox.set_defaults(run=_cmd_prox)
 
     evaluate = add("evaluate", help="robustness study: metrics under random and adversarial perturbations vs certificates")
     evaluate.add_argument("--model", required=True, help="model SPEC")

@@ -21,7 +21,7 @@ def test_summary_json_has_every_section_and_matches_the_returned_summary(demo):
     out, config, summary = demo
     written = json.loads((out / "summary.json").read_text())
     assert set(written) == {"model", "description", "method_rows", "certificate_note", "claim_rows",
-                            "certificates", "robustness_verdict", "theorems", "environment"}
+                            "certificates", "robustness_verdict", "prox", "theorems", "environment"}
     assert summary["files"] == {"markdown": str(out / "index.md"), "html": str(out / "index.html")}
     assert {k: v for k, v in summary.items() if k != "files"} == written
     assert written["model"] == config.model
@@ -35,7 +35,7 @@ def test_summary_json_has_every_section_and_matches_the_returned_summary(demo):
 def test_every_certificate_written_verifies_with_the_independent_checker(demo):
     out, config, summary = demo
     files = sorted((out / "certificates").glob("*.json"))
-    assert len(files) == config.examples * len(config.methods)
+    assert len(files) == config.examples * len(config.methods) + 2  # and the two prox certificates
     for path in files:
         report = verify_file(path)
         assert report.valid, (path.name, report)
@@ -74,3 +74,22 @@ def test_params_text_leaves_other_parameters_and_a_non_dict_domain_alone():
     original = {"domain": {"lower": [0.0], "upper": [1.0]}}
     _params_text(original)
     assert original == {"domain": {"lower": [0.0], "upper": [1.0]}}, "_params_text must not mutate its input"
+
+
+def test_the_inverse_problems_step(demo):
+    """Issue 14's demo step: the LPN is certified a prox and the MLP denoiser certified not one, both re-checked;
+    the regulariser's certified interval holds its estimate and |x| is compared; the PnP table has an LPN and a
+    wavelet row per task; the report shows the section with both figures."""
+    out, _, summary = demo
+    assert summary["prox"] == {"lpn-digits-0.1": "prox", "mlp-digits-0.1": "not-a-prox"}
+    inverse = json.loads((out / "inverse.json").read_text())
+    assert all(e["verified"] for e in inverse["prox"])
+    reg = inverse["regulariser"]
+    assert all(lo <= v <= hi for lo, v, hi in zip(reg["lower"], reg["value"], reg["upper"]))
+    assert reg["max_error"] == pytest.approx(max(abs(v - abs(x)) for x, v in zip(reg["x"], reg["value"])))
+    rows = inverse["pnp"]["rows"]
+    assert {(r[0], r[1]) for r in rows} >= {("digits", t) for t in ("denoising", "deblurring", "inpainting")}
+    assert {r[3].split()[0] for r in rows} == {"LPN", "wavelet"}
+    page = (out / "index.html").read_text()
+    assert "Inverse problems: learned proximal networks" in page and (out / "pnp.png").is_file()
+    assert (out / "regulariser.png").is_file()

@@ -23,7 +23,7 @@ EXPECTED_LAYERS = [
     "certify.certificates",
     "certify.radius_bounds",
     "certify.attacks",
-    "certify.explain",
+    "certify.explain | certify.inverse",
     "certify.bounds",
     "certify.metrics | certify.models | certify.validation | certify.scores | certify.progress",
     "certify.vocabulary",
@@ -106,6 +106,17 @@ def test_the_checker_reaching_solver_or_bound_code_is_caught(tmp_path, imports, 
     assert result.returncode != 0, result.stdout
     assert "the certificate checker imports no solver, verification or attack code BROKEN" in result.stdout
     assert chain in result.stdout
+
+
+def test_the_prox_checker_reaching_the_lpn_is_caught(tmp_path):
+    """The prox checker re-implements psi from the parameters: importing certify.inverse (the LPN it checks)
+    breaks its own contract."""
+    root = _copy_tree(tmp_path)
+    _add_import(root / "certify" / "certificates" / "prox_check.py", "import certify.inverse.lpn")
+    result = _lint(root)
+    assert result.returncode != 0, result.stdout
+    assert "the prox checker re-derives psi from the parameters" in result.stdout and "BROKEN" in result.stdout
+    assert "certify.certificates.prox_check -> certify.inverse.lpn" in result.stdout
 
 
 def test_the_theorem_suite_may_not_import_the_cli(tmp_path):

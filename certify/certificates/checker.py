@@ -51,8 +51,9 @@ from torch import Tensor, nn
 from certify.certificates import local_check
 from certify.certificates._common import TINY, Invalid, down, spectral_norm, up
 from certify.certificates.claims import CLAIM_TYPES, FUNCTION_DESCRIPTION, RADIUS_TYPES, Claim, ClaimError, validate_claim
-from certify.certificates.document import Certificate, PropertyCertificate, decode_array, read_certificate
+from certify.certificates.document import Certificate, PropertyCertificate, ProxCertificate, decode_array, read_certificate
 from certify.certificates.property_check import PROPERTY_RULES, property_context
+from certify.certificates.prox_check import check_prox
 from certify.certificates.relaxation_check import check_radius_lower
 from certify.errors import CertificateFormatError, UsageError
 from certify.models.hashing import model_hash
@@ -1014,7 +1015,7 @@ def _document_checks(ctx: _Context, report: VerifyReport) -> None:
             report.problems.append(f"the certificate's function is refused or failed its conformance check, yet claims {bound} are not refused")
 
 
-def verify_certificate(cert: Certificate | PropertyCertificate, model: nn.Module, base_dir: Path | None = None) -> VerifyReport:
+def verify_certificate(cert: Certificate | PropertyCertificate | ProxCertificate, model: nn.Module, base_dir: Path | None = None) -> VerifyReport:
     """Re-check every claim of `cert` against `model` (the model must hash to the recorded value); a property
     certificate by `certify.certificates.property_check`."""
     report = VerifyReport()
@@ -1024,12 +1025,26 @@ def verify_certificate(cert: Certificate | PropertyCertificate, model: nn.Module
         report.problems.append(f"model hash {actual[:16]}… differs from the certificate's {str(recorded)[:16]}…")
         return report
     try:
+        if isinstance(cert, ProxCertificate):
+            return _verify_prox(cert, model, report)
         if isinstance(cert, PropertyCertificate):
             return _verify_property(cert, model, base_dir, report)
         return _verify(cert, model, base_dir, report)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise CertificateFormatError(f"the model cannot be evaluated on the certificate's input "
                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+def _verify_prox(cert: ProxCertificate, model: nn.Module, report: VerifyReport) -> VerifyReport:
+    """A prox certificate (`certify.certificates.prox_check`): what is proven about the denoiser."""
+    problems, rows = check_prox(cert, model)
+    report.problems.extend(problems)
+    by_id = {c.id: c for c in cert.claims}
+    for claim_id, status, detail in rows:
+        report.checks.append(ClaimCheck(claim_id, status, detail, by_id[claim_id].type, by_id[claim_id].kind))
+    report.function = f"the denoiser f: inputs of shape {cert.denoiser['input_shape']} to the same shape"
+    report.binding = f"answer {cert.answer!r}"
+    return report
 
 
 def _verify_property(cert: PropertyCertificate, model: nn.Module, base_dir: Path | None, report: VerifyReport) -> VerifyReport:
@@ -1082,7 +1097,12 @@ def verify_file(path: Path, model_spec: str | None = None) -> VerifyReport:
     if not spec:
         raise CertificateFormatError("the certificate names no model and no --model was given")
     try:
-        model, _ = load_model(spec)
+        if isinstance(cert, ProxCertificate):
+            from certify.inverse.spec import load_denoiser
+
+            model = load_denoiser(spec)
+        else:
+            model, _ = load_model(spec)
     except UnsupportedError as exc:
         raise CertificateFormatError(f"cannot load the model {spec!r}: {exc}") from exc
     return verify_certificate(cert, model, Path(path).parent)

@@ -479,6 +479,79 @@ _TYPES += [
     ),
 ]
 
+
+# ------------------------------------------------------------------ prox claims (issue 14): about a denoiser f
+
+def _cycle(v: Any, n: int, classes: int) -> None:
+    a = _record(v, "cycle")
+    if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] != n:
+        raise ClaimError(f"cycle must have shape [m >= 2, {n}] (m points of the denoiser's {n} features)")
+
+
+def _count(name: str, least: int = 1) -> Validator:
+    def check(v: Any, n: int, classes: int) -> None:
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= least):
+            raise ClaimError(f"{name} = {v!r} must be an integer >= {least}")
+    return check
+
+
+def _point_witness(params: dict[str, Any], kind: str) -> frozenset[str]:
+    return frozenset({"point"}) if kind != "refused" else frozenset()
+
+
+_SAMPLED = frozenset({Kind.ESTIMATED.value, Kind.REFUSED.value})
+# a certified violating cycle exceeds its rounding by this fraction of sum_i ||f(y_i)|| ||y_(i+1) - y_i||, so that
+# an evaluation of f accurate to this relative error cannot have made the violation
+RELATIVE_MARGIN = 1e-9
+_EVIDENCE = {"points": _count("points"), "search_steps": _count("search_steps", 0)}
+PROX_TYPES = frozenset({"prox-structure", "prox-violation-cycle", "jacobian-asymmetry", "jacobian-min-eigenvalue",
+                        "cyclic-monotonicity-sampled"})
+
+_TYPES += [
+    ClaimType(
+        "prox-structure", ">=", _BOUNDED, {},
+        lambda q: ("f = grad psi in exact arithmetic, psi(y) = w^T z_K + h^T y + c + (alpha/2)||y||^2 the model's "
+                   "input-convex network (z_1 = s(W_0 y + b_0), z_(k+1) = s(W_k z_k + H_k y + b_k), W_1..W_(K-1) >= 0 "
+                   "and w >= 0 entrywise, s the softplus log(1 + exp(beta t))/beta without threshold, beta > 0): psi "
+                   "is value-strongly convex with value = alpha >= 0, hence convex, so f is the proximal operator of "
+                   "a function R: f(y) in argmin_x 1/2 ||y - x||^2 + R(x) (Gribonval & Nikolova 2020, Cor. 1)"),
+        witness=frozenset({"layers", "beta", "hidden"}),
+    ),
+    ClaimType(
+        "prox-violation-cycle", ">=", _BOUNDED, {"cycle": _cycle},
+        lambda q: (f"S = sum_i <f(y_i), y_(i+1) - y_i> >= value > 0 over the {len(q['cycle']['values'])}-point cycle "
+                   f"y_1..y_m of params.cycle (indices mod m; sha256 {q['cycle']['sha256'][:16]}), for f the model as "
+                   "run (its own dtype) and its float64 evaluation, rounding of the sum bounded, and value >= "
+                   f"{RELATIVE_MARGIN!r} sum_i ||f(y_i)|| ||y_(i+1) - y_i|| (float64): f is not cyclically monotone, so it "
+                   "is not the gradient of a convex function (Rockafellar 1970, Thm 24.8) and not the proximal operator "
+                   "of any function (Gribonval & Nikolova 2020); for the model's exact function too wherever each "
+                   f"float64 evaluation f(y_i) is within relative error {RELATIVE_MARGIN!r} of it"),
+        value_range=_POSITIVE,
+    ),
+    ClaimType(
+        "jacobian-asymmetry", ">=", _SAMPLED, dict(_EVIDENCE),
+        lambda q: (f"max over the {q['points']} sampled points and {q['search_steps']} adversarial search steps of "
+                   "||J_f(y) - J_f(y)^T||_F / ||J_f(y)||_F >= value, attained at witness.point (autograd Jacobian of "
+                   "the model in float64; a gradient field has a symmetric Jacobian wherever it is differentiable)"),
+        witness=frozenset({"point"}), required_witness=_point_witness,
+    ),
+    ClaimType(
+        "jacobian-min-eigenvalue", "<=", _SAMPLED, dict(_EVIDENCE),
+        lambda q: (f"min over the {q['points']} sampled points and {q['search_steps']} adversarial search steps of "
+                   "lambda_min((J_f(y) + J_f(y)^T)/2) <= value, attained at witness.point (autograd Jacobian of the "
+                   "model in float64; the gradient of a convex function has a positive semi-definite Jacobian)"),
+        witness=frozenset({"point"}), required_witness=_point_witness, value_range=(-math.inf, math.inf),
+    ),
+    ClaimType(
+        "cyclic-monotonicity-sampled", "==", _SAMPLED, {"cycles": _count("cycles"), "length": _count("length", 2)},
+        lambda q: (f"max over {q['cycles']} sampled and searched cycles of length {q['length']} of the normalised "
+                   "cycle sum sum_i <f(y_i), y_(i+1) - y_i> / sum_i ||y_(i+1) - y_i||^2 == value, attained at "
+                   "witness.cycle (> 0: a violation of cyclic monotonicity; <= 0: none found among these cycles)"),
+        witness=frozenset({"cycle"}), required_witness=lambda q, kind: frozenset({"cycle"}) if kind != "refused" else frozenset(),
+        value_range=(-math.inf, math.inf),
+    ),
+]
+
 CLAIM_TYPES: dict[str, ClaimType] = {t.name: t for t in _TYPES}
 PROPERTY_TYPES = frozenset({"property-holds", "property-violated"})
 RADIUS_TYPES = frozenset({"flip-witness", "lipschitz-radius", "radius-lower", "exact-radius", "gap"})

@@ -21,6 +21,11 @@ exactly one claim: a `property-holds` claim (certified when the answer is "holds
 reason) or a `property-violated` claim (certified when "violated"). The input box and the counterexample
 formula are params of that claim (`certify.certificates.claims`).
 
+A PROX certificate (schema "certify-prox-certificate", version 1, `prox-certificate.schema.json`; issue 14) says
+what is proven about a denoiser f: `denoiser` {input_shape, features}, `answer` ("prox": the prox-structure
+claim is certified; "not-a-prox": a prox-violation-cycle claim is certified; "undecided": sampled evidence
+only), `seconds`, and its claims (`claims.PROX_TYPES`); re-checked by `certify.certificates.prox_check`.
+
 A file that is not JSON, has a duplicated key, fails the schema (an unknown or missing field, a wrong
 version, a kind or claim type not in the registry) or has duplicate / dangling claim ids raises
 `CertificateFormatError` (exit 2 of `certify verify`).
@@ -40,7 +45,7 @@ from certify.certificates.claims import CLAIM_TYPES, KINDS, RELATIONS, Claim, Ki
 from certify.errors import CertificateFormatError
 from certify.vocabulary import round_down, round_up
 
-__all__ = ["Certificate", "PropertyCertificate", "ANSWERS", "Claim", "Kind", "KINDS", "RELATIONS", "SCHEMA_ID", "SCHEMA_VERSION", "INLINE_LIMIT",
+__all__ = ["Certificate", "PropertyCertificate", "ProxCertificate", "PROX_ANSWERS", "prox_schema", "ANSWERS", "Claim", "Kind", "KINDS", "RELATIONS", "SCHEMA_ID", "SCHEMA_VERSION", "INLINE_LIMIT",
            "array_sha256", "encode_array", "decode_array", "parse_certificate", "read_certificate", "schema", "property_schema",
            "round_up", "round_down"]
 
@@ -51,6 +56,10 @@ SCHEMA_FILE = Path(__file__).with_name("certificate.schema.json")
 PROPERTY_SCHEMA_ID = "certify-property-certificate"
 PROPERTY_SCHEMA_VERSION = 1
 PROPERTY_SCHEMA_FILE = Path(__file__).with_name("property-certificate.schema.json")
+PROX_SCHEMA_ID = "certify-prox-certificate"
+PROX_SCHEMA_VERSION = 1
+PROX_SCHEMA_FILE = Path(__file__).with_name("prox-certificate.schema.json")
+PROX_ANSWERS = ("prox", "not-a-prox", "undecided")
 ANSWERS = ("holds", "violated", "unknown")
 TARGET_SOURCES = ("given", "predicted")
 
@@ -72,6 +81,14 @@ def property_schema() -> dict[str, Any]:
     doc = json.loads(PROPERTY_SCHEMA_FILE.read_text())
     doc["$defs"] = {"claim": schema()["$defs"]["claim"], "array": schema()["$defs"]["array"]}
     doc["properties"]["function"] = schema()["properties"]["function"]
+    return doc
+
+
+@lru_cache(maxsize=1)
+def prox_schema() -> dict[str, Any]:
+    """The JSON Schema of a prox certificate; its claims and arrays are those of `schema()`."""
+    doc = json.loads(PROX_SCHEMA_FILE.read_text())
+    doc["$defs"] = {"claim": schema()["$defs"]["claim"], "array": schema()["$defs"]["array"]}
     return doc
 
 
@@ -160,6 +177,23 @@ class PropertyCertificate:
     write = Certificate.write
 
 
+@dataclass
+class ProxCertificate:
+    """What is proven about a denoiser f: a proximal operator, not one, or undecided (module docstring)."""
+
+    provenance: dict[str, Any]
+    denoiser: dict[str, Any]
+    answer: str
+    seconds: float
+    claims: list[Claim]
+    schema: str = PROX_SCHEMA_ID
+    version: int = PROX_SCHEMA_VERSION
+
+    claim = Certificate.claim
+    to_json = Certificate.to_json
+    write = Certificate.write
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -173,7 +207,7 @@ def _reject_constant(name: str) -> float:
     raise CertificateFormatError(f"{name} is not a JSON number")
 
 
-def parse_certificate(text: str, where: str = "certificate") -> Certificate | PropertyCertificate:
+def parse_certificate(text: str, where: str = "certificate") -> Certificate | PropertyCertificate | ProxCertificate:
     """Parse and validate a certificate (an explanation certificate, or a property certificate by its
     `schema` field) against its JSON Schema; CertificateFormatError names what is wrong."""
     try:
@@ -184,12 +218,14 @@ def parse_certificate(text: str, where: str = "certificate") -> Certificate | Pr
         raise CertificateFormatError(f"{where}: {exc}") from None
     if not isinstance(raw, dict):
         raise CertificateFormatError(f"{where}: top level must be a JSON object")
-    known = {(SCHEMA_ID, SCHEMA_VERSION): schema, (PROPERTY_SCHEMA_ID, PROPERTY_SCHEMA_VERSION): property_schema}
+    known = {(SCHEMA_ID, SCHEMA_VERSION): schema, (PROPERTY_SCHEMA_ID, PROPERTY_SCHEMA_VERSION): property_schema,
+             (PROX_SCHEMA_ID, PROX_SCHEMA_VERSION): prox_schema}
     which = (raw.get("schema"), raw.get("version"))
     if which not in known:
         raise CertificateFormatError(
             f"{where}: schema {raw.get('schema')!r} version {raw.get('version')!r} is not {SCHEMA_ID!r} version "
-            f"{SCHEMA_VERSION} nor {PROPERTY_SCHEMA_ID!r} version {PROPERTY_SCHEMA_VERSION}"
+            f"{SCHEMA_VERSION}, {PROPERTY_SCHEMA_ID!r} version {PROPERTY_SCHEMA_VERSION} nor {PROX_SCHEMA_ID!r} "
+            f"version {PROX_SCHEMA_VERSION}"
         )
     errors = sorted(jsonschema.Draft202012Validator(known[which]()).iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
@@ -206,6 +242,9 @@ def parse_certificate(text: str, where: str = "certificate") -> Certificate | Pr
             raise CertificateFormatError(f"{where}: claim {c.id!r} rests on unknown claims {missing}")
         if c.id in c.assumptions:
             raise CertificateFormatError(f"{where}: claim {c.id!r} rests on itself")
+    if which[0] == PROX_SCHEMA_ID:
+        return ProxCertificate(provenance=raw["provenance"], denoiser=raw["denoiser"], answer=raw["answer"],
+                               seconds=raw["seconds"], claims=claims)
     if which[0] == PROPERTY_SCHEMA_ID:
         return PropertyCertificate(provenance=raw["provenance"], function=raw["function"], property=raw["property"],
                                    answer=raw["answer"], seconds=raw["seconds"], claims=claims)
@@ -215,7 +254,7 @@ def parse_certificate(text: str, where: str = "certificate") -> Certificate | Pr
     )
 
 
-def read_certificate(path: Path) -> Certificate | PropertyCertificate:
+def read_certificate(path: Path) -> Certificate | PropertyCertificate | ProxCertificate:
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:

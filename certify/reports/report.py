@@ -5,6 +5,8 @@ Markdown and JSON, rebuilt from the artefacts a run leaves in DIR:
   vacuous values counted apart: `claim_table_rows`), environment (written by the demo);
 * `heatmaps.png`: inputs and every method's explanation;
 * `evaluation.json` (optional): the robustness study of `certify evaluate`;
+* `inverse.json` (optional): issue 14's prox certificates, regulariser and plug-and-play study
+  (certify.reports.inverse);
 * `THEOREMS.json` (optional): the theorem table of `certify check`.
 
 Figures of the robustness study (metric vs eps per method, certified vs empirical) are drawn here.
@@ -23,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from certify.certificates.summary import TOPK_VACUOUS, vacuous_label, vacuous_reasons  # noqa: E402
 from certify.errors import UsageError  # noqa: E402
 from certify.reports.document import Document  # noqa: E402
+from certify.reports.inverse import inverse_section  # noqa: E402
 
 METRICS = (("normalized_l2_distance", "normalised L2 distance (lower = more robust)"),
            ("topk_intersection", "top-k intersection (higher = more robust)"),
@@ -156,6 +159,9 @@ def build_report(out_dir: Path) -> Document:
             doc.image(figure, "Each input's observed change of its explanation over its own certified bound (<= 1 guaranteed).")
         doc.heading("The paper's claim")
         doc.paragraph(evaluation["verdict"])
+    inverse = _load(out_dir / "inverse.json")
+    if inverse is not None:
+        inverse_section(doc, inverse, out_dir)
     if theorems is not None:
         doc.heading("Theorem checks")
         doc.table(["id", "source", "verdict", "cases", "violations", "worst ratio"],
@@ -175,7 +181,7 @@ def write_report(out_dir: Path) -> tuple[Path, Path, Path]:
     doc = build_report(out_dir)
     md, page = doc.write(out_dir)
     data = {"summary": _load(out_dir / "summary.json"), "evaluation": _load(out_dir / "evaluation.json"),
-            "theorems": _load(out_dir / "THEOREMS.json")}
+            "inverse": _load(out_dir / "inverse.json"), "theorems": _load(out_dir / "THEOREMS.json")}
     js = out_dir / "report.json"
     js.write_text(json.dumps(data, indent=1))
     return md, page, js

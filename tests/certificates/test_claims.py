@@ -46,6 +46,11 @@ VALID = {
     "gap": RADIUS,
     "property-holds": PROPERTY,
     "property-violated": {**PROPERTY, "counterexample": _rec(np.full(N, 0.5))},
+    "prox-structure": {},
+    "prox-violation-cycle": {"cycle": _rec(np.eye(3, N))},
+    "jacobian-asymmetry": {"points": 8, "search_steps": 0},
+    "jacobian-min-eigenvalue": {"points": 8, "search_steps": 20},
+    "cyclic-monotonicity-sampled": {"cycles": 64, "length": 3},
 }
 BAD = {
     "target": [-1, C, 1.0, True, "1", None],
@@ -70,10 +75,17 @@ BAD = {
     "conjunctions": [[], [{"C": _rec([[1.0, -1.0]]), "d": _rec([0.0])}], [{"C": _rec([[1.0, -1.0, 0.0]]), "d": _rec([0.0, 1.0])}],
                      [{"C": _rec([[1.0, -1.0, 0.0]])}], None],
     "counterexample": [_rec(np.zeros(N - 1)), None],
+    "cycle": [_rec(np.zeros((1, N))), _rec(np.zeros((3, N + 1))), _rec(np.zeros(N)), None],
+    "points": [0, -1, 2.0, True],
+    "search_steps": [-1, 1.5, None],
+    "cycles": [0, None],
+    "length": [1, 0, 2.5],
 }
 WITNESS = {"property-holds": {"format": "", "unstable": [], "root_alphas": [], "conjunctions": []},
            "solver-error": {"z": {}}, "flip-witness": {"delta": {}}, "radius-lower": {"alphas": []},
-           "smoothed-explanation-error": {"samples": 4, "seed": 0}}
+           "smoothed-explanation-error": {"samples": 4, "seed": 0},
+           "jacobian-asymmetry": {"point": {}}, "jacobian-min-eigenvalue": {"point": {}},
+           "cyclic-monotonicity-sampled": {"cycle": {}}}
 
 
 def test_every_claim_type_has_an_example_here():
@@ -81,7 +93,9 @@ def test_every_claim_type_has_an_example_here():
     assert RADIUS_TYPES <= set(CLAIM_TYPES)
 
 
-DEFAULT_KIND = {"smoothed-explanation-error": "probabilistic", "exact-radius": "solver-reported", "stability-none": "refused"}
+DEFAULT_KIND = {"smoothed-explanation-error": "probabilistic", "exact-radius": "solver-reported", "stability-none": "refused",
+                "jacobian-asymmetry": "estimated", "jacobian-min-eigenvalue": "estimated",
+                "cyclic-monotonicity-sampled": "estimated"}
 
 
 def _claim(type_, params=None, value=0.5, kind=None, **changes):

@@ -293,8 +293,9 @@ def _from_bound(id: str, type_: str, params: dict, result: Any, value: Any) -> C
     return issue(id, type_, params, value(result), result.method)
 
 
-def provenance(model: nn.Module, model_spec: str | None, explainer: Explainer, seconds: float) -> dict[str, Any]:
-    params = explainer.params()
+def model_provenance(model: nn.Module, model_spec: str | None) -> dict[str, Any]:
+    """What every certificate records of its making: package versions, time, device and the model (spec, weights
+    hash, architecture, dtype)."""
     first = next(iter(model.parameters()), None)
     return {
         "package": f"certify {certify.__version__}",
@@ -305,6 +306,13 @@ def provenance(model: nn.Module, model_spec: str | None, explainer: Explainer, s
         "device": str(first.device) if first is not None else "cpu",
         "model": {"spec": model_spec, "sha256": model_hash(model), "architecture": repr(model),
                   "dtype": str(first.dtype).replace("torch.", "") if first is not None else "float32"},
+    }
+
+
+def provenance(model: nn.Module, model_spec: str | None, explainer: Explainer, seconds: float) -> dict[str, Any]:
+    params = explainer.params()
+    return {
+        **model_provenance(model, model_spec),
         "explainer": {"method": explainer.method_name, "params": _jsonable(params), "seed": params.get("seed")},
         "seconds": seconds,
     }

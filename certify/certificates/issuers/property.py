@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-import certify
 from certify.attacks.property import PropertyResult
 from certify.certificates import semantics
 from certify.certificates._common import Invalid
 from certify.certificates.claims import FUNCTION_DESCRIPTION, Claim, issue, refuse
 from certify.certificates.document import PropertyCertificate, decode_array, encode_array
-from certify.certificates.issuers.common import _jsonable
+from certify.certificates.issuers.common import _jsonable, model_provenance
 from certify.certificates.property_check import (WITNESS_FORMAT, counterexample_slack, graph_of, lower_bound,
                                                  property_arrays, prove_holds, read_witness, root_boxes, scatter)
-from certify.models.hashing import model_hash
 from certify.models.vnnlib import Property
 
 CLAIM_ID = "property"
@@ -192,15 +188,8 @@ def property_certificate(model: nn.Module, prop: Property, result: PropertyResul
     digest = None
     if prop.path and Path(prop.path).is_file():
         digest = hashlib.sha256(Path(prop.path).read_bytes()).hexdigest()
-    first = next(iter(model.parameters()), None)
-    provenance = {
-        "package": f"certify {certify.__version__}", "torch": torch.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": str(first.device) if first is not None else "cpu",
-        "model": {"spec": model_spec, "sha256": model_hash(model), "architecture": repr(model),
-                  "dtype": str(first.dtype).replace("torch.", "") if first is not None else "float32"},
-        "method": method, "timeout": float(timeout), "notes": list(result.notes),
-    }
+    provenance = {**model_provenance(model, model_spec), "method": method, "timeout": float(timeout),
+                  "notes": list(result.notes)}
     return PropertyCertificate(
         provenance=provenance, function=function,
         property={"path": prop.path or None, "sha256": digest, "input_shape": [int(s) for s in input_shape],
