@@ -325,9 +325,14 @@ def _prox_points(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F8
             raise UsageError(f"--data {data!r} is neither digits, mnist nor a file")
         try:
             array = np.load(path) if path.suffix == ".npy" else torch.load(path, weights_only=True)
+            if isinstance(array, torch.Tensor):
+                array = array.detach().cpu().numpy()
+            if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+                raise TypeError(f"expected an array of real numbers, got {type(array).__name__}"
+                                + (f" of {array.dtype}" if isinstance(array, np.ndarray) else ""))
+            clean = torch.as_tensor(array.astype(np.float64))
         except Exception as exc:  # noqa: BLE001 - any unreadable file is invalid input
-            raise InvalidInputError(f"cannot read {data}: {exc}") from None
-        clean = torch.as_tensor(np.asarray(array), dtype=torch.float64)
+            raise InvalidInputError(f"cannot read {data} as clean inputs: {exc}") from None
         if clean.dim() < 2 or clean.shape[0] < 1 or not bool(torch.isfinite(clean).all()):
             raise InvalidInputError(f"{data}: expected finite clean inputs [N, ...], got shape {tuple(clean.shape)}")
     if args.input_shape is not None:
@@ -340,26 +345,54 @@ def _prox_points(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F8
     return sample_points(clean, args.sigma, args.points, seed=args.seed)
 
 
+MAX_PROX_POINTS = 4096
+
+
+def _seed(text: str) -> int:
+    """--seed: an integer in [0, 2^63)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"the seed must be in [0, 2^63), got {value}")
+    return value
+
+
 def _cmd_prox(args: argparse.Namespace) -> int:
     """Exit 0: certified prox; 1: certified not a prox (a violating cycle); 75: undecided (sampled evidence only)."""
     from certify.certificates.issuers.prox import checked_prox_certificate
     from certify.inverse.spec import load_denoiser
 
-    if args.points < 2:
-        from certify.errors import UsageError
+    import numpy as np
+    import torch
 
-        raise UsageError(f"--points must be at least 2 (a cycle needs two points), got {args.points}")
+    from certify.errors import InvalidInputError, UnsupportedError, UsageError
+
+    if not 2 <= args.points <= MAX_PROX_POINTS:
+        raise UsageError(f"--points must be in [2, {MAX_PROX_POINTS}] (a cycle needs two points), got {args.points}")
     model = load_denoiser(args.model)
     points = _prox_points(args, model)
+    failures = (RuntimeError, TypeError, ValueError, IndexError, ArithmeticError, np.linalg.LinAlgError)
     try:
-        cert, problems = checked_prox_certificate(model, points, model_spec=args.model, data=args.data or "default",
-                                                  seed=args.seed, quick=not args.thorough)
-    except (RuntimeError, TypeError) as exc:
-        from certify.errors import UnsupportedError
-
+        with torch.no_grad():
+            out = model(points[:2].to(next(iter(model.parameters()), points).dtype))
+    except failures as exc:
         raise UnsupportedError(f"the denoiser cannot be evaluated on inputs of shape {tuple(points.shape[1:])} "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                                "give --input-shape or --data") from None
+    if not isinstance(out, torch.Tensor) or out.shape != points[:2].shape:
+        raise UnsupportedError(f"the denoiser maps inputs of shape {tuple(points.shape[1:])} to "
+                               f"{tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__}: a "
+                               "denoiser returns its input's shape")
+    if not bool(torch.isfinite(out).all()):
+        raise InvalidInputError("the denoiser's output is not finite at the sampled points")
+    try:
+        cert, problems = checked_prox_certificate(model, points, model_spec=args.model, data=args.data or "default",
+                                                  seed=args.seed, quick=not args.thorough)
+    except failures as exc:
+        raise UnsupportedError(f"the denoiser cannot be evaluated for the prox evidence "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     if args.out:
         cert.write(Path(args.out))
     if args.json:
@@ -564,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     prox.add_argument("--thorough", action="store_true", help="a longer adversarial search and more cycles")
     prox.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="shape of one input for a denoiser that "
                       "does not take flat inputs")
-    prox.add_argument("--seed", type=int, default=0)
+    prox.add_argument("--seed", type=_seed, default=0)
     prox.add_argument("--out", metavar="CERT.json", help="write the prox certificate (re-check with certify verify)")
     prox.add_argument("--json", action="store_true", help="print the certificate as JSON")
     prox.set_defaults(run=_cmd_prox)

@@ -521,7 +521,8 @@ _TYPES += [
         "prox-violation-cycle", ">=", _BOUNDED, {"cycle": _cycle},
         lambda q: (f"S = sum_i <f(y_i), y_(i+1) - y_i> >= value > 0 over the {len(q['cycle']['values'])}-point cycle "
                    f"y_1..y_m of params.cycle (indices mod m; sha256 {q['cycle']['sha256'][:16]}), for f the model as "
-                   "run (its own dtype) and its float64 evaluation, rounding of the sum bounded, and value >= "
+                   "run (its own dtype) and its float64 and float32 evaluations (which agree within half), rounding of "
+                   "the sum bounded, every step at least 1e-06 (1 + max ||y_i||), and value >= "
                    f"{RELATIVE_MARGIN!r} sum_i ||f(y_i)|| ||y_(i+1) - y_i|| (float64): f is not cyclically monotone, so it "
                    "is not the gradient of a convex function (Rockafellar 1970, Thm 24.8) and not the proximal operator "
                    "of any function (Gribonval & Nikolova 2020); for the model's exact function too wherever each "

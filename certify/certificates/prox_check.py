@@ -12,10 +12,13 @@ is re-implemented below from the parameters alone).
   softplus, stays convex; plus an affine term and (alpha/2)||y||^2), so grad psi is a prox (Gribonval &
   Nikolova 2020, Cor. 1). Conformance: the model's output equals grad psi (autograd of this module's psi, in
   float64) at seeded points, to the model's precision.
-* `prox-violation-cycle`: the cycle's points must be exactly representable in the model's dtype; the sum
-  S = sum_i <f(y_i), y_(i+1) - y_i> is computed in float64 from f's outputs, for the model as run and for a
-  float64 copy, with the rounding of the differences, products and sums bounded (Higham's gamma_k); the
-  claim holds when both sums minus their error bounds are >= value > 0.
+* `prox-violation-cycle`: the cycle's points must be exactly representable in the model's dtype and in float32;
+  the sum S = sum_i <f(y_i), y_(i+1) - y_i> is computed in float64 from f's outputs, for the model as run, a
+  float64 copy and a float32 copy, with the rounding of the differences, products and sums bounded (Higham's
+  gamma_k); the claim holds when every sum minus its error bound is >= value > 0. Guards against a violation
+  made by rounding (`check_cycle`): refused for a model whose structure proves it a prox; no step shorter than
+  STEP_FLOOR (1 + max ||y_i||); the float32 and float64 sums within half of each other; value >= RELATIVE_MARGIN
+  sum_i ||f(y_i)|| ||d_i||.
 * `jacobian-asymmetry`, `jacobian-min-eigenvalue`, `cyclic-monotonicity-sampled` (estimated): re-evaluated at
   their witness point / cycle (float64 copy of the model) and compared with the stated value; a sampled
   maximum cannot be re-derived from one witness, so these stay estimates ("estimate" status) when they match.
@@ -23,7 +26,10 @@ is re-implemented below from the parameters alone).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,9 +42,10 @@ from certify.vocabulary import Kind
 
 LPN_CLASS = ("certify.inverse.lpn", "LPN")
 UNIT = 2.0**-53
-CONFORMANCE_POINTS = 8
+CONFORMANCE_POINTS = 16  # seeded N(0, I) points at scales 0.1, 1, 10 and 100 (a sanity check: the code is compared)
 CONFORMANCE_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 ESTIMATE_RTOL = 1e-6
+STEP_FLOOR = 1e-6  # relative length below which a cycle's step is within the rounding of float32 inputs
 
 
 def _gamma(k: int) -> float:
@@ -47,19 +54,82 @@ def _gamma(k: int) -> float:
 
 # ------------------------------------------------------------------ the LPN, from its parameters alone
 
+def _code_objects(code: Any, out: dict[str, Any]) -> dict[str, Any]:
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            out[const.co_qualname] = const
+            _code_objects(const, out)
+    return out
+
+
+def _lpn_code_intact(cls: type) -> None:
+    """The model's class is certify.inverse.lpn.LPN itself (by identity with the loaded module's class), and the
+    code that runs is that module's file as written: every function of the class, the module's softplus and its
+    autograd Function are compared with a fresh compilation of the file's source (read, never imported), so a
+    subclass or a lookalike class, a patched method or a replaced softplus is refused."""
+    module = sys.modules.get(LPN_CLASS[0])
+    if module is None or getattr(module, LPN_CLASS[1], None) is not cls:
+        raise Invalid(f"the model is a {cls.__module__}.{cls.__qualname__}, not certify.inverse.lpn.LPN itself: "
+                      "no structural proof applies")
+    try:
+        source = Path(module.__file__).read_text()
+        fresh = _code_objects(compile(source, module.__file__, "exec", dont_inherit=True), {})
+    except (OSError, SyntaxError, TypeError) as exc:
+        raise Invalid(f"the source of certify.inverse.lpn cannot be read to compare with the code that runs ({exc})") from None
+    defined = {q for q in fresh if q.startswith("LPN.") and q.count(".") == 1}
+    present = {f"LPN.{name}" for name, value in vars(cls).items() if callable(value) or isinstance(value, (staticmethod, classmethod))}
+    if present != defined:
+        raise Invalid(f"the LPN class has other methods than certify/inverse/lpn.py defines: {sorted(present ^ defined)}")
+    # what computes f: forward, psi and _flat (the other methods build, initialise or print the network)
+    functions = {f"LPN.{name}": vars(cls)[name] for name in ("forward", "psi", "_flat")}
+    functions["softplus"] = getattr(module, "softplus", None)
+    helper = getattr(module, "_Softplus", None)
+    for name in ("forward", "backward"):
+        functions[f"_Softplus.{name}"] = inspect.getattr_static(helper, name, None) if helper is not None else None
+    for name, function in functions.items():
+        function = getattr(function, "__func__", function)  # staticmethods
+        if getattr(function, "__code__", None) != fresh.get(name):
+            raise Invalid(f"{name} is not the code of certify/inverse/lpn.py as written: it was replaced or patched")
+    for name in ("softplus", "_Softplus", "torch"):
+        if vars(cls)["psi"].__globals__.get(name) is not (torch if name == "torch" else getattr(module, name)):
+            raise Invalid(f"the global {name} seen by LPN.psi was replaced")
+    if getattr(module.softplus, "__globals__", {}).get("_Softplus") is not helper:
+        raise Invalid("the autograd Function seen by softplus was replaced")
+
+
+_OVERRIDES = ("forward", "__call__", "_call_impl", "_wrapped_call_impl", "psi", "_flat")
+
+
+def _no_overrides(model: nn.Module) -> None:
+    """No module of the model replaces what it computes on the instance, carries a hook or a compiled call."""
+    hooks = [getattr(torch.nn.modules.module, name, {}) for name in
+             ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")]
+    if any(hooks):
+        raise Invalid("a global module hook is registered: it can change what every module computes")
+    for name, module in model.named_modules():
+        where = name or "(root)"
+        for attribute in _OVERRIDES:
+            if attribute in module.__dict__:
+                raise Invalid(f"module {where} overrides {attribute} on the instance")
+        if module.__dict__.get("_compiled_call_impl") is not None:
+            raise Invalid(f"module {where} carries a compiled call that replaces its forward")
+        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or getattr(module, "_backward_pre_hooks", None):
+            raise Invalid(f"module {where} carries a hook that can change what it computes")
+        if name and type(module) not in (nn.Linear, nn.ModuleList):
+            raise Invalid(f"module {where} is a {type(module).__qualname__}, not an nn.Linear of an LPN")
+        if type(module) is nn.Linear and getattr(type(module), "forward") is not _LINEAR_FORWARD:
+            raise Invalid("nn.Linear.forward was replaced")
+
+
+_LINEAR_FORWARD = nn.Linear.forward
+
+
 def lpn_parameters(model: nn.Module) -> dict[str, Any]:
     """The LPN's parameters (float64, CPU) after the structural checks of the module docstring; Invalid names
     the first that fails."""
     cls = type(model)
-    if (cls.__module__, cls.__qualname__) != LPN_CLASS:
-        raise Invalid(f"the model is a {cls.__module__}.{cls.__qualname__}, not certify.inverse.lpn.LPN: "
-                      "no structural proof applies")
-    for name in ("forward", "psi", "_flat", "__call__"):
-        if name in model.__dict__:
-            raise Invalid(f"the model overrides {name} on the instance")
-    for name, module in model.named_modules():
-        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or getattr(module, "_backward_pre_hooks", None):
-            raise Invalid(f"module {name or '(root)'} carries a hook that can change what it computes")
+    _lpn_code_intact(cls)
+    _no_overrides(model)
     beta, alpha, layers = getattr(model, "beta", None), getattr(model, "alpha", None), getattr(model, "layers", None)
     if not (isinstance(beta, float) and math.isfinite(beta) and beta > 0):
         raise Invalid(f"beta = {beta!r} is not a finite number > 0")
@@ -152,7 +222,8 @@ def check_structure(model: nn.Module, claim: Claim, shape: tuple[int, ...]) -> s
         raise Invalid(f"the stated strong-convexity modulus {claim.value!r} exceeds the model's alpha = {params['alpha']!r}")
     dtype = _model_dtype(model)
     generator = torch.Generator().manual_seed(0)
-    points = torch.randn(CONFORMANCE_POINTS, params["features"], generator=generator, dtype=torch.float64)
+    scales = torch.tensor([0.1, 1.0, 10.0, 100.0], dtype=torch.float64).repeat_interleave(CONFORMANCE_POINTS // 4)
+    points = torch.randn(scales.numel(), params["features"], generator=generator, dtype=torch.float64) * scales[:, None]
     points = points.to(dtype).to(torch.float64)  # representable in the model's dtype
     reference = lpn_gradient(params, points)
     got = _evaluate(model, points.to(dtype), shape)
@@ -177,31 +248,52 @@ def cycle_sum(f_values: Tensor, cycle: Tensor) -> tuple[float, float]:
 
 
 def check_cycle(model: nn.Module, claim: Claim, shape: tuple[int, ...]) -> str:
+    """The violation of a `prox-violation-cycle` claim (module docstring), and the guards against a violation made
+    by rounding: a model whose structure proves it a prox has none (refused outright); the steps of the cycle are
+    not degenerate (each at least STEP_FLOOR (1 + max ||y_i||)); a float32 copy of the model agrees (its sum is
+    within half of the float64 one); and value >= RELATIVE_MARGIN sum_i ||f(y_i)|| ||d_i||."""
+    try:
+        lpn_parameters(model)
+    except Invalid:
+        pass
+    else:
+        raise Invalid("the model is a learned proximal network whose structure proves it a prox: a computed "
+                      "violation can only be rounding")
     cycle = torch.as_tensor(_record(claim.params["cycle"], "cycle"), dtype=torch.float64)
     dtype = _model_dtype(model)
-    if not bool((cycle.to(dtype).to(torch.float64) == cycle).all()):
-        raise Invalid(f"the cycle's points are not exactly representable in the model's dtype {dtype}")
-    slacks, parts = [], []
-    for label, evaluated in (("as run", model), ("float64", None)):
-        if evaluated is None:
-            try:
-                evaluated = float64_copy(model)
-            except (RuntimeError, TypeError) as exc:
-                raise Invalid(f"the model cannot be evaluated in float64 ({exc})") from None
+    for kind in {dtype, torch.float32}:
+        if not bool((cycle.to(kind).to(torch.float64) == cycle).all()):
+            raise Invalid(f"the cycle's points are not exactly representable in {kind} (the model's dtype and float32)")
+    diff = torch.roll(cycle, shifts=-1, dims=0) - cycle
+    floor = STEP_FLOOR * (1.0 + float(cycle.norm(dim=1).max()))
+    if not float(diff.norm(dim=1).min()) >= floor:
+        raise Invalid(f"a step of the cycle is shorter than {floor:.3g}: too close to the rounding of f to prove anything")
+    copies = {"as run": model}
+    try:
+        copies["float64"] = float64_copy(model)
+        copies["float32"] = copy.deepcopy(model).to(torch.float32).eval()
+    except (RuntimeError, TypeError) as exc:
+        raise Invalid(f"the model cannot be evaluated in float64 and float32 ({exc})") from None
+    slacks, totals, parts = [], {}, []
+    for label, evaluated in copies.items():
         f_values = _evaluate(evaluated, cycle.to(_model_dtype(evaluated)), shape)
         if not bool(torch.isfinite(f_values).all()):
             raise Invalid(f"f is not finite on the cycle ({label})")
         total, error = cycle_sum(f_values, cycle)
         slacks.append(total - error)
+        totals[label] = total
         parts.append(f"{label}: S = {total:.6g} (rounding <= {error:.2g})")
-        diff = torch.roll(cycle, shifts=-1, dims=0) - cycle
-        scale = float((f_values.norm(dim=1) * diff.norm(dim=1)).sum()) * (1 + 1e-12)
+        if label == "float64":
+            scale = float((f_values.norm(dim=1) * diff.norm(dim=1)).sum()) * (1 + 1e-12)
     if not min(slacks) >= claim.value > 0:
         raise Invalid(f"S minus its rounding bound is {min(slacks):.6g}, not >= the stated {claim.value!r} > 0 ({'; '.join(parts)})")
+    if not abs(totals["float32"] - totals["float64"]) <= 0.5 * totals["float64"]:
+        raise Invalid(f"the float32 and float64 evaluations disagree on the cycle ({'; '.join(parts)}): f is evaluated "
+                      "too inaccurately there to prove anything")
     if not claim.value >= RELATIVE_MARGIN * scale:
         raise Invalid(f"the violation {claim.value:.3g} is below {RELATIVE_MARGIN:g} x sum_i ||f(y_i)|| ||d_i|| = "
                       f"{RELATIVE_MARGIN * scale:.3g}: an evaluation error of that size could have made it")
-    return "; ".join(parts) + f"; relative margin {min(slacks) / scale:.3g}" if scale > 0 else "; ".join(parts)
+    return "; ".join(parts) + (f"; relative margin {min(slacks) / scale:.3g}" if scale > 0 else "")
 
 
 def _jacobian(model64: nn.Module, point: Tensor, shape: tuple[int, ...]) -> Tensor:

@@ -240,3 +240,71 @@ def test_bad_input_is_refused_clearly():
         parse_certificate(json.dumps({**doc, "answer": "maybe"}))
     problems, _ = prox_check.check_prox(parse_certificate(json.dumps(doc)), _lpn())
     assert problems and "features" in problems[0]
+
+
+class _Steep(nn.Module):
+    """f(y) = W^T sigmoid(beta (W y + b)): the gradient of a convex function (a prox), evaluated so
+    ill-conditioned (beta = 1e15) that the rounding of W y can reorder two nearby points."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([[1.0, 3.0]], dtype=F64))
+        self.b = nn.Parameter(torch.tensor([-4.0], dtype=F64))
+
+    def forward(self, y):
+        return torch.sigmoid(1e15 * (y @ self.w.T + self.b)) @ self.w
+
+
+def test_a_violation_made_by_rounding_is_refused():
+    """Attack of the issue-14 review: a 2-cycle a few ulp from the kink of a steep monotone map can have a computed
+    sum > 0 far above the rounding of the sum itself. The step floor refuses it; a float64 cycle not representable
+    in float32 is refused too; and for an LPN any violation is refused by its structure."""
+    model = _Steep().eval()
+    base = torch.tensor([[1.0, 1.0]], dtype=F64)
+    near = torch.cat([base, torch.nextafter(base, torch.full_like(base, 2.0))])
+    cert = prox_certificate(model, _points(dim=2))
+    for cycle in (near.to(torch.float32).to(F64), torch.cat([base, base + 1e-9])):
+        doc = json.loads(cert.to_json())
+        claim = issue("violation", "prox-violation-cycle", {"cycle": encode_array(cycle.numpy())}, 1e-30, "attack")
+        doc["claims"].append({**claim.__dict__})
+        _, rows = prox_check.check_prox(parse_certificate(json.dumps(doc)), model)
+        assert rows_status(rows, "violation") == "invalid"
+
+
+def test_the_code_that_runs_must_be_the_lpn_as_written(lpn_cert, monkeypatch):
+    """Attacks of the issue-14 review: each leaves the class name, the state dict and the model hash alone but
+    changes what runs; each is refused by the structure check (the code is compared with a fresh compilation of
+    certify/inverse/lpn.py, classes by identity)."""
+    import certify.inverse.lpn as lpn_module
+
+    model, cert, _ = lpn_cert
+    evil = lambda self, y: -LPN.__dict__["forward"](self, y)  # noqa: E731
+
+    sub = copy.deepcopy(model)
+    sub.first.forward = lambda t: nn.functional.linear(t, sub.first.weight, sub.first.bias) - t.abs().sum()
+    assert "overrides forward" in detail(prox_check.check_prox(cert, sub)[1], "structure")
+    compiled = copy.deepcopy(model)
+    compiled._compiled_call_impl = lambda *a, **k: 0
+    assert "compiled call" in detail(prox_check.check_prox(cert, compiled)[1], "structure")
+
+    Spoof = type("LPN", (LPN,), {"__module__": "certify.inverse.lpn", "psi": lambda self, y: -LPN.psi(self, y)})
+    spoof = Spoof(6, hidden=16, layers=3, beta=5.0, alpha=model.alpha)
+    spoof.load_state_dict(model.state_dict())
+    assert "not certify.inverse.lpn.LPN itself" in detail(prox_check.check_prox(cert, spoof.eval())[1], "structure")
+
+    with monkeypatch.context() as m:
+        m.setattr(LPN, "forward", evil)
+        assert "LPN.forward is not the code" in detail(prox_check.check_prox(cert, model)[1], "structure")
+    with monkeypatch.context() as m:
+        real = lpn_module.softplus
+
+        def softplus(t, beta):
+            return real(t, beta) - torch.relu(t - 6.0) ** 2
+
+        softplus.__module__, softplus.__qualname__ = "certify.inverse.lpn", "softplus"
+        m.setattr(lpn_module, "softplus", softplus)
+        assert "softplus" in detail(prox_check.check_prox(cert, model)[1], "structure")
+    with monkeypatch.context() as m:
+        m.setattr(LPN, "extra", lambda self: 0, raising=False)
+        assert "other methods" in detail(prox_check.check_prox(cert, model)[1], "structure")
+    assert rows_status(prox_check.check_prox(cert, model)[1], "structure") == "valid"  # everything undone

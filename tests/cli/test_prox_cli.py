@@ -48,7 +48,8 @@ def test_an_untrained_linear_symmetric_denoiser_is_undecided(tmp_path, capsys, m
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    (["prox", "--model", "lpn-digits-0.1", "--points", "1"], EXIT_USAGE, "--points must be at least 2"),
+    (["prox", "--model", "lpn-digits-0.1", "--points", "1"], EXIT_USAGE, "--points must be in [2, 4096]"),
+    (["prox", "--model", "lpn-digits-0.1", "--points", "100000000"], EXIT_USAGE, "--points must be in [2, 4096]"),
     (["prox", "--model", "no-such-denoiser"], EXIT_UNSUPPORTED, "no-such-denoiser"),
     (["prox", "--model", "lpn-digits-0.1", "--data", "missing.npy"], EXIT_USAGE, "neither digits, mnist nor a file"),
     (["prox", "--model", "lpn-digits-0.1", "--sigma", "-1"], EXIT_USAGE, ""),
@@ -70,3 +71,39 @@ def test_data_of_the_wrong_size_is_refused_without_a_traceback(tmp_path, capsys)
     code = main(["prox", "--model", "lpn-digits-0.1", "--data", str(data), "--points", "3"])
     err = capsys.readouterr().err
     assert code in (65, EXIT_UNSUPPORTED) and "Traceback" not in err and err.strip()
+
+
+@pytest.mark.parametrize("name, make, message", [
+    ("strings.npy", lambda p: np.save(p, np.array(["a", "b"])), "expected an array of real numbers"),
+    ("complex.npy", lambda p: np.save(p, np.ones((4, 64)) * (1 + 1j)), "complex"),
+    ("dict.pt", lambda p: torch.save({"x": torch.zeros(4, 64)}, p), "got dict"),
+])
+def test_data_files_of_the_wrong_kind_exit_65(tmp_path, capsys, name, make, message):
+    """Found by the issue-14 attacker: strings, complex numbers and dicts were exit 70 or silently truncated."""
+    path = tmp_path / name
+    make(path)
+    assert main(["prox", "--model", "lpn-digits-0.1", "--data", str(path), "--points", "3"]) == 65
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_huge_seed_is_a_usage_error():
+    with pytest.raises(SystemExit) as exc:
+        main(["prox", "--model", "lpn-digits-0.1", "--seed", "99999999999999999999"])
+    assert exc.value.code == EXIT_USAGE
+
+
+def test_a_denoiser_that_raises_or_returns_nan_is_refused_cleanly(tmp_path, capsys, monkeypatch):
+    (tmp_path / "odd_denoisers.py").write_text(
+        "import torch\n"
+        "class Raises(torch.nn.Module):\n"
+        "    def forward(self, y):\n"
+        "        raise ValueError('boom')\n"
+        "class Nans(torch.nn.Module):\n"
+        "    def forward(self, y):\n"
+        "        return y * float('nan')\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["prox", "--model", "odd_denoisers:Raises", "--data", "digits", "--points", "3"]) == EXIT_UNSUPPORTED
+    assert "ValueError: boom" in capsys.readouterr().err
+    assert main(["prox", "--model", "odd_denoisers:Nans", "--data", "digits", "--points", "3"]) == 65
+    assert "not finite" in capsys.readouterr().err

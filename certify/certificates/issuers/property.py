@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from certify.attacks.property import PropertyResult
+from certify.attacks.sufficient import SufficientSubset
 from certify.certificates import semantics
 from certify.certificates._common import Invalid
 from certify.certificates.claims import FUNCTION_DESCRIPTION, Claim, issue, refuse
@@ -36,6 +37,7 @@ from certify.certificates.issuers.common import _jsonable, model_provenance
 from certify.certificates.property_check import (WITNESS_FORMAT, counterexample_slack, graph_of, lower_bound,
                                                  property_arrays, prove_holds, read_witness, root_boxes, scatter)
 from certify.models.vnnlib import Property
+from certify.errors import UsageError
 
 CLAIM_ID = "property"
 
@@ -208,7 +210,7 @@ def checked_property_certificate(model: nn.Module, prop: Property, result: Prope
     written or not."""
     from certify.certificates.checker import verify_certificate
     from certify.certificates.document import parse_certificate
-    from certify.errors import CertifyError
+    from certify.errors import CertifyError, UsageError
 
     cert = property_certificate(model, prop, result, input_shape, method, timeout, model_spec, out)
     claim = cert.claims[0]
@@ -233,3 +235,16 @@ def checked_property_certificate(model: nn.Module, prop: Property, result: Prope
     cert.claims = [refused]
     cert.answer = "unknown"
     return cert, problems
+
+
+def sufficient_subset_certificate(model: nn.Module, subset: SufficientSubset, input_shape: tuple[int, ...], method: str,
+                                  model_spec: str | None = None, out: Path | None = None) -> tuple[PropertyCertificate, list[str]]:
+    """The property certificate of a certified sufficient subset (certify.attacks.sufficient): its box (the
+    subset's features at x, the others free) "holds" for the target class, with the bound code's witness,
+    re-checked by the independent checker (`checked_property_certificate`). UsageError when the subset has no
+    certified box."""
+    if subset.property is None:
+        raise UsageError("this sufficient subset has no certified box (not even the point x was certified)")
+    result = PropertyResult("holds", subset.seconds, method, subset.margin, notes=list(subset.notes), witness=subset.witness)
+    return checked_property_certificate(model, subset.property, result, input_shape, method, max(subset.seconds, 1e-3),
+                                        model_spec, out)

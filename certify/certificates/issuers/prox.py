@@ -49,8 +49,8 @@ def _structure_claim(model: nn.Module) -> Claim:
 def _violation_claim(model: nn.Module, witness: Evidence | None, shape: tuple[int, ...]) -> Claim | None:
     if witness is None:
         return None
-    dtype = prox_check._model_dtype(model)
-    cycle = witness.witness.reshape(witness.witness.shape[0], -1).to(dtype).to(torch.float64)
+    dtype = prox_check._model_dtype(model)  # points representable in the model's dtype and in float32
+    cycle = witness.witness.reshape(witness.witness.shape[0], -1).to(torch.float32).to(dtype).to(torch.float64)
     params = {"cycle": _record(cycle)}
     slacks = []
     for evaluated in (model, prox_check.float64_copy(model)):
