@@ -9,6 +9,7 @@ from torch import nn
 from certify.errors import UnsupportedError, UsageError
 from certify.explain.base import Explainer
 from certify.explain.gradient import Gradient
+from certify.explain.hshap import HShap
 from certify.explain.integrated_gradients import IntegratedGradients
 from certify.explain.lagrange_dual import LagrangeDual
 from certify.explain.moreaugrad import MoreauGrad
@@ -20,6 +21,7 @@ METHODS: dict[str, Callable[..., Explainer]] = {
     SmoothGrad.method_name: SmoothGrad,
     MoreauGrad.method_name: MoreauGrad,
     LagrangeDual.method_name: LagrangeDual,
+    HShap.method_name: HShap,
 }
 
 

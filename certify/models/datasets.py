@@ -6,7 +6,6 @@ to one example's shape.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -16,31 +15,11 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from certify.errors import UnsupportedError
+from certify.models.composite import composite_digits
+from certify.models.records import Dataset
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
-
-
-@dataclass
-class Dataset:
-    """A classification data set with a fixed split; tensors are float32 inputs and long labels."""
-
-    name: str
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    domain_lo: Tensor
-    domain_hi: Tensor
-    num_classes: int
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-    @property
-    def domain(self) -> tuple[Tensor, Tensor]:
-        return self.domain_lo, self.domain_hi
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Dataset:
@@ -100,12 +79,18 @@ def moons() -> Dataset:
     return _split("moons", x, y, np.full(2, -np.inf), np.full(2, np.inf))
 
 
+def digits_composite() -> Dataset:
+    """2x2 mosaics of digits, label 1 iff a 0 is present, with the true support (certify.models.composite)."""
+    return composite_digits(digits_images())
+
+
 LOADERS: dict[str, Callable[[], Dataset]] = {
     "digits": digits_images,
     "digits-flat": digits_flat,
     "breast-cancer": breast_cancer,
     "blobs": blobs,
     "moons": moons,
+    "digits-composite": digits_composite,
 }
 
 

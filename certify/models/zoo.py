@@ -63,6 +63,9 @@ RECIPES: dict[str, Recipe] = {
     "breast-cancer-softplus-mlp": Recipe("breast-cancer", "mlp", "softplus", hidden=(32, 32), epochs=40),
     "moons-softplus-mlp": Recipe("moons", "mlp", "softplus", hidden=(32, 32), epochs=200, lr=1e-2),
     "blobs-relu-mlp": Recipe("blobs", "mlp", "relu", hidden=(16, 16), epochs=30),
+    # Is a 0 among the four tiles of a 2x2 digit mosaic (certify.models.composite)? Test accuracy 0.999,
+    # ~3 s to train; the true support (the tiles holding a 0) is known for every image.
+    "composite-relu-cnn": Recipe("digits-composite", "cnn", "relu", hidden=(8, 16), epochs=20),
 }
 DEFAULT_MODEL = "digits-softplus-mlp"
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from certify.errors import UnsupportedError, UsageError
 from certify.explain import Gradient, IntegratedGradients, SmoothGrad
+from certify.explain.hshap import HShap
 from certify.explain.lagrange_dual import LagrangeDual
 from certify.explain.moreaugrad import MoreauGrad
 from certify.explain.registry import METHODS, PRESETS, make_explainer, make_preset
@@ -19,7 +20,7 @@ def model():
 
 
 def test_every_method_is_registered_under_its_own_name():
-    assert METHODS == {cls.method_name: cls for cls in (Gradient, IntegratedGradients, SmoothGrad, MoreauGrad, LagrangeDual)}
+    assert METHODS == {cls.method_name: cls for cls in (Gradient, IntegratedGradients, SmoothGrad, MoreauGrad, LagrangeDual, HShap)}
 
 
 def test_parameters_are_passed_through(model):

@@ -16,6 +16,7 @@ EXPECTED = {
     "breast-cancer": (569, (30,), 2),
     "blobs": (600, (2,), 3),
     "moons": (600, (2,), 2),
+    "digits-composite": (5000, (1, 16, 16), 2),  # 2x2 tiles of digits: is a 0 present? (issue 15)
 }
 
 
