@@ -904,6 +904,10 @@ _PROVENANCE_PARAMS = {  # claim param -> explainer param
     "integrated-gradients": {"quadrature": "method", "n_steps": "n_steps"},
     "moreaugrad": {"rho": "rho", "sparsity": "sparsity", "group_size": "group_size"},
 }
+# explainers whose map no claim re-derives; a certificate of theirs may state nothing about the explanation
+UNBOUND = {"lagrange-dual": "the Lagrange-dual sensitivity map is not re-derived",
+           "h-shap": "the h-Shap leaf scores are not re-derived (model calls on coalitions of regions)"}
+STABILITY_BOUND_TYPES = ("stability-gradient", "stability-moreaugrad", "topk-stability")
 # binding claims whose refusal the checker can always rule out when the function is translated: it can
 # re-derive these explanations itself (MoreauGrad's solver error is legitimately refused when rho lambda >= 1)
 _ALWAYS_BOUND = ("gradient", "integrated-gradients", "smoothgrad")
@@ -930,7 +934,11 @@ def _explanation_binding(ctx: _Context, report: VerifyReport) -> None:
         report.problems.append("function.description is not the fixed text of what the claims are about")
     if method == "lagrange-dual":
         _lagrange_provenance(ctx, report, params)
-        report.binding = "not bound: the Lagrange-dual sensitivity map is not re-derived (no claim rests on it)"
+    if method in UNBOUND:
+        if any(c.type in STABILITY_BOUND_TYPES and c.kind != "refused" for c in ctx.cert.claims):
+            report.problems.append(f"a {method} certificate has a stability or top-k claim, which would rest on an "
+                                   "explanation nothing re-derives")
+        report.binding = f"not bound: {UNBOUND[method]} (no claim rests on it)"
         return
     if method not in BINDING:
         report.problems.append(f"unknown explainer {method!r} in the provenance: nothing binds the explanation")

@@ -85,3 +85,23 @@ def test_auto_rho_on_a_relu_model_says_no_rho_is_admissible(tmp_path, capsys):
                  "--out", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "no rho is admissible" in out and "chosen to minimise" not in out
+
+
+def test_h_shap_explain_writes_a_certificate_that_verifies_and_binds_nothing(tmp_path, capsys):
+    """Issue 15: `certify explain --method h-shap` on the composite task; its certificate states nothing about the
+    explanation (stability refused), and `certify verify` says the map is not bound; a stability claim added to it
+    is refused by the checker."""
+    out = tmp_path / "hs.json"
+    assert main(["explain", "--model", "composite-relu-cnn", "--method", "h-shap", "--param", "reference=digits-composite",
+                 "--param", "min_size=4", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid"] and report["explanation"].startswith("not bound: the h-Shap leaf scores")
+    doc = json.loads(out.read_text())
+    stability = next(c for c in doc["claims"] if c["id"] == "stability")
+    assert stability["kind"] == "refused"
+    stability.update(kind="certified", value=1.0, reason=None)
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc))
+    assert main(["verify", str(forged)]) != 0
