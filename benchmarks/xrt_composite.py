@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=99)
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--sampler", choices=("tiles", "joint"), default="tiles")
-    parser.add_argument("--score", choices=("probability", "decision"), default="probability",
+    parser.add_argument("--score", choices=("probability", "decision"), default="decision",
                         help="f = P(target present), or the decision 1[predicted 'present']")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)

@@ -22,6 +22,7 @@ from certify.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_UNKNOWN, E
                             UnsupportedError)
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for a run stopped by Ctrl-C
+EXIT_PIPE = 141  # 128 + SIGPIPE: the reader of the output went away
 DEBUG_ENV = "CERTIFY_DEBUG"  # set to 1 (or pass --debug) for the traceback of an internal error
 
 
@@ -309,16 +310,19 @@ def _prox_points(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F8
     from certify.inverse.evidence import sample_points
     from certify.inverse.study import digits_images, mnist_images
 
-    data = args.data or {64: "digits", 784: "mnist"}.get(getattr(model, "dim", None), "normal")
+    size = getattr(model, "dim", None)
+    if size is None and args.input_shape is not None:
+        size = math.prod(args.input_shape)
+    data = args.data or {64: "digits", 784: "mnist"}.get(size, "normal")
     if data == "digits":
         clean = digits_images(64).flatten(1)
     elif data == "mnist":
         clean = mnist_images(15).flatten(1)
     elif data == "normal":
-        dim = getattr(model, "dim", None)
-        if dim is None:
-            raise UsageError("give --data (digits, mnist or a file of clean inputs): the denoiser's input size is unknown")
-        clean = torch.randn(64, dim, generator=torch.Generator().manual_seed(args.seed), dtype=torch.float64)
+        if size is None:
+            raise UsageError("give --data (digits, mnist or a file of clean inputs) or --input-shape: the denoiser's "
+                             "input size is unknown")
+        clean = torch.randn(64, size, generator=torch.Generator().manual_seed(args.seed), dtype=torch.float64)
     else:
         path = Path(data)
         if not path.is_file():
@@ -335,17 +339,22 @@ def _prox_points(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F8
             raise InvalidInputError(f"cannot read {data} as clean inputs: {exc}") from None
         if clean.dim() < 2 or clean.shape[0] < 1 or not bool(torch.isfinite(clean).all()):
             raise InvalidInputError(f"{data}: expected finite clean inputs [N, ...], got shape {tuple(clean.shape)}")
+    if size is not None and clean[0].numel() != size:
+        raise InvalidInputError(f"the data's inputs have {clean[0].numel()} features; the denoiser takes {size}"
+                                + (" (--input-shape)" if getattr(model, "dim", None) is None else ""))
     if args.input_shape is not None:
-        size = 1
-        for side in args.input_shape:
-            size *= side
-        if clean[0].numel() != size:
-            raise UsageError(f"--input-shape {args.input_shape} holds {size} values; the data's inputs have {clean[0].numel()}")
         clean = clean.reshape(clean.shape[0], *args.input_shape)
     return sample_points(clean, args.sigma, args.points, seed=args.seed)
 
 
 MAX_PROX_POINTS = 4096
+PROX_GLOSS = {  # what each number of a prox certificate is, for people
+    "prox-structure": ": alpha, psi's strong-convexity modulus",
+    "prox-violation-cycle": ": the cycle sum S minus its rounding bound (> 0 proves f is not a prox)",
+    "jacobian-asymmetry": ": the worst ||J - J^T||_F / ||J||_F found (0 for a gradient field)",
+    "jacobian-min-eigenvalue": ": the smallest eigenvalue of (J + J^T)/2 found (>= 0 for a prox)",
+    "cyclic-monotonicity-sampled": ": the largest normalised cycle sum S / sum ||d_i||^2 found (<= 0: no violation)",
+}
 
 
 def _seed(text: str) -> int:
@@ -378,9 +387,9 @@ def _cmd_prox(args: argparse.Namespace) -> int:
         with torch.no_grad():
             out = model(points[:2].to(next(iter(model.parameters()), points).dtype))
     except failures as exc:
-        raise UnsupportedError(f"the denoiser cannot be evaluated on inputs of shape {tuple(points.shape[1:])} "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                               "give --input-shape or --data") from None
+        hint = "" if args.input_shape is not None else "; give --input-shape if it takes another shape"
+        raise UnsupportedError(f"the denoiser fails on inputs of shape {tuple(points.shape[1:])} "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}){hint}") from None
     if not isinstance(out, torch.Tensor) or out.shape != points[:2].shape:
         raise UnsupportedError(f"the denoiser maps inputs of shape {tuple(points.shape[1:])} to "
                                f"{tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__}: a "
@@ -404,7 +413,8 @@ def _cmd_prox(args: argparse.Namespace) -> int:
         print(f"{args.model}: {verdict[cert.answer]}")
         for c in cert.claims:
             value = "refused: " + (c.reason or "") if c.value is None else f"{c.relation} {c.value:.6g} ({c.kind})"
-            print(f"  {c.id:16s} {c.type:28s} {value}")
+            gloss = "" if c.value is None else PROX_GLOSS.get(c.type, "")
+            print(f"  {c.id:16s} {c.type:28s} {value}{gloss}")
         for problem in problems:
             print(f"  checker: {problem}")
         if args.out:
@@ -637,6 +647,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"certify {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader closed the pipe (e.g. `| head`): stop quietly, never a failure code
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
     except Exception as exc:  # noqa: BLE001 - every other exception is a bug, reported as one (exit 70)
         debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
         if debug:

@@ -91,6 +91,8 @@ def sufficient_subset(net: AffineNetwork, x: Tensor, target: int, ranking: Tenso
         raise UsageError(f"x, the ranking, the domain and the network must have the same number of features ({n})")
     if not (np.isfinite(x64).all() and np.isfinite(scores).all()):
         raise InvalidInputError("the input and the ranking must be finite")
+    if not (np.all(lo <= x64) and np.all(x64 <= hi)):
+        raise UsageError("the domain must be a box lower <= x <= upper holding the input (lower > upper, or x outside it)")
     if eps is not None and not (eps > 0 and math.isfinite(eps)):
         raise UsageError(f"eps must be a finite number > 0 or None (the whole domain), got {eps}")
     if block < 1 or not (0 <= target < net.num_classes):

@@ -140,6 +140,10 @@ class HShap(Explainer):
         batch_size = positive_int(batch_size, "batch_size")
         self.gamma, self.threshold, self.relative, self.min_size = gamma, float(threshold), relative, min_size
         self.budget, self.score, self.batch_size = budget, score, batch_size
+        if isinstance(reference, str) and reference in ("zeros", "mean:zeros"):
+            reference = None  # what params() records for the default, given back
+        if isinstance(reference, str):
+            reference = reference.removeprefix("mean:")
         self.reference = reference
         self._reference_label = self._describe(reference)
         if isinstance(reference, str):
@@ -175,9 +179,15 @@ class HShap(Explainer):
 
     @staticmethod
     def _dataset_mean(name: str) -> Tensor:
-        from certify.models.datasets import load_dataset
+        from certify.errors import UnsupportedError
+        from certify.models.datasets import LOADERS, load_dataset
 
-        return load_dataset(name).x_train.mean(dim=0)
+        if name not in LOADERS:
+            raise UsageError(f"reference {name!r} is neither 'zeros' nor a data set name ({', '.join(sorted(LOADERS))})")
+        try:
+            return load_dataset(name).x_train.mean(dim=0)
+        except UnsupportedError as exc:
+            raise UsageError(str(exc)) from None
 
     def _reference(self, reference: Any, inputs: Tensor) -> Tensor:
         """The reference as a tensor [N, ...] on the inputs' device and dtype."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from certify.errors import UnsupportedError
 from certify.inverse import zoo
 from certify.models.spec import load_model
 
@@ -15,4 +16,7 @@ def load_denoiser(spec: str) -> nn.Module:
     name = spec.removeprefix("zoo:")
     if name in zoo.names():
         return zoo.load_lpn(name).eval()
-    return load_model(spec)[0].eval()
+    try:
+        return load_model(spec)[0].eval()
+    except UnsupportedError as exc:
+        raise UnsupportedError(f"{exc}; denoisers of the inverse-problem zoo: {', '.join(zoo.names())}") from None

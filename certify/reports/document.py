@@ -76,7 +76,7 @@ class Document:
             elif isinstance(b, Table):
                 out.append("| " + " | ".join(b.headers) + " |")
                 out.append("|" + "---|" * len(b.headers))
-                out += ["| " + " | ".join(_cell(c).replace("|", "/") for c in row) + " |" for row in b.rows]
+                out += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in row) + " |" for row in b.rows]
                 out.append("")
             elif isinstance(b, Image):
                 out += [f"![{b.caption}]({b.path.relative_to(relative_to).as_posix()})", "", f"*{b.caption}*", ""]

@@ -81,16 +81,19 @@ def inverse_section(doc: Document, data: dict[str, Any], out_dir: Path) -> None:
     rows = []
     for entry in data["prox"]:
         for c in entry["claims"]:
-            rows.append([entry["model"], entry["answer"], c["id"], c["kind"], _value(c), c["statement"]])
+            statement = "(none: refused, see the value column)" if c["value"] is None else c["statement"]
+            rows.append([entry["model"], entry["answer"], c["id"], c["kind"], _value(c), statement])
     doc.table(["denoiser", "answer", "claim", "kind", "value", "statement"], rows)
     doc.paragraph("Re-checked by the independent checker: " + "; ".join(
         f"{e['model']}: {'valid' if e['verified'] else 'INVALID'} ({e['file']})" for e in data["prox"]))
     if data.get("regulariser"):
         doc.heading("The regulariser it implies", 3)
         doc.paragraph(data["regulariser"]["note"])
+        trained = [k for k in ("l2", "l1", "pm") if k in data.get("denoisers_1d", {})]
         doc.image(regulariser_figure(data, out_dir / "regulariser.png"),
                   "Left: R(x) - R(0) of the proximal-matching LPN with its certified interval, against |x|. Right: the "
-                  "LPNs trained with l2, l1 and proximal matching against the posterior mean, median and MAP.")
+                  f"LPN{'s' if len(trained) > 1 else ''} trained with {', '.join(trained)} against "
+                  + ", ".join({"l2": "the posterior mean", "l1": "the posterior median", "pm": "the MAP"}[k] for k in trained) + ".")
     doc.heading("Plug-and-play reconstruction", 3)
     doc.paragraph(data["pnp"]["note"])
     doc.table(data["pnp"]["headers"], data["pnp"]["rows"])

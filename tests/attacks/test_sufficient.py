@@ -74,3 +74,11 @@ def test_bad_arguments(relu_digits):
         sufficient_subset(net, x, 0, torch.ones(64), -1.0, dom)
     with pytest.raises(InvalidInputError):
         sufficient_subset(net, x * float("nan"), 0, torch.ones(64), 0.1, dom)
+
+
+def test_an_inverted_domain_is_refused(relu_digits):
+    """Found by the issue-15 review: a domain with lower > upper gave a subset with an empty box."""
+    model, data, net = relu_digits
+    lo, hi = torch.zeros(64, dtype=torch.float64), torch.ones(64, dtype=torch.float64)
+    with pytest.raises(UsageError):
+        sufficient_subset(net, data.x_test[:1], 0, torch.ones(64), 0.1, (hi, lo))

@@ -107,3 +107,19 @@ def test_a_denoiser_that_raises_or_returns_nan_is_refused_cleanly(tmp_path, caps
     assert "ValueError: boom" in capsys.readouterr().err
     assert main(["prox", "--model", "odd_denoisers:Nans", "--data", "digits", "--points", "3"]) == 65
     assert "not finite" in capsys.readouterr().err
+
+
+def test_data_of_another_size_than_the_lpn_is_invalid_input(capsys):
+    assert main(["prox", "--model", "lpn-digits-0.1", "--data", "mnist", "--points", "3"]) == 65
+    assert "784 features; the denoiser takes 64" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_is_not_a_failure(tmp_path):
+    """`certify ... | head` must not report an internal error (70) nor the answer code 1."""
+    import subprocess
+    import sys
+
+    script = f"import sys; from certify.cli import main; sys.exit(main(['prox', '--model', 'lpn-digits-0.1', '--points', '3']))"
+    proc = subprocess.run(f"{sys.executable} -c \"{script}\" | head -c 10", shell=True, capture_output=True, text=True,
+                          env={**__import__('os').environ, "OMP_NUM_THREADS": "1"})
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr

@@ -172,3 +172,17 @@ def test_registry_and_gamma3_vectors():
     a = explainer.attribute(x, target=1)[0]
     assert set(a.nonzero().flatten().tolist()) == {4, 20} and torch.allclose(a[[4, 20]], torch.tensor([0.5, 0.5], dtype=torch.float64))
     assert explainer.params()["gamma"] == 3
+
+
+def test_the_recorded_reference_is_accepted_back_and_a_bad_name_is_a_usage_error():
+    """Found by the issue-15 review: params() records the default reference as "zeros", which was refused."""
+    import torch as _torch
+
+    from certify.errors import UsageError as _UsageError
+    from certify.explain.hshap import HShap as _HShap
+
+    model = _torch.nn.Sequential(_torch.nn.Flatten(), _torch.nn.Linear(16, 2)).eval()
+    assert _HShap(model, reference="zeros").params()["reference"] == "zeros"
+    assert _HShap(model, reference="mean:digits-composite").params()["reference"] == "mean:digits-composite"
+    with pytest.raises(_UsageError):
+        _HShap(model, reference="mnist")
