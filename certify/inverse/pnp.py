@@ -329,6 +329,51 @@ def pgd_residual(prox: Prox, A: LinearOperator, y: Tensor, x: Tensor, eta: float
     return _norms(x - call(x - eta * A.adjoint(A.apply(x) - y)))
 
 
+def _start(prox: Prox, A: LinearOperator, y: Tensor, x0: Tensor | None, dtype: torch.dtype | None
+           ) -> tuple[Tensor, Prox, Tensor, Tensor]:
+    """(y in the compute dtype, the prox matched to it, A^T y, the starting iterate: x0 or A^T y)."""
+    y = y.to(dtype or y.dtype)
+    aty = A.adjoint(y)
+    return y, _matched(prox, y), aty, (aty if x0 is None else x0.to(y.dtype)).clone()
+
+
+def _gap(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> Tensor:
+    """Per image [B]: the norm of the stacked differences of the state tensors a and b."""
+    return torch.stack([_norms(p - q).double() for p, q in zip(a, b)]).norm(dim=0)
+
+
+def _iterate(state: tuple[Tensor, ...], advance: Callable[[tuple[Tensor, ...], Tensor], tuple[Tensor, ...]],
+             max_iter: int, tol: float, relative: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Iterate `advance(state rows, their indices) -> new state rows` on the images still running, updating
+    `state` in place; an image stops when its residual ||new - old|| (over the state, divided by ||old|| when
+    `relative`) is <= tol or not finite (diverged). Returns (iterations [B], last residuals [B], history [T, B]:
+    NaN where an image had stopped)."""
+    b, device = state[0].shape[0], state[0].device
+    active = torch.ones(b, dtype=torch.bool, device=device)
+    iterations = torch.zeros(b, dtype=torch.long, device=device)
+    last = torch.full((b,), math.nan, dtype=torch.float64, device=device)
+    history = []
+    for _ in range(int(max_iter)):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        old = tuple(t[idx] for t in state)
+        new = advance(old, idx)
+        r = _gap(new, old)
+        if relative:
+            r = r / _gap(old, tuple(torch.zeros_like(t) for t in old)).clamp_min(_TINY)
+        for t, v in zip(state, new):
+            t[idx] = v
+        iterations[idx] += 1
+        last[idx] = r
+        row = torch.full((b,), math.nan, dtype=torch.float64, device=device)
+        row[idx] = r
+        history.append(row)
+        active[idx[(r <= tol) | ~torch.isfinite(r)]] = False
+    hist = torch.stack(history) if history else torch.empty(0, b, dtype=torch.float64)
+    return iterations, last, hist
+
+
 def pgd(prox: Prox, A: LinearOperator, y: Tensor, eta: float, x0: Tensor | None = None, max_iter: int = 500,
         tol: float = 1e-6, relative: bool = False, dtype: torch.dtype | None = None) -> PnPResult:
     """PnP proximal gradient x <- prox(x - eta A^T (A x - y)), batched over images.
@@ -348,37 +393,12 @@ def pgd(prox: Prox, A: LinearOperator, y: Tensor, eta: float, x0: Tensor | None 
     if not (eta > 0 and math.isfinite(eta)):
         raise UsageError(f"PGD needs a finite step eta > 0, got {eta}")
     start = time.perf_counter()
-    dtype = dtype or y.dtype
-    y = y.to(dtype)
-    call = _matched(prox, y)
-    aty = A.adjoint(y)
-    x = (aty if x0 is None else x0.to(dtype)).clone()
-    b = y.shape[0]
-    active = torch.ones(b, dtype=torch.bool, device=y.device)
-    iterations = torch.zeros(b, dtype=torch.long, device=y.device)
-    last = torch.full((b,), math.nan, dtype=torch.float64, device=y.device)
-    history = []
+    y, call, aty, x = _start(prox, A, y, x0, dtype)
 
     def step(xa: Tensor, ya_t: Tensor) -> Tensor:
         return call(xa - eta * (A.gram(xa) - ya_t))
 
-    for _ in range(int(max_iter)):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        xa = x[idx]
-        xn = step(xa, aty[idx])
-        r = _norms(xn - xa).double()
-        if relative:
-            r = r / _norms(xa).double().clamp_min(_TINY)
-        x[idx] = xn
-        iterations[idx] += 1
-        last[idx] = r
-        row = torch.full((b,), math.nan, dtype=torch.float64, device=y.device)
-        row[idx] = r
-        history.append(row)
-        stop = (r <= tol) | ~torch.isfinite(r)  # a NaN/inf iterate stops too (diverged)
-        active[idx[stop]] = False
+    iterations, last, hist = _iterate((x,), lambda old, idx: (step(old[0], aty[idx]),), max_iter, tol, relative)
     converged = last <= tol
     residual = _norms(x - step(x, aty)).double()
     theorem, bound, assumptions = pgd_assumptions(prox, A, eta)
@@ -389,7 +409,6 @@ def pgd(prox: Prox, A: LinearOperator, y: Tensor, eta: float, x0: Tensor | None 
         assumptions=assumptions, residual=residual,
         relative_residual=residual / _norms(x).double().clamp_min(_TINY),
         talk_condition=bool(0 < eta < talk_step_bound(A)))
-    hist = torch.stack(history) if history else torch.empty(0, b, dtype=torch.float64)
     return PnPResult(x=x, iterations=iterations, converged=converged, residuals=last, history=hist,
                      certificate=cert, seconds=time.perf_counter() - start)
 
@@ -409,55 +428,27 @@ def admm(prox: Prox, A: LinearOperator, y: Tensor, rho: float, x0: Tensor | None
     if not (rho > 0 and math.isfinite(rho)):
         raise UsageError(f"ADMM needs a finite penalty rho > 0, got {rho}")
     start = time.perf_counter()
-    dtype = dtype or y.dtype
-    y = y.to(dtype)
-    call = _matched(prox, y)
-    aty = A.adjoint(y)
-    x = (aty if x0 is None else x0.to(dtype)).clone()
+    y, call, aty, x = _start(prox, A, y, x0, dtype)
     z = x.clone()
     u = torch.zeros_like(x)
-    b = y.shape[0]
-    active = torch.ones(b, dtype=torch.bool, device=y.device)
-    iterations = torch.zeros(b, dtype=torch.long, device=y.device)
-    last = torch.full((b,), math.nan, dtype=torch.float64, device=y.device)
-    history = []
 
     def step(za: Tensor, ua: Tensor, atya: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         xn = A.solve_normal(atya + rho * (za - ua), rho)
         zn = call(xn + ua)
         return xn, zn, ua + xn - zn
 
-    def gap(a: tuple[Tensor, ...], b_: tuple[Tensor, ...]) -> Tensor:
-        return torch.stack([_norms(p - q).double() for p, q in zip(a, b_)]).norm(dim=0)
-
-    for _ in range(int(max_iter)):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        old = (x[idx], z[idx], u[idx])
-        new = step(old[1], old[2], aty[idx])
-        r = gap(new, old)
-        if relative:
-            r = r / gap(old, tuple(torch.zeros_like(t) for t in old)).clamp_min(_TINY)
-        x[idx], z[idx], u[idx] = new
-        iterations[idx] += 1
-        last[idx] = r
-        row = torch.full((b,), math.nan, dtype=torch.float64, device=y.device)
-        row[idx] = r
-        history.append(row)
-        stop = (r <= tol) | ~torch.isfinite(r)
-        active[idx[stop]] = False
+    iterations, last, hist = _iterate((x, z, u), lambda old, idx: step(old[1], old[2], aty[idx]), max_iter, tol,
+                                      relative)
     converged = last <= tol
     again = step(z, u, aty)
-    residual = gap(again, (x, z, u))
+    residual = _gap(again, (x, z, u))
     eta = 1.0 / rho
     pgd_r = _norms(z - call(z - eta * (A.gram(z) - aty))).double()
     theorem, bound, assumptions = admm_assumptions(prox, A, rho)
     cert = ConvergenceCertificate(
         algorithm="admm", theorem=theorem, objective=f"1/2 ||y - A x||^2 + rho R(x) with rho = {rho:.6g}",
         parameter=float(rho), bound=bound, sigma_max=A.sigma_max(), assumptions=assumptions, residual=residual,
-        relative_residual=residual / gap((x, z, u), (torch.zeros_like(x),) * 3).clamp_min(_TINY),
+        relative_residual=residual / _gap((x, z, u), (torch.zeros_like(x),) * 3).clamp_min(_TINY),
         pgd_residual=pgd_r)
-    hist = torch.stack(history) if history else torch.empty(0, b, dtype=torch.float64)
     return PnPResult(x=z, iterations=iterations, converged=converged, residuals=last, history=hist,
                      certificate=cert, seconds=time.perf_counter() - start, extras={"x": x, "u": u})

@@ -308,3 +308,46 @@ def test_the_code_that_runs_must_be_the_lpn_as_written(lpn_cert, monkeypatch):
         m.setattr(LPN, "extra", lambda self: 0, raising=False)
         assert "other methods" in detail(prox_check.check_prox(cert, model)[1], "structure")
     assert rows_status(prox_check.check_prox(cert, model)[1], "structure") == "valid"  # everything undone
+
+
+def test_the_structural_rules_refuse_every_departure_from_an_lpn():
+    """prox_check.lpn_parameters, the rules both the issuer and the checker apply: a projected LPN (and the default
+    initialisation) passes; a negative weight however small, a lookalike with torch's thresholded nn.Softplus, a
+    replaced or extra submodule, bad beta / alpha, a non-finite weight and a non-model are refused, named."""
+    from certify.certificates._common import Invalid
+
+    def refused(model, needle):
+        with pytest.raises(Invalid, match=needle):
+            prox_check.lpn_parameters(model)
+
+    assert prox_check.lpn_parameters(_lpn())["alpha"] == 0.05 and prox_check.lpn_parameters(LPN(3))["layers"] == 4
+    model = _lpn()
+    with torch.no_grad():
+        model.convex[1].weight[2, 5] = -1e-30  # no tolerance
+    refused(model, "convex.1.weight has a negative entry")
+
+    class LookAlike(nn.Module):  # the same attributes and layers, torch's thresholded nn.Softplus
+        def __init__(self) -> None:
+            super().__init__()
+            self.dim, self.hidden, self.layers, self.beta, self.alpha = 4, 8, 2, 10.0, 0.0
+            self.first, self.out, self.out_skip = nn.Linear(4, 8), nn.Linear(8, 1, bias=False), nn.Linear(4, 1)
+            self.convex = nn.ModuleList([nn.Linear(8, 8, bias=False)])
+            self.skips = nn.ModuleList([nn.Linear(4, 8)])
+            self.act = nn.Softplus(beta=10.0)
+
+    refused(LookAlike(), "not certify.inverse.lpn.LPN itself")
+    model = _lpn()
+    model.convex[0] = nn.Sequential(nn.Linear(16, 16, bias=False))
+    refused(model, "convex.0 is a Sequential")
+    model = _lpn()
+    model.extra = nn.Linear(2, 2)
+    refused(model, "submodules")
+    for attr, value in (("beta", 0.0), ("beta", float("inf")), ("alpha", -0.1), ("alpha", float("nan"))):
+        model = _lpn()
+        setattr(model, attr, value)
+        refused(model, attr)
+    model = _lpn()
+    with torch.no_grad():
+        model.skips[0].weight[0, 0] = float("nan")
+    refused(model, "skips.0.weight has a non-finite entry")
+    refused(nn.Linear(2, 2), "not certify.inverse.lpn.LPN")

@@ -1,8 +1,8 @@
 """The prox certificate of a denoiser (issue 14, item 2; `certify prox`): what is proven about f.
 
-* `structure` (prox-structure): certified when f is an LPN whose psi is convex by construction
-  (certify.inverse.structure.lpn_structure; value: alpha, psi's strong-convexity modulus), else refused with
-  every reason;
+* `structure` (prox-structure): certified when f is an LPN whose psi is convex by construction (the checker's
+  rules, certify.certificates.prox_check.lpn_parameters; value: alpha, psi's strong-convexity modulus), else
+  refused with the reason;
 * `violation` (prox-violation-cycle): certified when a cycle on which f is not cyclically monotone was found
   (certify.inverse.evidence.prox_evidence: random, Jacobian-built and searched cycles); the cycle is rounded to
   the model's dtype so that the model as run and its float64 copy are evaluated at the same points, and the
@@ -24,12 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from certify.certificates import prox_check
+from certify.certificates._common import Invalid
 from certify.certificates.claims import RELATIVE_MARGIN, Claim, issue, refuse
 from certify.certificates.document import ProxCertificate, encode_array, parse_certificate
 from certify.certificates.issuers.common import model_provenance
 from certify.errors import InvalidInputError
 from certify.inverse.evidence import Evidence, prox_evidence
-from certify.inverse.structure import lpn_structure
 from certify.vocabulary import Kind
 
 
@@ -38,10 +38,12 @@ def _record(points: Tensor) -> dict[str, Any]:
 
 
 def _structure_claim(model: nn.Module) -> Claim:
-    result = lpn_structure(model)
-    if not result.holds:
-        return refuse("structure", "prox-structure", {}, "lpn-structure", "; ".join(result.reasons))
-    facts = result.facts
+    """The structural proof, by the checker's own rules (prox_check.lpn_parameters): the claim is issued exactly
+    when the checker will accept it; conformance with grad psi is left to the re-check."""
+    try:
+        facts = prox_check.lpn_parameters(model)
+    except Invalid as exc:
+        return refuse("structure", "prox-structure", {}, "lpn-structure", str(exc))
     return issue("structure", "prox-structure", {}, facts["alpha"], "lpn-structure",
                  witness={"layers": facts["layers"], "beta": facts["beta"], "hidden": facts["hidden"]})
 
