@@ -422,9 +422,106 @@ def _cmd_prox(args: argparse.Namespace) -> int:
     return {"prox": EXIT_OK, "not-a-prox": EXIT_FAILED}.get(cert.answer, EXIT_UNKNOWN)
 
 
+MAX_XRT_TESTS = 1024  # regions tested in one run (each test evaluates (K + 1) M inputs)
+MAX_XRT_INPUTS = 10**7  # model inputs of one run: regions x (K + 1) x M
+
+
+def _xrt_reference(args: argparse.Namespace, data, shape: tuple[int, ...]) -> tuple["torch.Tensor", tuple[str, str] | None]:  # noqa: F821
+    """The sampler's reference rows [R, d]: the first --reference-rows rows of the data set's split, or a file."""
+    import numpy as np
+    import torch
+
+    from certify.errors import InvalidInputError, UsageError
+    from certify.models.datasets import load_dataset
+
+    if args.reference in ("train", "test"):
+        dataset = load_dataset(args.dataset) if args.dataset else data
+        if dataset is None:
+            raise UsageError("give --reference FILE.npy (rows like the input): the model has no data set (--dataset NAME)")
+        rows = dataset.x_train if args.reference == "train" else dataset.x_test
+        source = (dataset.name, args.reference)
+    else:
+        path = Path(args.reference)
+        if not path.is_file():
+            raise UsageError(f"--reference {args.reference!r} is neither train, test nor a file")
+        try:
+            array = np.load(path) if path.suffix == ".npy" else torch.load(path, weights_only=True)
+            rows = torch.as_tensor(np.asarray(array, dtype=np.float64) if not isinstance(array, torch.Tensor) else array)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is invalid input
+            raise InvalidInputError(f"cannot read --reference {path}: {exc}") from None
+        source = None
+    if rows.dim() < 2 or rows[0].numel() != math.prod(shape):
+        raise InvalidInputError(f"the reference rows must be [R, ...] with {math.prod(shape)} features each (the input's), "
+                                f"got shape {tuple(rows.shape)}")
+    return rows[: args.reference_rows], source
+
+
+def _cmd_test_importance(args: argparse.Namespace) -> int:
+    """SHAP-XRT tests of every region at one input; exit 0 (the p-values are the result)."""
+    import torch
+
+    from certify.certificates.issuers.importance import checked_importance_certificate
+    from certify.errors import UsageError
+    from certify.explain.shap_xrt import MarginalSampler, region_labels
+    from certify.models.spec import load_model
+
+    if args.out and (not Path(args.out).parent.is_dir() or Path(args.out).is_dir()):
+        raise UsageError(f"--out {args.out}: the folder to write into does not exist, or the path is a folder")
+    model, data = load_model(args.model)
+    x = _shaped(args, _load_input(args, data))
+    if x.shape[0] != 1:
+        raise UsageError(f"test-importance tests one input; the input holds {x.shape[0]}")
+    x = x[0].to(next(iter(model.parameters()), x).dtype)
+    shape = tuple(x.shape)
+    labels = region_labels(args.regions, shape)
+    regions = int(labels.max()) + 1
+    if regions > MAX_XRT_TESTS:
+        raise UsageError(f"--regions {args.regions} makes {regions} regions, more than {MAX_XRT_TESTS} tests; use larger tiles")
+    if args.k < 1 or args.m < 1 or args.reference_rows < 1 or not 0 < args.alpha < 1:
+        raise UsageError("--k, --m and --reference-rows must be >= 1 and --alpha in (0, 1)")
+    if regions * (args.k + 1) * args.m > MAX_XRT_INPUTS:
+        raise UsageError(f"{regions} tests x (K + 1) x M = {regions * (args.k + 1) * args.m} model inputs, more than "
+                         f"{MAX_XRT_INPUTS}; lower --k or --m, or use larger regions")
+    rows, source = _xrt_reference(args, data, shape)
+    groups = None if args.sampler != "regions" else labels
+    sampler = MarginalSampler(rows.reshape(rows.shape[0], -1), "joint" if args.sampler == "joint" else "product", groups)
+    features = [torch.nonzero(labels == r).flatten().tolist() for r in range(regions)]
+    context = [[] if args.context == "empty" else torch.nonzero(labels != r).flatten().tolist() for r in range(regions)]
+    names = [f"region-{r}" for r in range(regions)]
+    cert, problems = checked_importance_certificate(
+        model, x, features, context, sampler=sampler, reference=source, names=names, k=args.k, m=args.m,
+        alpha=args.alpha, target=args.target, score=args.score, seed=args.seed, model_spec=args.model,
+        data=f"{args.input or (args.dataset or (data.name if data else ''))}" + ("" if args.input else f"[{args.index}]"),
+        out=Path(args.out) if args.out else None)
+    if problems:  # the two implementations of the sampling protocol disagree: a bug, never a result
+        raise RuntimeError("the independent checker does not accept the tests: " + "; ".join(problems))
+    if args.out:
+        cert.write(Path(args.out))
+    if args.json:
+        print(cert.to_json())
+        return EXIT_OK
+    first = cert.claims[0].params
+    print(f"SHAP-XRT of {regions} regions ({args.regions}) of {cert.provenance['data'] or 'the input'} for the "
+          f"{args.score} of class {first['target']}: context C = "
+          f"{'the empty set' if args.context == 'empty' else 'the other regions held at x'}, K = {args.k}, M = {args.m}, "
+          f"sampler {args.sampler} over {rows.shape[0]} reference rows, alpha = {args.alpha:g}")
+    print(f"  {'region':10s} {'features':>8s} {'p':>8s} {'decision':9s} {'gamma-hat':>10s}")
+    for c in cert.claims:
+        print(f"  {c.id:10s} {len(c.params['features']):8d} {c.value:8.4g} {c.params['decision']:9s} {c.witness['gamma']:10.4g}")
+    rejected = [c.id for c in cert.claims if c.params["decision"] == "reject"]
+    print(f"rejected at alpha = {args.alpha:g}: {', '.join(rejected) if rejected else 'none'}. Each p is valid "
+          "(P(p <= alpha) <= alpha) under the null that the region changes nothing in law, for the sampler's law "
+          "(a statement about the data only where the sampler draws from their conditional law); "
+          f"gamma-hat estimates the region's marginal contribution v(C u j) - v(C); {len(rejected)} rejections among "
+          f"{regions} tests are not corrected for multiplicity.")
+    if args.out:
+        print(f"wrote {args.out} (re-check: certify verify {args.out})")
+    return EXIT_OK
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from certify.certificates.checker import verify_file
-    from certify.certificates.document import PropertyCertificate, ProxCertificate, read_certificate
+    from certify.certificates.document import ImportanceCertificate, PropertyCertificate, ProxCertificate, read_certificate
     from certify.certificates.summary import vacuous_label, vacuous_reasons
 
     answer = None
@@ -432,7 +529,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if isinstance(cert, (PropertyCertificate, ProxCertificate)):
         answer = cert.answer
     report = verify_file(Path(args.certificate), args.model)
-    subject = "explanation" if answer is None else "denoiser" if isinstance(cert, ProxCertificate) else "property"
+    subject = ("denoiser" if isinstance(cert, ProxCertificate) else "property" if isinstance(cert, PropertyCertificate)
+               else "tests" if isinstance(cert, ImportanceCertificate) else "explanation")
     # claims that verify but certify nothing: shown apart, never counted as certified (certify.certificates.summary)
     reasons = vacuous_reasons(cert, Path(args.certificate).parent)
     vacuous = {c.id: reasons.get(c.id) or _checker_vacuous(c) for c in report.checks
@@ -611,6 +709,40 @@ def build_parser() -> argparse.ArgumentParser:
     prox.add_argument("--out", metavar="CERT.json", help="write the prox certificate (re-check with certify verify)")
     prox.add_argument("--json", action="store_true", help="print the certificate as JSON")
     prox.set_defaults(run=_cmd_prox)
+
+    timp = add("test-importance", help="SHAP-XRT: test whether each region of one input matters to the model, with "
+               "p-values the checker recomputes",
+               description="For every region j of one input, the SHAP-XRT randomisation test (Teneggi et al., TMLR 2023) "
+               "of H0: holding j at x (in the context C) changes nothing in law; p = (1 + #{k: T~_k >= T})/(K + 1) is "
+               "valid under H0 for the sampler's law. Writes an importance-test certificate whose p-values `certify "
+               "verify` recomputes from the seeds. Exit 0.")
+    timp.add_argument("--model", required=True, help="model SPEC (zoo name, ONNX, TorchScript, module:callable)")
+    tsource = timp.add_mutually_exclusive_group()
+    tsource.add_argument("--input", help="one input as .npy or .pt (with or without the batch dimension)")
+    tsource.add_argument("--dataset", help="embedded data set to take the input and reference from (default: the zoo model's)")
+    timp.add_argument("--index", type=int, default=0, help="index into the data set's test split (default 0)")
+    timp.add_argument("--target", type=int, default=None, help="class scored (default: predicted)")
+    timp.add_argument("--regions", default="quadrants", help="quadrants (default), tile:S (square tiles of side S) or "
+                      "features (every feature its own region)")
+    timp.add_argument("--context", choices=("empty", "others"), default="empty", help="C: the empty set (default; "
+                      "j alone against the reference) or the other regions held at x")
+    timp.add_argument("--sampler", choices=("regions", "joint", "features"), default="regions",
+                      help="the law of the free features: each region from its own reference row (default), one "
+                      "whole reference row per draw, or each feature from its own row")
+    timp.add_argument("--reference", default="train", help="reference rows: train (default) or test split of the "
+                      "data set, or a .npy/.pt file [R, ...]")
+    timp.add_argument("--reference-rows", type=int, default=512, help="use the first R reference rows (default 512)")
+    timp.add_argument("--score", choices=("probability", "logit", "output"), default="probability",
+                      help="f: the target's softmax probability (default), its logit, or a single-output model's output")
+    timp.add_argument("--k", type=int, default=99, help="null statistics K (default 99: p in steps of 0.01)")
+    timp.add_argument("--m", type=int, default=16, help="draws per statistic M (default 16)")
+    timp.add_argument("--alpha", type=float, default=0.05, help="level of each test (default 0.05)")
+    timp.add_argument("--seed", type=_seed, default=0)
+    timp.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="per-example input shape for a model that "
+                      "records none")
+    timp.add_argument("--out", metavar="CERT.json", help="write the importance-test certificate (re-check with certify verify)")
+    timp.add_argument("--json", action="store_true", help="print the certificate as JSON")
+    timp.set_defaults(run=_cmd_test_importance)
 
     evaluate = add("evaluate", help="robustness study: metrics under random and adversarial perturbations vs certificates")
     evaluate.add_argument("--model", required=True, help="model SPEC")

@@ -119,6 +119,16 @@ def test_the_prox_checker_reaching_the_lpn_is_caught(tmp_path):
     assert "certify.certificates.prox_check -> certify.inverse.lpn" in result.stdout
 
 
+def test_the_importance_checker_reaching_the_shap_xrt_code_is_caught(tmp_path):
+    """The importance-test checker draws by its own copy of the sampling protocol: importing the library's
+    SHAP-XRT (whose sampler it re-checks) breaks the independent-checker contract."""
+    root = _copy_tree(tmp_path)
+    _add_import(root / "certify" / "certificates" / "xrt_check.py", "import certify.explain.shap_xrt")
+    result = _lint(root)
+    assert result.returncode != 0, result.stdout
+    assert "certify.certificates.xrt_check -> certify.explain.shap_xrt" in result.stdout
+
+
 def test_the_theorem_suite_may_not_import_the_cli(tmp_path):
     """The package and the theorem suite import each other only downwards: proofs_checks -> certify.cli fails."""
     root = _copy_tree(tmp_path)

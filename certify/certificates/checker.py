@@ -51,10 +51,12 @@ from torch import Tensor, nn
 from certify.certificates import local_check
 from certify.certificates._common import TINY, Invalid, down, spectral_norm, up
 from certify.certificates.claims import CLAIM_TYPES, FUNCTION_DESCRIPTION, RADIUS_TYPES, Claim, ClaimError, validate_claim
-from certify.certificates.document import Certificate, PropertyCertificate, ProxCertificate, decode_array, read_certificate
+from certify.certificates.document import (AnyCertificate, Certificate, ImportanceCertificate, PropertyCertificate,
+                                          ProxCertificate, decode_array, read_certificate)
 from certify.certificates.property_check import PROPERTY_RULES, property_context
 from certify.certificates.prox_check import check_prox
 from certify.certificates.relaxation_check import check_radius_lower
+from certify.certificates.xrt_check import check_importance
 from certify.errors import CertificateFormatError, UsageError
 from certify.models.hashing import model_hash
 from certify.vocabulary import SQRT2, Domain, parse_norm
@@ -1023,9 +1025,10 @@ def _document_checks(ctx: _Context, report: VerifyReport) -> None:
             report.problems.append(f"the certificate's function is refused or failed its conformance check, yet claims {bound} are not refused")
 
 
-def verify_certificate(cert: Certificate | PropertyCertificate | ProxCertificate, model: nn.Module, base_dir: Path | None = None) -> VerifyReport:
+def verify_certificate(cert: AnyCertificate, model: nn.Module, base_dir: Path | None = None) -> VerifyReport:
     """Re-check every claim of `cert` against `model` (the model must hash to the recorded value); a property
-    certificate by `certify.certificates.property_check`."""
+    certificate by `certify.certificates.property_check`, a prox certificate by `prox_check`, an importance-test
+    certificate by `xrt_check`."""
     report = VerifyReport()
     recorded = cert.provenance.get("model", {}).get("sha256")
     actual = model_hash(model)
@@ -1037,6 +1040,8 @@ def verify_certificate(cert: Certificate | PropertyCertificate | ProxCertificate
             return _verify_prox(cert, model, report)
         if isinstance(cert, PropertyCertificate):
             return _verify_property(cert, model, base_dir, report)
+        if isinstance(cert, ImportanceCertificate):
+            return _verify_importance(cert, model, base_dir, report)
         return _verify(cert, model, base_dir, report)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise CertificateFormatError(f"the model cannot be evaluated on the certificate's input "
@@ -1052,6 +1057,19 @@ def _verify_prox(cert: ProxCertificate, model: nn.Module, report: VerifyReport) 
         report.checks.append(ClaimCheck(claim_id, status, detail, by_id[claim_id].type, by_id[claim_id].kind))
     report.function = f"the denoiser f: inputs of shape {cert.denoiser['input_shape']} to the same shape"
     report.binding = f"answer {cert.answer!r}"
+    return report
+
+
+def _verify_importance(cert: ImportanceCertificate, model: nn.Module, base_dir: Path | None,
+                       report: VerifyReport) -> VerifyReport:
+    """An importance-test certificate (`certify.certificates.xrt_check`): each p-value recomputed from its seed."""
+    problems, rows = check_importance(cert, model, base_dir)
+    report.problems.extend(problems)
+    by_id = {c.id: c for c in cert.claims}
+    for claim_id, status, detail in rows:
+        report.checks.append(ClaimCheck(claim_id, status, detail, by_id[claim_id].type, by_id[claim_id].kind))
+    report.function = f"the model as run (its own dtype), on inputs of shape {cert.input['shape']}"
+    report.binding = "the input x and the sampler's reference rows (hash-checked), every draw recomputed from its seed"
     return report
 
 

@@ -553,6 +553,73 @@ _TYPES += [
     ),
 ]
 
+# ------------------------------------------------------------------ importance tests (issue 15): SHAP-XRT p-values
+
+XRT_SCORES = ("probability", "logit", "output")
+
+
+def _indices(name: str, allow_empty: bool) -> Validator:
+    def check(v: Any, n: int, classes: int) -> None:
+        if not (isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
+            raise ClaimError(f"{name} must be a list of feature indices")
+        if not v and not allow_empty:
+            raise ClaimError(f"{name} must not be empty")
+        if any(b <= a for a, b in zip(v, v[1:])) or (v and not 0 <= v[0] <= v[-1] < n):
+            raise ClaimError(f"{name} must be strictly increasing feature indices in [0, {n})")
+    return check
+
+
+def _alpha(v: Any, n: int, classes: int) -> None:
+    if not (_number(v) and 0 < v < 1):
+        raise ClaimError(f"alpha = {v!r} must lie in (0, 1)")
+
+
+def _xrt_consistent(q: dict[str, Any]) -> None:
+    if set(q["features"]) & set(q["context"]):
+        raise ClaimError("features and context overlap: the test fixes j in addition to C")
+    if abs(q["confidence"] - (1 - q["alpha"])) > 1e-12:
+        raise ClaimError(f"confidence {q['confidence']!r} must be 1 - alpha = {1 - q['alpha']!r}")
+
+
+def index_text(v: list[int]) -> str:
+    """Feature indices as sorted runs: [0-7, 16-23] (exact: two different lists never render alike)."""
+    runs, start = [], None
+    for i, idx in enumerate(v):
+        if start is None:
+            start = idx
+        if i + 1 == len(v) or v[i + 1] != idx + 1:
+            runs.append(str(start) if start == idx else f"{start}-{idx}")
+            start = None
+    return "[" + ", ".join(runs) + "]"
+
+
+XRT_TYPES = frozenset({"xrt-p-value"})
+_TYPES += [
+    ClaimType(
+        "xrt-p-value", "<=", frozenset({Kind.PROBABILISTIC.value, Kind.REFUSED.value}),
+        {"features": _indices("features", False), "context": _indices("context", True), "target": _target,
+         "score": _choice("score", XRT_SCORES), "K": _count("K"), "M": _count("M"), "seed": _count("seed", 0),
+         "tie": _nonnegative("tie"), "alpha": _alpha, "confidence": _confidence,
+         "decision": _choice("decision", ("reject", "retain"))},
+        lambda q: (f"p <= value, p = (1 + #{{k : T~_k >= T}}) / (K + 1) the SHAP-XRT p-value (Teneggi, Bharti, Romano "
+                   f"& Sulam, TMLR 2023, Alg. 1) of the features j = {index_text(q['features'])} in the context C = "
+                   f"{index_text(q['context'])} at the certificate's input x, for f = the model's {q['score']} of class "
+                   f"{q['target']} (evaluated in the model's dtype): T the mean of f over M = {q['M']} draws of "
+                   "X~_(C u j) (C u j held at x, the other features drawn by the certificate's sampler), T~_1..T~_K "
+                   f"(K = {q['K']}) the same mean over draws of X~_C, all drawn from numpy's default_rng(seed = "
+                   f"{q['seed']}) in the certificate's sampling protocol; value counts every T~_k >= T - {_num(q['tie'])} "
+                   f"(near-ties as ties, so value >= p). Decision at level alpha = {_num(q['alpha'])}: {q['decision']} "
+                   "H0 (reject iff value <= alpha). Validity: under H0_(j,C), f(X~_(C u j)) =d f(X~_C) for the "
+                   "sampler's law, P(value <= alpha) <= P(p <= alpha) <= alpha for every alpha (the rank of T among K + 1 "
+                   "exchangeable statistics), for a seed fixed independently of the outcome (trying several seeds and "
+                   "keeping the smallest p voids it); a statement about the data's conditional law only where the "
+                   "sampler draws from it (an assumption, not certified)"),
+        witness=frozenset({"statistic", "gamma"}),
+        required_witness=lambda q, kind: frozenset({"statistic", "gamma"}) if kind != "refused" else frozenset(),
+        value_range=(_POSITIVE[0], 1.0), consistent=_xrt_consistent,
+    ),
+]
+
 CLAIM_TYPES: dict[str, ClaimType] = {t.name: t for t in _TYPES}
 PROPERTY_TYPES = frozenset({"property-holds", "property-violated"})
 RADIUS_TYPES = frozenset({"flip-witness", "lipschitz-radius", "radius-lower", "exact-radius", "gap"})
@@ -633,14 +700,15 @@ _ROUND = {"<=": round_up, ">=": round_down, "==": float}
 
 
 def issue(id: str, type_: str, params: dict[str, Any], value: float, method: str, assumptions: list[str] | None = None,
-          witness: dict[str, Any] | None = None, kind: str = Kind.CERTIFIED.value) -> Claim:
+          witness: dict[str, Any] | None = None, kind: str = Kind.CERTIFIED.value, exact: bool = False) -> Claim:
     """A claim of type `type_` with its statement rendered and its value rounded outward (upper bounds up,
-    lower bounds down, by the builder's margin). A non-finite value becomes a refusal."""
+    lower bounds down, by the builder's margin), unless `exact` (a value the checker recomputes by the same
+    float64 expression, e.g. a p-value's count ratio). A non-finite value becomes a refusal."""
     ct = claim_type(type_)
     if value is None or not math.isfinite(value):
         return refuse(id, type_, params, method, f"no finite bound (value {value})")
     confidence = params.get("confidence")
-    value = _ROUND[ct.relation](float(value))
+    value = float(value) if exact else _ROUND[ct.relation](float(value))
     if ct.value_range[0] == 0.0 and ct.relation == ">=":
         value = max(0.0, value)
     return Claim(id, type_, dict(params), ct.relation, value, kind, method, list(assumptions or []),

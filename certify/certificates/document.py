@@ -26,6 +26,11 @@ what is proven about a denoiser f: `denoiser` {input_shape, features}, `answer` 
 claim is certified; "not-a-prox": a prox-violation-cycle claim is certified; "undecided": sampled evidence
 only), `seconds`, and its claims (`claims.PROX_TYPES`); re-checked by `certify.certificates.prox_check`.
 
+An IMPORTANCE certificate (schema "certify-importance-certificate", version 1,
+`importance-certificate.schema.json`; issue 15) holds SHAP-XRT tests at one input: `input` {shape, x, classes},
+`sampler` (the law of the free features: reference rows, mode, groups; the rows inline or in a sidecar),
+`seconds`, and one `xrt-p-value` claim per test; re-checked by `certify.certificates.xrt_check`.
+
 A file that is not JSON, has a duplicated key, fails the schema (an unknown or missing field, a wrong
 version, a kind or claim type not in the registry) or has duplicate / dangling claim ids raises
 `CertificateFormatError` (exit 2 of `certify verify`).
@@ -45,7 +50,7 @@ from certify.certificates.claims import CLAIM_TYPES, KINDS, RELATIONS, Claim, Ki
 from certify.errors import CertificateFormatError
 from certify.vocabulary import round_down, round_up
 
-__all__ = ["Certificate", "PropertyCertificate", "ProxCertificate", "PROX_ANSWERS", "prox_schema", "ANSWERS", "Claim", "Kind", "KINDS", "RELATIONS", "SCHEMA_ID", "SCHEMA_VERSION", "INLINE_LIMIT",
+__all__ = ["AnyCertificate", "Certificate", "ImportanceCertificate", "PropertyCertificate", "ProxCertificate", "importance_schema", "PROX_ANSWERS", "prox_schema", "ANSWERS", "Claim", "Kind", "KINDS", "RELATIONS", "SCHEMA_ID", "SCHEMA_VERSION", "INLINE_LIMIT",
            "array_sha256", "encode_array", "decode_array", "parse_certificate", "read_certificate", "schema", "property_schema",
            "round_up", "round_down"]
 
@@ -60,6 +65,9 @@ PROX_SCHEMA_ID = "certify-prox-certificate"
 PROX_SCHEMA_VERSION = 1
 PROX_SCHEMA_FILE = Path(__file__).with_name("prox-certificate.schema.json")
 PROX_ANSWERS = ("prox", "not-a-prox", "undecided")
+IMPORTANCE_SCHEMA_ID = "certify-importance-certificate"
+IMPORTANCE_SCHEMA_VERSION = 1
+IMPORTANCE_SCHEMA_FILE = Path(__file__).with_name("importance-certificate.schema.json")
 ANSWERS = ("holds", "violated", "unknown")
 TARGET_SOURCES = ("given", "predicted")
 
@@ -88,6 +96,13 @@ def property_schema() -> dict[str, Any]:
 def prox_schema() -> dict[str, Any]:
     """The JSON Schema of a prox certificate; its claims and arrays are those of `schema()`."""
     doc = json.loads(PROX_SCHEMA_FILE.read_text())
+    doc["$defs"] = {"claim": schema()["$defs"]["claim"], "array": schema()["$defs"]["array"]}
+    return doc
+
+
+def importance_schema() -> dict[str, Any]:
+    """The JSON Schema of an importance-test certificate; its claims and arrays are those of `schema()`."""
+    doc = json.loads(IMPORTANCE_SCHEMA_FILE.read_text())
     doc["$defs"] = {"claim": schema()["$defs"]["claim"], "array": schema()["$defs"]["array"]}
     return doc
 
@@ -194,6 +209,23 @@ class ProxCertificate:
     write = Certificate.write
 
 
+@dataclass
+class ImportanceCertificate:
+    """SHAP-XRT tests of feature importance at one input (module docstring)."""
+
+    provenance: dict[str, Any]
+    input: dict[str, Any]
+    sampler: dict[str, Any]
+    seconds: float
+    claims: list[Claim]
+    schema: str = IMPORTANCE_SCHEMA_ID
+    version: int = IMPORTANCE_SCHEMA_VERSION
+
+    claim = Certificate.claim
+    to_json = Certificate.to_json
+    write = Certificate.write
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -207,7 +239,10 @@ def _reject_constant(name: str) -> float:
     raise CertificateFormatError(f"{name} is not a JSON number")
 
 
-def parse_certificate(text: str, where: str = "certificate") -> Certificate | PropertyCertificate | ProxCertificate:
+AnyCertificate = Certificate | PropertyCertificate | ProxCertificate | ImportanceCertificate
+
+
+def parse_certificate(text: str, where: str = "certificate") -> AnyCertificate:
     """Parse and validate a certificate (an explanation certificate, or a property certificate by its
     `schema` field) against its JSON Schema; CertificateFormatError names what is wrong."""
     try:
@@ -219,13 +254,13 @@ def parse_certificate(text: str, where: str = "certificate") -> Certificate | Pr
     if not isinstance(raw, dict):
         raise CertificateFormatError(f"{where}: top level must be a JSON object")
     known = {(SCHEMA_ID, SCHEMA_VERSION): schema, (PROPERTY_SCHEMA_ID, PROPERTY_SCHEMA_VERSION): property_schema,
-             (PROX_SCHEMA_ID, PROX_SCHEMA_VERSION): prox_schema}
+             (PROX_SCHEMA_ID, PROX_SCHEMA_VERSION): prox_schema,
+             (IMPORTANCE_SCHEMA_ID, IMPORTANCE_SCHEMA_VERSION): importance_schema}
     which = (raw.get("schema"), raw.get("version"))
     if which not in known:
         raise CertificateFormatError(
-            f"{where}: schema {raw.get('schema')!r} version {raw.get('version')!r} is not {SCHEMA_ID!r} version "
-            f"{SCHEMA_VERSION}, {PROPERTY_SCHEMA_ID!r} version {PROPERTY_SCHEMA_VERSION} nor {PROX_SCHEMA_ID!r} "
-            f"version {PROX_SCHEMA_VERSION}"
+            f"{where}: schema {raw.get('schema')!r} version {raw.get('version')!r} is not one of "
+            + ", ".join(f"{name!r} version {version}" for name, version in known)
         )
     errors = sorted(jsonschema.Draft202012Validator(known[which]()).iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
@@ -242,6 +277,9 @@ def parse_certificate(text: str, where: str = "certificate") -> Certificate | Pr
             raise CertificateFormatError(f"{where}: claim {c.id!r} rests on unknown claims {missing}")
         if c.id in c.assumptions:
             raise CertificateFormatError(f"{where}: claim {c.id!r} rests on itself")
+    if which[0] == IMPORTANCE_SCHEMA_ID:
+        return ImportanceCertificate(provenance=raw["provenance"], input=raw["input"], sampler=raw["sampler"],
+                                     seconds=raw["seconds"], claims=claims)
     if which[0] == PROX_SCHEMA_ID:
         return ProxCertificate(provenance=raw["provenance"], denoiser=raw["denoiser"], answer=raw["answer"],
                                seconds=raw["seconds"], claims=claims)
@@ -254,7 +292,7 @@ def parse_certificate(text: str, where: str = "certificate") -> Certificate | Pr
     )
 
 
-def read_certificate(path: Path) -> Certificate | PropertyCertificate | ProxCertificate:
+def read_certificate(path: Path) -> AnyCertificate:
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:

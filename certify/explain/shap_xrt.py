@@ -691,6 +691,29 @@ def grid_regions(shape: Sequence[int], tile: int) -> Tensor:
     return labels.expand(*shape[:-2], h, w).clone()
 
 
+def region_labels(spec: str, shape: Sequence[int]) -> Tensor:
+    """A region label map [d] (flat, labels 0..R-1) for inputs of `shape` from a spec: "quadrants" (the four
+    quadrants of an image (C, H, W) or (H, W) with even H and W), "tile:S" (square tiles of side S, `grid_regions`)
+    or "features" (every feature its own region). UsageError for anything else."""
+    shape = tuple(int(s) for s in shape)
+    d = int(np.prod(shape))
+    if spec == "features":
+        return torch.arange(d)
+    if spec == "quadrants" or spec.startswith("tile:"):
+        if len(shape) < 2:
+            raise UsageError(f"regions {spec!r} need image inputs (C, H, W) or (H, W), got shape {shape}")
+        if spec == "quadrants":
+            if shape[-2] % 2 or shape[-1] % 2 or shape[-2] != shape[-1]:
+                raise UsageError(f"quadrants need a square image with an even side, got {shape[-2]}x{shape[-1]}")
+            return grid_regions(shape, shape[-1] // 2).reshape(-1)
+        try:
+            side = int(spec[5:])
+        except ValueError:
+            raise UsageError(f"tile:S needs an integer side S, got {spec!r}") from None
+        return grid_regions(shape, side).reshape(-1)
+    raise UsageError(f"regions must be 'quadrants', 'tile:S' or 'features', got {spec!r}")
+
+
 class SHAPXRT(Explainer):
     """`SHAPXRT(model, sampler, regions=None, context="others", k=99, m=16, alpha=0.05, seed=0, batch_size=8192)`.
 

@@ -51,6 +51,8 @@ VALID = {
     "jacobian-asymmetry": {"points": 8, "search_steps": 0},
     "jacobian-min-eigenvalue": {"points": 8, "search_steps": 20},
     "cyclic-monotonicity-sampled": {"cycles": 64, "length": 3},
+    "xrt-p-value": {"features": [0, 1], "context": [3], "target": 1, "score": "probability", "K": 99, "M": 16,
+                    "seed": 7, "tie": 1e-5, "alpha": 0.05, "confidence": 0.95, "decision": "retain"},
 }
 BAD = {
     "target": [-1, C, 1.0, True, "1", None],
@@ -80,12 +82,21 @@ BAD = {
     "search_steps": [-1, 1.5, None],
     "cycles": [0, None],
     "length": [1, 0, 2.5],
+    "features": [[], [1, 0], [0, 0], [0, N], [-1], [0.0], [True], "0", None],
+    "context": [[2, 1], [N], [1.5], None],
+    "score": ["margin", None],
+    "K": [0, 1.5, True, None],
+    "M": [0, -3, None],
+    "seed": [-1, 2.0, None],
+    "tie": [-1e-9, math.inf, math.nan, None],
+    "alpha": [0.0, 1.0, -0.1, "0.05", None],
+    "decision": ["rejected", None],
 }
 WITNESS = {"property-holds": {"format": "", "unstable": [], "root_alphas": [], "conjunctions": []},
            "solver-error": {"z": {}}, "flip-witness": {"delta": {}}, "radius-lower": {"alphas": []},
            "smoothed-explanation-error": {"samples": 4, "seed": 0},
            "jacobian-asymmetry": {"point": {}}, "jacobian-min-eigenvalue": {"point": {}},
-           "cyclic-monotonicity-sampled": {"cycle": {}}}
+           "cyclic-monotonicity-sampled": {"cycle": {}}, "xrt-p-value": {"statistic": 0.5, "gamma": 0.1}}
 
 
 def test_every_claim_type_has_an_example_here():
@@ -95,7 +106,7 @@ def test_every_claim_type_has_an_example_here():
 
 DEFAULT_KIND = {"smoothed-explanation-error": "probabilistic", "exact-radius": "solver-reported", "stability-none": "refused",
                 "jacobian-asymmetry": "estimated", "jacobian-min-eigenvalue": "estimated",
-                "cyclic-monotonicity-sampled": "estimated"}
+                "cyclic-monotonicity-sampled": "estimated", "xrt-p-value": "probabilistic"}
 
 
 def _claim(type_, params=None, value=0.5, kind=None, **changes):
@@ -262,3 +273,20 @@ def test_local_region_rests_on_the_lipschitz_claim():
     with pytest.raises(ClaimError):
         validate_params("weak-convexity", {"target": 1, "radius": 0.0}, N, C)
     assert "ball" in render("weak-convexity", {"target": 1, "radius": 0.5})
+
+
+def test_an_xrt_claim_refuses_overlapping_sets_and_a_confidence_other_than_one_minus_alpha():
+    q = dict(VALID["xrt-p-value"])
+    with pytest.raises(ClaimError, match="overlap"):
+        validate_params("xrt-p-value", {**q, "context": [1, 3]}, N, C)
+    with pytest.raises(ClaimError, match="1 - alpha"):
+        validate_params("xrt-p-value", {**q, "confidence": 0.99}, N, C)
+    with pytest.raises(ClaimError, match="range"):  # a p-value is never above 1
+        validate_claim(_claim("xrt-p-value", value=1.01), N, C)
+
+
+def test_index_text_renders_runs_exactly():
+    from certify.certificates.claims import index_text
+
+    assert index_text([0, 1, 2, 5, 7, 8]) == "[0-2, 5, 7-8]" and index_text([]) == "[]"
+    assert index_text([0, 1, 2]) != index_text([0, 2])

@@ -1,0 +1,118 @@
+"""The importance-test certificate (issue 15, item 2; `certify test-importance`): SHAP-XRT p-values at one input as
+probabilistic claims that the independent checker recomputes (`certify.certificates.xrt_check`).
+
+Each test (features j, context C) becomes an `xrt-p-value` claim: value = (1 + #{k: T~_k >= T - tie}) / (K + 1)
+from the test's statistics (near-ties within `tie` counted as ties, so value >= the test's p; tie is a relative
+1e-5 of the scores' magnitude for a float32 model, 1e-12 for float64), the decision at alpha, and the statistic T
+and the estimate gamma-hat as witness. The sampler must be a `MarginalSampler` (its draws are integer row indices:
+reproducible anywhere); its reference rows travel with the certificate (inline, or a sidecar .npy next to it).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from certify.certificates.claims import issue
+from certify.certificates.document import ImportanceCertificate, encode_array, parse_certificate
+from certify.certificates.issuers.common import model_provenance
+from certify.certificates.xrt_check import check_importance
+from certify.errors import InvalidInputError, UnsupportedError, UsageError
+from certify.explain.shap_xrt import DEFAULT_K, DEFAULT_M, MarginalSampler, xrt
+from certify.vocabulary import Kind
+
+TIE_RELATIVE = {torch.float64: 1e-12}
+TIE_RELATIVE_DEFAULT = 1e-5  # float32 and narrower: far above the rounding of a mean of M scores
+
+
+def _tie(model: nn.Module, statistic: float, null: Tensor) -> float:
+    first = next(iter(model.parameters()), None)
+    relative = TIE_RELATIVE.get(first.dtype if first is not None else torch.float32, TIE_RELATIVE_DEFAULT)
+    return relative * max(1.0, abs(statistic), float(null.abs().max()))
+
+
+def importance_certificate(
+    model: nn.Module,
+    x: Tensor,
+    features: Sequence[Any],
+    context: Sequence[Any],
+    *,
+    sampler: MarginalSampler,
+    reference: tuple[str, str] | None = None,
+    names: Sequence[str] | None = None,
+    k: int = DEFAULT_K,
+    m: int = DEFAULT_M,
+    alpha: float = 0.05,
+    target: int | None = None,
+    score: str = "probability",
+    seed: int = 0,
+    model_spec: str | None = None,
+    data: str = "",
+    out: Path | None = None,
+) -> ImportanceCertificate:
+    """SHAP-XRT tests of `features[i]` in the context `context[i]` (feature sets as `certify.explain.shap_xrt.xrt`
+    takes them) at one input x [...] (no batch axis), one claim per test named `names[i]` (default "test-i").
+    `reference`: (data set name, split) when the sampler's rows are the first rows of that certify data set (the
+    checker re-checks it), else None. `out`: the certificate's path, where a large reference is written as a
+    sidecar. Raises UsageError for bad parameters (a sampler other than MarginalSampler, mismatched lists),
+    InvalidInputError for a bad input. Source: Teneggi et al., TMLR 2023, Alg. 1."""
+    if not isinstance(sampler, MarginalSampler):
+        raise UnsupportedError(f"an importance-test certificate needs a MarginalSampler (its draws are reproducible "
+                               f"row indices), got {type(sampler).__name__}")
+    if not isinstance(x, Tensor) or x.dim() < 1:
+        raise InvalidInputError("x must be one input tensor [...] (no batch axis)")
+    b = len(features)
+    if b == 0 or len(context) != b or (names is not None and len(names) != b):
+        raise UsageError(f"give one context (and name) per feature set: {b} feature sets, {len(context)} contexts")
+    if not 0 < alpha < 1:
+        raise UsageError(f"alpha must lie in (0, 1), got {alpha}")
+    names = list(names) if names is not None else [f"test-{i}" for i in range(b)]
+    if len(set(names)) != b:
+        raise UsageError("test names must be distinct")
+    start = time.perf_counter()
+    shape = tuple(int(s) for s in x.shape)
+    result = xrt(model, x.unsqueeze(0).expand(b, *shape), list(features), list(context), sampler=sampler, k=k, m=m,
+                 target=None if target is None else [int(target)] * b, score=score, seed=seed)
+    claims = []
+    for i in range(b):
+        t = float(result.statistic[i])
+        tie = _tie(model, t, result.null_statistics[i])
+        value = (1 + int((result.null_statistics[i] >= t - tie).sum())) / (k + 1)
+        params = {
+            "features": torch.nonzero(result.feature_mask[i]).flatten().tolist(),
+            "context": torch.nonzero(result.context_mask[i]).flatten().tolist(),
+            "target": int(result.target[i]), "score": score, "K": k, "M": m, "seed": int(result.seeds[i]),
+            "tie": tie, "alpha": float(alpha), "confidence": 1 - float(alpha),
+            "decision": "reject" if value <= alpha else "retain",
+        }
+        claims.append(issue(names[i], "xrt-p-value", params, value, "shap-xrt",
+                            witness={"statistic": t, "gamma": float(result.gamma[i])}, kind=Kind.PROBABILISTIC.value,
+                            exact=True))
+    with torch.no_grad():
+        output = model(x.unsqueeze(0))
+    spec = sampler.spec()
+    sidecar = None if out is None else Path(out).with_name(Path(out).stem + "-reference.npy")
+    rows = sampler.reference.to(torch.float64).numpy()
+    return ImportanceCertificate(
+        provenance={**model_provenance(model, model_spec), "data": data, "seed": int(seed)},
+        input={"shape": list(shape), "x": encode_array(x.detach().to("cpu", torch.float64).numpy()),
+               "classes": int(output.shape[1]) if output.dim() == 2 else 1},
+        sampler={"kind": "marginal", "mode": spec["mode"], "groups": spec["groups"],
+                 "reference": {"dataset": reference[0] if reference else None, "split": reference[1] if reference else None,
+                               "rows": int(rows.shape[0]), "data": encode_array(rows, sidecar)}},
+        seconds=time.perf_counter() - start, claims=claims,
+    )
+
+
+def checked_importance_certificate(model: nn.Module, x: Tensor, features: Sequence[Any], context: Sequence[Any],
+                                   **kwargs: Any) -> tuple[ImportanceCertificate, list[str]]:
+    """`importance_certificate`, then re-checked by the independent checker (its JSON parsed back, the sidecar
+    read from `out`'s folder): (certificate, problems found). A claim the checker does not accept is a bug in
+    one of the two implementations of the protocol, reported, never hidden."""
+    cert = importance_certificate(model, x, features, context, **kwargs)
+    out = kwargs.get("out")
+    problems, rows = check_importance(parse_certificate(cert.to_json()), model, None if out is None else Path(out).parent)
+    return cert, problems + [f"claim {i}: {detail}" for i, status, detail in rows if status == "invalid"]

@@ -1,0 +1,214 @@
+"""The independent checker of importance-test certificates (issue 15; `certify verify` of a
+"certify-importance-certificate"): every SHAP-XRT p-value is recomputed from the model, the certificate's input,
+the sampler's reference rows and the claim's seed, by this module's own implementation of the sampling protocol
+(it imports no solver code: certify.explain's SHAP-XRT is not used).
+
+The sampling protocol (the issuer's `certify.explain.shap_xrt.MarginalSampler` follows it; written here again
+from this description):
+
+* a test's draws come from `numpy.random.default_rng(seed)`: first the M draws of X~_(C u j), then the K M draws
+  of X~_C, each block drawn by ONE call below;
+* n draws with the features of a bool mask `fixed` held at x: `idx = rng.integers(0, R, size=S)` with S = n (mode
+  "joint": draw i is reference row idx[i]), S = (n, d) (mode "product" without groups: feature f of draw i is
+  reference[idx[i, f], f]) or S = (n, G) (mode "product" with groups relabelled 0..G-1 in sorted order: feature f
+  of draw i is reference[idx[i, g_f], f]); then the fixed features are set to x;
+* f is the model's score of the target in the model's dtype ("probability": softmax over the outputs, "logit":
+  the output, "output": a single-output model's value), converted to float64; T is the mean of the first M
+  scores, T~_k the mean of the k-th next block of M.
+
+The claim (`xrt-p-value`, relation <=) states p <= value with p = (1 + #{k: T~_k >= T}) / (K + 1). The checker
+recounts with the claim's tie allowance halved, c = #{k: T~_k >= T - tie/2} (its own arithmetic), and accepts
+iff value >= (1 + c) / (K + 1): counting near-ties as ties only raises p, so the accepted value is a valid
+p-value whatever the last bits of either evaluation (an issuer whose arithmetic differs by less than tie/4 from
+the checker's passes; a value lowered by even one count fails, saturated scores included: exact ties always
+count). The decision must be "reject" iff value <= alpha; the witness's T and gamma-hat (the mean over the null
+draws subtracted from T) must match the recomputation within the tie allowance plus float32 rounding.
+
+The reference rows are the certificate's own (inline or a sidecar .npy, hash-checked); when the certificate says
+they are the first R rows of a certify data set's split, the checker reloads that data set and compares them
+exactly, so the sampler's description cannot lie.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from certify.certificates._common import Invalid
+from certify.certificates.claims import XRT_TYPES, Claim, ClaimError, validate_claim
+from certify.errors import CertificateFormatError
+from certify.vocabulary import Kind
+
+CHUNK = 4096  # rows per model call
+WITNESS_RTOL = 1e-5  # float32 rounding of T's M-term mean, relative to max(1, |T|)
+
+
+def _model_dtype(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    first = next(iter(model.parameters()), None)
+    return (first.dtype, first.device) if first is not None else (torch.float32, torch.device("cpu"))
+
+
+def reference_rows(cert: Any, base_dir: Path | None, d: int) -> np.ndarray:
+    """The sampler's reference rows [R, d] (float64), checked against their hash, their recorded count and, when a
+    data set is named, against that data set's first R rows; Invalid otherwise."""
+    from certify.certificates.document import decode_array
+
+    ref = cert.sampler["reference"]
+    try:
+        rows = decode_array(ref["data"], "sampler.reference.data", base_dir)
+    except CertificateFormatError as exc:
+        raise Invalid(str(exc)) from None
+    if rows.ndim != 2 or rows.shape[1] != d or rows.shape[0] != ref["rows"]:
+        raise Invalid(f"the reference data has shape {list(rows.shape)}, not [{ref['rows']}, {d}]")
+    if ref["dataset"] is not None:
+        from certify.errors import UnsupportedError
+        from certify.models.datasets import load_dataset
+
+        if ref["split"] is None:
+            raise Invalid("a reference named by data set must name its split")
+        try:
+            data = load_dataset(ref["dataset"])
+        except UnsupportedError as exc:
+            raise Invalid(f"the reference's data set cannot be loaded: {exc}") from None
+        source = data.x_train if ref["split"] == "train" else data.x_test
+        source = source.reshape(source.shape[0], -1).to(torch.float64).numpy()
+        if source.shape[0] < rows.shape[0] or source.shape[1] != d or not np.array_equal(source[: rows.shape[0]], rows):
+            raise Invalid(f"the reference rows are not the first {rows.shape[0]} rows of {ref['dataset']}'s {ref['split']} split")
+    elif ref["split"] is not None:
+        raise Invalid("a reference with no data set has no split")
+    return rows
+
+
+def _groups(cert: Any, d: int) -> np.ndarray | None:
+    sampler = cert.sampler
+    groups = sampler["groups"]
+    if groups is None:
+        return None
+    if sampler["mode"] != "product":
+        raise Invalid("groups apply to mode 'product' only")
+    if len(groups) != d:
+        raise Invalid(f"groups has {len(groups)} labels for {d} features")
+    return np.unique(np.asarray(groups, dtype=np.int64), return_inverse=True)[1].reshape(-1)
+
+
+def draw(rows: np.ndarray, mode: str, labels: np.ndarray | None, x: np.ndarray, fixed: np.ndarray, n: int,
+         rng: np.random.Generator) -> np.ndarray:
+    """n draws [n, d] (float64) of the protocol in the module docstring."""
+    r, d = rows.shape
+    if mode == "joint":
+        out = rows[rng.integers(0, r, size=n)]
+    elif labels is None:
+        out = rows[rng.integers(0, r, size=(n, d)), np.arange(d)[None, :]]
+    else:
+        idx = rng.integers(0, r, size=(n, int(labels.max()) + 1))
+        out = rows[idx[:, labels], np.arange(d)[None, :]]
+    return np.where(fixed[None, :], x[None, :], out)
+
+
+def scores(model: nn.Module, points: np.ndarray, shape: tuple[int, ...], target: int, score: str) -> np.ndarray:
+    """f at each row of `points` [n, d], float64 [n] (module docstring); Invalid for outputs of another form."""
+    dtype, device = _model_dtype(model)
+    out = []
+    with torch.no_grad():
+        for start in range(0, points.shape[0], CHUNK):
+            chunk = torch.as_tensor(points[start : start + CHUNK], dtype=dtype, device=device)
+            y = model(chunk.reshape(chunk.shape[0], *shape))
+            if not isinstance(y, torch.Tensor) or y.dim() not in (1, 2) or y.shape[0] != chunk.shape[0]:
+                raise Invalid(f"the model returns {getattr(y, 'shape', type(y))}, not [batch] or [batch, classes]")
+            if score == "output":
+                if y.dim() == 2 and y.shape[1] != 1:
+                    raise Invalid("score 'output' needs a single-output model")
+                values = y.reshape(-1)
+            else:
+                if y.dim() != 2:
+                    raise Invalid(f"score {score!r} needs outputs [batch, classes]")
+                if score == "probability":
+                    y = torch.softmax(y, dim=1)
+                values = y[:, target]
+            out.append(values.detach().to("cpu", torch.float64).numpy())
+    values = np.concatenate(out)
+    if not np.isfinite(values).all():
+        raise Invalid("the model returns non-finite scores on the sampled inputs")
+    return values
+
+
+def check_pvalue(model: nn.Module, claim: Claim, x: np.ndarray, shape: tuple[int, ...], rows: np.ndarray,
+                 mode: str, labels: np.ndarray | None) -> str:
+    """Recompute one xrt-p-value claim (module docstring); the detail text, or Invalid."""
+    q = claim.params
+    d = x.size
+    j = np.zeros(d, dtype=bool)
+    j[q["features"]] = True
+    c = np.zeros(d, dtype=bool)
+    c[q["context"]] = True
+    k, m = q["K"], q["M"]
+    rng = np.random.default_rng(q["seed"])
+    with_j = draw(rows, mode, labels, x, j | c, m, rng)
+    without_j = draw(rows, mode, labels, x, c, k * m, rng)
+    values = scores(model, np.concatenate([with_j, without_j]), shape, q["target"], q["score"]).reshape(k + 1, m)
+    means = values.mean(axis=1)
+    t, t_null = float(means[0]), means[1:]
+    count = int((t_null >= t - q["tie"] / 2).sum())
+    needed = (1 + count) / (k + 1)
+    if not claim.value >= needed:
+        raise Invalid(f"value {claim.value!r} is below the recomputed p-value {needed!r} ({count} of K = {k} null "
+                      f"statistics >= T - tie/2 = {t - q['tie'] / 2!r})")
+    rejects = claim.value <= q["alpha"]
+    if (q["decision"] == "reject") != rejects:
+        raise Invalid(f"decision {q['decision']!r} where value {claim.value!r} {'<=' if rejects else '>'} alpha = {q['alpha']!r}")
+    gamma = t - float(values[1:].mean())
+    allowance = q["tie"] + WITNESS_RTOL * max(1.0, abs(t))
+    for key, recomputed in (("statistic", t), ("gamma", gamma)):
+        stated = claim.witness.get(key)
+        if not (isinstance(stated, (int, float)) and not isinstance(stated, bool) and math.isfinite(stated)
+                and abs(stated - recomputed) <= allowance):
+            raise Invalid(f"witness.{key} = {stated!r} differs from the recomputed {recomputed!r} by more than {allowance:.3g}")
+    return (f"p recomputed from seed {q['seed']}: {needed:.6g} ({count} of K = {k} null statistics >= T - tie/2), "
+            f"value {claim.value:.6g} >= it; T = {t:.6g}, gamma-hat = {gamma:.3g}; {q['decision']} at alpha = {q['alpha']:g}")
+
+
+def check_importance(cert: Any, model: nn.Module, base_dir: Path | None) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(document problems, [(claim id, status, detail)]) for an ImportanceCertificate and its model (already
+    matched by hash). Statuses: "valid (probabilistic)" (recomputed from its seed), "invalid", "refused"."""
+    from certify.certificates.document import decode_array
+
+    shape = tuple(int(s) for s in cert.input["shape"])
+    d = math.prod(shape)
+    try:
+        x = decode_array(cert.input["x"], "input.x", base_dir).reshape(-1)
+    except CertificateFormatError as exc:
+        return [str(exc)], []
+    if x.size != d:
+        return [f"input.x has {x.size} values for the shape {list(shape)}"], []
+    dtype, device = _model_dtype(model)
+    with torch.no_grad():
+        out = model(torch.as_tensor(x, dtype=dtype, device=device).reshape(1, *shape))
+    classes = int(out.shape[1]) if out.dim() == 2 else 1
+    if classes != cert.input["classes"]:
+        return [f"the model has {classes} outputs, the certificate says {cert.input['classes']}"], []
+    try:
+        rows = reference_rows(cert, base_dir, d)
+        labels = _groups(cert, d)
+    except Invalid as exc:
+        return [f"sampler: {exc}"], []
+    mode = cert.sampler["mode"]
+    out_rows: list[tuple[str, str, str]] = []
+    for claim in cert.claims:
+        try:
+            validate_claim(claim, d, classes)
+            if claim.type not in XRT_TYPES:
+                raise Invalid(f"a {claim.type!r} claim is not an importance test")
+            if claim.kind == Kind.REFUSED.value:
+                out_rows.append((claim.id, "refused", claim.reason or ""))
+                continue
+            out_rows.append((claim.id, "valid (probabilistic)", check_pvalue(model, claim, x, shape, rows, mode, labels)))
+        except (Invalid, ClaimError) as exc:
+            out_rows.append((claim.id, "invalid", str(exc)))
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the model fails on the draws
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            out_rows.append((claim.id, "invalid", f"the model cannot be evaluated for this claim ({type(exc).__name__}: {first})"))
+    return [], out_rows

@@ -1,0 +1,232 @@
+"""The importance-test certificate (SHAP-XRT p-values, issue 15) and its independent checker: the checker's own
+sampling protocol draws exactly what the library's sampler draws; honest certificates verify; every edit of a
+claim, the input, the reference or the model that makes a statement false is caught; forged p-values on
+saturated or near-tied scores (where a tie allowance could be abused) are refused."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edits import doc_claim  # noqa: E402
+
+from certify.certificates.checker import verify_certificate  # noqa: E402
+from certify.certificates.claims import render  # noqa: E402
+from certify.certificates.document import encode_array, parse_certificate  # noqa: E402
+from certify.certificates.issuers.importance import checked_importance_certificate  # noqa: E402
+from certify.certificates.xrt_check import draw  # noqa: E402
+from certify.errors import UnsupportedError  # noqa: E402
+from certify.explain.shap_xrt import GaussianSampler, MarginalSampler, region_labels  # noqa: E402
+from certify.models import zoo  # noqa: E402
+
+K, M = 49, 8
+
+
+@pytest.fixture(scope="module")
+def composite():
+    model, data = zoo.load("composite-relu-cnn")
+    support = data.support_test.flatten(1)  # [N, 4] tiles in row-major order = quadrant labels
+    single = torch.nonzero((support.sum(dim=1) == 1)).flatten()
+    i = int(single[0])
+    return model, data, i, int(torch.nonzero(support[i])[0])
+
+
+def _certificate(composite, tmp_path, context="empty", mode="product", reference=("digits-composite", "train")):
+    model, data, i, tile = composite
+    x = data.x_test[i]
+    labels = region_labels("quadrants", x.shape)
+    sampler = MarginalSampler(data.x_train[:300], mode, labels if mode == "product" else None)
+    feats = [torch.nonzero(labels == r).flatten().tolist() for r in range(4)]
+    ctx = [[] if context == "empty" else torch.nonzero(labels != r).flatten().tolist() for r in range(4)]
+    out = tmp_path / "xrt.json"
+    cert, problems = checked_importance_certificate(model, x, feats, ctx, sampler=sampler, reference=reference,
+                                                    names=[f"q{r}" for r in range(4)], k=K, m=M, target=1,
+                                                    model_spec="composite-relu-cnn", out=out, seed=3)
+    assert problems == []
+    cert.write(out)
+    return cert, out
+
+
+def _verify(doc, model, base):
+    return verify_certificate(parse_certificate(json.dumps(doc)), model, base)
+
+
+def _rerender(claim):
+    claim["statement"] = render(claim["type"], claim["params"])
+
+
+@pytest.mark.parametrize("mode, grouped", [("joint", False), ("product", False), ("product", True)])
+def test_the_checker_draws_exactly_what_the_library_sampler_draws(mode, grouped):
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.rand(37, 2, 4, 4, generator=gen, dtype=torch.float64)
+    groups = region_labels("tile:2", (2, 4, 4)) * 3 + 5 if grouped else None  # labels not 0..G-1: relabelled
+    sampler = MarginalSampler(ref, mode, groups)
+    x = torch.rand(32, generator=gen, dtype=torch.float64)
+    fixed = torch.rand(32, generator=gen) < 0.4
+    ours = sampler.sample(x, fixed, 23, np.random.default_rng(11))
+    labels = None if groups is None else np.unique(groups.reshape(-1).numpy(), return_inverse=True)[1]
+    theirs = draw(ref.reshape(37, -1).numpy(), mode, labels, x.numpy(), fixed.numpy(), 23, np.random.default_rng(11))
+    assert np.array_equal(ours.numpy(), theirs)
+
+
+@pytest.mark.parametrize("context, mode", [("empty", "product"), ("others", "product"), ("empty", "joint")])
+def test_honest_certificates_verify_and_reject_the_tile_holding_the_digit(composite, tmp_path, context, mode):
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path, context, mode)
+    report = verify_certificate(parse_certificate(out.read_text()), model, out.parent)
+    assert report.valid, report.failures()
+    assert [c.status for c in report.checks] == ["valid (probabilistic)"] * 4
+    decisions = {c.id: c.params["decision"] for c in cert.claims}
+    assert decisions[f"q{tile}"] == "reject"
+    if context == "empty":
+        assert all(d == "retain" for k, d in decisions.items() if k != f"q{tile}")
+    assert (out.parent / "xrt-reference.npy").is_file()  # 300 x 256 values: a sidecar
+
+
+def _tampers(tile):
+    target_q, other_q = f"q{tile}", f"q{(tile + 1) % 4}"
+
+    def lower(doc):  # a retained test's p lowered by one count
+        c = doc_claim(doc, other_q)
+        c["value"] = c["value"] - 1 / (K + 1)
+
+    def flip(doc):
+        c = doc_claim(doc, target_q)
+        c["params"]["decision"] = "retain"
+        _rerender(c)
+
+    def move(doc):  # the rejection moved to a tile without the digit
+        a, b = doc_claim(doc, target_q), doc_claim(doc, other_q)
+        b["value"], b["params"]["decision"], b["witness"] = a["value"], "reject", a["witness"]
+        _rerender(b)
+
+    def target(doc):
+        c = doc_claim(doc, target_q)
+        c["params"]["target"] = 0
+        _rerender(c)
+
+    def gamma(doc):
+        doc_claim(doc, target_q)["witness"]["gamma"] += 0.05
+
+    def statement(doc):
+        doc_claim(doc, target_q)["statement"] += " (and it is certain)"
+
+    def tie(doc):  # a larger allowance raises the recomputed p: the stated one falls below it
+        c = doc_claim(doc, other_q)
+        c["params"]["tie"] = 10.0
+        _rerender(c)
+
+    def confidence(doc):
+        c = doc_claim(doc, target_q)
+        c["confidence"] = 0.999
+        c["params"]["confidence"] = 0.999
+        _rerender(c)
+
+    def kind(doc):
+        doc_claim(doc, target_q)["kind"] = "certified"
+
+    return [lower, flip, move, target, gamma, statement, tie, confidence, kind]
+
+
+@pytest.mark.parametrize("which", range(9))
+def test_every_claim_tamper_is_caught(composite, tmp_path, which):
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path)
+    doc = json.loads(out.read_text())
+    _tampers(tile)[which](doc)
+    try:
+        report = _verify(doc, model, out.parent)
+    except Exception as exc:  # noqa: BLE001 - a schema refusal is a catch too
+        assert "CertificateFormatError" in type(exc).__name__, exc
+        return
+    assert not report.valid
+
+
+def test_an_input_the_tests_were_not_made_at_is_caught(composite, tmp_path):
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path)
+    doc = json.loads(out.read_text())
+    negative = int(torch.nonzero(data.y_test == 0)[0])
+    doc["input"]["x"] = encode_array(data.x_test[negative].double().numpy())
+    report = _verify(doc, model, out.parent)
+    assert not report.valid and any(c.id == f"q{tile}" and c.status == "invalid" for c in report.checks)
+
+
+def test_reference_rows_that_are_not_the_named_data_set_are_caught(composite, tmp_path):
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path)
+    rows = np.load(out.parent / "xrt-reference.npy")
+    rows[0, 0] += 0.5
+    np.save(out.parent / "xrt-reference.npy", rows)
+    report = verify_certificate(parse_certificate(out.read_text()), model, out.parent)
+    assert not report.valid and "hash" in report.problems[0] or "sha256" in report.problems[0]
+    doc = json.loads(out.read_text())  # re-hashed: the rows are then not the data set's first rows
+    doc["sampler"]["reference"]["data"] = encode_array(rows)
+    report = _verify(doc, model, out.parent)
+    assert not report.valid and "not the first 300 rows" in report.problems[0]
+
+
+def test_another_model_is_caught(composite, tmp_path):
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path)
+    other = zoo.load("composite-relu-cnn")[0]
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    report = verify_certificate(parse_certificate(out.read_text()), other, out.parent)
+    assert not report.valid and "model hash" in report.problems[0]
+
+
+class _Constant(nn.Module):
+    """Logits (50, 0): a probability of class 0 that is exactly 1.0 in float32 at every input (saturated)."""
+
+    def __init__(self, d: int, gap: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(d, 2))
+        self.gap = gap
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w + torch.tensor([self.gap, 0.0])
+
+
+def _forged(model, tmp_path, x, rows):
+    """An honest certificate for `model`, then its p-value forged down to 1/(K + 1) with decision reject."""
+    sampler = MarginalSampler(rows)
+    cert, problems = checked_importance_certificate(model, x, [[0, 1]], [[]], sampler=sampler, k=K, m=M, target=0,
+                                                    out=tmp_path / "c.json")
+    assert problems == [] and cert.claims[0].value == 1.0  # the honest p: every T~ ties with T
+    doc = json.loads(cert.to_json())
+    c = doc["claims"][0]
+    c["value"], c["params"]["decision"] = 1 / (K + 1), "reject"
+    _rerender(c)
+    return doc
+
+
+@pytest.mark.parametrize("gap", [50.0, 0.0])
+def test_forged_p_values_on_exact_ties_are_refused(tmp_path, gap):
+    """Saturated (gap 50: probability exactly 1.0) and flat (gap 0: exactly 0.5) scores tie everywhere: p = 1,
+    and no tie allowance lets a value of 1/(K + 1) through."""
+    x = torch.rand(6)
+    rows = torch.rand(20, 6)
+    model = _Constant(6, gap).eval()
+    report = _verify(_forged(model, tmp_path, x, rows), model, tmp_path)
+    assert not report.valid and "below the recomputed p-value" in report.checks[0].detail
+
+
+def test_forged_p_values_on_near_ties_are_refused(tmp_path):
+    """Float32 probabilities that differ by about 1e-7 (inside the float32 tie allowance of 1e-5): the issuer and
+    the checker count the near-ties as ties (p = 1), so a forged small value falls below the recount."""
+    model = _Constant(6, 0.0).eval()
+    with torch.no_grad():
+        model.w[:, 0] = 1e-6
+    report = _verify(_forged(model, tmp_path, torch.rand(6), torch.rand(20, 6)), model, tmp_path)
+    assert not report.valid and "below the recomputed p-value" in report.checks[0].detail
+
+
+def test_a_gaussian_sampler_is_not_certified():
+    model = _Constant(3, 0.0).eval()
+    with pytest.raises(UnsupportedError, match="MarginalSampler"):
+        checked_importance_certificate(model, torch.rand(3), [[0]], [[]], sampler=GaussianSampler(torch.zeros(3), torch.eye(3)))
