@@ -35,7 +35,10 @@ def test_summary_json_has_every_section_and_matches_the_returned_summary(demo):
 def test_every_certificate_written_verifies_with_the_independent_checker(demo):
     out, config, summary = demo
     files = sorted((out / "certificates").glob("*.json"))
-    assert len(files) == config.examples * len(config.methods) + 2  # and the two prox certificates
+    importance = json.loads((out / "importance.json").read_text())
+    others = (2 + 1 + importance["xrt"]["images"]  # the two prox certificates, h-Shap's, one SHAP-XRT per image
+              + len(importance["sufficient"]["rows"]) * importance["sufficient"]["images"])  # sufficient subsets
+    assert len(files) == config.examples * len(config.methods) + others
     for path in files:
         report = verify_file(path)
         assert report.valid, (path.name, report)
@@ -93,3 +96,23 @@ def test_the_inverse_problems_step(demo):
     page = (out / "index.html").read_text()
     assert "Inverse problems: learned proximal networks" in page and (out / "pnp.png").is_file()
     assert (out / "regulariser.png").is_file()
+
+
+def test_the_importance_step(demo):
+    """Issue 15's demo step: h-Shap finds the tiles holding a 0, SHAP-XRT rejects for them and its certificates
+    verify, SKIT rejects the concepts and not the nulls, every sufficient subset's certificate verifies; the
+    report shows the section and its figure."""
+    out, _, summary = demo
+    data = json.loads((out / "importance.json").read_text())
+    assert data["hshap"]["recall"] >= 0.9 and data["hshap"]["precision"] >= 0.8 and data["hshap"]["certificate"]["verified"]
+    t = data["xrt"]
+    assert t["certificates"]["verified"] == t["certificates"]["written"] == t["images"]
+    assert t["rate_target"] >= 0.9 and t["rate_other"] <= 0.25
+    rows = {(r[0], r[1]): r for r in data["skit"]["rows"]}
+    assert rows[("synthetic", "Z2")][3] <= 0.2 and rows[("synthetic", "Z1")][3] == 1.0
+    assert rows[("digits-softplus-mlp, P(class 0)", "permuted control (loop)")][3] <= 0.2
+    f = data["sufficient"]
+    assert [r[0] for r in f["rows"]] == ["gradient", "moreaugrad", "random"]
+    assert all(r[2] == f"{f['images']}/{f['images']}" for r in f["rows"])
+    page = (out / "index.html").read_text()
+    assert "Which parts of the input matter" in page and (out / "importance.png").is_file()

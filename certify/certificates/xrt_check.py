@@ -24,9 +24,9 @@ the checker's passes; a value lowered by even one count fails, saturated scores 
 count). The decision must be "reject" iff value <= alpha; the witness's T and gamma-hat (the mean over the null
 draws subtracted from T) must match the recomputation within the tie allowance plus float32 rounding.
 
-The reference rows are the certificate's own (inline or a sidecar .npy, hash-checked); when the certificate says
-they are the first R rows of a certify data set's split, the checker reloads that data set and compares them
-exactly, so the sampler's description cannot lie.
+The reference rows are the first R rows of a certify data set's split, which the checker reloads (so the
+sampler's description cannot lie), or, when no data set is named, the certificate's own rows (inline or a sidecar
+.npy); either way they must match the recorded sha256.
 """
 from __future__ import annotations
 
@@ -53,17 +53,18 @@ def _model_dtype(model: nn.Module) -> tuple[torch.dtype, torch.device]:
 
 
 def reference_rows(cert: Any, base_dir: Path | None, d: int) -> np.ndarray:
-    """The sampler's reference rows [R, d] (float64), checked against their hash, their recorded count and, when a
-    data set is named, against that data set's first R rows; Invalid otherwise."""
-    from certify.certificates.document import decode_array
+    """The sampler's reference rows [R, d] (float64): the first R rows of the named certify data set's split
+    (reloaded here), or the certificate's own rows when no data set is named (inline or a sidecar); either must
+    match the recorded sha256 (and the stored rows, when both are given). Invalid otherwise."""
+    from certify.certificates.document import array_sha256, decode_array
 
     ref = cert.sampler["reference"]
-    try:
-        rows = decode_array(ref["data"], "sampler.reference.data", base_dir)
-    except CertificateFormatError as exc:
-        raise Invalid(str(exc)) from None
-    if rows.ndim != 2 or rows.shape[1] != d or rows.shape[0] != ref["rows"]:
-        raise Invalid(f"the reference data has shape {list(rows.shape)}, not [{ref['rows']}, {d}]")
+    rows = None
+    if ref["data"] is not None:
+        try:
+            rows = decode_array(ref["data"], "sampler.reference.data", base_dir)
+        except CertificateFormatError as exc:
+            raise Invalid(str(exc)) from None
     if ref["dataset"] is not None:
         from certify.errors import UnsupportedError
         from certify.models.datasets import load_dataset
@@ -76,10 +77,21 @@ def reference_rows(cert: Any, base_dir: Path | None, d: int) -> np.ndarray:
             raise Invalid(f"the reference's data set cannot be loaded: {exc}") from None
         source = data.x_train if ref["split"] == "train" else data.x_test
         source = source.reshape(source.shape[0], -1).to(torch.float64).numpy()
-        if source.shape[0] < rows.shape[0] or source.shape[1] != d or not np.array_equal(source[: rows.shape[0]], rows):
-            raise Invalid(f"the reference rows are not the first {rows.shape[0]} rows of {ref['dataset']}'s {ref['split']} split")
+        if source.shape[0] < ref["rows"] or source.shape[1] != d:
+            raise Invalid(f"{ref['dataset']}'s {ref['split']} split has shape {list(source.shape)}: not {ref['rows']} rows of {d} features")
+        if rows is not None and not np.array_equal(source[: ref["rows"]], rows):
+            raise Invalid(f"the stored reference rows are not the first {ref['rows']} rows of {ref['dataset']}'s {ref['split']} split")
+        rows = source[: ref["rows"]]
     elif ref["split"] is not None:
         raise Invalid("a reference with no data set has no split")
+    if rows is None:
+        raise Invalid("the reference names no data set and stores no rows")
+    if rows.ndim != 2 or rows.shape[1] != d or rows.shape[0] != ref["rows"]:
+        raise Invalid(f"the reference data has shape {list(rows.shape)}, not [{ref['rows']}, {d}]")
+    if array_sha256(rows) != ref["sha256"]:
+        raise Invalid("the reference rows do not match the recorded sha256"
+                      + (f" (the rows of {ref['dataset']}'s {ref['split']} split differ from those the tests drew from)"
+                         if ref["dataset"] is not None else ""))
     return rows
 
 

@@ -7,6 +7,8 @@ Markdown and JSON, rebuilt from the artefacts a run leaves in DIR:
 * `evaluation.json` (optional): the robustness study of `certify evaluate`;
 * `inverse.json` (optional): issue 14's prox certificates, regulariser and plug-and-play study
   (certify.reports.inverse);
+* `importance.json` (optional): issue 15's h-Shap, SHAP-XRT, SKIT and sufficient subsets
+  (certify.reports.importance);
 * `THEOREMS.json` (optional): the theorem table of `certify check`.
 
 Figures of the robustness study (metric vs eps per method, certified vs empirical) are drawn here.
@@ -25,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from certify.certificates.summary import TOPK_VACUOUS, vacuous_label, vacuous_reasons  # noqa: E402
 from certify.errors import UsageError  # noqa: E402
 from certify.reports.document import Document  # noqa: E402
+from certify.reports.importance import importance_section  # noqa: E402
 from certify.reports.inverse import inverse_section  # noqa: E402
 
 METRICS = (("normalized_l2_distance", "normalised L2 distance (lower = more robust)"),
@@ -162,6 +165,9 @@ def build_report(out_dir: Path) -> Document:
     inverse = _load(out_dir / "inverse.json")
     if inverse is not None:
         inverse_section(doc, inverse, out_dir)
+    importance = _load(out_dir / "importance.json")
+    if importance is not None:
+        importance_section(doc, importance, out_dir)
     if theorems is not None:
         doc.heading("Theorem checks")
         doc.table(["id", "source", "verdict", "cases", "violations", "worst ratio"],
@@ -181,7 +187,8 @@ def write_report(out_dir: Path) -> tuple[Path, Path, Path]:
     doc = build_report(out_dir)
     md, page = doc.write(out_dir)
     data = {"summary": _load(out_dir / "summary.json"), "evaluation": _load(out_dir / "evaluation.json"),
-            "inverse": _load(out_dir / "inverse.json"), "theorems": _load(out_dir / "THEOREMS.json")}
+            "inverse": _load(out_dir / "inverse.json"), "importance": _load(out_dir / "importance.json"),
+            "theorems": _load(out_dir / "THEOREMS.json")}
     js = out_dir / "report.json"
     js.write_text(json.dumps(data, indent=1))
     return md, page, js

@@ -84,7 +84,7 @@ def test_honest_certificates_verify_and_reject_the_tile_holding_the_digit(compos
     assert decisions[f"q{tile}"] == "reject"
     if context == "empty":
         assert all(d == "retain" for k, d in decisions.items() if k != f"q{tile}")
-    assert (out.parent / "xrt-reference.npy").is_file()  # 300 x 256 values: a sidecar
+    assert cert.sampler["reference"]["data"] is None  # named by its data set: the checker reloads the rows
 
 
 def _tampers(tile):
@@ -159,15 +159,33 @@ def test_an_input_the_tests_were_not_made_at_is_caught(composite, tmp_path):
 def test_reference_rows_that_are_not_the_named_data_set_are_caught(composite, tmp_path):
     model, data, i, tile = composite
     cert, out = _certificate(composite, tmp_path)
-    rows = np.load(out.parent / "xrt-reference.npy")
+    doc = json.loads(out.read_text())
+    doc["sampler"]["reference"]["split"] = "test"  # another split: other rows than the tests drew from
+    report = _verify(doc, model, out.parent)
+    assert not report.valid and "sha256" in report.problems[0]
+    doc = json.loads(out.read_text())  # the named rows plus stored rows that differ from them
+    rows = data.x_train[:300].reshape(300, -1).double().numpy().copy()
     rows[0, 0] += 0.5
-    np.save(out.parent / "xrt-reference.npy", rows)
-    report = verify_certificate(parse_certificate(out.read_text()), model, out.parent)
-    assert not report.valid and "hash" in report.problems[0] or "sha256" in report.problems[0]
-    doc = json.loads(out.read_text())  # re-hashed: the rows are then not the data set's first rows
     doc["sampler"]["reference"]["data"] = encode_array(rows)
     report = _verify(doc, model, out.parent)
     assert not report.valid and "not the first 300 rows" in report.problems[0]
+
+
+def test_stored_reference_rows_are_hash_checked(composite, tmp_path):
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path, reference=None)
+    sidecar = out.parent / "xrt-reference.npy"  # 300 x 256 values: a sidecar next to the certificate
+    assert cert.sampler["reference"]["dataset"] is None and sidecar.is_file()
+    assert verify_certificate(parse_certificate(out.read_text()), model, out.parent).valid
+    rows = np.load(sidecar)
+    rows[0, 0] += 0.5
+    np.save(sidecar, rows)
+    report = verify_certificate(parse_certificate(out.read_text()), model, out.parent)
+    assert not report.valid and "sha256" in report.problems[0]
+    doc = json.loads(out.read_text())  # the rows re-hashed, the recorded sha256 of the sampler's rows kept
+    doc["sampler"]["reference"]["data"] = encode_array(rows)
+    report = _verify(doc, model, out.parent)
+    assert not report.valid and "do not match the recorded sha256" in report.problems[0]
 
 
 def test_another_model_is_caught(composite, tmp_path):

@@ -56,6 +56,7 @@ def test_a_reference_file_and_an_input_file(tmp_path, capsys):
     capsys.readouterr()
     doc = json.loads(out.read_text())
     assert doc["sampler"]["reference"]["dataset"] is None and doc["sampler"]["reference"]["rows"] == 64
+    assert doc["sampler"]["reference"]["data"]["shape"] == [64, 256]  # stored: no data set names them
     assert main(["verify", str(out)]) == EXIT_OK
 
 

@@ -5,7 +5,8 @@ Each test (features j, context C) becomes an `xrt-p-value` claim: value = (1 + #
 from the test's statistics (near-ties within `tie` counted as ties, so value >= the test's p; tie is a relative
 1e-5 of the scores' magnitude for a float32 model, 1e-12 for float64), the decision at alpha, and the statistic T
 and the estimate gamma-hat as witness. The sampler must be a `MarginalSampler` (its draws are integer row indices:
-reproducible anywhere); its reference rows travel with the certificate (inline, or a sidecar .npy next to it).
+reproducible anywhere); its reference rows are named (the first rows of a certify data set's split, which the
+checker reloads) or travel with the certificate (inline, or a sidecar .npy next to it), with their sha256.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from certify.certificates.claims import issue
-from certify.certificates.document import ImportanceCertificate, encode_array, parse_certificate
+from certify.certificates.document import ImportanceCertificate, array_sha256, encode_array, parse_certificate
 from certify.certificates.issuers.common import model_provenance
 from certify.certificates.xrt_check import check_importance
 from certify.errors import InvalidInputError, UnsupportedError, UsageError
@@ -55,8 +56,8 @@ def importance_certificate(
 ) -> ImportanceCertificate:
     """SHAP-XRT tests of `features[i]` in the context `context[i]` (feature sets as `certify.explain.shap_xrt.xrt`
     takes them) at one input x [...] (no batch axis), one claim per test named `names[i]` (default "test-i").
-    `reference`: (data set name, split) when the sampler's rows are the first rows of that certify data set (the
-    checker re-checks it), else None. `out`: the certificate's path, where a large reference is written as a
+    `reference`: (data set name, split) when the sampler's rows are the first rows of that certify data set's split
+    (the certificate then names them; the checker reloads them), else None (the rows are stored). `out`: the certificate's path, where a large reference is written as a
     sidecar. Raises UsageError for bad parameters (a sampler other than MarginalSampler, mismatched lists),
     InvalidInputError for a bad input. Source: Teneggi et al., TMLR 2023, Alg. 1."""
     if not isinstance(sampler, MarginalSampler):
@@ -102,7 +103,8 @@ def importance_certificate(
                "classes": int(output.shape[1]) if output.dim() == 2 else 1},
         sampler={"kind": "marginal", "mode": spec["mode"], "groups": spec["groups"],
                  "reference": {"dataset": reference[0] if reference else None, "split": reference[1] if reference else None,
-                               "rows": int(rows.shape[0]), "data": encode_array(rows, sidecar)}},
+                               "rows": int(rows.shape[0]), "sha256": array_sha256(rows),
+                               "data": None if reference else encode_array(rows, sidecar)}},
         seconds=time.perf_counter() - start, claims=claims,
     )
 
