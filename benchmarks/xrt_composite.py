@@ -19,7 +19,12 @@ when it is the image's only target (with a second target tile held at x, f is ~1
 OR-game redundancy that Shapley values share out over contexts).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xrt_composite.py [--quick] [--images 50] [--k 99] [--m 16]
-        [--sampler tiles|joint] [--score probability|decision] [--seed 0] [--json out.json]
+        [--sampler tiles|joint] [--score probability|decision] [--seed 0] [--json out.json] [--no-captum]
+
+Then the support view (the acceptance's "measured against the true support and against Captum's KernelSHAP /
+Shapley value sampling at equal model calls"): on the positive images, the tiles rejected at alpha as a support,
+its precision and recall, and Captum's two methods given the same model calls per image (4 (K + 1) M), with the
+h-Shap benchmark's support rule (`hshap_support.run_captum`).
 
 Score: "probability" (default) or "decision" = 1[predicted "present"]. With the probability and C = others, T is
 deterministic (every tile held at x) so any systematic difference, however small, is significant: tiles whose
@@ -109,6 +114,11 @@ def run(images: int, k: int, m: int, sampler_kind: str, seed: int, score: str = 
             rows.append((context, name, summary[name]))
         out["contexts"][context] = {"rows": summary, "seconds": seconds, "model_inputs": res.model_inputs,
                                     "model_calls": res.model_calls, "tests": len(res)}
+        found, truth = (p <= ALPHA)[positive[:, 0]], sup[positive[:, 0]]  # the rejected tiles as a support
+        tp = float((found & truth).sum())
+        out["contexts"][context]["support"] = {
+            "images": int(truth.shape[0]), "precision": tp / max(1.0, float(found.sum())),
+            "recall": tp / max(1.0, float(truth.sum())), "calls_per_image": tiles * (k + 1) * m}
     out["table"] = rows
     return out
 
@@ -124,6 +134,7 @@ def main() -> None:
                         help="f = P(target present), or the decision 1[predicted 'present']")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--no-captum", action="store_true", help="skip the Captum comparison at equal model calls")
     args = parser.parse_args()
     if args.quick:
         args.images, args.k, args.m = 10, 49, 8
@@ -137,6 +148,23 @@ def main() -> None:
         print(f"| {context} | {name} | {r['tests']} | {r['rejection_rate']:.3f} | {r['median_p']:.3f} | {r['mean_gamma']:+.3f} |")
     for context, c in out["contexts"].items():
         print(f"C = {context}: {c['tests']} tests, {c['model_inputs']} model inputs in {c['model_calls']} calls, {c['seconds']:.1f} s")
+    print("\nSupport on the positive images (the rejected tiles), against Captum at equal model calls per image "
+          "(4 tile players, reference: the training mean, a tile found when its value exceeds 0.1 (f(x) - f(ref))):")
+    print("| method | calls per image | support precision | support recall |")
+    print("|---|---:|---:|---:|")
+    for context, c in out["contexts"].items():
+        s = c["support"]
+        print(f"| SHAP-XRT, C = {context} | {s['calls_per_image']} | {s['precision']:.3f} | {s['recall']:.3f} |")
+    if not args.no_captum:
+        from hshap_support import run_captum  # the same rule and counting as the h-Shap benchmark
+
+        model, data = zoo.load(MODEL)
+        pos = torch.nonzero(data.y_test == 1).flatten()[: args.images]
+        calls = out["contexts"]["empty"]["support"]["calls_per_image"]
+        for kind in ("KernelSHAP", "ShapleyValueSampling"):
+            samples = calls if kind == "KernelSHAP" else max(1, calls // 5)  # sampling: 5 rows per permutation of 4 players
+            r = run_captum(kind, model.eval(), data.x_test[pos], data.x_train.mean(0), data.support_test[pos], 8, samples)
+            print(f"| Captum {kind} | {r['calls']:.0f} | {r['precision']:.3f} | {r['recall']:.3f} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({k: v for k, v in out.items() if k != "table"}, fh, indent=2)

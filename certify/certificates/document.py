@@ -129,10 +129,15 @@ def decode_array(record: Any, where: str, base_dir: Path | None = None) -> np.nd
             if name.name != str(record["sidecar"]):
                 raise CertificateFormatError(f"{where}: a sidecar is a file name next to the certificate, not a path")
             a = np.load((base_dir or Path(".")) / name, allow_pickle=False)
+            if not isinstance(a, np.ndarray):  # an .npz archive
+                raise CertificateFormatError(f"{where}: the sidecar {name} is not a single .npy array")
         else:
-            a = np.asarray(record["values"], dtype=np.float64)
+            a = np.asarray(record["values"])
             if a.size == 0:  # [] holds no shape: an empty array of any recorded shape (e.g. [0, 3])
-                a = a.reshape(record["shape"])
+                a = a.astype(np.float64).reshape(record["shape"])
+        if a.dtype.kind not in "iuf":  # strings ("1"), booleans, objects (ragged lists)
+            raise CertificateFormatError(f"{where}: the values are {a.dtype} ({a.dtype.kind}), not numbers")
+        a = a.astype(np.float64)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CertificateFormatError(f"{where}: cannot read the array: {exc}") from exc
     if list(a.shape) != list(record["shape"]):
@@ -235,6 +240,15 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+MAX_INT_DIGITS = 40  # seeds and counts; a longer integer literal is no certificate number (10**400 overflows floats)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise CertificateFormatError(f"an integer literal of {len(text)} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
 def _reject_constant(name: str) -> float:
     raise CertificateFormatError(f"{name} is not a JSON number")
 
@@ -246,9 +260,12 @@ def parse_certificate(text: str, where: str = "certificate") -> AnyCertificate:
     """Parse and validate a certificate (an explanation certificate, or a property certificate by its
     `schema` field) against its JSON Schema; CertificateFormatError names what is wrong."""
     try:
-        raw = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+        raw = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant,
+                         parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
         raise CertificateFormatError(f"{where} is not valid JSON (truncated or corrupt?): {exc}") from exc
+    except RecursionError:
+        raise CertificateFormatError(f"{where}: JSON nested too deeply to be a certificate") from None
     except CertificateFormatError as exc:
         raise CertificateFormatError(f"{where}: {exc}") from None
     if not isinstance(raw, dict):

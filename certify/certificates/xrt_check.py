@@ -6,23 +6,27 @@ the sampler's reference rows and the claim's seed, by this module's own implemen
 The sampling protocol (the issuer's `certify.explain.shap_xrt.MarginalSampler` follows it; written here again
 from this description):
 
-* a test's draws come from `numpy.random.default_rng(seed)`: first the M draws of X~_(C u j), then the K M draws
-  of X~_C, each block drawn by ONE call below;
+* the tests' seeds are numpy SeedSequence(provenance.seed).generate_state(number of claims, uint32), in claim
+  order; a test's draws come from `numpy.random.default_rng(seed)`: first the M draws of X~_(C u j), then the K M
+  draws of X~_C, each block drawn by ONE call below;
 * n draws with the features of a bool mask `fixed` held at x: `idx = rng.integers(0, R, size=S)` with S = n (mode
   "joint": draw i is reference row idx[i]), S = (n, d) (mode "product" without groups: feature f of draw i is
   reference[idx[i, f], f]) or S = (n, G) (mode "product" with groups relabelled 0..G-1 in sorted order: feature f
   of draw i is reference[idx[i, g_f], f]); then the fixed features are set to x;
-* f is the model's score of the target in the model's dtype ("probability": softmax over the outputs, "logit":
-  the output, "output": a single-output model's value), converted to float64; T is the mean of the first M
-  scores, T~_k the mean of the k-th next block of M.
+* f is the model's score of the target on each input ALONE (a batch of one; vectorised by torch.func.vmap where
+  the model allows it), in the model's dtype ("probability": softmax over the outputs; "logit" and "output": the
+  output of the target class, or a single-output model's value), converted to float64; T is the mean of the first
+  M scores, T~_k the mean of the k-th next block of M, each sum rounded once (math.fsum), so rounding never
+  inverts the order of two statistics.
 
 The claim (`xrt-p-value`, relation <=) states p <= value with p = (1 + #{k: T~_k >= T}) / (K + 1). The checker
-recounts with the claim's tie allowance halved, c = #{k: T~_k >= T - tie/2} (its own arithmetic), and accepts
-iff value >= (1 + c) / (K + 1): counting near-ties as ties only raises p, so the accepted value is a valid
-p-value whatever the last bits of either evaluation (an issuer whose arithmetic differs by less than tie/4 from
-the checker's passes; a value lowered by even one count fails, saturated scores included: exact ties always
-count). The decision must be "reject" iff value <= alpha; the witness's T and gamma-hat (the mean over the null
-draws subtracted from T) must match the recomputation within the tie allowance plus float32 rounding.
+recounts with the claim's tie allowance halved, c = #{k: T~_k >= T - tie/2}, and accepts iff value >= (1 + c) /
+(K + 1) as exact rationals: the means are monotone in the exact ones and near-ties only raise c, so an accepted
+value is at least p (an issuer whose arithmetic differs from the checker's by less than tie/4 passes; a value
+lowered by even one count, or rounded below the fraction, fails; exact ties always count). The decision must be
+"reject" iff value <= alpha; the witness's T and gamma-hat (T minus the mean over the null draws) must match the
+recomputation within the tie allowance plus 1e-5 relative. A claim needing more than MAX_DRAW_VALUES drawn values
+is not re-checked (invalid), nor is a model in training mode.
 
 The reference rows are the first R rows of a certify data set's split, which the checker reloads (so the
 sampler's description cannot lie), or, when no data set is named, the certificate's own rows (inline or a sidecar
@@ -31,6 +35,7 @@ sampler's description cannot lie), or, when no data set is named, the certificat
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +49,9 @@ from certify.errors import CertificateFormatError
 from certify.vocabulary import Kind
 
 CHUNK = 4096  # rows per model call
-WITNESS_RTOL = 1e-5  # float32 rounding of T's M-term mean, relative to max(1, |T|)
+MAX_DRAW_VALUES = 5 * 10**7  # (K + 1) M d values drawn for one claim (400 MB in float64): larger is not re-checked
+WITNESS_RTOL = 1e-5
+METHOD = "shap-xrt"  # float32 rounding of T's M-term mean, relative to max(1, |T|)
 
 
 def _model_dtype(model: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -104,6 +111,8 @@ def _groups(cert: Any, d: int) -> np.ndarray | None:
         raise Invalid("groups apply to mode 'product' only")
     if len(groups) != d:
         raise Invalid(f"groups has {len(groups)} labels for {d} features")
+    if max(groups, default=0) >= 2**62:
+        raise Invalid("groups labels must be below 2^62")
     return np.unique(np.asarray(groups, dtype=np.int64), return_inverse=True)[1].reshape(-1)
 
 
@@ -121,31 +130,46 @@ def draw(rows: np.ndarray, mode: str, labels: np.ndarray | None, x: np.ndarray, 
     return np.where(fixed[None, :], x[None, :], out)
 
 
+def _one_at_a_time(model: nn.Module, chunk: torch.Tensor) -> torch.Tensor:
+    """The model on each row alone (a batch of one), vectorised by torch.func.vmap where the model allows it, else
+    row by row: so that no score depends on the other rows of a batch (its position, the batch's statistics)."""
+    try:
+        return torch.func.vmap(lambda row: model(row.unsqueeze(0)).squeeze(0))(chunk)
+    except Exception:  # noqa: BLE001 - any model vmap cannot trace is evaluated row by row instead
+        return torch.stack([model(row.unsqueeze(0)).squeeze(0) for row in chunk])
+
+
 def scores(model: nn.Module, points: np.ndarray, shape: tuple[int, ...], target: int, score: str) -> np.ndarray:
-    """f at each row of `points` [n, d], float64 [n] (module docstring); Invalid for outputs of another form."""
+    """f at each row of `points` [n, d], float64 [n] (module docstring), each row evaluated alone; Invalid for
+    outputs of another form."""
     dtype, device = _model_dtype(model)
     out = []
     with torch.no_grad():
         for start in range(0, points.shape[0], CHUNK):
             chunk = torch.as_tensor(points[start : start + CHUNK], dtype=dtype, device=device)
-            y = model(chunk.reshape(chunk.shape[0], *shape))
+            y = _one_at_a_time(model, chunk.reshape(chunk.shape[0], *shape))
             if not isinstance(y, torch.Tensor) or y.dim() not in (1, 2) or y.shape[0] != chunk.shape[0]:
                 raise Invalid(f"the model returns {getattr(y, 'shape', type(y))}, not [batch] or [batch, classes]")
-            if score == "output":
-                if y.dim() == 2 and y.shape[1] != 1:
-                    raise Invalid("score 'output' needs a single-output model")
+            if not y.is_floating_point():
+                raise Invalid(f"the model returns {y.dtype} outputs, not floating-point scores")
+            if y.dim() == 2 and (score != "output" or y.shape[1] > 1):
+                values = (torch.softmax(y, dim=1) if score == "probability" else y)[:, target]
+            elif score == "output":
                 values = y.reshape(-1)
             else:
-                if y.dim() != 2:
-                    raise Invalid(f"score {score!r} needs outputs [batch, classes]")
-                if score == "probability":
-                    y = torch.softmax(y, dim=1)
-                values = y[:, target]
+                raise Invalid(f"score {score!r} needs outputs [batch, classes]")
             out.append(values.detach().to("cpu", torch.float64).numpy())
     values = np.concatenate(out)
     if not np.isfinite(values).all():
         raise Invalid("the model returns non-finite scores on the sampled inputs")
     return values
+
+
+def block_means(values: np.ndarray) -> np.ndarray:
+    """Row means of [R, M] with each sum correctly rounded (math.fsum), hence monotone: a statistic that is exactly
+    >= another stays >= after rounding."""
+    m = values.shape[1]
+    return np.array([math.fsum(row) / m for row in values.tolist()])
 
 
 def check_pvalue(model: nn.Module, claim: Claim, x: np.ndarray, shape: tuple[int, ...], rows: np.ndarray,
@@ -158,17 +182,20 @@ def check_pvalue(model: nn.Module, claim: Claim, x: np.ndarray, shape: tuple[int
     c = np.zeros(d, dtype=bool)
     c[q["context"]] = True
     k, m = q["K"], q["M"]
+    if (k + 1) * m * d > MAX_DRAW_VALUES:
+        raise Invalid(f"(K + 1) M d = {(k + 1) * m * d} values to draw exceeds the checker's limit of {MAX_DRAW_VALUES}: "
+                      "not re-checkable here")
     rng = np.random.default_rng(q["seed"])
     with_j = draw(rows, mode, labels, x, j | c, m, rng)
     without_j = draw(rows, mode, labels, x, c, k * m, rng)
     values = scores(model, np.concatenate([with_j, without_j]), shape, q["target"], q["score"]).reshape(k + 1, m)
-    means = values.mean(axis=1)
+    means = block_means(values)
     t, t_null = float(means[0]), means[1:]
     count = int((t_null >= t - q["tie"] / 2).sum())
-    needed = (1 + count) / (k + 1)
-    if not claim.value >= needed:
-        raise Invalid(f"value {claim.value!r} is below the recomputed p-value {needed!r} ({count} of K = {k} null "
-                      f"statistics >= T - tie/2 = {t - q['tie'] / 2!r})")
+    needed = Fraction(1 + count, k + 1)
+    if not Fraction(claim.value) >= needed:  # exact: a value rounded below the fraction is below p
+        raise Invalid(f"value {claim.value!r} is below the recomputed p-value {needed} (as exact rationals; {count} of "
+                      f"K = {k} null statistics >= T - tie/2 = {t - q['tie'] / 2!r})")
     rejects = claim.value <= q["alpha"]
     if (q["decision"] == "reject") != rejects:
         raise Invalid(f"decision {q['decision']!r} where value {claim.value!r} {'<=' if rejects else '>'} alpha = {q['alpha']!r}")
@@ -179,8 +206,22 @@ def check_pvalue(model: nn.Module, claim: Claim, x: np.ndarray, shape: tuple[int
         if not (isinstance(stated, (int, float)) and not isinstance(stated, bool) and math.isfinite(stated)
                 and abs(stated - recomputed) <= allowance):
             raise Invalid(f"witness.{key} = {stated!r} differs from the recomputed {recomputed!r} by more than {allowance:.3g}")
-    return (f"p recomputed from seed {q['seed']}: {needed:.6g} ({count} of K = {k} null statistics >= T - tie/2), "
+    return (f"p recomputed from seed {q['seed']}: {float(needed):.6g} ({count} of K = {k} null statistics >= T - tie/2), "
             f"value {claim.value:.6g} >= it; T = {t:.6g}, gamma-hat = {gamma:.3g}; {q['decision']} at alpha = {q['alpha']:g}")
+
+
+def _seed_problems(cert: Any) -> list[str]:
+    """The tests' seeds must be those derived from provenance.seed in claim order (numpy SeedSequence, uint32
+    words), so that one recorded number fixes every draw (a seed tried per test until it rejects would show)."""
+    seed = cert.provenance.get("seed")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        return ["provenance.seed must be a non-negative integer: the tests' seeds are derived from it"]
+    derived = np.random.SeedSequence(seed).generate_state(len(cert.claims), dtype=np.uint32).tolist()
+    stated = [c.params.get("seed") if isinstance(c.params, dict) else None for c in cert.claims]
+    if stated != derived:
+        return [f"the tests' seeds {stated[:4]}... are not those derived from provenance.seed = {seed} in claim order "
+                f"({derived[:4]}...)"]
+    return []
 
 
 def check_importance(cert: Any, model: nn.Module, base_dir: Path | None) -> tuple[list[str], list[tuple[str, str, str]]]:
@@ -196,17 +237,23 @@ def check_importance(cert: Any, model: nn.Module, base_dir: Path | None) -> tupl
         return [str(exc)], []
     if x.size != d:
         return [f"input.x has {x.size} values for the shape {list(shape)}"], []
+    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
+    if training:  # dropout or batch statistics would make the scores random or batch-dependent
+        return [f"the model is in training mode ({', '.join(training[:3])}): call model.eval() first"], []
     dtype, device = _model_dtype(model)
     with torch.no_grad():
         out = model(torch.as_tensor(x, dtype=dtype, device=device).reshape(1, *shape))
+    if not isinstance(out, torch.Tensor) or out.dim() not in (1, 2):
+        return [f"the model returns {getattr(out, 'shape', type(out).__name__)}, not [batch] or [batch, classes]"], []
     classes = int(out.shape[1]) if out.dim() == 2 else 1
     if classes != cert.input["classes"]:
         return [f"the model has {classes} outputs, the certificate says {cert.input['classes']}"], []
+    problems = _seed_problems(cert)
     try:
         rows = reference_rows(cert, base_dir, d)
         labels = _groups(cert, d)
     except Invalid as exc:
-        return [f"sampler: {exc}"], []
+        return problems + [f"sampler: {exc}"], []
     mode = cert.sampler["mode"]
     out_rows: list[tuple[str, str, str]] = []
     for claim in cert.claims:
@@ -214,6 +261,8 @@ def check_importance(cert: Any, model: nn.Module, base_dir: Path | None) -> tupl
             validate_claim(claim, d, classes)
             if claim.type not in XRT_TYPES:
                 raise Invalid(f"a {claim.type!r} claim is not an importance test")
+            if claim.method != METHOD or claim.assumptions:
+                raise Invalid(f"an xrt-p-value claim has method {METHOD!r} and rests on no other claim")
             if claim.kind == Kind.REFUSED.value:
                 out_rows.append((claim.id, "refused", claim.reason or ""))
                 continue
@@ -223,4 +272,4 @@ def check_importance(cert: Any, model: nn.Module, base_dir: Path | None) -> tupl
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the model fails on the draws
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             out_rows.append((claim.id, "invalid", f"the model cannot be evaluated for this claim ({type(exc).__name__}: {first})"))
-    return [], out_rows
+    return problems, out_rows

@@ -356,20 +356,33 @@ def model_scores(model: nn.Module, inputs: Tensor, target: Tensor | None, score:
     model's own output ([n], [n, 1], or [n, C] read at target). InvalidInputError for other output shapes."""
     try:
         out = model(inputs)
-    except RuntimeError as exc:  # torch reports shape mismatches as RuntimeError
-        raise InvalidInputError(f"the model cannot evaluate inputs of shape {tuple(inputs.shape)}: {exc}") from exc
-    if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != inputs.shape[0] or out.dim() > 2:
-        raise InvalidInputError(f"the model must return [batch] or [batch, classes]; got {getattr(out, 'shape', type(out))}")
-    if score == "output":
-        if out.dim() == 1:
-            return out
-        if out.shape[1] == 1:
-            return out[:, 0]
-    if out.dim() != 2:
-        raise InvalidInputError(f"score {score!r} needs logits [batch, classes], got shape {tuple(out.shape)}")
-    if score == "probability":
-        out = torch.softmax(out, dim=1)
-    return out.gather(1, target.view(-1, 1)).squeeze(1)
+        if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != inputs.shape[0] or out.dim() > 2:
+            raise InvalidInputError(f"the model must return [batch] or [batch, classes]; got {getattr(out, 'shape', type(out))}")
+        if not out.is_floating_point():
+            raise InvalidInputError(f"the model returns {out.dtype} outputs; a score needs floating-point outputs")
+        if score == "output":
+            if out.dim() == 1:
+                return out
+            if out.shape[1] == 1:
+                return out[:, 0]
+        if out.dim() != 2:
+            raise InvalidInputError(f"score {score!r} needs logits [batch, classes], got shape {tuple(out.shape)}")
+        if score == "probability":
+            out = torch.softmax(out, dim=1)
+        return out.gather(1, target.view(-1, 1)).squeeze(1)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # torch reports shape mismatches as RuntimeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InvalidInputError(f"the model cannot score inputs of shape {tuple(inputs.shape)} "
+                                f"({type(exc).__name__}: {first})") from exc
+
+
+def exact_means(values: Tensor) -> Tensor:
+    """Means over the last axis with the sums rounded once (math.fsum: correctly rounded), so that the order of
+    two statistics is never inverted by summation error (a float mean of [1e17, -7, -1e17] is 0, not -7/3).
+    values [..., M] float64 on the CPU; returns [...] float64."""
+    rows = values.reshape(-1, values.shape[-1]).tolist()
+    m = values.shape[-1]
+    return torch.tensor([math.fsum(r) / m for r in rows], dtype=torch.float64).reshape(values.shape[:-1])
 
 
 def expected_p_upper_bound(gamma: Tensor | float, k: int) -> Tensor | float:
@@ -510,8 +523,10 @@ def xrt(
     with torch.no_grad():
         try:
             first = model(x[:1].detach())
-        except RuntimeError as exc:
-            raise InvalidInputError(f"the model cannot evaluate inputs of shape {tuple(x.shape)}: {exc}") from exc
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise InvalidInputError(f"the model cannot evaluate inputs of shape {tuple(x.shape)} "
+                                    f"({type(exc).__name__}: {first_line})") from exc
         if not isinstance(first, Tensor) or first.dim() not in (1, 2):
             raise InvalidInputError(f"the model must return [batch] or [batch, classes]; got {getattr(first, 'shape', type(first))}")
         single = first.dim() == 1 or (first.dim() == 2 and first.shape[1] == 1)
@@ -560,7 +575,7 @@ def xrt(
         flush()
 
     grouped = scores.view(b, k + 1, m)
-    stats = grouped.mean(dim=2)
+    stats = exact_means(grouped)
     t, t_null = stats[:, 0], stats[:, 1:]
     count = (t_null >= t.unsqueeze(1)).sum(dim=1)
     p = (1 + count).double() / (k + 1)

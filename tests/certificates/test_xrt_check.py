@@ -3,6 +3,7 @@ sampling protocol draws exactly what the library's sampler draws; honest certifi
 claim, the input, the reference or the model that makes a statement false is caught; forged p-values on
 saturated or near-tied scores (where a tie allowance could be abused) are refused."""
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -248,3 +249,152 @@ def test_a_gaussian_sampler_is_not_certified():
     model = _Constant(3, 0.0).eval()
     with pytest.raises(UnsupportedError, match="MarginalSampler"):
         checked_importance_certificate(model, torch.rand(3), [[0]], [[]], sampler=GaussianSampler(torch.zeros(3), torch.eye(3)))
+
+
+# ------------------------------------------------------------------ regressions: the attacks of issue 15's review
+
+
+class _Cancel(nn.Module):
+    """float64, one output: f(x) = x[1] when x[0] == 1 (j = {0} held at x), else -1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1, dtype=torch.float64))
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], -1)
+        return torch.where(x[:, 0] == 1, x[:, 1] * self.w, -self.w.expand(x.shape[0]))
+
+
+def test_cancelling_scores_are_summed_exactly(tmp_path):
+    """T's draws score [1e17, -7, -1e17]: a float mean says 0 > -1 = every T~ (p = 0.01), the exact mean -7/3 < -1
+    (p = 1). The issuer and the checker sum exactly; the forged 0.01 is refused."""
+    rows = torch.tensor([[0.0, -1e17], [0.0, -7.0], [0.0, 1e17]], dtype=torch.float64)
+    seed = next(s for s in range(10000)
+                if sorted(np.random.default_rng(int(np.random.SeedSequence(s).generate_state(1, dtype=np.uint32)[0]))
+                          .integers(0, 3, size=3)) == [0, 1, 2])
+    model = _Cancel().eval()
+    cert, problems = checked_importance_certificate(model, torch.tensor([1.0, 0.0], dtype=torch.float64), [[0]], [[]],
+                                                    sampler=MarginalSampler(rows, "joint"), k=K, m=3, score="output",
+                                                    seed=seed)
+    assert problems == [] and cert.claims[0].value == 1.0
+    doc = json.loads(cert.to_json())
+    c = doc["claims"][0]
+    c["value"], c["params"]["decision"] = 1 / (K + 1), "reject"
+    _rerender(c)
+    assert not _verify(doc, model, tmp_path).valid
+
+
+class _BatchPosition(nn.Module):
+    """0.5 for every input alone; the first 16 rows of a larger batch get +0.5 (not a function of one input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        n = x.shape[0]
+        out = 0.5 + self.w + 0 * x.reshape(n, -1).sum(dim=1)
+        return out + 0.5 * (torch.arange(n) < 16).to(out.dtype) if n > 1 else out
+
+
+def test_a_model_whose_scores_depend_on_the_batch_is_judged_input_by_input(tmp_path):
+    """Evaluated alone the model is constant: p = 1. The issuer's batched run says otherwise, so the checker
+    refuses its claim; a hand-made 'reject' does not verify."""
+    model = _BatchPosition().eval()
+    x, rows = torch.rand(4), torch.rand(20, 4)
+    cert, problems = checked_importance_certificate(model, x, [[0, 1]], [[]], sampler=MarginalSampler(rows), k=K, m=M,
+                                                    score="output")
+    assert cert.claims[0].kind == "refused" and "does not accept" in cert.claims[0].reason and problems
+    doc = json.loads(cert.to_json())
+    c = doc["claims"][0]
+    c.update(kind="probabilistic", value=1 / (K + 1), reason=None, witness={"statistic": 1.0, "gamma": 0.5})
+    c["params"]["decision"] = "reject"
+    _rerender(c)
+    report = _verify(doc, model, tmp_path)
+    assert not report.valid and "below the recomputed p-value 1" in report.checks[0].detail
+
+
+def test_a_value_is_never_rounded_below_the_fraction(tmp_path):
+    """K = 2, alpha = fl(1/3): (1 + 0)/3 rounds below 1/3 in float; the issuer rounds up, so the decision is
+    'retain' (the exact p is above alpha), and the rounded-down value is refused."""
+    model = _Constant(3, 0.0).eval()
+    with torch.no_grad():
+        model.w[:, 0] = torch.tensor([5.0, 0.0, 0.0])  # x[0] drives the probability: j = {0} held high
+    x, rows = torch.tensor([1.0, 0.0, 0.0]), torch.zeros(8, 3)
+    cert, _ = checked_importance_certificate(model, x, [[0]], [[]], sampler=MarginalSampler(rows), k=2, m=1,
+                                             alpha=1 / 3, target=0)
+    c = cert.claims[0]
+    assert c.value == math.nextafter(1 / 3, 1) and c.value > 1 / 3 and c.params["decision"] == "retain"
+    doc = json.loads(cert.to_json())
+    d = doc["claims"][0]
+    d["value"], d["params"]["decision"] = 1 / 3, "reject"
+    _rerender(d)
+    assert not _verify(doc, model, tmp_path).valid
+
+
+def test_seeds_must_be_derived_from_the_recorded_seed(composite, tmp_path):
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path)
+    doc = json.loads(out.read_text())
+    c = doc_claim(doc, f"q{(tile + 1) % 4}")
+    c["params"]["seed"] = 33  # one test's seed shopped, the recorded seed unchanged
+    _rerender(c)
+    report = _verify(doc, model, out.parent)
+    assert not report.valid and "derived from provenance.seed" in report.problems[0]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda doc: doc["claims"][0]["params"].update(K=10**12), "limit"),
+    (lambda doc: doc["sampler"].update(mode="product", groups=[2**70] * 256), "2^62"),
+    (lambda doc: doc["claims"][0].update(method="bound"), "method"),
+])
+def test_claims_that_cannot_be_rechecked_are_invalid_not_crashes(composite, tmp_path, edit, message):
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path)
+    doc = json.loads(out.read_text())
+    edit(doc)
+    _rerender(doc["claims"][0])
+    report = _verify(doc, model, out.parent)
+    assert not report.valid and message in " ".join(report.failures())
+
+
+def test_malformed_documents_are_format_errors(composite, tmp_path):
+    from certify.errors import CertificateFormatError
+
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path)
+    text = out.read_text()
+    for bad in (text.replace('"values": [', '"values": [' + "1" * 401 + ", ", 1),  # a 401-digit integer literal
+                "[" * 100000 + "]" * 100000,
+                text.replace('"values": [', '"values": ["1", ', 1)):  # a number written as a string
+        with pytest.raises(CertificateFormatError):
+            report = verify_certificate(parse_certificate(bad), model, out.parent)
+            assert not report.valid  # (when the parse succeeds, the check must still fail)
+            raise CertificateFormatError("invalid")
+
+
+def test_a_model_in_training_mode_or_returning_a_tuple_is_a_problem(composite, tmp_path):
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path)
+    doc = json.loads(out.read_text())
+    model.train()
+    try:
+        report = _verify(doc, model, out.parent)
+    finally:
+        model.eval()
+    assert not report.valid and "training mode" in report.problems[0]
+
+    class Pair(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x), x
+
+    pair = Pair(model).eval()
+    from certify.certificates.checker import _verify_importance, VerifyReport
+
+    report = _verify_importance(parse_certificate(json.dumps(doc)), pair, out.parent, VerifyReport())
+    assert not report.valid and "not [batch]" in report.problems[0]

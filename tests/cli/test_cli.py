@@ -45,7 +45,8 @@ def test_demo_writes_outputs_and_keeps_existing_files(tmp_path, monkeypatch, cap
         examples=2,
         methods=(("gradient", {}), ("smoothgrad", {"samples": 4})),
         study=demo.StudyConfig(n=2, eps=(0.5,), steps=2, restarts=1),
-        inverse=False,  # the inverse-problems step has its own test (tests/test_demo.py)
+        inverse=False,  # the inverse-problems and importance steps have their own tests (tests/test_demo.py)
+        importance=False,
     )
     monkeypatch.setattr(demo.DemoConfig, "quick", classmethod(lambda cls: small))
     monkeypatch.setattr("proofs_checks.runner.ordered_ids", lambda registry: ["MG-T2"])

@@ -10,14 +10,16 @@ checker reloads) or travel with the certificate (inline, or a sidecar .npy next 
 """
 from __future__ import annotations
 
+import math
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from certify.certificates.claims import issue
+from certify.certificates.claims import issue, refuse
 from certify.certificates.document import ImportanceCertificate, array_sha256, encode_array, parse_certificate
 from certify.certificates.issuers.common import model_provenance
 from certify.certificates.xrt_check import check_importance
@@ -33,6 +35,12 @@ def _tie(model: nn.Module, statistic: float, null: Tensor) -> float:
     first = next(iter(model.parameters()), None)
     relative = TIE_RELATIVE.get(first.dtype if first is not None else torch.float32, TIE_RELATIVE_DEFAULT)
     return relative * max(1.0, abs(statistic), float(null.abs().max()))
+
+
+def _ceil_fraction(a: int, b: int) -> float:
+    """The smallest float >= a / b (a float division may round below the fraction: a p-value must not)."""
+    value = a / b
+    return value if Fraction(value) >= Fraction(a, b) else math.nextafter(value, math.inf)
 
 
 def importance_certificate(
@@ -81,7 +89,7 @@ def importance_certificate(
     for i in range(b):
         t = float(result.statistic[i])
         tie = _tie(model, t, result.null_statistics[i])
-        value = (1 + int((result.null_statistics[i] >= t - tie).sum())) / (k + 1)
+        value = _ceil_fraction(1 + int((result.null_statistics[i] >= t - tie).sum()), k + 1)
         params = {
             "features": torch.nonzero(result.feature_mask[i]).flatten().tolist(),
             "context": torch.nonzero(result.context_mask[i]).flatten().tolist(),
@@ -111,10 +119,15 @@ def importance_certificate(
 
 def checked_importance_certificate(model: nn.Module, x: Tensor, features: Sequence[Any], context: Sequence[Any],
                                    **kwargs: Any) -> tuple[ImportanceCertificate, list[str]]:
-    """`importance_certificate`, then re-checked by the independent checker (its JSON parsed back, the sidecar
-    read from `out`'s folder): (certificate, problems found). A claim the checker does not accept is a bug in
-    one of the two implementations of the protocol, reported, never hidden."""
+    """`importance_certificate`, then re-checked by the independent checker (its JSON parsed back, a sidecar read
+    from `out`'s folder): a claim the checker does not accept is refused with the checker's reason (e.g. a model
+    whose scores depend on the batch it is evaluated in). (certificate, problems found)."""
     cert = importance_certificate(model, x, features, context, **kwargs)
     out = kwargs.get("out")
     problems, rows = check_importance(parse_certificate(cert.to_json()), model, None if out is None else Path(out).parent)
-    return cert, problems + [f"claim {i}: {detail}" for i, status, detail in rows if status == "invalid"]
+    rejected = {claim_id: detail for claim_id, status, detail in rows if status == "invalid"}
+    if rejected:
+        cert.claims = [refuse(c.id, c.type, {**c.params, "decision": "retain"}, c.method,
+                              f"the independent checker does not accept it: {rejected[c.id]}")
+                       if c.id in rejected else c for c in cert.claims]
+    return cert, problems + [f"claim {i}: {d}" for i, d in rejected.items()]
