@@ -42,32 +42,44 @@ def captured(monkeypatch):
         real_close(fig)
 
 
-def test_grid_has_one_row_per_example_and_a_symmetric_scale_per_map(tmp_path, captured):
+def test_grid_has_one_row_per_example_and_one_symmetric_scale_per_method(tmp_path, captured):
     torch.manual_seed(0)
     inputs = torch.rand(3, 16)
     attributions = {"a": torch.randn(3, 16) + 0.5, "b": -torch.rand(3, 16), "zero": torch.zeros(3, 16)}
     path = heatmap_grid(inputs, attributions, ["t0", "t1", "t2"], tmp_path / "sub" / "maps.png")
     assert path == tmp_path / "sub" / "maps.png" and path.is_file()
     (fig,) = captured
-    axes = np.array(fig.axes).reshape(3, 4)
+    grid = [ax for ax in fig.axes if ax.get_images()]
+    bars = [ax for ax in fig.axes if not ax.get_images()]
+    axes = np.array(grid).reshape(3, 4)
     assert [ax.get_title() for ax in axes[0]] == ["input", "a", "b", "zero"]
     assert [ax.get_ylabel() for ax in axes[:, 0]] == ["t0", "t1", "t2"]
-    for i in range(3):
-        for j, attr in enumerate(attributions.values(), start=1):
-            (im,) = axes[i, j].get_images()
-            lo, hi = im.get_clim()
-            assert lo == -hi, "the colour scale must be symmetric around 0"
-            assert hi == pytest.approx(max(float(attr[i].abs().max()), 1e-12))
-            assert im.get_cmap().name == "bwr"
-            assert im.get_array().shape == (4, 4)
-        assert axes[i, 0].get_images()[0].get_cmap().name == "gray"
+    assert len(bars) == 3, "one colour bar per method"
+    for j, attr in enumerate(attributions.values(), start=1):
+        vmax = max(float(attr.abs().max()), 1e-12)  # shared by the method's examples
+        for i in range(3):
+            background, drawn = axes[i, j].get_images()
+            assert background.get_cmap().name == "Greys" and np.array_equal(background.get_array(), as_image(inputs[i]))
+            rgba = np.asarray(drawn.get_array())
+            assert rgba.shape == (4, 4, 4)
+            expected = heatmaps.overlay(as_image(attr[i]), vmax)
+            assert np.allclose(rgba, expected)
+    lo, hi = bars[0].get_xlim()
+    assert lo == pytest.approx(-float(attributions["a"].abs().max())) and hi == pytest.approx(-lo)
     assert all(not ax.get_xticks().size and not ax.get_yticks().size for ax in axes.flat)
 
 
-def test_grid_png_decodes_with_the_expected_aspect(tmp_path):
+def test_overlay_is_centred_at_zero_and_transparent_there():
+    a = np.array([[-2.0, 0.0, 2.0, 1.0]])
+    rgba = heatmaps.overlay(a, 2.0)
+    assert np.allclose(rgba[0, :, 3], [1.0, 0.0, 1.0, 0.5])  # opacity |a| / vmax
+    assert rgba[0, 0, 2] > rgba[0, 0, 0] and rgba[0, 2, 0] > rgba[0, 2, 2]  # blue negative, red positive
+    assert np.allclose(rgba[0, 1, :3], 1.0, atol=0.01)  # white at 0 (bwr)
+
+
+def test_grid_png_decodes_and_is_not_blank(tmp_path):
     path = heatmap_grid(torch.rand(2, 64), {"m": torch.randn(2, 64)}, ["x", "y"], tmp_path / "g.png")
     pixels = mpimg.imread(path)
-    # figsize (1.6 * 2 columns, 1.6 * 2 rows) at 110 dpi: a square image of about 352 pixels
     assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
-    assert abs(pixels.shape[0] - 352) <= 2 and abs(pixels.shape[1] - 352) <= 2
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 300
     assert float(pixels[..., :3].std()) > 0.05, "the image is blank"
