@@ -39,15 +39,27 @@ def _load(path: Path) -> Any | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+PALETTE = plt.get_cmap("tab10").colors
+
+
+def method_colour(method: str, methods: list[str]) -> tuple[float, float, float]:
+    """One colour per method, the same in every figure of a report: by the method's place in `methods` (the
+    study's method order)."""
+    return PALETTE[methods.index(method) % len(PALETTE)]
+
+
 def robustness_figure(evaluation: dict[str, Any], path: Path) -> Path:
     """Mean metric vs eps, one line per method, for random (dashed) and adversarial (solid) perturbations."""
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.6))
+    methods = list(evaluation["methods"])
     for ax, (key, title) in zip(axes, METRICS):
         for method, rows in evaluation["methods"].items():
             eps = [r["eps"] for r in rows]
-            line = ax.plot(eps, [r["adversarial"][key]["mean"] for r in rows], marker="o", label=method)[0]
-            ax.plot(eps, [r["random"][key]["mean"] for r in rows], ls="--", color=line.get_color())
-        ax.set_xlabel("eps (L2)")
+            colour = method_colour(method, methods)
+            ax.plot(eps, [r["adversarial"][key]["mean"] for r in rows], marker="o", label=method, color=colour)
+            ax.plot(eps, [r["random"][key]["mean"] for r in rows], ls="--", color=colour)
+        ax.set_xlabel("eps (L2 radius of the perturbation)")
+        ax.set_ylabel(title.split(" (")[0])
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=7)
     fig.suptitle("solid: adversarial attack, dashed: random perturbation of the same norm", fontsize=9)
@@ -66,13 +78,15 @@ def certified_figure(evaluation: dict[str, Any], path: Path) -> Path | None:
     if not certified:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    methods = list(evaluation["methods"])
     for method, rows in certified.items():
         eps = [r["eps"] for r in rows]
-        line = ax.plot(eps, [r["observed_over_certified"]["max"] for r in rows], marker="o", label=f"{method}: max")[0]
-        ax.plot(eps, [r["observed_over_certified"]["median"] for r in rows], ls="--", marker=".", color=line.get_color(),
+        colour = method_colour(method, methods)
+        ax.plot(eps, [r["observed_over_certified"]["max"] for r in rows], marker="o", label=f"{method}: max", color=colour)
+        ax.plot(eps, [r["observed_over_certified"]["median"] for r in rows], ls="--", marker=".", color=colour,
                 label=f"{method}: median")
     ax.axhline(1.0, color="black", ls=":", lw=1, label="certified limit")
-    ax.set_xlabel("eps (L2)")
+    ax.set_xlabel("eps (L2 radius of the perturbation)")
     ax.set_ylabel("observed change / certified bound")
     ax.set_ylim(0, 1.1)
     ax.legend(fontsize=7)
@@ -85,7 +99,7 @@ def certified_figure(evaluation: dict[str, Any], path: Path) -> Path | None:
 def claim_table_rows(label: str, certificates: list, base_dir: Path | None = None) -> list[list[str]]:
     """The report's claim table (summary.json's `claim_rows`): one row per claim id of `certificates` (one
     method, one certificate per example): method, claim, kind, the spread of its values over the examples
-    (median, min-max; or "-"), and its statement (or the refusal reason). A value that is vacuous
+    (median [min, max]; or "-"), and its statement (or the refusal reason). A value that is vacuous
     (`certify.certificates.summary`: true, but it certifies nothing) is never part of the spread: the row
     says "vacuous on m/n" with the reason, so an empty certificate is not shown as an achievement."""
     reasons = [vacuous_reasons(cert, base_dir) for cert in certificates]
@@ -93,7 +107,7 @@ def claim_table_rows(label: str, certificates: list, base_dir: Path | None = Non
     for claim in certificates[0].claims:
         same = [(c, why[c.id]) for cert, why in zip(certificates, reasons) for c in cert.claims if c.id == claim.id]
         values = sorted(c.value for c, why in same if c.value is not None and not why)
-        spread = f"{claim.relation} {values[len(values) // 2]:.4g} ({values[0]:.4g}-{values[-1]:.4g})" if values else "-"
+        spread = f"{claim.relation} {values[len(values) // 2]:.4g} [{values[0]:.4g}, {values[-1]:.4g}]" if values else "-"
         kind = claim.kind
         note = claim.reason if claim.kind == "refused" else claim.statement
         empty = sorted({why for _, why in same if why})
@@ -104,6 +118,21 @@ def claim_table_rows(label: str, certificates: list, base_dir: Path | None = Non
                     f"the value column: they certify nothing). {note}")
         rows.append([label, claim.id, kind, spread, note])
     return rows
+
+
+def split_model_level(rows: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
+    """(claims every method states identically, once: [claim, kind, value, statement]; the other rows): a claim
+    about the model alone (its Lipschitz constant, curvature, implementation deviation) is the same row for every
+    method and is shown once, not once per method."""
+    methods = list(dict.fromkeys(r[0] for r in rows))
+    if len(methods) < 2:
+        return [], rows
+    by_content: dict[tuple[str, ...], set[str]] = {}
+    for r in rows:
+        by_content.setdefault(tuple(r[1:]), set()).add(r[0])
+    shared = [list(content) for content, who in by_content.items() if len(who) == len(methods)]
+    keys = {tuple(c) for c in shared}
+    return shared, [r for r in rows if tuple(r[1:]) not in keys]
 
 
 def _topk_cell(stats: dict[str, float] | None) -> str:
@@ -145,12 +174,17 @@ def build_report(out_dir: Path) -> Document:
     doc.paragraph(summary["description"])
     doc.heading("Explanations")
     if (out_dir / "heatmaps.png").exists():
-        doc.image(out_dir / "heatmaps.png", "Each row: input, then each method's signed explanation (red > 0, blue < 0).")
+        doc.image(out_dir / "heatmaps.png", "Each row: an input, then each method's signed explanation drawn over it "
+                  "(red raises the explained class's score, blue lowers it; one colour scale per method, its bar below).")
     doc.table(["method", "parameters", "seconds (explain + certify)", "certificates", "Gini of |a|", "zero fraction"],
               summary["method_rows"])
     doc.heading("Certificates")
     doc.paragraph(summary["certificate_note"])
-    doc.table(["method", "claim", "kind", "value (median, min-max)", "statement or reason"], summary["claim_rows"])
+    shared, per_method = split_model_level(summary["claim_rows"])
+    if shared:
+        doc.paragraph("Claims about the model alone (the same for every method; shown once):")
+        doc.table(["claim", "kind", "value (median [min, max])", "statement or reason"], shared)
+    doc.table(["method", "claim", "kind", "value (median [min, max])", "statement or reason"], per_method)
     if evaluation is not None:
         doc.heading("Robustness: certified vs empirical")
         doc.paragraph(evaluation["description"])

@@ -61,3 +61,24 @@ def test_report_embeds_decodable_images_and_all_sections(tmp_path):
         assert section in parser.headings and f"## {section}" in md.read_text()
     assert "MG-C2 refuted: slope 5" in page.read_text()
     assert json.loads(js.read_text())["evaluation"]["verdict"].startswith("REPRODUCED")
+
+
+def test_model_level_claims_are_shown_once_and_method_claims_per_method():
+    from certify.reports.report import split_model_level
+
+    rows = [["gradient", "lipschitz", "certified", "<= 9 [8, 10]", "L of N_c"],
+            ["gradient", "stability", "certified", "<= 1 [1, 2]", "grad"],
+            ["moreaugrad", "lipschitz", "certified", "<= 9 [8, 10]", "L of N_c"],
+            ["moreaugrad", "stability", "certified", "<= 0.5 [0.4, 0.6]", "MG"]]
+    shared, per_method = split_model_level(rows)
+    assert shared == [["lipschitz", "certified", "<= 9 [8, 10]", "L of N_c"]]
+    assert [r[:2] for r in per_method] == [["gradient", "stability"], ["moreaugrad", "stability"]]
+    assert split_model_level(rows[:2]) == ([], rows[:2])  # one method: nothing is "shared"
+
+
+def test_every_method_keeps_its_colour_across_figures(tmp_path):
+    from certify.reports.report import PALETTE, method_colour
+
+    methods = ["gradient", "smoothgrad", "moreaugrad"]
+    assert [method_colour(m, methods) for m in methods] == list(PALETTE[:3])
+    assert method_colour("moreaugrad", methods) != method_colour("gradient", methods)

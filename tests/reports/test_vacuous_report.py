@@ -36,8 +36,8 @@ def test_claim_table_counts_vacuous_values_apart(certificates):
 
     one = _row(claim_table_rows("gradient", [_zero_topk(certificates[0]), certificates[1]]), "topk")
     assert one[2] == "certified, vacuous on 1/2"
-    assert one[3] == f">= {certificates[1].claim('topk').value:.4g} ({certificates[1].claim('topk').value:.4g}-" \
-                     f"{certificates[1].claim('topk').value:.4g})"  # the 0 is not in the spread
+    assert one[3] == f">= {certificates[1].claim('topk').value:.4g} [{certificates[1].claim('topk').value:.4g}, " \
+                     f"{certificates[1].claim('topk').value:.4g}]"  # the 0 is not in the spread
     assert one[4].startswith(f"{TOPK_LABEL} on 1 of 2 examples")
 
     both = _row(claim_table_rows("gradient", [_zero_topk(c) for c in certificates]), "topk")
