@@ -12,7 +12,9 @@ For each method (a preset of `certify.explain.registry`) and each eps, on the fi
   observed change (over both perturbations) and their ratio, and the certified lower bound on the top-k
   intersection. An observed change above B, or an observed top-k intersection below its certified lower
   bound, is counted as a violation (a bug: it must stay 0);
-* the sparsity of a(x) (Gini index, fraction of zeros).
+* the sparsity of a(x) (Gini index, fraction of zeros);
+* for the report's panels: at the largest eps, the input the attack moved most, with a(x), x + d and a(x + d);
+  and every method's explanation of the first misclassified test inputs (for the predicted class).
 
 The verdict compares the methods under attack at the largest eps, as the MoreauGrad paper does (Section
 6.4, Figures 5-6: MoreauGrad and its sparse variant more robust than gradient, Integrated Gradients and
@@ -101,6 +103,11 @@ def _method_at_eps(model: nn.Module, label: str, x: Tensor, data: Dataset, eps: 
         "observed_over_certified": None,
         "certified_topk": None,
     }
+    if eps == max(config.eps):  # the input the attack moved most, before and after (the report's panel)
+        i = int((attack.attributions - original).flatten(1).double().norm(dim=1).argmax())
+        row["example"] = {"index": i, "shape": list(x.shape[1:]), "target": int(target[i]),
+                          **{key: t[i].detach().flatten().double().tolist() for key, t in
+                             (("x", x), ("a", original), ("x_attacked", attack.perturbed), ("a_attacked", attack.attributions))}}
     violations = 0
     bound, topk = _certified(certificates, "stability"), _certified(certificates, "topk")
     if bound is not None:
@@ -137,6 +144,22 @@ def _verdict(methods: dict[str, list[dict[str, Any]]]) -> str:
     return f"Under the attack at eps = {eps} (mean over inputs): {outcome}. {numbers}."
 
 
+def _misclassified(model: nn.Module, data: Dataset, methods: list[str], count: int = 4) -> dict[str, Any]:
+    """Each method's explanation, for the predicted (wrong) class, of the first `count` misclassified test inputs."""
+    with torch.no_grad():
+        predicted = model(data.x_test).argmax(dim=1)
+    wrong = torch.nonzero(predicted != data.y_test).flatten()[:count]
+    if wrong.numel() == 0:
+        return {"indices": [], "note": f"every test input of {data.name} is classified correctly"}
+    x, target = data.x_test[wrong], predicted[wrong]
+    return {
+        "indices": wrong.tolist(), "labels": data.y_test[wrong].tolist(), "predicted": target.tolist(),
+        "shape": list(x.shape[1:]), "x": x.flatten(1).double().tolist(),
+        "attributions": {label: make_preset(label, model).attribute(x, target=target).detach().flatten(1).double().tolist()
+                         for label in methods},
+    }
+
+
 def run_study(model: nn.Module, data: Dataset, model_spec: str | None, methods: list[str], config: StudyConfig) -> dict[str, Any]:
     """The study of the module docstring; returns a JSON-ready dict (what `certify evaluate` writes)."""
     x = data.x_test[: config.n]
@@ -150,6 +173,7 @@ def run_study(model: nn.Module, data: Dataset, model_spec: str | None, methods: 
     return {
         "model": model_spec,
         "dataset": data.name,
+        "misclassified": _misclassified(model, data, methods),
         "n": int(x.shape[0]),
         "config": {"eps": list(config.eps), "k": config.k, "steps": config.steps, "restarts": config.restarts, "seed": config.seed},
         "description": (

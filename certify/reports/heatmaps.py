@@ -79,3 +79,30 @@ def heatmap_grid(inputs: Tensor, attributions: Mapping[str, Tensor], titles: lis
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def attack_panel(rows: list[tuple[str, Tensor, Tensor, Tensor, Tensor]], path: Path) -> Path:
+    """One row per method (name, x, a(x), x + d, a(x + d); each one example): the input and its explanation before
+    and after the attack, both explanations on the method's one colour scale (symmetric around 0, from the larger
+    |a| of the two), drawn over their inputs. Saves a PNG at `path` and returns it."""
+    fig, axes = plt.subplots(len(rows), 4, figsize=(7.2, 1.7 * len(rows) + 0.3), squeeze=False, layout="constrained")
+    for r, (name, x, a, x_adv, a_adv) in enumerate(rows):
+        vmax = max(float(a.detach().abs().max()), float(a_adv.detach().abs().max()), 1e-12)
+        for c, (image, attribution) in enumerate(((x, None), (x, a), (x_adv, None), (x_adv, a_adv))):
+            ax = axes[r, c]
+            if attribution is None:
+                ax.imshow(as_image(image), cmap="gray", interpolation="nearest")
+            else:
+                draw_attribution(ax, as_image(attribution), vmax, as_image(image))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(name, fontsize=7)
+        bar = fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(-vmax, vmax), cmap=CMAP), ax=axes[r, 3],
+                           location="right", shrink=0.8)
+        bar.ax.tick_params(labelsize=5)
+    for c, title in enumerate(("input x", "a(x)", "attacked x + d", "a(x + d)")):
+        axes[0, c].set_title(title, fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

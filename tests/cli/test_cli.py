@@ -55,7 +55,7 @@ def test_demo_writes_outputs_and_keeps_existing_files(tmp_path, monkeypatch, cap
     assert list(summary["certificates"]) == ["gradient", "smoothgrad"] and summary["theorems"] == {"MG-T2": "holds"}
     assert summary["certificates"]["gradient"] == "2/2 verified"
     html = (tmp_path / "index.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and keep.read_text() == "mine"  # heatmaps, 2 study plots
+    assert html.count("data:image/png;base64,") == 5 and keep.read_text() == "mine"  # heatmaps, 2 study plots, 2 panels
     assert "Robustness: certified vs empirical" in html and "The paper&#x27;s claim" in html
     assert main(["report", str(tmp_path)]) == 0  # the report rebuilds from the artefacts
 
