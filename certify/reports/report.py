@@ -101,10 +101,12 @@ def certified_figure(evaluation: dict[str, Any], path: Path) -> Path | None:
 def claim_table_rows(label: str, certificates: list, base_dir: Path | None = None) -> list[list[str]]:
     """The report's claim table (summary.json's `claim_rows`): one row per claim id of `certificates` (one
     method, one certificate per example): method, claim, kind, the spread of its values over the examples
-    (median [min, max]; or "-"), and its statement (or the refusal reason). A value that is vacuous
+    (median [min, max]; or "-"), and its statement (example 0's, naming its explained class, and the classes of all
+    the examples when they differ) (or the refusal reason). A value that is vacuous
     (`certify.certificates.summary`: true, but it certifies nothing) is never part of the spread: the row
     says "vacuous on m/n" with the reason, so an empty certificate is not shown as an achievement."""
     reasons = [vacuous_reasons(cert, base_dir) for cert in certificates]
+    classes = ", ".join(str(c) for c in sorted({cert.target for cert in certificates}))
     rows = []
     for claim in certificates[0].claims:
         same = [(c, why[c.id]) for cert, why in zip(certificates, reasons) for c in cert.claims if c.id == claim.id]
@@ -112,6 +114,8 @@ def claim_table_rows(label: str, certificates: list, base_dir: Path | None = Non
         spread = f"{claim.relation} {values[len(values) // 2]:.4g} [{values[0]:.4g}, {values[-1]:.4g}]" if values else "-"
         kind = claim.kind
         note = claim.reason if claim.kind == "refused" else claim.statement
+        if "target" in claim.params and len(classes) > 1:  # the statement is example 0's: say whose class it names
+            note = f"(example 0, explained class {certificates[0].target}; the examples' classes: {classes}) {note}"
         empty = sorted({why for _, why in same if why})
         if empty:
             count = sum(1 for _, why in same if why)

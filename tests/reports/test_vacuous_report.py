@@ -65,3 +65,17 @@ def test_report_labels_a_zero_topk_vacuous(certificates, tmp_path):
     robustness = [line for line in md.read_text().splitlines() if line.startswith("| gradient | 0.1 |")]
     assert len(robustness) == 1 and robustness[0].rstrip(" |").endswith(TOPK_LABEL)
     assert TOPK_LABEL in page.read_text()
+
+
+def test_a_statement_shown_for_several_examples_names_whose_class_it_is(certificates):
+    """The table shows example 0's statement (it names N_c of example 0's class): with examples of other
+    classes the row says so and lists them."""
+    classes = sorted({c.target for c in certificates})
+    rows = claim_table_rows("gradient", certificates)
+    stability = _row(rows, "stability")[4]
+    if len(classes) > 1:
+        assert stability.startswith(f"(example 0, explained class {certificates[0].target}; the examples' classes: "
+                                    f"{', '.join(map(str, classes))})")
+    else:
+        assert not stability.startswith("(example 0")
+    assert f"N_{certificates[0].target}" in stability
