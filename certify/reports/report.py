@@ -244,7 +244,7 @@ def build_report(out_dir: Path) -> Document:
                   [[r["id"], r["source"], r["verdict"],
                     "; ".join(f"{c['verdict']} (n={c['n']})" for c in r.get("source_claims", [])) or "-",
                     r["cases"], r["violations"], "-" if r["worst_ratio"] is None else r["worst_ratio"],
-                    r.get("worst_tolerance") if (r["worst_ratio"] or 0) > 1 else "-"] for r in results])
+                    (r.get("worst_tolerance") or "-") if (r["worst_ratio"] or 0) > 1 else "-"] for r in results])
         if claimed:
             doc.paragraph("Source claims, each with its own verdict beside the package's facts: "
                           + "; ".join(f"{name}: {text}" for name, text in theorems["claim_columns"].items()) + ".")
