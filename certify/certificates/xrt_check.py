@@ -6,15 +6,16 @@ the sampler's reference rows and the claim's seed, by this module's own implemen
 The sampling protocol (the issuer's `certify.explain.shap_xrt.MarginalSampler` follows it; written here again
 from this description):
 
-* the tests' seeds are numpy SeedSequence(provenance.seed).generate_state(number of claims, uint32), in claim
-  order; a test's draws come from `numpy.random.default_rng(seed)`: first the M draws of X~_(C u j), then the K M
+* a test's seed is `test_seed(provenance.seed, the test)`: SeedSequence of the recorded seed and the test's own
+  sha256 (features, context, target, score, K, M), whatever its position; its draws come from
+  `numpy.random.default_rng(seed)`: first the M draws of X~_(C u j), then the K M
   draws of X~_C, each block drawn by ONE call below;
 * n draws with the features of a bool mask `fixed` held at x: `idx = rng.integers(0, R, size=S)` with S = n (mode
   "joint": draw i is reference row idx[i]), S = (n, d) (mode "product" without groups: feature f of draw i is
   reference[idx[i, f], f]) or S = (n, G) (mode "product" with groups relabelled 0..G-1 in sorted order: feature f
   of draw i is reference[idx[i, g_f], f]); then the fixed features are set to x;
-* f is the model's score of the target on each input ALONE (a batch of one; vectorised by torch.func.vmap where
-  the model allows it), in the model's dtype ("probability": softmax over the outputs; "logit" and "output": the
+* f is the model's score of the target on each input ALONE (a batch of one, on a copy of the input), in the
+  model's dtype ("probability": softmax over the outputs; "logit" and "output": the
   output of the target class, or a single-output model's value), converted to float64; T is the mean of the first
   M scores, T~_k the mean of the k-th next block of M, each sum rounded once (math.fsum), so rounding never
   inverts the order of two statistics.
@@ -25,7 +26,7 @@ recounts with the claim's tie allowance halved, c = #{k: T~_k >= T - tie/2}, and
 value is at least p (an issuer whose arithmetic differs from the checker's by less than tie/4 passes; a value
 lowered by even one count, or rounded below the fraction, fails; exact ties always count). The decision must be
 "reject" iff value <= alpha; the witness's T and gamma-hat (T minus the mean over the null draws) must match the
-recomputation within the tie allowance plus 1e-5 relative. A claim needing more than MAX_DRAW_VALUES drawn values
+recomputation within the tie allowance plus TIE_ULPS epsilons of the model's dtype (relative). A claim needing more than MAX_DRAW_VALUES drawn values
 is not re-checked (invalid), nor is a model in training mode.
 
 The reference rows are the first R rows of a certify data set's split, which the checker reloads (so the
@@ -34,6 +35,8 @@ sampler's description cannot lie), or, when no data set is named, the certificat
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -50,8 +53,25 @@ from certify.vocabulary import Kind
 
 CHUNK = 4096  # rows per model call
 MAX_DRAW_VALUES = 5 * 10**7  # (K + 1) M d values drawn for one claim (400 MB in float64): larger is not re-checked
-WITNESS_RTOL = 1e-5
-METHOD = "shap-xrt"  # float32 rounding of T's M-term mean, relative to max(1, |T|)
+MAX_SCORED_ROWS = 200_000  # (K + 1) M inputs scored one at a time for one claim: larger is not re-checked
+METHOD = "shap-xrt"
+TIE_ULPS = 128  # the issuer's tie allowance, in units of the model dtype's epsilon, relative to the statistics'
+# magnitude: far above the difference between a batched and a one-input evaluation of the same model
+
+
+def tie_allowance(dtype: torch.dtype, scale: float) -> float:
+    """TIE_ULPS epsilons of `dtype` times `scale` (the largest |statistic|, at least 1): the issuer's tie, and the
+    checker's slack on the witness's statistic and gamma-hat."""
+    return TIE_ULPS * float(torch.finfo(dtype).eps) * scale
+
+
+def test_seed(seed: int, q: dict[str, Any]) -> int:
+    """A test's seed: numpy SeedSequence of provenance.seed and the sha256 of the test itself (features, context,
+    target, score, K, M), one uint32 word: a function of what is tested, not of its position among the claims
+    (a refused padding claim or a reordering cannot buy a test another seed; a duplicate test gets the same)."""
+    content = json.dumps([q["features"], q["context"], q["target"], q["score"], q["K"], q["M"]], separators=(",", ":"))
+    words = np.frombuffer(hashlib.sha256(content.encode()).digest(), dtype=np.uint32).tolist()
+    return int(np.random.SeedSequence([int(seed), *words]).generate_state(1, dtype=np.uint32)[0])
 
 
 def _model_dtype(model: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -131,12 +151,11 @@ def draw(rows: np.ndarray, mode: str, labels: np.ndarray | None, x: np.ndarray, 
 
 
 def _one_at_a_time(model: nn.Module, chunk: torch.Tensor) -> torch.Tensor:
-    """The model on each row alone (a batch of one), vectorised by torch.func.vmap where the model allows it, else
-    row by row: so that no score depends on the other rows of a batch (its position, the batch's statistics)."""
-    try:
-        return torch.func.vmap(lambda row: model(row.unsqueeze(0)).squeeze(0))(chunk)
-    except Exception:  # noqa: BLE001 - any model vmap cannot trace is evaluated row by row instead
-        return torch.stack([model(row.unsqueeze(0)).squeeze(0) for row in chunk])
+    """The model on each row alone: a batch of one per call, on a copy (a model may change its input in place).
+    This is the definition of f, so no score depends on the other rows of a batch (its position, the batch's
+    statistics, or the rounding of a batched kernel: torch.func.vmap's batched matmuls round differently); it
+    costs one model call per row, which only the checker pays."""
+    return torch.stack([model(row.unsqueeze(0).clone()).squeeze(0) for row in chunk])
 
 
 def scores(model: nn.Module, points: np.ndarray, shape: tuple[int, ...], target: int, score: str) -> np.ndarray:
@@ -146,7 +165,7 @@ def scores(model: nn.Module, points: np.ndarray, shape: tuple[int, ...], target:
     out = []
     with torch.no_grad():
         for start in range(0, points.shape[0], CHUNK):
-            chunk = torch.as_tensor(points[start : start + CHUNK], dtype=dtype, device=device)
+            chunk = torch.tensor(points[start : start + CHUNK], dtype=dtype, device=device)
             y = _one_at_a_time(model, chunk.reshape(chunk.shape[0], *shape))
             if not isinstance(y, torch.Tensor) or y.dim() not in (1, 2) or y.shape[0] != chunk.shape[0]:
                 raise Invalid(f"the model returns {getattr(y, 'shape', type(y))}, not [batch] or [batch, classes]")
@@ -182,9 +201,9 @@ def check_pvalue(model: nn.Module, claim: Claim, x: np.ndarray, shape: tuple[int
     c = np.zeros(d, dtype=bool)
     c[q["context"]] = True
     k, m = q["K"], q["M"]
-    if (k + 1) * m * d > MAX_DRAW_VALUES:
-        raise Invalid(f"(K + 1) M d = {(k + 1) * m * d} values to draw exceeds the checker's limit of {MAX_DRAW_VALUES}: "
-                      "not re-checkable here")
+    if (k + 1) * m * d > MAX_DRAW_VALUES or (k + 1) * m > MAX_SCORED_ROWS:
+        raise Invalid(f"(K + 1) M = {(k + 1) * m} inputs of {d} features exceed the checker's limits ({MAX_SCORED_ROWS} "
+                      f"inputs, {MAX_DRAW_VALUES} values): not re-checkable here")
     rng = np.random.default_rng(q["seed"])
     with_j = draw(rows, mode, labels, x, j | c, m, rng)
     without_j = draw(rows, mode, labels, x, c, k * m, rng)
@@ -200,7 +219,7 @@ def check_pvalue(model: nn.Module, claim: Claim, x: np.ndarray, shape: tuple[int
     if (q["decision"] == "reject") != rejects:
         raise Invalid(f"decision {q['decision']!r} where value {claim.value!r} {'<=' if rejects else '>'} alpha = {q['alpha']!r}")
     gamma = t - float(values[1:].mean())
-    allowance = q["tie"] + WITNESS_RTOL * max(1.0, abs(t))
+    allowance = q["tie"] + tie_allowance(_model_dtype(model)[0], max(1.0, abs(t), float(np.abs(t_null).max())))
     for key, recomputed in (("statistic", t), ("gamma", gamma)):
         stated = claim.witness.get(key)
         if not (isinstance(stated, (int, float)) and not isinstance(stated, bool) and math.isfinite(stated)
@@ -211,17 +230,26 @@ def check_pvalue(model: nn.Module, claim: Claim, x: np.ndarray, shape: tuple[int
 
 
 def _seed_problems(cert: Any) -> list[str]:
-    """The tests' seeds must be those derived from provenance.seed in claim order (numpy SeedSequence, uint32
-    words), so that one recorded number fixes every draw (a seed tried per test until it rejects would show)."""
+    """Every test's seed must be `test_seed(provenance.seed, its params)`, so that one recorded number fixes every
+    draw, and two claims may not test the same thing."""
     seed = cert.provenance.get("seed")
     if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
         return ["provenance.seed must be a non-negative integer: the tests' seeds are derived from it"]
-    derived = np.random.SeedSequence(seed).generate_state(len(cert.claims), dtype=np.uint32).tolist()
-    stated = [c.params.get("seed") if isinstance(c.params, dict) else None for c in cert.claims]
-    if stated != derived:
-        return [f"the tests' seeds {stated[:4]}... are not those derived from provenance.seed = {seed} in claim order "
-                f"({derived[:4]}...)"]
-    return []
+    problems, seen = [], set()
+    for c in cert.claims:
+        q = c.params if isinstance(c.params, dict) else {}
+        try:
+            key = json.dumps([q["features"], q["context"], q["target"], q["score"], q["K"], q["M"]])
+            expected = test_seed(seed, q)
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed claim: its own validation says why
+        if key in seen:
+            problems.append(f"claim {c.id!r} repeats another claim's test")
+        seen.add(key)
+        if q.get("seed") != expected:
+            problems.append(f"claim {c.id!r}: seed {q.get('seed')!r} is not the one derived from provenance.seed = {seed} "
+                            f"and the test ({expected})")
+    return problems
 
 
 def check_importance(cert: Any, model: nn.Module, base_dir: Path | None) -> tuple[list[str], list[tuple[str, str, str]]]:
@@ -241,8 +269,12 @@ def check_importance(cert: Any, model: nn.Module, base_dir: Path | None) -> tupl
     if training:  # dropout or batch statistics would make the scores random or batch-dependent
         return [f"the model is in training mode ({', '.join(training[:3])}): call model.eval() first"], []
     dtype, device = _model_dtype(model)
-    with torch.no_grad():
-        out = model(torch.as_tensor(x, dtype=dtype, device=device).reshape(1, *shape))
+    try:
+        with torch.no_grad():
+            out = model(torch.tensor(x, dtype=dtype, device=device).reshape(1, *shape))  # a copy: x stays x
+    except Exception as exc:  # noqa: BLE001 - whatever the model's code raises
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return [f"the model cannot be evaluated at the certificate's input ({type(exc).__name__}: {first})"], []
     if not isinstance(out, torch.Tensor) or out.dim() not in (1, 2):
         return [f"the model returns {getattr(out, 'shape', type(out).__name__)}, not [batch] or [batch, classes]"], []
     classes = int(out.shape[1]) if out.dim() == 2 else 1
@@ -269,7 +301,7 @@ def check_importance(cert: Any, model: nn.Module, base_dir: Path | None) -> tupl
             out_rows.append((claim.id, "valid (probabilistic)", check_pvalue(model, claim, x, shape, rows, mode, labels)))
         except (Invalid, ClaimError) as exc:
             out_rows.append((claim.id, "invalid", str(exc)))
-        except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the model fails on the draws
+        except Exception as exc:  # noqa: BLE001 - the model fails on the draws (any exception its code raises)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             out_rows.append((claim.id, "invalid", f"the model cannot be evaluated for this claim ({type(exc).__name__}: {first})"))
     return problems, out_rows

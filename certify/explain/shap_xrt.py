@@ -370,7 +370,7 @@ def model_scores(model: nn.Module, inputs: Tensor, target: Tensor | None, score:
         if score == "probability":
             out = torch.softmax(out, dim=1)
         return out.gather(1, target.view(-1, 1)).squeeze(1)
-    except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # torch reports shape mismatches as RuntimeError
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError, ArithmeticError) as exc:  # torch: RuntimeError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise InvalidInputError(f"the model cannot score inputs of shape {tuple(inputs.shape)} "
                                 f"({type(exc).__name__}: {first})") from exc
@@ -522,8 +522,8 @@ def xrt(
 
     with torch.no_grad():
         try:
-            first = model(x[:1].detach())
-        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            first = model(x[:1].detach().clone())  # copies: a model may change its input in place
+        except (RuntimeError, TypeError, ValueError, IndexError, AssertionError, ArithmeticError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise InvalidInputError(f"the model cannot evaluate inputs of shape {tuple(x.shape)} "
                                     f"({type(exc).__name__}: {first_line})") from exc
@@ -535,7 +535,7 @@ def xrt(
         elif first.dim() != 2:
             raise InvalidInputError(f"score {score!r} needs logits [batch, classes], got shape {tuple(first.shape)}")
         elif target is None:
-            tgt = model(x.detach()).argmax(dim=1)
+            tgt = model(x.detach().clone()).argmax(dim=1)
         else:
             tgt = check_target(target, b, first.shape[1], device)
         per_test = (k + 1) * m

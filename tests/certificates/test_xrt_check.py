@@ -398,3 +398,112 @@ def test_a_model_in_training_mode_or_returning_a_tuple_is_a_problem(composite, t
 
     report = _verify_importance(parse_certificate(json.dumps(doc)), pair, out.parent, VerifyReport())
     assert not report.valid and "not [batch]" in report.problems[0]
+
+
+# ------------------------------------------------------------------ regressions: the second review's attacks
+
+
+class _BatchSize(nn.Module):
+    """f(x) = sum(x) + 1e-3 * (rows in the batch): the batch-of-one value is the definition of f."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x):
+        return x.flatten(1).sum(dim=1) + self.w + 1e-3 * x.shape[0]
+
+
+def test_the_checker_scores_each_input_in_a_call_of_its_own():
+    from certify.certificates.xrt_check import scores
+
+    model = _BatchSize().eval()
+    points = np.random.default_rng(0).random((37, 3))
+    with torch.no_grad():
+        alone = np.array([float(model(torch.tensor(p).unsqueeze(0))) for p in points])
+    assert np.array_equal(scores(model, points, (3,), 0, "output"), alone)  # bitwise: no batched kernel
+
+
+class _InPlace(nn.Module):
+    """f(x) = x[0] + 1, computed by changing the input in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x):
+        x = x.flatten(1)
+        x.add_(1.0)
+        return x[:, 0] + self.w
+
+
+def test_a_model_that_changes_its_input_in_place_changes_neither_x_nor_the_draws(tmp_path):
+    model = _InPlace().eval()
+    x = torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)
+    cert, problems = checked_importance_certificate(model, x.clone(), [[0]], [[]], sampler=MarginalSampler(
+        torch.rand(20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))), k=K, m=M, score="output")
+    assert problems == [] and cert.input["x"]["values"] == [0.5, 0.0, 0.0]
+    assert verify_certificate(parse_certificate(cert.to_json()), model, tmp_path).valid
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_certificates_verify_and_forgeries_do_not(composite, tmp_path, dtype):
+    model, data, i, tile = composite
+    half = zoo.load("composite-relu-cnn")[0].to(dtype).eval()
+    x = data.x_test[i].to(dtype)
+    labels = region_labels("quadrants", x.shape)
+    sampler = MarginalSampler(data.x_train[:64].to(dtype), "product", labels)
+    feats = [torch.nonzero(labels == r).flatten().tolist() for r in range(4)]
+    cert, problems = checked_importance_certificate(half, x, feats, [[]] * 4, sampler=sampler, k=19, m=4, target=1,
+                                                    score="logit")
+    assert problems == [] and all(c.kind == "probabilistic" for c in cert.claims)
+    doc = json.loads(cert.to_json())
+    assert _verify(doc, half, tmp_path).valid
+    c = next(c for c in doc["claims"] if c["value"] > 2 / 20)
+    c["value"], c["params"]["decision"] = 1 / 20, "reject"
+    _rerender(c)
+    assert not _verify(doc, half, tmp_path).valid
+
+
+def test_a_test_is_seeded_by_its_content_not_its_position(composite, tmp_path):
+    """Padding claims in front of a test or reordering cannot give it another seed; a repeated test is a problem."""
+    model, data, i, tile = composite
+    cert, out = _certificate(composite, tmp_path)
+    doc = json.loads(out.read_text())
+    doc["claims"].reverse()
+    assert _verify(doc, model, out.parent).valid  # order does not matter
+    doc["claims"].append(dict(doc["claims"][0], id="again"))
+    report = _verify(doc, model, out.parent)
+    assert not report.valid and "repeats another claim's test" in " ".join(report.problems)
+
+
+class _Asserting(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(2, 2))
+
+    def forward(self, x):
+        assert bool((x >= 0).all()), "inputs must be non-negative"
+        return x.flatten(1) @ self.w
+
+
+def test_a_model_that_raises_assertion_error_is_invalid_input_or_an_invalid_claim(tmp_path):
+    from certify.errors import InvalidInputError
+
+    model = _Asserting().eval()
+    with pytest.raises(InvalidInputError, match="AssertionError"):
+        checked_importance_certificate(model, torch.rand(2), [[0]], [[]], sampler=MarginalSampler(-torch.rand(5, 2)), k=4, m=2)
+    cert, _ = checked_importance_certificate(model, torch.rand(2), [[0]], [[]], sampler=MarginalSampler(torch.rand(5, 2)),
+                                             k=4, m=2, out=tmp_path / "c.json")
+    doc = json.loads(cert.to_json())
+    doc["input"]["x"] = encode_array(-np.ones(2))
+    report = _verify(doc, model, tmp_path)
+    assert not report.valid and "AssertionError" in report.problems[0]
+
+
+def test_an_alpha_whose_complement_rounds_to_one_is_a_usage_error():
+    from certify.errors import UsageError
+
+    with pytest.raises(UsageError, match="1 - alpha"):
+        checked_importance_certificate(_Constant(3, 0.0).eval(), torch.rand(3), [[0]], [[]],
+                                       sampler=MarginalSampler(torch.rand(4, 3)), alpha=1e-17)

@@ -2,8 +2,9 @@
 probabilistic claims that the independent checker recomputes (`certify.certificates.xrt_check`).
 
 Each test (features j, context C) becomes an `xrt-p-value` claim: value = (1 + #{k: T~_k >= T - tie}) / (K + 1)
-from the test's statistics (near-ties within `tie` counted as ties, so value >= the test's p; tie is a relative
-1e-5 of the scores' magnitude for a float32 model, 1e-12 for float64), the decision at alpha, and the statistic T
+from the test's statistics (near-ties within `tie` counted as ties, so value >= the test's p; tie is
+`xrt_check.tie_allowance`: 128 epsilons of the model's dtype relative to the statistics' magnitude), each test
+seeded by `xrt_check.test_seed` (the recorded seed and the test's content), the decision at alpha, and the statistic T
 and the estimate gamma-hat as witness. The sampler must be a `MarginalSampler` (its draws are integer row indices:
 reproducible anywhere); its reference rows are named (the first rows of a certify data set's split, which the
 checker reloads) or travel with the certificate (inline, or a sidecar .npy next to it), with their sha256.
@@ -22,19 +23,15 @@ from torch import Tensor, nn
 from certify.certificates.claims import issue, refuse
 from certify.certificates.document import ImportanceCertificate, array_sha256, encode_array, parse_certificate
 from certify.certificates.issuers.common import model_provenance
-from certify.certificates.xrt_check import check_importance
+from certify.certificates.xrt_check import MAX_SCORED_ROWS, check_importance, test_seed, tie_allowance
 from certify.errors import InvalidInputError, UnsupportedError, UsageError
-from certify.explain.shap_xrt import DEFAULT_K, DEFAULT_M, MarginalSampler, xrt
+from certify.explain.shap_xrt import DEFAULT_K, DEFAULT_M, MarginalSampler, feature_masks, xrt
 from certify.vocabulary import Kind
-
-TIE_RELATIVE = {torch.float64: 1e-12}
-TIE_RELATIVE_DEFAULT = 1e-5  # float32 and narrower: far above the rounding of a mean of M scores
-
 
 def _tie(model: nn.Module, statistic: float, null: Tensor) -> float:
     first = next(iter(model.parameters()), None)
-    relative = TIE_RELATIVE.get(first.dtype if first is not None else torch.float32, TIE_RELATIVE_DEFAULT)
-    return relative * max(1.0, abs(statistic), float(null.abs().max()))
+    dtype = first.dtype if first is not None else torch.float32
+    return tie_allowance(dtype, max(1.0, abs(statistic), float(null.abs().max())))
 
 
 def _ceil_fraction(a: int, b: int) -> float:
@@ -76,15 +73,25 @@ def importance_certificate(
     b = len(features)
     if b == 0 or len(context) != b or (names is not None and len(names) != b):
         raise UsageError(f"give one context (and name) per feature set: {b} feature sets, {len(context)} contexts")
-    if not 0 < alpha < 1:
-        raise UsageError(f"alpha must lie in (0, 1), got {alpha}")
+    if not 0 < alpha < 1 or 1 - alpha == 1:
+        raise UsageError(f"alpha must lie in (0, 1) with 1 - alpha < 1 in floating point, got {alpha}")
+    if (k + 1) * m > MAX_SCORED_ROWS:
+        raise UsageError(f"(K + 1) M = {(k + 1) * m} inputs per test: the checker re-scores at most {MAX_SCORED_ROWS}")
     names = list(names) if names is not None else [f"test-{i}" for i in range(b)]
     if len(set(names)) != b:
         raise UsageError("test names must be distinct")
     start = time.perf_counter()
     shape = tuple(int(s) for s in x.shape)
-    result = xrt(model, x.unsqueeze(0).expand(b, *shape), list(features), list(context), sampler=sampler, k=k, m=m,
-                 target=None if target is None else [int(target)] * b, score=score, seed=seed)
+    with torch.no_grad():
+        output = model(x.detach().clone().unsqueeze(0))  # a copy: a model may change its input in place
+    if target is None:
+        target = int(output.argmax(dim=1)[0]) if output.dim() == 2 and output.shape[1] > 1 else 0
+    masks = [(feature_masks(f, 1, x.numel(), shape, "features", x.device)[0],
+              feature_masks(c, 1, x.numel(), shape, "context", x.device)[0]) for f, c in zip(features, context)]
+    seeds = [test_seed(seed, {"features": torch.nonzero(j).flatten().tolist(), "context": torch.nonzero(c).flatten().tolist(),
+                              "target": int(target), "score": score, "K": k, "M": m}) for j, c in masks]
+    result = xrt(model, x.unsqueeze(0).expand(b, *shape), [j for j, _ in masks], [c for _, c in masks], sampler=sampler,
+                 k=k, m=m, target=[int(target)] * b, score=score, seed=seeds)
     claims = []
     for i in range(b):
         t = float(result.statistic[i])
@@ -100,8 +107,6 @@ def importance_certificate(
         claims.append(issue(names[i], "xrt-p-value", params, value, "shap-xrt",
                             witness={"statistic": t, "gamma": float(result.gamma[i])}, kind=Kind.PROBABILISTIC.value,
                             exact=True))
-    with torch.no_grad():
-        output = model(x.unsqueeze(0))
     spec = sampler.spec()
     sidecar = None if out is None else Path(out).with_name(Path(out).stem + "-reference.npy")
     rows = sampler.reference.to(torch.float64).numpy()
