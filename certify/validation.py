@@ -3,7 +3,9 @@
 Also the one place for parameter checks (`positive_number`, `nonnegative_number`, `positive_int`: a radius
 eps, a sigma, a count), for the autograd context every gradient computation runs in (`autograd_enabled`,
 `grad_ready`: explainers work when called inside `torch.inference_mode()` or `torch.no_grad()`), and for
-the check that attributions are finite (`check_finite_attributions`)."""
+the check that attributions are finite (`check_finite_attributions`). Captum's calling convention: tuple inputs
+(`validate_input_tuple`), `additional_forward_args` (`forward_args`), outputs with more than two dimensions and
+their index-tuple targets (`evaluate_outputs`, `resolve_output_target`)."""
 from __future__ import annotations
 
 import contextlib
@@ -49,18 +51,52 @@ def validate_inputs(inputs: object) -> Tensor:
     return inputs
 
 
+def validate_input_tuple(inputs: object) -> tuple[Tensor, ...]:
+    """`inputs` (one tensor, or a tuple of tensors for a model of several inputs: Captum's convention) as a tuple
+    of tensors checked by `validate_inputs`, all with one batch size; InvalidInputError otherwise."""
+    if isinstance(inputs, Tensor):
+        return (validate_inputs(inputs),)
+    if not isinstance(inputs, tuple) or not inputs:
+        raise InvalidInputError(f"inputs must be a torch.Tensor or a non-empty tuple of tensors, got {type(inputs).__name__}")
+    tensors = tuple(validate_inputs(x) for x in inputs)
+    sizes = [x.shape[0] for x in tensors]
+    if len(set(sizes)) > 1:
+        raise InvalidInputError(f"the input tensors must share their batch size (dimension 0), got sizes {sizes}")
+    return tensors
+
+
+def forward_args(additional_forward_args: object) -> tuple[Any, ...]:
+    """Captum's `additional_forward_args` as the tuple of extra model arguments: None -> (), a tuple as it is,
+    any other value -> (value,)."""
+    if additional_forward_args is None:
+        return ()
+    return additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
+
+
 def evaluate_logits(model: nn.Module, inputs: Tensor) -> Tensor:
     """Run the model, turning a shape mismatch into an error that names the input shape, and check that
     the output is a [batch, classes] matrix of finite logits."""
+    return evaluate_outputs(model, (inputs,))
+
+
+def evaluate_outputs(model: nn.Module, inputs: tuple[Tensor, ...], args: tuple[Any, ...] = (), matrix: bool = True) -> Tensor:
+    """`model(*inputs, *args)`, turning a failure to evaluate into an InvalidInputError that names the input
+    shapes, and checking that the output has the batch first and only finite values: a [batch, classes] matrix
+    of logits, or with `matrix=False` any [batch, d_1, ..., d_k] (k >= 1) whose entries index-tuple targets
+    select."""
     try:
-        logits = model(inputs)
-    except RuntimeError as exc:  # torch reports shape mismatches as RuntimeError
+        logits = model(*inputs, *args)
+    except (RuntimeError, TypeError) as exc:  # torch reports shape mismatches as RuntimeError, arity as TypeError
+        shapes = tuple(inputs[0].shape) if len(inputs) == 1 else [tuple(x.shape) for x in inputs]
         raise InvalidInputError(
-            f"the model cannot evaluate inputs of shape {tuple(inputs.shape)} and dtype {inputs.dtype}: {exc}"
+            f"the model cannot evaluate inputs of shape {shapes} and dtype {inputs[0].dtype}: {exc}"
         ) from exc
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != inputs.shape[0]:
+    n = inputs[0].shape[0]
+    ranks_ok = isinstance(logits, Tensor) and (logits.dim() == 2 or (not matrix and logits.dim() > 2))
+    if not ranks_ok or logits.shape[0] != n:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise InvalidInputError(f"the model must return logits of shape [batch, classes]; got {shape}")
+        other = "" if matrix else " (or outputs [batch, d_1, ..., d_k] with index-tuple targets)"
+        raise InvalidInputError(f"the model must return logits of shape [batch, classes]{other}; got {shape}")
     if not bool(torch.isfinite(logits).all()):
         raise InvalidInputError("the model returned NaN or Inf logits for these inputs")
     return logits
@@ -71,6 +107,42 @@ def resolve_target(target: TargetLike, logits: Tensor) -> Tensor:
     if target is None:
         return logits.argmax(dim=1)
     return check_target(target, logits.shape[0], logits.shape[1], logits.device)
+
+
+def resolve_output_target(target: object, outputs: Tensor) -> Tensor:
+    """`target` for `outputs` [N, ...] as a long tensor: [N] class indices for outputs [N, C] (`resolve_target`),
+    [N, k] index tuples for outputs [N, d_1, ..., d_k] with k >= 2 (Captum's convention: a tuple (i_1, ..., i_k)
+    selects output[n, i_1, ..., i_k] of every example; a list of such tuples or a tensor [N, k], one per
+    example). TargetError when an index tuple has another length, another count or an index out of range, and
+    for None (the predicted class is defined for [N, C] outputs only)."""
+    if outputs.dim() == 2:
+        return resolve_target(target, outputs)  # type: ignore[arg-type]
+    n, dims = outputs.shape[0], tuple(outputs.shape[1:])
+    if target is None or isinstance(target, (bool, int)):
+        raise TargetError(
+            f"the model's outputs have shape {tuple(outputs.shape)}: target must be an index tuple of length "
+            f"{len(dims)} (e.g. (c, i, j) selects output[n, c, i, j]) or one such tuple per example, got {target!r}"
+        )
+    try:
+        index = torch.as_tensor(target, device=outputs.device)
+    except (TypeError, ValueError) as exc:
+        raise TargetError(f"target cannot be read as index tuples: {exc}") from exc
+    if index.is_floating_point() or index.dtype == torch.bool:
+        raise TargetError(f"target must hold integer indices, got dtype {index.dtype}")
+    index = index.long()
+    if isinstance(target, tuple) and index.dim() == 1:
+        index = index.expand(n, -1)
+    if tuple(index.shape) != (n, len(dims)):
+        raise TargetError(
+            f"target has shape {tuple(index.shape)}; outputs {tuple(outputs.shape)} need one index tuple of length "
+            f"{len(dims)} for all examples or one per example ({n} x {len(dims)})"
+        )
+    bound = torch.tensor(dims, device=outputs.device)
+    out_of_range = ((index < 0) | (index >= bound)).any(dim=1)
+    if bool(out_of_range.any()):
+        bad = index[out_of_range].tolist()
+        raise TargetError(f"target index tuples {bad[:5]} out of range for outputs [N, {', '.join(map(str, dims))}]")
+    return index
 
 
 def check_target(target: TargetLike, n: int, num_classes: int, device: torch.device | str | None = None) -> Tensor:
@@ -158,10 +230,12 @@ def grad_ready(inputs: Tensor, model: nn.Module | None = None) -> Tensor:
     return inputs
 
 
-def check_finite_attributions(attributions: Tensor, method: str, exempt: Tensor | None = None) -> None:
-    """Refuse non-finite attributions: InvalidInputError naming the examples. `exempt` [N] (bool) marks rows an
-    explainer already reports as failed (e.g. a diverged solver, whose attributions are NaN by design)."""
-    bad = ~torch.isfinite(attributions.detach()).flatten(1).all(dim=1)
+def check_finite_attributions(attributions: Tensor | tuple[Tensor, ...], method: str, exempt: Tensor | None = None) -> None:
+    """Refuse non-finite attributions (a tensor [N, ...], or one per input tensor): InvalidInputError naming the
+    examples. `exempt` [N] (bool) marks rows an explainer already reports as failed (e.g. a diverged solver,
+    whose attributions are NaN by design)."""
+    parts = attributions if isinstance(attributions, tuple) else (attributions,)
+    bad = ~torch.stack([torch.isfinite(a.detach()).flatten(1).all(dim=1) for a in parts]).all(dim=0)
     if exempt is not None:
         bad = bad & ~exempt.to(bad.device)
     if bool(bad.any()):

@@ -1,8 +1,19 @@
 """The explainer base class and the Explanation record (Captum-compatible calling convention).
 
-`attribute(inputs, target=None, **kw)` returns a tensor with the inputs' shape, batch first; `target` is an
-int, one class per example (list or tensor), or None for the predicted class (DESIGN section 3). `explain`
-returns the same attributions with the method's parameters, the targets used and per-example diagnostics.
+`attribute(inputs, target=None, *, additional_forward_args=None, **options)` returns a tensor with the
+inputs' shape, batch first; `target` is an int, one class per example (list or tensor), or None for the
+predicted class (DESIGN section 3). `explain` returns the same attributions with the method's parameters, the
+targets used and per-example diagnostics. `options` are the method's per-call options (`explain_options`,
+e.g. Integrated Gradients' `baselines`) and the constructor parameters a call may override (`call_options`,
+e.g. `n_steps`; the constructor's values are the defaults, and `Explanation.params` records the values used).
+
+Explainers with `forward_interface` (Gradient, IntegratedGradients, SmoothGrad, NoiseTunnel) also take, as
+Captum does, a tuple of input tensors for a model of several inputs (attributions come back as a matching
+tuple), `additional_forward_args` (the model is called as `model(*inputs, *additional_forward_args)`), and
+index-tuple targets for outputs [N, d_1, ..., d_k] (target (c, i, j) selects output[n, c, i, j]; a list of
+tuples gives one per example). The others explain one input tensor of a [N, C]-output model and refuse these
+with a UsageError.
+
 Every public call validates its inputs, the model's mode, the targets and its keyword options before any
 computation, and its attributions after.
 """
@@ -16,48 +27,63 @@ import torch
 from torch import Tensor, nn
 
 from certify.errors import UsageError
+from certify.scores import Forward
 from certify.validation import (
-    TargetLike,
     autograd_enabled,
     check_eval_mode,
     check_finite_attributions,
-    evaluate_logits,
+    evaluate_outputs,
+    forward_args,
     grad_ready,
-    resolve_target,
-    validate_inputs,
+    resolve_output_target,
+    validate_input_tuple,
 )
+
+FORWARD_EXPLAINERS = "Gradient, IntegratedGradients, SmoothGrad and NoiseTunnel"
 
 
 @dataclass
 class Explanation:
-    """Attributions [N, ...] plus what produced them.
+    """Attributions [N, ...] (a tuple of them, one per input tensor, for tuple inputs) plus what produced them.
 
-    `diagnostics` maps a name to a per-example tensor of length N (e.g. the completeness delta of
-    Integrated Gradients, or a solver's residual norm and iteration count)."""
+    `target` is the long tensor [N] of classes explained ([N, k] index tuples for outputs with more than two
+    dimensions); `params` the method's parameters used by this call; `diagnostics` maps a name to a per-example
+    tensor of length N (e.g. the completeness delta of Integrated Gradients, or a solver's residual norm and
+    iteration count)."""
 
-    attributions: Tensor
+    attributions: Tensor | tuple[Tensor, ...]
     target: Tensor
     method: str
     params: dict[str, Any]
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return self.attributions.shape[0]
+        first = self.attributions[0] if isinstance(self.attributions, tuple) else self.attributions
+        return first.shape[0]
 
 
 class Explainer(ABC):
-    """Shared base of every explainer: validation, target resolution and the attribute/explain pair.
+    """Shared base of every explainer: validation, target resolution, per-call options and the
+    attribute/explain pair.
 
-    Subclasses implement `_explain(inputs, target, **options)` on validated inputs with resolved targets
-    (a long tensor [N] on the inputs' device), name themselves with `method_name` and list the keyword
-    options `explain`/`attribute` accept beyond inputs and target in `explain_options` (e.g. Integrated
-    Gradients' `baselines`). Both public calls work inside `torch.inference_mode()` and `torch.no_grad()`
-    (gradients are computed with autograd switched back on, on a normal copy of inference-mode inputs), and
-    both refuse non-finite attributions (InvalidInputError naming the examples) rather than return them;
-    only rows an explainer itself reports as failed (diagnostic `diverged`) keep NaN attributions."""
+    Subclasses implement `_explain` on validated inputs with resolved targets (a long tensor [N], or [N, k]
+    index tuples, on the inputs' device), name themselves with `method_name`, list the per-call options in
+    `explain_options` and the constructor parameters a call may override in `call_options` (such a class's
+    `params()` returns every constructor parameter by name, so that `configured` can rebuild it). With
+    `forward_interface = False`, `_explain(inputs: Tensor, target, **options)` evaluates `self.model(inputs)`
+    itself; with True, `_explain(inputs: tuple[Tensor, ...], target, forward: Forward, **options)` evaluates
+    the model only through `forward` (tuple inputs, additional forward arguments, index-tuple targets) and
+    returns one attribution tensor per input tensor.
+
+    Both public calls work inside `torch.inference_mode()` and `torch.no_grad()` (gradients are computed with
+    autograd switched back on, on a normal copy of inference-mode inputs), and both refuse non-finite
+    attributions (InvalidInputError naming the examples) rather than return them; only rows an explainer itself
+    reports as failed (diagnostic `diverged`) keep NaN attributions."""
 
     method_name: str = "explainer"
     explain_options: tuple[str, ...] = ()
+    call_options: tuple[str, ...] = ()
+    forward_interface: bool = False
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
@@ -68,32 +94,71 @@ class Explainer(ABC):
         """The constructor parameters that determine the explanation (recorded in certificates)."""
         return {}
 
-    def explain(self, inputs: Tensor, target: TargetLike = None, **options: Any) -> Explanation:
-        """The explanation of `inputs` [N, ...] for `target` (None: the predicted class; an int; or one class
-        per example), with the method's parameters and per-example diagnostics. `options`: see
-        `explain_options` of the method."""
-        unknown = sorted(set(options) - set(self.explain_options))
+    def configured(self, **overrides: Any) -> Explainer:
+        """This explainer with the constructor parameters `overrides` (names from `call_options`) replaced:
+        `self` when there are none, else a new explainer built by the constructor, which validates them
+        (UsageError naming a bad value)."""
+        if not overrides:
+            return self
+        return type(self)(self.model, **{**self.params(), **overrides})
+
+    def explain(
+        self, inputs: Tensor | tuple[Tensor, ...], target: Any = None, *, additional_forward_args: Any = None,
+        **options: Any,
+    ) -> Explanation:
+        """The explanation of `inputs` [N, ...] for `target` (None: the predicted class; an int; one class per
+        example; index tuples for outputs with more than two dimensions), with the parameters used and
+        per-example diagnostics. `options`: the method's `explain_options` and `call_options`.
+
+        Raises UsageError (unknown option, or tuple inputs / additional_forward_args for an explainer without
+        `forward_interface`), InvalidInputError (inputs or model outputs), TargetError, ModelModeError."""
+        name = type(self).__name__
+        unknown = sorted(set(options) - set(self.explain_options) - set(self.call_options))
         if unknown:
-            accepted = ", ".join(self.explain_options) if self.explain_options else "none"
+            accepted = ", ".join(self.explain_options + self.call_options) or "none"
+            besides = "inputs, target and additional_forward_args" if self.forward_interface else "inputs and target"
             raise UsageError(
-                f"{type(self).__name__}.explain() and .attribute() got unknown options {unknown}; "
-                f"accepted options besides inputs and target: {accepted}"
+                f"{name}.explain() and .attribute() got unknown options {unknown}; accepted options besides {besides}: {accepted}"
             )
-        inputs = validate_inputs(inputs)
+        if not self.forward_interface:
+            if isinstance(inputs, tuple):
+                raise UsageError(
+                    f"{name}.explain() and .attribute() take one input tensor, got a tuple of {len(inputs)}; tuple "
+                    f"inputs (a model of several inputs) are taken by {FORWARD_EXPLAINERS}"
+                )
+            if additional_forward_args is not None:
+                raise UsageError(
+                    f"{name}.explain() and .attribute() do not take additional_forward_args (the method evaluates "
+                    f"model(inputs) itself); additional_forward_args are taken by {FORWARD_EXPLAINERS}"
+                )
+        explainer = self.configured(**{k: v for k, v in options.items() if k in self.call_options})
+        per_call = {k: v for k, v in options.items() if k in self.explain_options}
+        tensors = validate_input_tuple(inputs)
         check_eval_mode(self.model)
         with autograd_enabled():
-            inputs = grad_ready(inputs, self.model)
+            tensors = tuple(grad_ready(x, self.model) for x in tensors)
+            args = tuple(grad_ready(a) if isinstance(a, Tensor) else a for a in forward_args(additional_forward_args))
             with torch.no_grad():
-                logits = evaluate_logits(self.model, inputs)
-            resolved = grad_ready(resolve_target(target, logits))
-            explanation = self._explain(inputs, resolved, **options)
+                outputs = evaluate_outputs(self.model, tensors, args, matrix=not self.forward_interface)
+            resolved = grad_ready(resolve_output_target(target, outputs))
+            if self.forward_interface:
+                forward = Forward(self.model, args, tensors[0].shape[0])
+                explanation = explainer._explain(tensors, resolved, forward, **per_call)
+            else:
+                explanation = explainer._explain(tensors[0], resolved, **per_call)
         check_finite_attributions(explanation.attributions, self.method_name, explanation.diagnostics.get("diverged"))
+        if isinstance(inputs, Tensor) and isinstance(explanation.attributions, tuple):
+            (explanation.attributions,) = explanation.attributions
         return explanation
 
-    def attribute(self, inputs: Tensor, target: TargetLike = None, **options: Any) -> Tensor:
-        """The attributions of `explain(inputs, target, **options)`: a tensor with the inputs' shape."""
-        return self.explain(inputs, target, **options).attributions
+    def attribute(
+        self, inputs: Tensor | tuple[Tensor, ...], target: Any = None, *, additional_forward_args: Any = None,
+        **options: Any,
+    ) -> Tensor | tuple[Tensor, ...]:
+        """The attributions of `explain(inputs, target, additional_forward_args=..., **options)`: a tensor with
+        the inputs' shape, or a tuple matching tuple inputs."""
+        return self.explain(inputs, target, additional_forward_args=additional_forward_args, **options).attributions
 
     @abstractmethod
-    def _explain(self, inputs: Tensor, target: Tensor, **options: Any) -> Explanation:
-        """Compute the explanation of validated `inputs` for classes `target`."""
+    def _explain(self, inputs: Any, target: Tensor, *args: Any, **options: Any) -> Explanation:
+        """Compute the explanation of validated `inputs` for `target` (see the class docstring)."""

@@ -10,7 +10,10 @@ Completeness (Sundararajan et al., Prop. 1) says sum_i IG_i = f_c(x) - f_c(x'); 
 `completeness_delta` = sum_i IG_i - (f_c(x) - f_c(x')) measures the quadrature error.
 
 Gradients at all (example, node) pairs are evaluated in chunks of at most `internal_batch_size` points,
-so memory stays bounded for any n_steps.
+so memory stays bounded for any n_steps. Calls follow Captum's `IntegratedGradients.attribute` (keywords
+`baselines`, `additional_forward_args`, `n_steps`, `method`, `internal_batch_size`,
+`return_convergence_delta`; tuple inputs with one baseline each; index-tuple targets); only the position of
+`target` differs: it is the second positional argument here, `baselines` is a keyword.
 """
 from __future__ import annotations
 
@@ -20,14 +23,15 @@ from torch import Tensor, nn
 
 from certify.errors import InvalidInputError, UsageError
 from certify.explain.base import Explainer, Explanation
-from certify.scores import class_scores, score_gradients
+from certify.scores import Forward
 from certify.validation import positive_int
 
 QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
 def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes a_k in [0, 1] and weights w_k of the rule (sum w_k = 1)."""
+    """Nodes a_k in [0, 1] and weights w_k (sum w_k = 1) of rule `method` (one of `QUADRATURES`) with `n_steps`
+    nodes, float64 arrays [n_steps]. UsageError for an unknown rule or the trapezoid rule with n_steps < 2."""
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n_steps)
         return 0.5 * (nodes + 1.0), 0.5 * weights
@@ -44,11 +48,26 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class IntegratedGradients(Explainer):
-    """`IntegratedGradients(model, n_steps=50, method="gausslegendre", internal_batch_size=None)`; `explain` and
-    `attribute` take `baselines` (a tensor broadcastable to the inputs, a number, or None for zeros)."""
+    """Integrated Gradients, `IntegratedGradients(model, n_steps=50, method="gausslegendre",
+    internal_batch_size=None)` (Sundararajan, Taly & Yan, ICML 2017, eq. 1; the module docstring gives the rule).
+
+    Parameters (each also a per-call option of `attribute`/`explain`, the constructor's value being the
+    default): `n_steps` (>= 1; >= 2 for the trapezoid rule) quadrature nodes, `method` one of `QUADRATURES`,
+    `internal_batch_size` (None: all N * n_steps points at once) the most points per forward/backward pass.
+    Per-call option `baselines`: None (zeros), a number, or a tensor broadcastable to the inputs; for tuple
+    inputs a tuple with one such baseline per input tensor (a number or None applies to every input).
+
+    `attribute(inputs, target=None, *, additional_forward_args=None, return_convergence_delta=False, **options)`
+    returns attributions with the inputs' shape (a tuple for tuple inputs), and with `return_convergence_delta`
+    the pair (attributions, delta [N]), delta = sum of all attributions - (f_c(x) - f_c(x')) as in Captum;
+    `explain` reports that delta as the diagnostic `completeness_delta`. Errors: UsageError for a bad
+    parameter (n_steps < 1, an unknown method, internal_batch_size < 1), InvalidInputError for baselines that
+    are not finite or do not broadcast to the inputs; see also `Explainer.explain`."""
 
     method_name = "integrated-gradients"
     explain_options = ("baselines",)
+    call_options = ("n_steps", "method", "internal_batch_size")
+    forward_interface = True
 
     def __init__(
         self,
@@ -65,48 +84,83 @@ class IntegratedGradients(Explainer):
         self.n_steps, self.method, self.internal_batch_size = n_steps, method, internal_batch_size
 
     def params(self) -> dict[str, object]:
+        """The constructor parameters: n_steps, method, internal_batch_size."""
         return {"n_steps": self.n_steps, "method": self.method, "internal_batch_size": self.internal_batch_size}
 
-    def _explain(self, inputs: Tensor, target: Tensor, baselines: Tensor | float | None = None) -> Explanation:
-        baseline = self._baseline(inputs, baselines)
+    def attribute(
+        self, inputs: Tensor | tuple[Tensor, ...], target: object = None, *, additional_forward_args: object = None,
+        return_convergence_delta: bool = False, **options: object,
+    ) -> Tensor | tuple[Tensor, ...] | tuple[Tensor | tuple[Tensor, ...], Tensor]:
+        """The attributions of `explain(...)`; with `return_convergence_delta=True` the pair (attributions,
+        completeness delta [N]) like Captum. UsageError when `return_convergence_delta` is not a bool."""
+        if not isinstance(return_convergence_delta, bool):
+            raise UsageError(f"return_convergence_delta must be True or False, got {return_convergence_delta!r}")
+        explanation = self.explain(inputs, target, additional_forward_args=additional_forward_args, **options)
+        if return_convergence_delta:
+            return explanation.attributions, explanation.diagnostics["completeness_delta"]
+        return explanation.attributions
+
+    def _explain(
+        self, inputs: tuple[Tensor, ...], target: Tensor, forward: Forward, baselines: object = None
+    ) -> Explanation:
+        bases = self._baselines(inputs, baselines)
         nodes, weights = quadrature(self.method, self.n_steps)
-        alphas = torch.as_tensor(nodes, dtype=inputs.dtype, device=inputs.device)
-        w = torch.as_tensor(weights, dtype=inputs.dtype, device=inputs.device)
-        n, steps = inputs.shape[0], self.n_steps
-        diff = inputs - baseline
+        alphas = torch.as_tensor(nodes, dtype=inputs[0].dtype, device=inputs[0].device)
+        w = torch.as_tensor(weights, dtype=inputs[0].dtype, device=inputs[0].device)
+        n, steps = inputs[0].shape[0], self.n_steps
+        diffs = tuple(x - b for x, b in zip(inputs, bases))
         # all (node, example) points, node-major: point k*n + i is baseline_i + a_k * diff_i
-        total = torch.zeros_like(inputs)
+        totals = [torch.zeros_like(x) for x in inputs]
         chunk = self.internal_batch_size or n * steps
-        flat_target = target.repeat(steps)
         for start in range(0, n * steps, chunk):
-            idx = torch.arange(start, min(start + chunk, n * steps), device=inputs.device)
+            idx = torch.arange(start, min(start + chunk, n * steps), device=inputs[0].device)
             k, i = idx // n, idx % n
-            view = (-1,) + (1,) * (inputs.dim() - 1)
-            points = baseline[i] + alphas[k].view(view) * diff[i]
-            _, grads = score_gradients(self.model, points, flat_target[idx])
-            total.index_add_(0, i, grads * w[k].view(view))
-        attributions = diff * total
+            views = [(-1,) + (1,) * (x.dim() - 1) for x in inputs]
+            points = tuple(b[i] + alphas[k].view(v) * d[i] for b, d, v in zip(bases, diffs, views))
+            _, grads = forward.gradients(points, target[i], i)
+            for total, g, v in zip(totals, grads, views):
+                total.index_add_(0, i, g * w[k].view(v))
+        attributions = tuple(d * total for d, total in zip(diffs, totals))
         with torch.no_grad():
-            gap = class_scores(self.model, inputs, target) - class_scores(self.model, baseline, target)
-        delta = attributions.flatten(1).sum(dim=1) - gap
-        return Explanation(
-            attributions, target, self.method_name, self.params(), {"completeness_delta": delta}
-        )
+            gap = forward.scores(inputs, target) - forward.scores(bases, target)
+        delta = sum(a.flatten(1).sum(dim=1) for a in attributions) - gap
+        params = self.params()
+        if baselines is not None:
+            params["baselines"] = _describe(baselines)
+        return Explanation(attributions, target, self.method_name, params, {"completeness_delta": delta})
+
+    @classmethod
+    def _baselines(cls, inputs: tuple[Tensor, ...], baselines: object) -> tuple[Tensor, ...]:
+        """One baseline tensor per input tensor (see the class docstring)."""
+        given = baselines if isinstance(baselines, tuple) else (baselines,) * len(inputs)
+        if len(given) != len(inputs):
+            raise InvalidInputError(f"baselines must give one baseline per input tensor: {len(inputs)} inputs, {len(given)} baselines")
+        return tuple(cls._baseline(x, b) for x, b in zip(inputs, given))
 
     @staticmethod
-    def _baseline(inputs: Tensor, baselines: Tensor | float | None) -> Tensor:
+    def _baseline(inputs: Tensor, baselines: object) -> Tensor:
         if baselines is None:
             return torch.zeros_like(inputs)
-        if isinstance(baselines, (int, float)):
-            return torch.full_like(inputs, float(baselines))
-        if not isinstance(baselines, Tensor):
+        if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
+            baseline = torch.full_like(inputs, float(baselines))
+        elif isinstance(baselines, Tensor):
+            try:
+                baseline = torch.broadcast_to(baselines.to(inputs), inputs.shape)
+            except RuntimeError as exc:
+                raise InvalidInputError(
+                    f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs {tuple(inputs.shape)}"
+                ) from exc
+        else:
             raise InvalidInputError(f"baselines must be a tensor, a number or None, got {type(baselines).__name__}")
-        try:
-            baseline = torch.broadcast_to(baselines.to(inputs), inputs.shape)
-        except RuntimeError as exc:
-            raise InvalidInputError(
-                f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs {tuple(inputs.shape)}"
-            ) from exc
         if not bool(torch.isfinite(baseline).all()):
             raise InvalidInputError("baselines contain NaN or Inf")
         return baseline
+
+
+def _describe(baselines: object) -> object:
+    """What `Explanation.params` records of per-call baselines: a number, "tensor [shape]", or a list of these."""
+    if isinstance(baselines, tuple):
+        return [_describe(b) for b in baselines]
+    if isinstance(baselines, Tensor):
+        return f"tensor {list(baselines.shape)}"
+    return baselines

@@ -12,6 +12,7 @@ from torch import nn
 
 from certify.errors import InvalidInputError, UsageError
 from certify.explain import Gradient, IntegratedGradients, LagrangeDual, MoreauGrad, SmoothGrad
+from certify.explain.noise_tunnel import NoiseTunnel
 from certify.explain.registry import make_explainer
 
 MAKERS = {
@@ -21,6 +22,7 @@ MAKERS = {
     "moreaugrad": lambda m: MoreauGrad(m, rho=0.5, max_iter=50),
     "sparse-moreaugrad": lambda m: MoreauGrad(m, rho=0.5, sparsity=0.05, max_iter=50),
     "lagrange-dual": lambda m: LagrangeDual(m, max_iter=50, restarts=1),
+    "noise-tunnel": lambda m: NoiseTunnel(IntegratedGradients(m, n_steps=4), nt_samples=3, stdevs=0.1),
 }
 
 
@@ -106,7 +108,7 @@ def test_unknown_options_name_the_public_call_and_the_accepted_options(name, net
         message = str(info.value)
         assert "_explain" not in message and "bogus" in message
         assert f"{type(explainer).__name__}.explain() and .attribute()" in message
-    accepted = {"integrated-gradients": "baselines", "smoothgrad": "noise"}.get(name, "none")
+    accepted = {"integrated-gradients": "baselines", "smoothgrad": "noise", "noise-tunnel": "nt_noise"}.get(name, "none")
     assert accepted in message
 
 
