@@ -907,8 +907,19 @@ _PROVENANCE_PARAMS = {  # claim param -> explainer param
     "moreaugrad": {"rho": "rho", "sparsity": "sparsity", "group_size": "group_size"},
 }
 # explainers whose map no claim re-derives; a certificate of theirs may state nothing about the explanation
-UNBOUND = {"lagrange-dual": "the Lagrange-dual sensitivity map is not re-derived",
-           "h-shap": "the h-Shap leaf scores are not re-derived (model calls on coalitions of regions)"}
+UNBOUND = {
+    "lagrange-dual": "the Lagrange-dual sensitivity map is not re-derived",
+    "h-shap": "the h-Shap leaf scores are not re-derived (model calls on coalitions of regions)",
+    "sparsified-smoothgrad": "the Sparsified SmoothGrad map (a seeded Monte Carlo average of top-l0 indicators) is not re-derived",
+    "relex": "the RelEx mask (a seeded stochastic optimisation) is not re-derived",
+    "deeplift": "the DeepLIFT attributions (Captum's Rescale rule) are not re-derived",
+    "kernel-shap": "the KernelSHAP attributions (a seeded least-squares fit on sampled coalitions, run by Captum) are not re-derived",
+    "shapley-value-sampling": "the sampled Shapley values (seeded permutations, run by Captum) are not re-derived",
+    "lime": "the LIME coefficients (a seeded Lasso fit on sampled coalitions, run by Captum and scikit-learn) are not re-derived",
+    "occlusion": "the occlusion score drops (run by Captum) are not re-derived",
+    "grad-cam": "the Grad-CAM map (run by Captum) is not re-derived",
+    "sobol": "the Sobol indices (a global seeded Monte Carlo estimate by SALib, the same for every input of a class) are not re-derived",
+}
 STABILITY_BOUND_TYPES = ("stability-gradient", "stability-moreaugrad", "topk-stability")
 # binding claims whose refusal the checker can always rule out when the function is translated: it can
 # re-derive these explanations itself (MoreauGrad's solver error is legitimately refused when rho lambda >= 1)

@@ -8,12 +8,20 @@ from torch import nn
 
 from certify.errors import UnsupportedError, UsageError
 from certify.explain.base import Explainer
+from certify.explain.deeplift import DeepLift
+from certify.explain.gradcam import GradCam
 from certify.explain.gradient import Gradient
 from certify.explain.hshap import HShap
 from certify.explain.integrated_gradients import IntegratedGradients
+from certify.explain.kernel_shap import KernelShap, ShapleyValueSampling
 from certify.explain.lagrange_dual import LagrangeDual
+from certify.explain.lime import Lime
 from certify.explain.moreaugrad import MoreauGrad
+from certify.explain.occlusion import Occlusion
+from certify.explain.relex import RelEx
 from certify.explain.smoothgrad import SmoothGrad
+from certify.explain.sobol import SobolIndices
+from certify.explain.sparsified_smoothgrad import SparsifiedSmoothGrad
 
 METHODS: dict[str, Callable[..., Explainer]] = {
     Gradient.method_name: Gradient,
@@ -22,6 +30,16 @@ METHODS: dict[str, Callable[..., Explainer]] = {
     MoreauGrad.method_name: MoreauGrad,
     LagrangeDual.method_name: LagrangeDual,
     HShap.method_name: HShap,
+    SparsifiedSmoothGrad.method_name: SparsifiedSmoothGrad,
+    RelEx.method_name: RelEx,
+    # through Captum and SALib (the baselines extra: pip install 'certify[baselines]'), imported at the first call
+    DeepLift.method_name: DeepLift,
+    KernelShap.method_name: KernelShap,
+    ShapleyValueSampling.method_name: ShapleyValueSampling,
+    Lime.method_name: Lime,
+    Occlusion.method_name: Occlusion,
+    GradCam.method_name: GradCam,
+    SobolIndices.method_name: SobolIndices,
 }
 
 

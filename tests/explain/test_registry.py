@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from certify.errors import UnsupportedError, UsageError
-from certify.explain import Gradient, IntegratedGradients, SmoothGrad
+from certify.explain import (DeepLift, GradCam, Gradient, IntegratedGradients, KernelShap, Lime, Occlusion, RelEx,
+                             ShapleyValueSampling, SmoothGrad, SobolIndices, SparsifiedSmoothGrad)
 from certify.explain.hshap import HShap
 from certify.explain.lagrange_dual import LagrangeDual
 from certify.explain.moreaugrad import MoreauGrad
@@ -20,7 +21,9 @@ def model():
 
 
 def test_every_method_is_registered_under_its_own_name():
-    assert METHODS == {cls.method_name: cls for cls in (Gradient, IntegratedGradients, SmoothGrad, MoreauGrad, LagrangeDual, HShap)}
+    assert METHODS == {cls.method_name: cls for cls in (
+        Gradient, IntegratedGradients, SmoothGrad, MoreauGrad, LagrangeDual, HShap, SparsifiedSmoothGrad, RelEx, DeepLift,
+        KernelShap, ShapleyValueSampling, Lime, Occlusion, GradCam, SobolIndices)}
 
 
 def test_parameters_are_passed_through(model):
@@ -32,8 +35,8 @@ def test_parameters_are_passed_through(model):
 
 
 def test_unknown_method_names_the_known_ones(model):
-    with pytest.raises(UnsupportedError, match="unknown explanation method 'lime'.*'gradient'"):
-        make_explainer("lime", model)
+    with pytest.raises(UnsupportedError, match="unknown explanation method 'limes'.*'gradient'"):
+        make_explainer("limes", model)
 
 
 def test_unknown_parameter_names_the_accepted_ones(model):

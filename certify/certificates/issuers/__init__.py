@@ -28,7 +28,7 @@ from certify.certificates.issuers.common import ClaimList, Issuing, model_claims
 from certify.certificates.issuers.gradient import gradient_claims, ig_claims, smoothgrad_claims
 from certify.certificates.issuers.lagrange import lagrange_claims
 from certify.certificates.issuers.moreaugrad import moreaugrad_claims
-from certify.errors import InvalidInputError, UsageError
+from certify.errors import InvalidInputError, UnsupportedError, UsageError
 from certify.explain.base import Explainer
 
 NO_STABILITY = {
@@ -38,6 +38,21 @@ NO_STABILITY = {
     "certified bound covers the finite-sample estimate",
     "lagrange-dual": "the sensitivity lam* grad m_cj(x + delta*) follows the minimal perturbation, which can "
     "jump to another class pair or region under a small change of x: no stability theorem",
+    "sparsified-smoothgrad": "a Monte Carlo average of top-l0 indicators: its certified top-k (Levine, Singla & Feizi "
+    "2019) is probabilistic and about the top-k sets, not a bound on ||a(x + d) - a(x)||",
+    "relex": "a mask from a seeded stochastic optimisation: no stability theorem",
+    "deeplift": "DeepLIFT's multipliers follow the network's activation pattern and jump where it changes: no stability "
+    "theorem in the sources",
+    "kernel-shap": "a least-squares fit on randomly sampled coalitions: no certified bound covers the finite-sample estimate",
+    "shapley-value-sampling": "a Monte Carlo average over random permutations: no certified bound covers the finite-sample "
+    "estimate",
+    "lime": "a Lasso fit on randomly sampled coalitions: no stability theorem, and no certified bound covers the "
+    "finite-sample estimate",
+    "occlusion": "score drops under window occlusion: the sources give no stability theorem (a certified Lipschitz "
+    "constant L would bound each entry's change by 2 L eps; no issuer states it yet)",
+    "grad-cam": "hidden-layer gradients averaged and upsampled, discontinuous for ReLU networks: no stability theorem",
+    "sobol": "a global Monte Carlo index of the target class, the same for every input of that class: no claim is issued "
+    "about the estimate",
 }
 
 
@@ -73,8 +88,14 @@ def certify_explanations(
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
         raise UsageError(f"eps must be a finite number > 0, got {eps!r}")
     eps = float(eps)
+    if isinstance(inputs, (tuple, list)):
+        raise UnsupportedError("certificates cover one input tensor of a model with [N, C] outputs; tuple inputs are "
+                               "explained (attribute) but not certified")
     start = time.perf_counter()
     explanation = explainer.explain(inputs, target)
+    if explanation.target.dim() != 1:
+        raise UnsupportedError("certificates cover models with [N, C] outputs; index-tuple targets (outputs with more "
+                               "than two dimensions) are explained but not certified")
     attributions = explanation.attributions
     if not bool(torch.isfinite(attributions).all()):
         raise InvalidInputError("the explanation has NaN or infinite attributions (is the model's gradient defined at the input?)")
