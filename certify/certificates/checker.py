@@ -551,6 +551,72 @@ def _smoothed_samples(seed: int, m: int, n: int) -> Tensor:
     return torch.randn((m, n), generator=generator, dtype=torch.float64)
 
 
+TOPK_SMOOTHED_LIMIT = 5 * 10**7  # samples x batch x features drawn to re-check one topk-smoothed claim
+_DRAW_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def smoothed_topk_count(p_hat: Tensor, k: int, eps: float, sigma: float, samples: int, confidence: float) -> int:
+    """The checker's own certified top-k count of one map p_hat [d] (Levine, Singla & Feizi 2019; the proof in
+    certify.bounds.topk_smoothing): err = sqrt(log(2d/(1 - confidence))/(2 samples)) rounded up; rank p_hat
+    descending (ties to the lower index); pair rank m with rank 2k + 1 - m; count the leading pairs with
+    Phi^-1(clip(p_m - err)) - Phi^-1(clip(p_partner + err)) > 2 eps / sigma (a rank beyond d: certified), with a
+    1e-12 margin for the rounding of Phi^-1."""
+    from scipy.stats import norm
+
+    p = p_hat.detach().reshape(-1).double()
+    d = p.numel()
+    err = up(math.sqrt(math.log(2 * d / (1 - confidence)) / (2 * samples)))
+    order = torch.sort(p, descending=True, stable=True).indices
+    ranked = p[order].tolist()
+    count = 0
+    for m in range(1, k + 1):
+        partner = 2 * k + 1 - m
+        if partner <= d:
+            low = norm.ppf(min(max(ranked[m - 1] - err, 0.0), 1.0))
+            high = norm.ppf(min(max(ranked[partner - 1] + err, 0.0), 1.0))
+            if not low - high > 2 * eps / sigma + 1e-12:
+                break
+        count += 1
+    return count
+
+
+def check_topk_smoothed(ctx: _Context, claim: Claim) -> float:
+    """The stored map is recomputed from the witness's seed with the checker's own N (every draw's top-l0 set must be
+    decided within N's rounding bound) and must equal it; then the count is re-derived (`smoothed_topk_count`)."""
+    q, w = claim.params, claim.witness
+    ints = [w.get(key) for key in ("seed", "batch", "position")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) or ints[0] < 0 or not 0 <= ints[2] < ints[1]:
+        raise Invalid("the witness needs an integer seed >= 0 and a position in [0, batch)")
+    if w.get("dtype") not in _DRAW_DTYPES:
+        raise Invalid(f"witness.dtype must be one of {sorted(_DRAW_DTYPES)}")
+    seed, batch, position = ints
+    m, l0, shape = q["samples"], q["l0"], tuple(ctx.x.shape[1:])
+    if m * batch * ctx.n_features > TOPK_SMOOTHED_LIMIT:
+        raise Invalid(f"samples x batch x features = {m * batch * ctx.n_features} exceeds the checker's limit "
+                      f"{TOPK_SMOOTHED_LIMIT}: not re-checkable here")
+    if not 1 <= l0 <= ctx.n_features:
+        raise Invalid(f"l0 = {l0} is not a feature count in [1, {ctx.n_features}]")
+    dtype = _DRAW_DTYPES[w["dtype"]]
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    z = torch.randn((m, batch, *shape), generator=generator, dtype=dtype)[:, position]
+    points = (ctx.x.to(dtype) + float(q["sigma"]) * z).reshape(m, -1).double()
+    grads, rounding = ctx.n_gradient(_row(ctx, q["target"]), points)
+    magnitude = grads.abs()
+    ranked = torch.sort(magnitude, dim=1, descending=True, stable=True)
+    if l0 < ctx.n_features:
+        gap = ranked.values[:, l0 - 1] - ranked.values[:, l0]
+        undecided = int((gap <= 2 * rounding).sum())
+        if undecided:
+            raise Invalid(f"in {undecided} draws the top-{l0} set of |grad N| is not decided within N's rounding bound")
+    marks = torch.zeros_like(magnitude).scatter_(1, ranked.indices[:, :l0], 1.0)
+    recomputed = marks.mean(dim=0)
+    stored = ctx.explanation.reshape(-1).double()
+    if not bool(((recomputed - stored).abs() <= 1e-12).all()):
+        flips = int(((recomputed - stored).abs() * m).round().sum().item()) // 2
+        raise Invalid(f"the stored map is not the Monte Carlo estimate its seed reproduces ({flips} top-{l0} choices differ)")
+    return smoothed_topk_count(stored, q["k"], float(q["eps"]), float(q["sigma"]), m, float(q["confidence"])) / q["k"]
+
+
 def check_solver_error(ctx: _Context, claim: Claim) -> float:
     """||a - MG(x)|| <= (||r|| + dev) / (1 - rho lambda) + ||a - (x - z)/rho||: r recomputed at the stored
     iterate z from grad N_c (deterministic) or from the Monte Carlo mean of grad N_c at z + sigma Z_i redrawn
@@ -779,6 +845,7 @@ RULES: dict[str, Callable[[_Context, Claim], float]] = {
     "smoothed-weak-convexity": check_smoothed,
     "explanation-error": check_explanation_error,
     "smoothed-explanation-error": check_smoothed_explanation_error,
+    "topk-smoothed": check_topk_smoothed,
     "solver-error": check_solver_error,
     "stability-gradient": check_stability_gradient,
     "stability-moreaugrad": check_stability_moreaugrad,
@@ -910,7 +977,8 @@ _PROVENANCE_PARAMS = {  # claim param -> explainer param
 UNBOUND = {
     "lagrange-dual": "the Lagrange-dual sensitivity map is not re-derived",
     "h-shap": "the h-Shap leaf scores are not re-derived (model calls on coalitions of regions)",
-    "sparsified-smoothgrad": "the Sparsified SmoothGrad map (a seeded Monte Carlo average of top-l0 indicators) is not re-derived",
+    "sparsified-smoothgrad": "the Sparsified SmoothGrad map (a seeded Monte Carlo average of top-l0 indicators) is re-derived "
+                             "only by its topk-smoothed claim, when that claim is issued",
     "relex": "the RelEx mask (a seeded stochastic optimisation) is not re-derived",
     "deeplift": "the DeepLIFT attributions (Captum's Rescale rule) are not re-derived",
     "kernel-shap": "the KernelSHAP attributions (a seeded least-squares fit on sampled coalitions, run by Captum) are not re-derived",

@@ -553,6 +553,30 @@ _TYPES += [
     ),
 ]
 
+# ------------------------------------------------------------------ Sparsified SmoothGrad's top-k (issue 16)
+
+def _topk_smoothed_witness(params: dict[str, Any], kind: str) -> frozenset[str]:
+    return frozenset({"seed", "batch", "position", "dtype"}) if kind != "refused" else frozenset()
+
+
+_TYPES += [
+    ClaimType(
+        "topk-smoothed", ">=", frozenset({Kind.PROBABILISTIC.value, Kind.REFUSED.value}),
+        {**_T, "k": _k, "eps": _positive("eps"), "sigma": _positive("sigma"), "samples": _count("samples"),
+         "l0": _count("l0"), "confidence": _confidence},
+        lambda q: (f"with probability >= {_num(q['confidence'])} over the {q['samples']} Gaussian draws the witness's "
+                   f"seed reproduces, the stored map a is p_hat_i = the fraction of the draws x + {_num(q['sigma'])} Z_t "
+                   f"at which feature i is among the top-{q['l0']} entries of |grad N_{q['target']}| (ties to the lower "
+                   f"index), and for every x' with ||x' - x||_2 <= {_num(q['eps'])} every top-{q['k']} set of the exact "
+                   f"smoothed map p(x') = E 1[i in top-{q['l0']} of |grad N_{q['target']}(x' + {_num(q['sigma'])} Z)|] "
+                   f"shares at least value * {q['k']} features with the top-{q['k']} set of a (ties to the lower index) "
+                   "(Levine, Singla & Feizi 2019, Sparsified SmoothGrad; certify.bounds.topk_smoothing)"),
+        witness=frozenset({"seed", "batch", "position", "dtype"}), required_witness=_topk_smoothed_witness,
+        value_range=(0.0, 1.0),
+    ),
+]
+
+
 # ------------------------------------------------------------------ importance tests (issue 15): SHAP-XRT p-values
 
 XRT_SCORES = ("probability", "logit", "output")

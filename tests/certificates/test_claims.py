@@ -51,6 +51,7 @@ VALID = {
     "jacobian-asymmetry": {"points": 8, "search_steps": 0},
     "jacobian-min-eigenvalue": {"points": 8, "search_steps": 20},
     "cyclic-monotonicity-sampled": {"cycles": 64, "length": 3},
+    "topk-smoothed": {"target": 1, "k": 2, "eps": 0.1, "sigma": 0.5, "samples": 256, "l0": 2, "confidence": 0.999},
     "xrt-p-value": {"features": [0, 1], "context": [3], "target": 1, "score": "probability", "K": 99, "M": 16,
                     "seed": 7, "tie": 1e-5, "alpha": 0.05, "confidence": 0.95, "decision": "retain"},
 }
@@ -82,6 +83,8 @@ BAD = {
     "search_steps": [-1, 1.5, None],
     "cycles": [0, None],
     "length": [1, 0, 2.5],
+    "samples": [0, 2.5, None],
+    "l0": [0, -1, 1.5],
     "features": [[], [1, 0], [0, 0], [0, N], [-1], [0.0], [True], "0", None],
     "context": [[2, 1], [N], [1.5], None],
     "score": ["margin", None],
@@ -96,7 +99,8 @@ WITNESS = {"property-holds": {"format": "", "unstable": [], "root_alphas": [], "
            "solver-error": {"z": {}}, "flip-witness": {"delta": {}}, "radius-lower": {"alphas": []},
            "smoothed-explanation-error": {"samples": 4, "seed": 0},
            "jacobian-asymmetry": {"point": {}}, "jacobian-min-eigenvalue": {"point": {}},
-           "cyclic-monotonicity-sampled": {"cycle": {}}, "xrt-p-value": {"statistic": 0.5, "gamma": 0.1}}
+           "cyclic-monotonicity-sampled": {"cycle": {}}, "xrt-p-value": {"statistic": 0.5, "gamma": 0.1},
+           "topk-smoothed": {"seed": 0, "batch": 1, "position": 0, "dtype": "float32"}}
 
 
 def test_every_claim_type_has_an_example_here():
@@ -106,7 +110,7 @@ def test_every_claim_type_has_an_example_here():
 
 DEFAULT_KIND = {"smoothed-explanation-error": "probabilistic", "exact-radius": "solver-reported", "stability-none": "refused",
                 "jacobian-asymmetry": "estimated", "jacobian-min-eigenvalue": "estimated",
-                "cyclic-monotonicity-sampled": "estimated", "xrt-p-value": "probabilistic"}
+                "cyclic-monotonicity-sampled": "estimated", "xrt-p-value": "probabilistic", "topk-smoothed": "probabilistic"}
 
 
 def _claim(type_, params=None, value=0.5, kind=None, **changes):

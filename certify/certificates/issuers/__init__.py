@@ -28,6 +28,7 @@ from certify.certificates.issuers.common import ClaimList, Issuing, model_claims
 from certify.certificates.issuers.gradient import gradient_claims, ig_claims, smoothgrad_claims
 from certify.certificates.issuers.lagrange import lagrange_claims
 from certify.certificates.issuers.moreaugrad import moreaugrad_claims
+from certify.certificates.issuers.sparsified import sparsified_claims
 from certify.errors import InvalidInputError, UnsupportedError, UsageError
 from certify.explain.base import Explainer
 
@@ -131,6 +132,9 @@ def certify_explanations(
             elif method == "smoothgrad":
                 smoothgrad_claims(claims, state, explainer, inputs[i : i + 1], a, c, i, state.score_refusal(i))
             _no_stability(claims, method, c, eps)
+            if method == "sparsified-smoothgrad":
+                sparsified_claims(claims, state, explainer, inputs[i : i + 1], a, c, k, eps, inputs.shape[0], i,
+                                  state.score_refusal(i))
             if method == "lagrange-dual":
                 lagrange_claims(claims, state, explainer, explanation.diagnostics, i, inputs[i : i + 1], c, refusal)
         _topk(claims, a, c, k, eps)
