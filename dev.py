@@ -2,7 +2,8 @@
 """Set-up and entry points for a fresh machine that has only Python (>= 3.10).
 
     python3 dev.py demo [ARGS...]   create .venv if needed, install certify, run `certify demo ARGS`
-    python3 dev.py test [ARGS...]   same set-up, then the default test suite (pytest, slow checks excluded)
+    python3 dev.py test [ARGS...]   same set-up (and Debian's chromium, when root), then the default test suite
+                                    (pytest, slow checks excluded)
     python3 dev.py test-slow        the checks marked slow
     python3 dev.py bench            every script under benchmarks/
     python3 dev.py artefacts        regenerate the kept artefacts under reports/ and their manifest
@@ -222,6 +223,21 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
+BROWSERS = ("chromium", "chromium-browser")
+
+
+def ensure_browser() -> None:
+    """Debian's chromium renders the report in tests/reports/test_report_browser.py (the report's layout at 700 and
+    1400 px). Installed with apt-get when it is missing and this runs as root on a Debian-like system (as CI does);
+    otherwise that test says how to install it."""
+    if any(shutil.which(b) for b in BROWSERS) or not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    print("dev.py: installing Debian's chromium (headless) for the report's layout test", flush=True)
+    quiet = {"stdout": subprocess.DEVNULL, "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, **quiet)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, **quiet)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test", "test-slow", "bench", "artefacts"}:
         print(__doc__)
@@ -233,6 +249,7 @@ def main(argv: list[str]) -> int:
     if command == "demo":
         cmd = [BIN / "certify", "demo", *rest]
     elif command == "test":
+        ensure_browser()
         cmd = [PY, "-m", "pytest", "-q", *rest]
     elif command == "test-slow":
         cmd = [PY, "-m", "pytest", "-q", "-m", "slow", *rest]

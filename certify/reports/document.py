@@ -90,10 +90,13 @@ class Document:
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
             f"<title>{esc(self.title)}</title>",
-            "<style>body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            "<style>body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;"
+            "overflow-wrap:anywhere}.scroll{overflow-x:auto;max-width:100%}"
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
-            "text-align:left;font-size:.9em}pre{background:#f5f5f5;padding:.8em;overflow-x:auto}"
-            "img{max-width:100%}figcaption{font-size:.85em;color:#555}</style></head><body>",
+            "text-align:left;font-size:.9em;vertical-align:top}td{min-width:4em}pre{background:#f5f5f5;padding:.8em;"
+            "overflow-x:auto}figure{margin:1em 0}img{max-width:100%;height:auto}figcaption{font-size:.85em;color:#555}"
+            "</style></head><body>",
             f"<h1>{esc(self.title)}</h1>",
         ]
         for b in self.blocks:
@@ -102,9 +105,9 @@ class Document:
             elif isinstance(b, Paragraph):
                 out.append(f"<p>{esc(b.text)}</p>")
             elif isinstance(b, Table):
-                out.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in b.headers) + "</tr>")
+                out.append('<div class="scroll"><table><tr>' + "".join(f"<th>{esc(h)}</th>" for h in b.headers) + "</tr>")
                 out += ["<tr>" + "".join(f"<td>{esc(_cell(c))}</td>" for c in row) + "</tr>" for row in b.rows]
-                out.append("</table>")
+                out.append("</table></div>")
             elif isinstance(b, Image):
                 data = base64.b64encode(b.path.read_bytes()).decode()
                 out.append(
