@@ -552,6 +552,7 @@ def _smoothed_samples(seed: int, m: int, n: int) -> Tensor:
 
 
 TOPK_SMOOTHED_LIMIT = 5 * 10**7  # samples x batch x features drawn to re-check one topk-smoothed claim
+RESOLUTION = 2.0**-10  # the rounding of a draw's point, at most this fraction of sigma per coordinate
 _DRAW_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -597,10 +598,30 @@ def check_topk_smoothed(ctx: _Context, claim: Claim) -> float:
     if not 1 <= l0 <= ctx.n_features:
         raise Invalid(f"l0 = {l0} is not a feature count in [1, {ctx.n_features}]")
     dtype = _DRAW_DTYPES[w["dtype"]]
+    if dtype != ctx.dtype:
+        raise Invalid(f"the draws' dtype {w['dtype']} is not the model's {str(ctx.dtype).replace('torch.', '')}")
+    given = ctx.cert.provenance.get("explainer", {}).get("params", {})
+    stated = {"sigma": float(q["sigma"]), "samples": m, "seed": seed}
+    if any(given.get(key) != value for key, value in stated.items()):
+        raise Invalid(f"the claim's sigma, samples and seed {stated} are not the explainer's {given}")
+    sigma = float(q["sigma"])
+    if not math.isfinite(float(torch.tensor(sigma, dtype=dtype))):
+        raise Invalid(f"sigma = {sigma!r} overflows {dtype}")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     z = torch.randn((m, batch, *shape), generator=generator, dtype=dtype)[:, position]
-    points = (ctx.x.to(dtype) + float(q["sigma"]) * z).reshape(m, -1).double()
+    x_d = ctx.x.to(dtype)
+    if not bool((x_d.double() == ctx.x).all()):
+        raise Invalid(f"the input is not exactly representable in {dtype}")
+    resolution = float(torch.finfo(dtype).eps) * (float(x_d.abs().max()) + sigma * float(z.abs().max()))
+    if not resolution <= RESOLUTION * sigma:
+        raise Invalid(f"the noise is not resolved in {dtype}: a point's rounding (up to {resolution:.3g}) exceeds "
+                      f"{RESOLUTION:g} sigma = {RESOLUTION * sigma:.3g}")
+    points = (x_d + sigma * z).reshape(m, -1).double()
+    if not bool(torch.isfinite(points).all()):
+        raise Invalid("a draw's point overflows the model's dtype")
     grads, rounding = ctx.n_gradient(_row(ctx, q["target"]), points)
+    if not (bool(torch.isfinite(grads).all()) and bool(torch.isfinite(rounding).all())):
+        raise Invalid("N's gradient or its rounding bound is not finite at a draw's point")
     magnitude = grads.abs()
     ranked = torch.sort(magnitude, dim=1, descending=True, stable=True)
     if l0 < ctx.n_features:

@@ -570,7 +570,9 @@ _TYPES += [
                    f"index), and for every x' with ||x' - x||_2 <= {_num(q['eps'])} every top-{q['k']} set of the exact "
                    f"smoothed map p(x') = E 1[i in top-{q['l0']} of |grad N_{q['target']}(x' + {_num(q['sigma'])} Z)|] "
                    f"shares at least value * {q['k']} features with the top-{q['k']} set of a (ties to the lower index) "
-                   "(Levine, Singla & Feizi 2019, Sparsified SmoothGrad; certify.bounds.topk_smoothing)"),
+                   "(Levine, Singla & Feizi 2019, Sparsified SmoothGrad; certify.bounds.topk_smoothing); the draws "
+                   "and points are in the model's dtype, each point's coordinates rounded by at most 2^-10 sigma "
+                   "(the smoothing is Gaussian up to that rounding), for a seed fixed independently of the outcome"),
         witness=frozenset({"seed", "batch", "position", "dtype"}), required_witness=_topk_smoothed_witness,
         value_range=(0.0, 1.0),
     ),

@@ -11,9 +11,10 @@ map p has a certified top-k overlap under l2 perturbations (`certify.bounds.topk
 with sigma, m and a confidence); sigma is therefore absolute (the same at every point), never relative to the
 input's range.
 
-Draws come from a `torch.Generator` seeded with `seed`, in the order [samples, N, *input_shape] (sample-major),
-so chunking (`samples_per_chunk`, which bounds memory to chunk * N gradients) does not change them: the
-explanation is a function of (model, inputs batch, target, sigma, samples, l0, seed) alone.
+Draws come from a `torch.Generator` seeded with `seed`, drawn in ONE call of shape [samples, N, *input_shape]
+(sample-major; torch's CPU generator fills blocks of 16, so chunked calls would draw other numbers); chunking
+(`samples_per_chunk`) bounds the gradients' memory to chunk * N points, the draws take samples * N * features
+numbers. The explanation is a function of (model, inputs batch, target, sigma, samples, l0, seed) alone.
 """
 from __future__ import annotations
 
@@ -74,21 +75,21 @@ class SparsifiedSmoothGrad(Explainer):
         if noise is not None and tuple(noise.shape) != (n, m, *shape):
             raise InvalidInputError(f"noise must have shape {(n, m, *shape)}, got {tuple(noise.shape)}")
         count = topk_count(self.l0, inputs[0].numel())
-        generator = torch.Generator(device=inputs.device).manual_seed(self.seed) if noise is None else None
+        if not self.sigma * 8 + float(inputs.detach().abs().max()) < torch.finfo(inputs.dtype).max:
+            raise InvalidInputError(f"sigma = {self.sigma} overflows {inputs.dtype}: the noisy inputs are not finite")
+        if noise is None:  # one call: torch's CPU randn fills blocks of 16, so chunked calls would draw other numbers
+            generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
+            noise = torch.randn((m, n, *shape), generator=generator, dtype=inputs.dtype, device=inputs.device).transpose(0, 1)
         total = torch.zeros((n, inputs[0].numel()), dtype=inputs.dtype, device=inputs.device)
         chunk = self.samples_per_chunk or m
         for start in range(0, m, chunk):
             size = min(chunk, m - start)
-            if noise is None:
-                draws = torch.randn((size, n, *shape), generator=generator, dtype=inputs.dtype, device=inputs.device)
-                draws = draws.transpose(0, 1)
-            else:
-                draws = noise[:, start : start + size].to(inputs)
+            draws = noise[:, start : start + size].to(inputs)
             points = (inputs.unsqueeze(1) + self.sigma * draws).flatten(0, 1)  # example-major [n * size, ...]
             _, grads = score_gradients(self.model, points, target.repeat_interleave(size))
             total += topk_mask(grads, count).view(n, size, -1).sum(dim=1).to(total.dtype)
         diagnostics = {
-            "noise_std": torch.full((n,), self.sigma, dtype=inputs.dtype, device=inputs.device),
+            "noise_std": torch.full((n,), self.sigma, dtype=torch.float64, device=inputs.device),
             "l0": torch.full((n,), count, dtype=torch.long, device=inputs.device),
         }
         return Explanation((total / m).view_as(inputs), target, self.method_name, self.params(), diagnostics)

@@ -99,3 +99,39 @@ def test_every_edit_that_makes_the_claim_false_is_caught(issued, name):
     _edit(name)(doc)
     report = _verify(doc, model)
     assert not report.valid, (name, report.checks)
+
+
+# ------------------------------------------------------------------ regressions: the review's attacks
+
+
+def test_noise_that_the_dtype_cannot_carry_gives_no_claim():
+    """A sigma whose points overflow float32 (the map had become a fixed indicator) is refused by the explainer; one
+    below float32's resolution at x (every point rounds to x) gets no claim."""
+    from certify.errors import InvalidInputError
+
+    model, data = zoo.load("digits-softplus-mlp")
+    with pytest.raises(InvalidInputError, match="overflows"):
+        SparsifiedSmoothGrad(model, sigma=1e38, samples=64, l0=6).attribute(data.x_test[:1])
+    (cert,) = certify_explanations(SparsifiedSmoothGrad(model, sigma=5e-9, samples=64, l0=6, seed=0), data.x_test[:1],
+                                   eps=EPS, k=K)
+    claim = cert.claim("topk-smoothed")
+    assert claim.kind == "refused" and "not resolved" in claim.reason
+
+
+def test_the_draws_dtype_and_the_explainers_parameters_are_bound(issued):
+    model, certificates = issued
+    cert = next(c for c in certificates if c.claim("topk-smoothed").value > 0)
+    for edit, message in ((lambda d: doc_claim(d, "topk-smoothed")["witness"].update(dtype="bfloat16"), "dtype"),
+                          (lambda d: d["provenance"]["explainer"]["params"].update(sigma=0.25), "explainer's")):
+        doc = json.loads(cert.to_json())
+        edit(doc)
+        report = _verify(doc, model)
+        assert not report.valid and message in " ".join(report.failures())
+
+
+def test_chunking_does_not_change_the_draws():
+    model, data = zoo.load("breast-cancer-softplus-mlp")  # 30 features: chunks of 10 x 30 are not multiples of 16
+    x = data.x_test[:3]
+    whole = SparsifiedSmoothGrad(model, sigma=0.5, samples=40, l0=3, seed=1).attribute(x)
+    chunked = SparsifiedSmoothGrad(model, sigma=0.5, samples=40, l0=3, seed=1, samples_per_chunk=10).attribute(x)
+    assert torch.equal(whole, chunked)

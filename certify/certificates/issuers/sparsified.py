@@ -21,6 +21,7 @@ from certify.metrics.similarity import topk_mask
 
 CONFIDENCE = 0.999
 METHOD = "randomized-smoothing-topk"
+RESOLUTION = 2.0**-10  # the checker's bound on a point's rounding, as a fraction of sigma (checker.RESOLUTION)
 
 
 def smoothed_draws(seed: int, samples: int, batch: int, position: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
@@ -40,9 +41,21 @@ def sparsified_claims(claims: ClaimList, state: Issuing, explainer, x: Tensor, a
                           refusal or "the draws were made on another device than the CPU the checker redraws them on"))
         return
     shape = tuple(x.shape[1:])
+    first = next(iter(explainer.model.parameters()), None)
     z = smoothed_draws(int(explainer.seed), params["samples"], batch, position, shape, x.dtype)
+    resolution = float(torch.finfo(x.dtype).eps) * (float(x.abs().max()) + params["sigma"] * float(z.abs().max()))
     points = (x + params["sigma"] * z).reshape(params["samples"], -1).double()  # formed in the inputs' dtype
-    grads, _ = exact_gradient(state.net, unit_row(state.num_classes, c), points)
+    why = ("the inputs' dtype is not the model's" if first is not None and first.dtype != x.dtype else
+           f"the noise is not resolved in {x.dtype}: a point's rounding (up to {resolution:.3g}) exceeds 2^-10 sigma"
+           if not resolution <= RESOLUTION * params["sigma"] else
+           "a draw's point overflows the inputs' dtype" if not bool(torch.isfinite(points).all()) else None)
+    if why is not None:
+        claims.add(refuse("topk-smoothed", "topk-smoothed", params, METHOD, why))
+        return
+    grads, rounding = exact_gradient(state.net, unit_row(state.num_classes, c), points)
+    if not (bool(torch.isfinite(grads).all()) and bool(torch.isfinite(rounding).all())):
+        claims.add(refuse("topk-smoothed", "topk-smoothed", params, METHOD, "N's gradient is not finite at a draw"))
+        return
     recomputed = topk_mask(grads, params["l0"]).double().mean(dim=0)
     stored = a.detach().reshape(-1).double().cpu()
     differ = int(((recomputed - stored).abs() * params["samples"]).round().sum().item()) // 2
