@@ -245,3 +245,25 @@ def check_finite_attributions(attributions: Tensor | tuple[Tensor, ...], method:
             "model's logits are finite but its gradient is NaN or Inf at the input or at points the method "
             "evaluates (e.g. sqrt or log at 0, or an overflow); no explanation is returned for such inputs"
         )
+
+
+def baseline_tensor(inputs: Tensor, baselines: object) -> Tensor:
+    """The baseline of path and perturbation methods as a tensor of the inputs' shape, dtype and device: None gives
+    zeros, a finite number a constant, a tensor is broadcast to the inputs. InvalidInputError for another type, a
+    shape that does not broadcast, or NaN/Inf values."""
+    if baselines is None:
+        return torch.zeros_like(inputs)
+    if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
+        baseline = torch.full_like(inputs, float(baselines))
+    elif isinstance(baselines, Tensor):
+        try:
+            baseline = torch.broadcast_to(baselines.to(inputs), inputs.shape)
+        except RuntimeError as exc:
+            raise InvalidInputError(
+                f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs {tuple(inputs.shape)}"
+            ) from exc
+    else:
+        raise InvalidInputError(f"baselines must be a tensor, a number or None, got {type(baselines).__name__}")
+    if not bool(torch.isfinite(baseline).all()):
+        raise InvalidInputError("baselines contain NaN or Inf")
+    return baseline

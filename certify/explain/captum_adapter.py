@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
-import numbers
 import warnings
 from abc import abstractmethod
 from types import ModuleType
@@ -39,6 +37,7 @@ from torch import Tensor
 
 from certify.errors import InvalidInputError, UnsupportedError
 from certify.explain.base import Explainer, Explanation
+from certify.validation import baseline_tensor
 
 INSTALL_HINT = "install the baselines extra: pip install 'certify[baselines]'"
 
@@ -70,27 +69,10 @@ def seeded_cpu_generator(seed: int | None) -> Iterator[None]:
         yield
 
 
-def captum_baselines(inputs: Tensor, baselines: Tensor | float | None) -> Tensor | float | None:
-    """`baselines` in the form Captum takes: None (Captum's zeros) or a number unchanged, a tensor broadcast to the
-    inputs' shape [N, ...] (dtype and device of the inputs). InvalidInputError for another type, a shape that does
-    not broadcast, or NaN/Inf values."""
-    if baselines is None:
-        return None
-    if isinstance(baselines, numbers.Real) and not isinstance(baselines, bool):
-        if not math.isfinite(baselines):
-            raise InvalidInputError(f"baselines must be finite, got {baselines!r}")
-        return float(baselines)
-    if not isinstance(baselines, Tensor):
-        raise InvalidInputError(f"baselines must be a tensor, a number or None, got {type(baselines).__name__}")
-    try:
-        baseline = torch.broadcast_to(baselines.to(inputs), inputs.shape)
-    except RuntimeError as exc:
-        raise InvalidInputError(
-            f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs {tuple(inputs.shape)}"
-        ) from exc
-    if not bool(torch.isfinite(baseline).all()):
-        raise InvalidInputError("baselines contain NaN or Inf")
-    return baseline
+def captum_baselines(inputs: Tensor, baselines: Tensor | float | None) -> Tensor | None:
+    """`baselines` in the form Captum takes: None (Captum's zeros), else `certify.validation.baseline_tensor` (a
+    number or a tensor broadcast to the inputs [N, ...]). InvalidInputError as that function."""
+    return None if baselines is None else baseline_tensor(inputs, baselines)
 
 
 def checked_feature_mask(inputs: Tensor, feature_mask: Tensor | None) -> Tensor | None:

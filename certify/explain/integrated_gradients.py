@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from certify.errors import InvalidInputError, UsageError
 from certify.explain.base import Explainer, Explanation
 from certify.scores import Forward
-from certify.validation import positive_int
+from certify.validation import baseline_tensor, positive_int
 
 QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -137,24 +137,7 @@ class IntegratedGradients(Explainer):
             raise InvalidInputError(f"baselines must give one baseline per input tensor: {len(inputs)} inputs, {len(given)} baselines")
         return tuple(cls._baseline(x, b) for x, b in zip(inputs, given))
 
-    @staticmethod
-    def _baseline(inputs: Tensor, baselines: object) -> Tensor:
-        if baselines is None:
-            return torch.zeros_like(inputs)
-        if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
-            baseline = torch.full_like(inputs, float(baselines))
-        elif isinstance(baselines, Tensor):
-            try:
-                baseline = torch.broadcast_to(baselines.to(inputs), inputs.shape)
-            except RuntimeError as exc:
-                raise InvalidInputError(
-                    f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs {tuple(inputs.shape)}"
-                ) from exc
-        else:
-            raise InvalidInputError(f"baselines must be a tensor, a number or None, got {type(baselines).__name__}")
-        if not bool(torch.isfinite(baseline).all()):
-            raise InvalidInputError("baselines contain NaN or Inf")
-        return baseline
+    _baseline = staticmethod(baseline_tensor)
 
 
 def _describe(baselines: object) -> object:
