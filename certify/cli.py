@@ -133,7 +133,10 @@ def _load_input(args: argparse.Namespace, data) -> "torch.Tensor":  # noqa: F821
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
     from certify.certificates.builder import certify_explanations
+    from certify.errors import UsageError
     from certify.certificates.summary import STABILITY_VACUOUS, explanation_norm, vacuous_label, vacuous_reason
     from certify.explain.registry import METHODS, make_explainer
     from certify.models.spec import load_model
@@ -143,8 +146,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     model, data = load_model(args.model)
     x = _vnnlib_input(args, model) if _is_vnnlib(args.input) else _shaped(args, _load_input(args, data))
     params = dict(args.param or [])
-    if data is not None and "domain" in inspect.signature(METHODS[args.method]).parameters:
-        params.setdefault("domain", data.domain)  # the data set's input box, unless given
+    accepted = inspect.signature(METHODS[args.method]).parameters
+    if "sample" in accepted and isinstance(params.get("sample"), str):  # --param sample=train|test: the data's rows
+        if data is None or params["sample"] not in ("train", "test"):
+            raise UsageError("--param sample=train or sample=test takes the rows of the model's data set (a zoo model)")
+        params["sample"] = data.x_train if params["sample"] == "train" else data.x_test
+    if data is not None and "domain" in accepted and "sample" not in params:
+        finite = all(bool(torch.isfinite(torch.as_tensor(side)).all()) for side in data.domain)
+        if "sample" in accepted and not finite:  # a distribution over an unbounded box: the training rows
+            params["sample"] = data.x_train
+        else:
+            params.setdefault("domain", data.domain)  # the data set's input box, unless given
     if args.method == "moreaugrad" and params.setdefault("rho", "auto") == "auto":
         params.setdefault("eps", args.eps)  # rho chosen to minimise the certified stability bound at this eps
     explainer = make_explainer(args.method, model, **params)
@@ -503,6 +515,9 @@ def _cmd_test_importance(args: argparse.Namespace) -> int:
           f"{args.score} of class {first['target']}: context C = "
           f"{'the empty set' if args.context == 'empty' else 'the other regions held at x'}, K = {args.k}, M = {args.m}, "
           f"sampler {args.sampler} over {rows.shape[0]} reference rows, alpha = {args.alpha:g}")
+    if args.regions == "quadrants" or args.regions.startswith("tile:"):
+        print("  regions are numbered row by row from the top left (quadrants: 0 top left, 1 top right, 2 bottom left, "
+              "3 bottom right)")
     print(f"  {'region':10s} {'features':>8s} {'p':>8s} {'decision':9s} {'gamma-hat':>10s}")
     for c in cert.claims:
         if c.value is None:
@@ -581,7 +596,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from certify.evaluation import ATTACKABLE, StudyConfig, run_study
+    from certify.evaluation import STUDIED, StudyConfig, SweepConfig, run_study, run_sweep
+    from certify.evaluation.table import render, render_sweep
     from certify.models.datasets import load_dataset
     from certify.models.spec import load_model
     from certify.errors import UsageError
@@ -591,27 +607,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data = load_dataset(args.dataset)
     if data is None:
         raise UsageError("--dataset is required for a model that is not from the zoo")
-    unknown = [m for m in args.methods if m not in ATTACKABLE]
+    unknown = [m for m in args.methods if m not in STUDIED]
     if unknown:
-        raise UsageError(f"unknown methods {unknown}; choose from {sorted(ATTACKABLE)}")
-    config = StudyConfig(n=args.n, eps=tuple(args.eps), k=args.k, steps=args.steps, restarts=args.restarts, seed=args.seed)
+        raise UsageError(f"unknown methods {unknown}; choose from {sorted(STUDIED)}")
+    config = StudyConfig(n=args.n, eps=tuple(args.eps), k=args.k, steps=args.steps, restarts=args.restarts, seed=args.seed,
+                         search_draws=args.search_draws, metrics=args.metrics)
     result = run_study(model, data, args.model, args.methods, config)
+    if args.sweep:
+        result["sweep"] = run_sweep(model, data, SweepConfig(n=args.n, eps=max(args.eps)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(result, indent=1))
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"{'method':20s} {'eps':>6s} {'dist rand':>10s} {'dist att':>9s} {'topk att':>9s} {'certified':>10s} {'obs/cert':>9s}")
-        for method, rows in result["methods"].items():
-            for r in rows:
-                cert = r["certified_bound"]
-                ratio = "-" if not cert else f"{r['observed_over_certified']['max']:.3f}"
-                print(f"{method:20s} {r['eps']:6g} {r['random']['normalized_l2_distance']['mean']:10.4f} "
-                      f"{r['adversarial']['normalized_l2_distance']['mean']:9.4f} {r['adversarial']['topk_intersection']['mean']:9.3f} "
-                      f"{'-' if not cert else format(cert['median'], '.4g'):>10s} {ratio:>9s}")
-        print(result["verdict"])
-        print(f"violations of certified bounds: {result['violations']}; wrote {out / 'evaluation.json'}")
+        print(render(result))
+        if args.sweep:
+            print()
+            print(render_sweep(result["sweep"]))
+        print(f"wrote {out / 'evaluation.json'}")
     return EXIT_FAILED if result["violations"] else EXIT_OK
 
 
@@ -753,11 +767,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=int, default=32, help="number of test inputs (default 32)")
     evaluate.add_argument("--eps", type=_radius, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="L2 radii")
     evaluate.add_argument("--methods", nargs="+", default=["gradient", "integrated-gradients", "smoothgrad", "moreaugrad", "sparse-moreaugrad"],
-                          help="method presets")
+                          help="method presets (default: the gradient baselines and both MoreauGrad variants; also "
+                               "lagrange-dual, sparsified-smoothgrad, relex, deeplift, kernel-shap, lime, occlusion: "
+                               "attacked by a gradient-free random search)")
     evaluate.add_argument("--k", type=float, default=0.2, help="top-k as a fraction of the features (default 0.2)")
     evaluate.add_argument("--steps", type=int, default=20, help="attack steps (default 20)")
     evaluate.add_argument("--restarts", type=int, default=2, help="attack restarts (default 2)")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--search-draws", type=int, default=8,
+                          help="random points per input of the gradient-free search (default 8)")
+    evaluate.add_argument("--metrics", action="store_true",
+                          help="also deletion / insertion AUC, infidelity, max-sensitivity, corruptions, time, memory and "
+                               "accuracy under FGSM / PGD")
+    evaluate.add_argument("--sweep", action="store_true",
+                          help="also the parameter sweep (MoreauGrad's rho and eta, SmoothGrad's sigma)")
     evaluate.add_argument("--out", default="evaluation-output", help="directory for evaluation.json")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.set_defaults(run=_cmd_evaluate)

@@ -131,6 +131,8 @@ def accuracy_under_attack(
 
 def _labels(model: nn.Module, x: Tensor, labels: TargetLike) -> Tensor:
     check_eval_mode(model)
+    if labels is None:
+        raise UsageError("labels are required: accuracy is measured against the true classes, one per example")
     with torch.no_grad():
         num_classes = evaluate_logits(model, x[:1]).shape[1]
     return check_target(labels, x.shape[0], num_classes, x.device)

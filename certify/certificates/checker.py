@@ -956,7 +956,7 @@ def _vacuous(ctx: _Context, claim: Claim) -> str:
     """' [VACUOUS: why]' for a true claim that guarantees nothing (shown as such, never as an achievement): a
     top-k ratio of 0, a stability bound not smaller than the explanation's own norm, a radius lower bound
     that no perturbation inside the domain can reach."""
-    if claim.type == "topk-stability" and claim.value <= 0:
+    if claim.type in ("topk-stability", "topk-smoothed") and claim.value <= 0:
         return " [VACUOUS: no feature is certified to stay in the top-k]"
     if claim.type.startswith("stability-") and claim.value >= float(ctx.explanation.norm()):
         return f" [VACUOUS: the bound is not smaller than ||a||_2 = {float(ctx.explanation.norm()):.4g}]"

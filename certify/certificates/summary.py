@@ -37,7 +37,7 @@ def vacuous_reason(claim: Claim, explanation_norm: float | None) -> str | None:
     None when unknown (then no stability claim is judged vacuous)."""
     if claim.kind == "refused" or claim.value is None:
         return None
-    if claim.type == "topk-stability" and claim.value <= 0:
+    if claim.type in ("topk-stability", "topk-smoothed") and claim.value <= 0:
         return TOPK_VACUOUS
     if (claim.type in STABILITY_TYPES and explanation_norm is not None and claim.value > 0
             and claim.value >= explanation_norm):

@@ -25,8 +25,8 @@ def _positive_ints(value: object, name: str) -> tuple[int, ...]:
 
 
 class Occlusion(CaptumExplainer):
-    """`Occlusion(model, sliding_window_shapes, strides=1, perturbations_per_eval=1)`: the window's shape over the
-    non-batch dimensions (e.g. (1, 2, 2) for [N, 1, 8, 8] images, (3,) for [N, 30] vectors) and its step (an int
+    """`Occlusion(model, sliding_window_shapes=None, strides=1, perturbations_per_eval=1)`: the window's shape over
+    the non-batch dimensions (e.g. (1, 2, 2) for [N, 1, 8, 8] images, (3,) for [N, 30] vectors; None: one entry) and its step (an int
     for every dimension, or a tuple like the window); `explain`/`attribute` take `baselines` (tensor broadcastable
     to the inputs, number, or None for zeros). Errors: UsageError for non-positive sizes; InvalidInputError when
     the window's rank or size does not fit the inputs."""
@@ -34,24 +34,26 @@ class Occlusion(CaptumExplainer):
     method_name = "occlusion"
     call_options = ("sliding_window_shapes", "strides", "perturbations_per_eval")
 
-    def __init__(self, model: nn.Module, sliding_window_shapes: int | tuple[int, ...], strides: int | tuple[int, ...] = 1,
-                 perturbations_per_eval: int = 1) -> None:
+    def __init__(self, model: nn.Module, sliding_window_shapes: int | tuple[int, ...] | None = None,
+                 strides: int | tuple[int, ...] = 1, perturbations_per_eval: int = 1) -> None:
         super().__init__(model)
-        self.sliding_window_shapes = _positive_ints(sliding_window_shapes, "sliding_window_shapes")
+        self.sliding_window_shapes = (None if sliding_window_shapes is None
+                                      else _positive_ints(sliding_window_shapes, "sliding_window_shapes"))
         self.strides = _positive_ints(strides, "strides")
-        if len(self.strides) not in (1, len(self.sliding_window_shapes)):
+        if self.sliding_window_shapes is not None and len(self.strides) not in (1, len(self.sliding_window_shapes)):
             raise UsageError(f"strides {self.strides} must be one integer or one per window dimension "
                              f"{self.sliding_window_shapes}")
         self.perturbations_per_eval = positive_int(perturbations_per_eval, "perturbations_per_eval")
 
     def params(self) -> dict[str, object]:
-        return {"sliding_window_shapes": list(self.sliding_window_shapes), "strides": list(self.strides),
+        return {"sliding_window_shapes": None if self.sliding_window_shapes is None else list(self.sliding_window_shapes),
+                "strides": list(self.strides),
                 "perturbations_per_eval": self.perturbations_per_eval}
 
     def _attribute(self, captum: ModuleType, inputs: Tensor, target: Tensor, baselines: Tensor | float | None = None
                    ) -> tuple[Tensor, dict[str, Tensor]]:
         shape = tuple(inputs.shape[1:])
-        window = self.sliding_window_shapes
+        window = self.sliding_window_shapes or (1,) * len(shape)  # default: each entry occluded alone
         if len(window) != len(shape) or any(w > s for w, s in zip(window, shape)):
             raise InvalidInputError(f"sliding_window_shapes {window} do not fit inputs of shape {shape} (one size "
                                     "per non-batch dimension, none larger than the input)")

@@ -51,7 +51,8 @@ NO_STABILITY = {
     "finite-sample estimate",
     "occlusion": "score drops under window occlusion: the sources give no stability theorem (a certified Lipschitz "
     "constant L would bound each entry's change by 2 L eps; no issuer states it yet)",
-    "grad-cam": "hidden-layer gradients averaged and upsampled, discontinuous for ReLU networks: no stability theorem",
+    "grad-cam": "hidden-layer gradients averaged over channels and upsampled: the sources give no stability theorem "
+    "(and for ReLU networks the map jumps where the activation pattern changes)",
     "sobol": "a global Monte Carlo index of the target class, the same for every input of that class: no claim is issued "
     "about the estimate",
 }
