@@ -67,6 +67,14 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "moreaugrad": ("moreaugrad", {"rho": 0.3, "tol": 1e-5}),
     "sparse-moreaugrad": ("moreaugrad", {"rho": 0.3, "sparsity": 0.25, "tol": 1e-5}),
     "lagrange-dual": ("lagrange-dual", {"p": 2}),
+    # the baselines of issue 16, with cheap settings (the robustness study explains each input many times);
+    # sigma 0.15 is absolute here (Sparsified SmoothGrad's certificate needs it), about 15% of the digits' range
+    "sparsified-smoothgrad": ("sparsified-smoothgrad", {"sigma": 0.15, "samples": 256, "l0": 0.1, "seed": 0}),
+    "relex": ("relex", {"sigma": 0.1, "samples": 8, "iterations": 30, "seed": 0}),
+    "deeplift": ("deeplift", {}),
+    "kernel-shap": ("kernel-shap", {"n_samples": 64, "seed": 0}),
+    "lime": ("lime", {"n_samples": 64, "seed": 0}),
+    "occlusion": ("occlusion", {"sliding_window_shapes": 1}),
 }
 
 

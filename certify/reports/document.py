@@ -74,7 +74,7 @@ class Document:
             elif isinstance(b, Paragraph):
                 out += [b.text, ""]
             elif isinstance(b, Table):
-                out.append("| " + " | ".join(b.headers) + " |")
+                out.append("| " + " | ".join(str(h).replace("|", "\\|") for h in b.headers) + " |")
                 out.append("|" + "---|" * len(b.headers))
                 out += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in row) + " |" for row in b.rows]
                 out.append("")

@@ -151,22 +151,37 @@ def _topk_cell(stats: dict[str, float] | None) -> str:
     return f"{stats['mean']:.3f}" + (" (vacuous on some inputs: min 0)" if stats["min"] <= 0 else "")
 
 
+def _interval(stats: dict[str, Any] | None) -> str:
+    """'mean [lo, hi]' (the 95% CI of the mean) where the study recorded one, else 'mean ± std' (older studies)."""
+    if not stats:
+        return "-"
+    if "ci95" in stats:
+        return f"{stats['mean']:.3f} [{stats['ci95'][0]:.3f}, {stats['ci95'][1]:.3f}]"
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
 def _robustness_rows(evaluation: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for method, entries in evaluation["methods"].items():
         for r in entries:
-            cell = lambda kind, key: f"{r[kind][key]['mean']:.3f} ± {r[kind][key]['std']:.3f}"  # noqa: E731
             cert = r.get("certified_bound")
             rows.append([
                 method, r["eps"],
-                cell("random", "normalized_l2_distance"), cell("adversarial", "normalized_l2_distance"),
-                cell("random", "topk_intersection"), cell("adversarial", "topk_intersection"),
-                cell("adversarial", "ssim"),
+                _interval(r["random"]["normalized_l2_distance"]), _interval(r["adversarial"]["normalized_l2_distance"]),
+                _interval(r["random"]["topk_intersection"]), _interval(r["adversarial"]["topk_intersection"]),
+                _interval(r["adversarial"]["ssim"]),
+                _interval(r.get("observed_change")),
                 "-" if not cert else f"{cert['median']:.4g}",
                 "-" if not cert else f"{r['observed_over_certified']['max']:.3f}",
                 _topk_cell(r.get("certified_topk")),
             ])
     return rows
+
+
+def _quality_rows(quality: dict[str, Any]) -> list[list[Any]]:
+    return [[method, _interval(q["deletion_auc"]), _interval(q["insertion_auc"]), _interval(q["infidelity"]),
+             _interval(q["max_sensitivity"]), "; ".join(f"{c}: {_interval(v)}" for c, v in q["corruption_change"].items()) or "-",
+             _interval(q["seconds_per_explanation"]), str(q["peak_memory_bytes"])] for method, q in quality.items()]
 
 
 def _panels(doc: Document, evaluation: dict[str, Any], out_dir: Path) -> None:
@@ -217,8 +232,15 @@ def build_report(out_dir: Path) -> Document:
     if evaluation is not None:
         doc.heading("Robustness: certified vs empirical")
         doc.paragraph(evaluation["description"])
+        doc.paragraph("Cells: mean [95% confidence interval] over the inputs. 'dist' is the normalised distance (unit-free); "
+                      "'‖da‖₂ observed' is the worst absolute change ‖a(x + d) - a(x)‖₂ of an input, in the units of "
+                      "the certified bound next to it (its median over the inputs).")
         doc.table(["method", "eps", "dist random", "dist attack", "top-k random", "top-k attack", "SSIM attack",
-                   "certified ||da|| bound", "observed/certified", "certified top-k >="], _robustness_rows(evaluation))
+                   "‖da‖₂ observed", "certified ‖da‖₂ bound", "observed/certified", "certified top-k >="],
+                  _robustness_rows(evaluation))
+        if evaluation.get("quality"):
+            doc.table(["method", "deletion AUC", "insertion AUC", "infidelity", "max-sensitivity", "explanation change under corruption",
+                       "seconds / explanation", "peak memory (bytes)"], _quality_rows(evaluation["quality"]))
         doc.image(robustness_figure(evaluation, out_dir / "robustness.png"), "Robustness metrics against eps.")
         figure = certified_figure(evaluation, out_dir / "certified_vs_empirical.png")
         if figure is not None:
@@ -226,6 +248,8 @@ def build_report(out_dir: Path) -> Document:
         _panels(doc, evaluation, out_dir)
         doc.heading("The paper's claim")
         doc.paragraph(evaluation["verdict"])
+        for claim in evaluation.get("claims", [])[1:]:  # the first is the verdict above
+            doc.paragraph(f"{claim['claim']} ({claim['source']}): {claim['verdict']}. {claim['numbers']}")
     inverse = _load(out_dir / "inverse.json")
     if inverse is not None:
         inverse_section(doc, inverse, out_dir)
