@@ -74,7 +74,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "deeplift": ("deeplift", {}),
     "kernel-shap": ("kernel-shap", {"n_samples": 64, "seed": 0}),
     "lime": ("lime", {"n_samples": 64, "seed": 0}),
-    "occlusion": ("occlusion", {"sliding_window_shapes": 1}),
+    "occlusion": ("occlusion", {}),  # a one-entry window
 }
 
 
