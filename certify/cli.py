@@ -48,6 +48,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"theorem checks that failed: {', '.join(bad)}")
         for method, verified in summary["certificates"].items():
             print(f"  {method:22s} certificates {verified}")
+        for why in summary.get("skipped_methods", []):
+            print(f"  skipped: {why}")
         for denoiser, answer in summary["prox"].items():
             print(f"  {denoiser:22s} prox certificate: {answer}")
     return EXIT_OK

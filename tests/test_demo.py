@@ -21,7 +21,8 @@ def test_summary_json_has_every_section_and_matches_the_returned_summary(demo):
     out, config, summary = demo
     written = json.loads((out / "summary.json").read_text())
     assert set(written) == {"model", "description", "method_rows", "certificate_note", "claim_rows",
-                            "certificates", "robustness_verdict", "prox", "theorems", "environment"}
+                            "certificates", "robustness_verdict", "skipped_methods", "prox", "theorems", "environment"}
+    assert written["skipped_methods"] == []  # the test environment has the baselines extra
     assert summary["files"] == {"markdown": str(out / "index.md"), "html": str(out / "index.html")}
     assert {k: v for k, v in summary.items() if k != "files"} == written
     assert written["model"] == config.model

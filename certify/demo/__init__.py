@@ -21,7 +21,7 @@ from certify.certificates.checker import verify_certificate
 from certify.certificates.document import decode_array
 from certify.certificates.summary import vacuous_reasons
 from certify.evaluation import ATTACKABLE, StudyConfig, run_study
-from certify.explain.registry import PRESETS, make_preset
+from certify.explain.registry import PRESETS, make_preset, missing_extra
 from certify.models import model_hash, zoo
 from certify.models.training import accuracy
 from certify.metrics import gini_index, zero_fraction
@@ -59,7 +59,7 @@ class DemoConfig:
     def quick(cls) -> "DemoConfig":
         return cls(
             examples=4,
-            methods=tuple((label, {}) for label in PRESETS),
+            methods=tuple((label, {}) for label in PRESETS if missing_extra(label) is None),
             study=StudyConfig(n=8, eps=(0.25, 1.0), steps=8, restarts=1),
             inverse_quick=True,
             importance_quick=True,
@@ -157,6 +157,7 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
         "claim_rows": claim_rows,
         "certificates": verified_counts,
         "robustness_verdict": evaluation["verdict"],
+        "skipped_methods": [why for label in PRESETS if (why := missing_extra(label)) is not None],
         "prox": {e["model"]: e["answer"] + ("" if e["verified"] else " (certificate INVALID)")
                  for e in (inverse or {}).get("prox", [])},
         "theorems": {r.id: r.verdict for r in results},

@@ -1,6 +1,7 @@
 """Explainers by name, for the CLI and the demo: `make_explainer(name, model, **params)`."""
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from typing import Any, Callable
 
@@ -8,6 +9,7 @@ from torch import nn
 
 from certify.errors import UnsupportedError, UsageError
 from certify.explain.base import Explainer
+from certify.explain.captum_adapter import CaptumExplainer
 from certify.explain.deeplift import DeepLift
 from certify.explain.gradcam import GradCam
 from certify.explain.gradient import Gradient
@@ -87,3 +89,14 @@ def make_preset(label: str, model: nn.Module, domain: Any = None, **overrides: A
     if domain is not None and "domain" in inspect.signature(METHODS[name]).parameters:
         params = {**params, "domain": domain}
     return make_explainer(name, model, **{**params, **overrides})
+
+
+def missing_extra(label: str) -> str | None:
+    """Why preset `label` cannot run in this environment (the optional package its method runs through, Captum or
+    SALib, is not installed: the baselines extra), or None when it can."""
+    name, _ = PRESETS[label]
+    method = METHODS[name]
+    needs = "captum" if issubclass(method, CaptumExplainer) else "SALib" if method is SobolIndices else None
+    if needs is not None and importlib.util.find_spec(needs) is None:
+        return f"{label} runs through {needs}, which is not installed (pip install 'certify[baselines]')"
+    return None

@@ -222,6 +222,8 @@ def build_report(out_dir: Path) -> Document:
                   "(red raises the explained class's score, blue lowers it; one colour scale per method, its bar below).")
     doc.table(["method", "parameters", "seconds (explain + certify)", "certificates", "Gini of |a|", "zero fraction"],
               summary["method_rows"])
+    if summary.get("skipped_methods"):
+        doc.paragraph("Not run here: " + "; ".join(summary["skipped_methods"]) + ".")
     doc.heading("Certificates")
     doc.paragraph(summary["certificate_note"])
     shared, per_method = split_model_level(summary["claim_rows"])

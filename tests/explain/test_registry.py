@@ -70,3 +70,19 @@ def test_presets_take_overrides_and_a_domain_only_where_the_method_does(model):
     assert make_preset("moreaugrad", model, rho=0.1).rho == 0.1
     with pytest.raises(UnsupportedError, match="unknown method preset"):
         make_preset("fast", model)
+
+
+def test_presets_that_need_a_missing_extra_say_so_and_the_quick_demo_leaves_them_out(monkeypatch):
+    """A plain `pip install certify` has neither Captum nor SALib: their presets name the extra, and the quick demo
+    runs the others (it had exited 66 on the first Captum preset)."""
+    import importlib.util
+
+    from certify.demo import DemoConfig
+    from certify.explain.registry import missing_extra
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("captum", "SALib") else real(name, *a))
+    assert "captum" in missing_extra("deeplift") and "certify[baselines]" in missing_extra("lime")
+    assert missing_extra("gradient") is None and missing_extra("sparsified-smoothgrad") is None
+    labels = [label for label, _ in DemoConfig.quick().methods]
+    assert "deeplift" not in labels and "kernel-shap" not in labels and "moreaugrad" in labels
