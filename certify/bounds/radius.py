@@ -3,11 +3,13 @@
     r*(x) = inf { ||x' - x||_p : x' in the domain, argmax f(x') != c }
 
 by bisection on eps (DESIGN section 5; ANCHORS 4.10, lesson 1: a single relaxation over a large ball
-certifies almost nothing, so every eps recomputes all intermediate bounds). eps is certified when every
-margin lower bound f_c - f_j (j != c) over the eps-set is > 0; then no x' in the closed eps-ball flips
-the decision, so r* > eps. Bisection keeps the largest certified eps, so the result is sound whatever
-the monotonicity of the relaxation in eps. Batched over examples for IBP and CROWN; the LP (a solver
-per example) starts from the CROWN radius, since with LP-tightened boxes it is never looser.
+certifies almost nothing, so every eps recomputes all intermediate bounds), between 0 and the distance
+of the nearest decision flip that a cheap gradient-direction search finds (no sound method certifies
+beyond it). eps is certified when every margin lower bound f_c - f_j (j != c) over the eps-set is > 0;
+then no x' in the closed eps-ball flips the decision, so r* > eps. Bisection keeps the largest certified
+eps, so the result is sound whatever the monotonicity of the relaxation in eps. Batched over examples
+for IBP and CROWN; the LP (a solver per example) starts from the CROWN radius, since with LP-tightened
+boxes it is never looser.
 
 Also the global-Lipschitz radius: if f_c - f_j is L_cj-Lipschitz in the p-norm, r* >= min_j m_cj(x) / L_cj.
 """
@@ -37,6 +39,37 @@ def _default_max_radius(input_set: InputSet) -> float:
     return (diameter or 1e-12) if math.isfinite(diameter) else 1e3
 
 
+def _flip_distance(net: AffineNetwork, base: InputSet, target: Tensor, top: float, steps: int = 24) -> Tensor:
+    """An upper bracket [N] for every sound certified radius: the p-distance of the nearest decision flip found
+    along the steepest-descent direction of the worst margin (`top` where none is found). A flip at distance d
+    (some f_j(x') > f_c(x') in float64) means no eps >= d can be certified, so bisection needs only [0, d];
+    the bracket affects how long the search takes and never what it certifies (`_bisect` keeps certified eps
+    only). One gradient and `steps` batched forward passes, at the radii top 2^-i (points clipped to the
+    domain box, which only moves them closer to x)."""
+    x = base.center.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = net.forward(x)
+        rival = logits.masked_fill(torch.nn.functional.one_hot(target, logits.shape[1]).bool(), -float("inf"))
+        (grad,) = torch.autograd.grad((logits.gather(1, target[:, None])[:, 0] - rival.max(1).values).sum(), x)
+    if base.p == math.inf:
+        direction = -grad.sign()
+    elif base.p == 2.0:
+        direction = -grad / torch.linalg.vector_norm(grad, dim=-1, keepdim=True).clamp_min(1e-300)
+    else:
+        direction = -grad.sign() * torch.nn.functional.one_hot(grad.abs().argmax(-1), grad.shape[1]).to(grad.dtype)
+    nearest = torch.full_like(base.eps, top)
+    with torch.no_grad():
+        for i in range(steps):  # one radius at a time: memory [N, n]
+            point = base.center + top * 2.0**-i * direction
+            if base.lo is not None:
+                point = torch.maximum(torch.minimum(point, base.hi), base.lo)
+            out = net.forward(point)
+            flipped = (out > out.gather(1, target[:, None])).any(-1)
+            distance = torch.linalg.vector_norm(point - base.center, ord=base.p, dim=-1)
+            nearest = torch.where(flipped, torch.minimum(nearest, distance), nearest)
+    return nearest
+
+
 def _bisect(certify, lo: Tensor, hi: Tensor, tol: float) -> Tensor:
     """Largest certified eps found by bisection; `certify(eps, active) -> bool [N]` for the active examples."""
     steps = max(1, math.ceil(math.log2(float((hi - lo).max()) / tol))) if (hi > lo).any() else 0
@@ -62,7 +95,8 @@ def certified_radius(
     max_radius: float | None = None,
 ) -> BoundResult:
     """Certified lower bounds [N] on r* (0 where nothing is certified, e.g. a misclassified input), to
-    within `tol` of the largest eps the method certifies in [0, max_radius]."""
+    within `tol` of the largest eps the method certifies in [0, max_radius] (searched below the nearest flip
+    `_flip_distance` finds, beyond which no eps can be certified)."""
     if method not in RADIUS_METHODS:
         raise UsageError(f"unknown radius method {method!r}; choose one of {RADIUS_METHODS}")
     if not tol > 0:
@@ -80,7 +114,7 @@ def certified_radius(
 
     zero = torch.zeros_like(base.eps)
     correct = crown_ok(zero, torch.ones_like(zero, dtype=torch.bool))
-    start_hi = torch.where(correct, torch.full_like(zero, top), zero)
+    start_hi = torch.where(correct, _flip_distance(net, base, target, top).clamp(max=top), zero)
     details: dict = {"tol": tol, "max_radius": top, "correct_at_x": correct}
     if method in ("crown", "ibp"):
         radius = _bisect(lambda e, a: crown_ok(e, a, method), zero, start_hi, tol)

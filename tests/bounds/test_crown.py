@@ -9,7 +9,7 @@ from certify.bounds.activations import relax
 from certify.bounds.crown import backward_lower_bound, layer_bounds, margin_lower_bounds
 from certify.bounds.ibp import interval_bounds
 from certify.bounds.activations import Activation
-from certify.bounds.network import from_module
+from certify.bounds.network import AffineNetwork, from_module
 from certify.bounds.results import Kind
 from certify.bounds.sets import InputSet, sample_ball
 from certify.errors import TargetError, UsageError
@@ -262,3 +262,115 @@ def test_translated_tiny_relu_graphs_against_exact_pattern_enumeration(build):
                 if j != int(target):
                     exact = exact_piecewise_min(net, rows[0, j], lo[0], hi[0])
                     assert crown[j] <= exact + 1e-9 and ibp[j] <= exact + 1e-9 and exact <= sampled[j] + 1e-9
+
+
+# ------------------------------------------------- the screened boxes against the full [+I, -I] back-substitution
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from proofs_checks.nets import net_specs  # noqa: E402
+
+
+def _full_row_boxes(net, input_set):
+    """Reference: every layer's box from all 2 n_k rows +-e_u, intersected with the interval box (the path
+    before the screening by interval stability)."""
+    ibp = interval_bounds(net, input_set)[:-1]
+    boxes, relaxations = [], []
+    for k, act in enumerate(net.activations):
+        width = net.weights[k].shape[0]
+        eye = torch.eye(width, dtype=torch.float64).expand(input_set.center.shape[0], width, width)
+        bound = backward_lower_bound(net, input_set, k, torch.cat([eye, -eye], 1), relaxations, boxes)
+        box = (torch.maximum(ibp[k][0], bound[:, :width]), torch.minimum(ibp[k][1], -bound[:, width:]))
+        boxes.append(box)
+        relaxations.append(relax(act, *box))
+    return boxes, relaxations
+
+
+@settings(max_examples=40, deadline=None)
+@given(net_specs(act="relu", max_depth=3), st.floats(0.005, 0.3), st.sampled_from([1, 2, math.inf]),
+       st.integers(0, 2**16))
+def test_screened_boxes_and_margins_match_all_rows_and_hold_on_samples(spec, eps, p, seed):
+    net = from_module(spec.build(), (spec.inputs,))
+    x = torch.rand(3, spec.inputs, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    s = InputSet.build(x, eps, p)
+    boxes, relaxations = layer_bounds(net, s, "crown", screen=True)
+    ref_boxes, ref_relaxations = _full_row_boxes(net, s)
+    unscreened, _ = layer_bounds(net, s, "crown")
+    assert all(torch.equal(a, b) for box, ref in zip(unscreened, ref_boxes) for a, b in zip(box, ref))
+    for (lo, hi), (rlo, rhi), (ilo, ihi) in zip(boxes, ref_boxes, interval_bounds(net, s)):
+        assert torch.equal((lo < 0) & (hi > 0), (rlo < 0) & (rhi > 0))  # the same relaxation on every unit
+        screened = (ilo >= 0) | (ihi <= 0)  # stable in the interval box: that box or (a padding row) a tighter one
+        assert (lo[screened] >= ilo[screened]).all() and (hi[screened] <= ihi[screened]).all()
+        slack = 1e-9 * (1 + rlo.abs() + rhi.abs())
+        assert (lo <= rlo + slack)[screened].all() and (hi >= rhi - slack)[screened].all()
+        assert torch.allclose(lo[~screened], rlo[~screened], rtol=1e-9, atol=1e-12)
+        assert torch.allclose(hi[~screened], rhi[~screened], rtol=1e-9, atol=1e-12)
+    target = net.forward(x).argmax(1)
+    result = margin_lower_bounds(net, x, target, eps, p)
+    spec_rows = result.witness["spec"]
+    reference = backward_lower_bound(net, s, net.depth - 1, spec_rows, ref_relaxations, ref_boxes)
+    off = torch.isfinite(result.value)
+    assert torch.allclose(result.value[off], reference[off], rtol=1e-9, atol=1e-12)
+    points = sample_ball(x, eps, p, 400, torch.Generator().manual_seed(seed))
+    logits = net.forward(points).reshape(3, 400, -1)
+    margins = (logits.gather(2, target[:, None, None].expand(-1, 400, 1)) - logits).amin(1)
+    assert (result.value[off] <= margins[off]).all()
+
+
+def _exact_relaxation_bound(net, input_set, rows, relaxations):
+    """The back-substitution bound of rows [m, n_L] . z_L with the given lines (one example), in exact rational
+    arithmetic (Fractions of the float64 values; each line chosen by the exact sign of its coefficient; skip
+    terms gathered into the coefficient of the h_j they read, as the module docstring says)."""
+    import numpy as np
+    from fractions import Fraction
+
+    exact = np.vectorize(lambda v: Fraction(float(v)), otypes=[object])
+    lam = exact(rows.numpy())
+    value = np.array([Fraction(0)] * lam.shape[0], dtype=object)
+    skipped = {}
+    for k in range(net.depth - 1, -1, -1):
+        value = value + lam.dot(exact(net.biases[k].numpy()))
+        for j, skip in net.skips.get(k, {}).items():
+            part = lam.dot(exact(skip.numpy()))
+            skipped[j] = skipped[j] + part if j in skipped else part
+        lam = lam.dot(exact(net.weights[k].numpy()))
+        if k in skipped:
+            lam = lam + skipped.pop(k)
+        if k == 0:
+            break
+        rel = relaxations[k - 1]
+        pos = np.vectorize(lambda v: max(v, Fraction(0)), otypes=[object])(lam)
+        neg = lam - pos
+        value = value + pos.dot(exact(rel.lower_intercept[0].numpy())) + neg.dot(exact(rel.upper_intercept[0].numpy()))
+        lam = pos * exact(rel.lower_slope[0].numpy()) + neg * exact(rel.upper_slope[0].numpy())
+    lower, upper = (exact(b[0].numpy()) for b in input_set.box())
+    support = np.vectorize(min, otypes=[object])(lam * lower, lam * upper).sum(axis=1)
+    return value + support
+
+
+def _wide_range(shape, gen):
+    return torch.randn(shape, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(-8, 9, shape, generator=gen)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_rounding_margins_keep_the_bound_below_its_exact_rational_value(seed, graph):
+    """Weights spanning 16 orders of magnitude (cancellation in every product), on a chain and on a graph with
+    skips (z_1 reads x, z_2 reads h_1 and x): the float64 bound must stay below the exact value of the same
+    relaxation bound, which the rounding analysis promises (and within 1e-6 relative of it)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = [_wide_range((7, 4), gen), _wide_range((6, 7), gen), _wide_range((3, 6), gen)]
+    biases = [_wide_range((m,), gen) for m in (7, 6, 3)]
+    skips = {}
+    if graph:
+        skips = {1: {0: _wide_range((6, 4), gen)}, 2: {1: _wide_range((3, 7), gen), 0: _wide_range((3, 4), gen)}}
+    net = AffineNetwork(weights, biases, [Activation("relu"), Activation("relu")], (4,), skips=skips)
+    x = torch.rand(1, 4, dtype=torch.float64, generator=gen)
+    s = InputSet.build(x, 0.1, "inf")
+    boxes, relaxations = layer_bounds(net, s, "crown", screen=True)
+    rows = torch.randn(1, 5, 3, dtype=torch.float64, generator=gen)
+    ours = backward_lower_bound(net, s, net.depth - 1, rows, relaxations, boxes)[0]
+    exact = _exact_relaxation_bound(net, s, rows[0], relaxations)
+    assert all(float(o) <= e for o, e in zip(ours, exact))
+    assert all(abs(float(o) - float(e)) <= 1e-6 * (1 + abs(float(e))) for o, e in zip(ours, exact))
