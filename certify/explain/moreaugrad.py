@@ -29,12 +29,21 @@ largest sample-gradient norm seen. None of this affects soundness: the certifica
 residual at the returned point.
 
 Stopping: per example, when the residual ||r|| (the minimal-norm subgradient of F_x at the iterate,
-computed from the gradient already evaluated there) is <= tol, or after max_iter steps. Finished examples
-leave the active set, so they cost no further gradient evaluations. A non-finite iterate or gradient marks
-the example as diverged; its attributions are NaN, never an explanation. In smoothed mode the residual is
-an estimate with standard error nu (from the sample spread): an example stops when ||r|| + 2 nu <= tol, and
-the sample size doubles (up to 64 times `samples`) whenever an active example's residual is within 2 nu,
-i.e. at the noise floor of the stochastic iteration.
+computed from the gradient already evaluated there) is <= tol, after max_iter steps, or when the work budget
+`max_evaluations` (gradient evaluations per example, each Monte Carlo sample counting one) is spent. Finished
+examples leave the active set, so they cost no further gradient evaluations. A non-finite iterate or gradient
+marks the example as diverged; its attributions are NaN, never an explanation. In smoothed mode the residual
+is an estimate with standard error nu (from the sample spread): an example stops when ||r|| + 2 nu <= tol,
+and the sample size doubles (up to 64 times `samples`) whenever an active example's residual is within 2 nu,
+i.e. at the noise floor of the stochastic iteration; with a budget, an iteration draws at most the
+evaluations left, so a run never does more work than it was given.
+
+Cost (issue 18): the iteration state is kept as [N, D] rows and updated with fused kernels (add with alpha,
+addcmul, one row-norm per quantity, the FISTA weights (t_k - 1)/t_{k+1} read from a table instead of
+recomputed), about 25 small tensor operations besides the gradient; the stopping test reads the smallest and
+largest residual once per iteration (one host read that also detects a non-finite value, since an Inf or
+NaN in the iterate or the gradient makes its residual non-finite), and the per-example bookkeeping runs only
+on iterations where some example finishes.
 
 Solver error (DESIGN section 4.1): if f_c is lambda-weakly convex and rho < 1/lambda, F_x is (1/rho - lambda)-
 strongly convex, so ||z - z*|| <= ||r|| / (1/rho - lambda) for any subgradient r at z, and
@@ -44,6 +53,7 @@ strongly convex, so ||z - z*|| <= ||r|| / (1/rho - lambda) for any subgradient r
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
@@ -64,6 +74,7 @@ from certify.vocabulary import STEIN_CONSTANT
 
 Method = Literal["accelerated", "fixed-step"]
 MAX_SAMPLE_GROWTH = 64
+CHUNK_ROWS, CHUNK_ELEMENTS = 4096, 2**20  # smoothed mode: noisy points per batched gradient evaluation
 
 
 @dataclass
@@ -77,14 +88,15 @@ class _Gradient:
 
 @dataclass
 class _ActiveSet:
-    """Solver state of the examples still running; `index` maps rows back to the batch."""
+    """Solver state of the examples still running, rows flattened to [M, D]; `index` maps rows back to the
+    batch."""
 
     index: Tensor
     x: Tensor
     target: Tensor
     u: Tensor  # prox iterate u_k = z_k - x
     y: Tensor  # point where the gradient is evaluated (u_k plus momentum)
-    momentum: Tensor  # FISTA t_k
+    age: Tensor  # FISTA: steps since the last momentum restart, so that t_k = T[age] (`_momentum_weights`)
     curvature: Tensor  # beta_k, the smoothness estimate of f_c
     best_y: Tensor
     best_residual: Tensor
@@ -97,11 +109,20 @@ class _ActiveSet:
 
 
 def _row_norms(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.flatten(1), dim=1)
+    return torch.linalg.vector_norm(t, dim=1)
 
 
-def _rows(v: Tensor, like: Tensor) -> Tensor:
-    return v.view((-1,) + (1,) * (like.dim() - 1))
+@functools.lru_cache(maxsize=8)
+def _momentum_weights(length: int) -> tuple[float, ...]:
+    """FISTA's extrapolation weights W[a] = (T[a-1] - 1) / T[a] for a >= 1 and W[0] = 0 (restart), where
+    T[0] = 1, T[a+1] = (1 + sqrt(1 + 4 T[a]^2)) / 2 (Beck & Teboulle 2009): after `a` steps without a
+    restart the momentum step is y = u_{k+1} + W[a] (u_{k+1} - u_k)."""
+    t, weights = 1.0, [0.0]
+    for _ in range(length - 1):
+        t_next = 0.5 + math.sqrt(0.25 + t * t)
+        weights.append((t - 1.0) / t_next)
+        t = t_next
+    return tuple(weights)
 
 
 class AutoRho:
@@ -142,12 +163,15 @@ class MoreauGrad(Explainer):
     contiguous blocks otherwise; must divide the input), `smoothing_sigma` >= 0 (absolute noise std of
     the smoothed mode; 0 = off), `samples` >= 1 (initial Monte Carlo sample size), `step` (gamma; default
     0.1 as in the paper for fixed-step, adaptive for accelerated), `max_iter`, `tol` > 0 (residual
-    tolerance; float32 rounding floors the residual near 1e-6 on the digits models, so use float64 below that), `method`, `seed` (noise generator; None uses the global one).
+    tolerance; float32 rounding floors the residual near 1e-6 on the digits models, so use float64 below that), `method`, `seed` (noise generator; None uses the global one),
+    `max_evaluations` (work budget: gradient evaluations per example, each Monte Carlo sample counting one;
+    None = unbounded; at least `samples` in smoothed mode; UsageError otherwise).
 
     `explain()` diagnostics, one entry per example: `inputs` (x), `z` (the returned point; x - rho * MG),
     `residual_norm` (||r|| at z; inf if diverged), `iterations` (steps taken), `converged` (tolerance met),
-    `diverged` (non-finite iterate or gradient: attributions NaN), `gradient_evaluations` (gradients of f_c,
-    counting each Monte Carlo sample), and in smoothed mode `final_samples` (the sample size reached)."""
+    `diverged` (non-finite iterate or gradient: attributions NaN), `gradient_evaluations` (the work done:
+    gradients of f_c, counting each Monte Carlo sample; at most `max_evaluations`), and in smoothed mode
+    `final_samples` (the sample size reached)."""
 
     method_name = "moreaugrad"
 
@@ -165,6 +189,7 @@ class MoreauGrad(Explainer):
         method: Method = "accelerated",
         seed: int | None = None,
         eps: float = 0.1,
+        max_evaluations: int | None = None,
     ) -> None:
         super().__init__(model)
         self.rho_auto = None
@@ -180,6 +205,9 @@ class MoreauGrad(Explainer):
         positive_int(max_iter, "max_iter")
         if step is not None:
             positive_number(step, "step")
+        if max_evaluations is not None:
+            least = samples if smoothing_sigma > 0 else 1
+            positive_int(max_evaluations, "max_evaluations", least)  # a smoothed run affords its first sample
         if method not in ("accelerated", "fixed-step"):
             raise UsageError(f"method must be 'accelerated' or 'fixed-step', got {method!r}")
         if group_size is not None:
@@ -192,6 +220,7 @@ class MoreauGrad(Explainer):
         self.smoothing_sigma, self.samples = float(smoothing_sigma), samples
         self.step = None if step is None else float(step)
         self.max_iter, self.tol, self.method, self.seed = max_iter, float(tol), method, seed
+        self.max_evaluations = max_evaluations
         self.penalty = Penalty("none") if sparsity == 0 else Penalty("group" if group_size else "l1", group_size)
 
     @property
@@ -211,6 +240,7 @@ class MoreauGrad(Explainer):
             "tol": self.tol,
             "method": self.method,
             "seed": self.seed,
+            "max_evaluations": self.max_evaluations,
             "penalty": self.penalty.kind,
         }
 
@@ -219,11 +249,12 @@ class MoreauGrad(Explainer):
         self, model: nn.Module, points: Tensor, target: Tensor, samples: int, generator: torch.Generator | None
     ) -> _Gradient:
         """grad f_c at `points`, or in smoothed mode the mean of grad f_c(points + sigma Z_i) over `samples`
-        fresh draws, in chunks of at most ~4096 rows so memory stays bounded."""
+        fresh draws, in chunks of at most CHUNK_ROWS rows and CHUNK_ELEMENTS input entries, so that memory
+        stays bounded and a chunk's activations stay in cache (larger batches cost more per row on CPU)."""
         if not self.smoothed:
             return _Gradient(score_gradients(model, points, target)[1])
         n = points.shape[0]
-        per_chunk = max(1, 4096 // n)
+        per_chunk = max(1, min(CHUNK_ROWS, CHUNK_ELEMENTS // points[0].numel()) // n)
         total = torch.zeros_like(points)
         square_sum = points.new_zeros(n)
         max_norm = points.new_zeros(n)
@@ -240,7 +271,7 @@ class MoreauGrad(Explainer):
             max_norm = torch.maximum(max_norm, norms.max(dim=0).values)
             done += b
         mean = total / samples
-        spread = torch.clamp(square_sum - samples * _row_norms(mean).square(), min=0.0)
+        spread = torch.clamp(square_sum - samples * _row_norms(mean.flatten(1)).square(), min=0.0)
         noise_level = (spread / (samples * max(samples - 1, 1))).sqrt()
         return _Gradient(mean, noise_level, max_norm)
 
@@ -268,68 +299,69 @@ class MoreauGrad(Explainer):
     def _solve(self, inputs: Tensor, target: Tensor, rho: float) -> tuple[Tensor, dict[str, Tensor]]:
         """(attributions, diagnostics) of `inputs` with one rho (the class docstring's solver)."""
         x = inputs.detach()
-        n = x.shape[0]
-        eta, accelerated = self.sparsity, self.method == "accelerated"
+        n, shape = x.shape[0], tuple(x.shape[1:])
+        smoothed, accelerated = self.smoothed, self.method == "accelerated"
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        weights = torch.tensor(_momentum_weights(self.max_iter + 2), dtype=x.dtype, device=x.device)
+        budget = math.inf if self.max_evaluations is None else self.max_evaluations
+        least_cost = min(2, self.samples) if smoothed else 1  # a smoothed iteration needs 2 draws for its noise level
 
-        out_u = torch.full_like(x, math.nan)
+        flat = x.reshape(n, -1)
+        out_u = torch.full_like(flat, math.nan)
         out_residual = x.new_full((n,), math.inf)
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         evaluations = torch.zeros(n, dtype=torch.long, device=x.device)
         converged = torch.zeros(n, dtype=torch.bool, device=x.device)
         diverged = torch.zeros(n, dtype=torch.bool, device=x.device)
-        zeros = torch.zeros_like(x)
+        zeros = torch.zeros_like(flat)
         state = _ActiveSet(
-            index=torch.arange(n, device=x.device), x=x, target=target, u=zeros, y=zeros,
-            momentum=x.new_ones(n), curvature=x.new_zeros(n), best_y=zeros, best_residual=x.new_full((n,), math.inf),
-            prev_y=zeros, prev_grad=zeros,
+            index=torch.arange(n, device=x.device), x=flat, target=target, u=zeros, y=zeros,
+            age=torch.zeros(n, dtype=torch.long, device=x.device), curvature=x.new_zeros(n), best_y=zeros,
+            best_residual=x.new_full((n,), math.inf), prev_y=zeros, prev_grad=zeros,
         )
         samples, spent = self.samples, 0
         for k in range(self.max_iter + 1):
-            grad = self._gradient(self.model, state.x + state.y, state.target, samples, generator)
-            spent += samples if self.smoothed else 1  # every active example has had the same evaluations
-            smooth_grad = grad.value + state.y / rho
-            residual = _row_norms(self.penalty.minimal_subgradient(smooth_grad, state.y, eta))
-            finite = torch.isfinite(residual)  # a non-finite iterate or gradient makes the residual non-finite
-            if accelerated:  # return the evaluated point with the smallest residual
-                better = finite & (residual < state.best_residual)
-                state.best_y = torch.where(_rows(better, x), state.y, state.best_y)
-                state.best_residual = torch.where(better, residual, state.best_residual)
+            cost = min(samples, budget - spent) if smoothed else 1
+            grad = self._gradient(self.model, (state.x + state.y).view((-1,) + shape), state.target, cost, generator)
+            spent += cost  # every active example has had the same evaluations
+            g = grad.value.reshape(state.y.shape)
+            smooth_grad = torch.add(g, state.y, alpha=1.0 / rho)
+            residual = _row_norms(self._minimal_subgradient(smooth_grad, state.y, shape))
+            margin = 2.0 * grad.noise if smoothed else None
+            stopping = residual + margin if smoothed else residual
+            if accelerated:  # return the evaluated point with the smallest residual (NaN is never smaller)
+                better = residual < state.best_residual
+                state.best_residual = torch.fmin(state.best_residual, residual)
+                state.best_y = torch.where(better.unsqueeze(1), state.y, state.best_y)
             else:  # Algorithm 1 returns its last iterate
                 state.best_y, state.best_residual = state.y, residual
-            margin = 2.0 * grad.noise if self.smoothed else None
-            done_converged = finite & ((residual + margin if self.smoothed else residual) <= self.tol)
-            finished = done_converged | ~finite if k < self.max_iter else torch.ones_like(finite)
-            count = int(finished.sum())  # the loop's only host synchronisation
-            if count:
-                rows = state.index[finished]
-                out_u[rows] = torch.where(_rows(finite[finished], x), state.best_y[finished], math.nan)
-                out_residual[rows] = torch.where(finite[finished], state.best_residual[finished], math.inf)
-                iterations[rows] = k
-                evaluations[rows] = spent
-                converged[rows] = done_converged[finished]
-                diverged[rows] = ~finite[finished]
-            if count == finished.shape[0]:
-                break
-            running = ~finished
-            if self.smoothed and bool((residual[running] <= margin[running]).any()):
-                samples = min(2 * samples, MAX_SAMPLE_GROWTH * self.samples)
-            gamma = self._step_sizes(state, grad, accelerated, k > 0, rho)
-            u_next = self.penalty.prox(state.y - _rows(gamma, x) * smooth_grad, gamma * eta)
-            state.prev_y, state.prev_grad = state.y, grad.value
-            if accelerated:
-                advance = u_next - state.u
-                restart = torch.linalg.vecdot((state.y - u_next).flatten(1), advance.flatten(1)) > 0
-                t_next = 0.5 + torch.sqrt(0.25 + state.momentum.square())  # t' = (1 + sqrt(1 + 4 t^2)) / 2
-                beta = ((state.momentum - 1.0) / t_next).masked_fill(restart, 0.0)
-                state.momentum = t_next.masked_fill(restart, 1.0)
-                state.y = u_next + _rows(beta, x) * advance
-            else:
-                state.y = u_next
-            state.u = u_next
-            if count:
+            lowest, highest = torch.aminmax(stopping)  # the iteration's one host read: a tolerance met, or Inf/NaN
+            last = k == self.max_iter or budget - spent < least_cost
+            running = None
+            if last or not (float(lowest) > self.tol and float(highest) < math.inf):
+                finite = torch.isfinite(residual)  # a non-finite iterate or gradient makes the residual non-finite
+                done_converged = finite & (stopping <= self.tol)
+                finished = torch.ones_like(finite) if last else done_converged | ~finite
+                count = int(finished.sum())
+                if count:
+                    rows = state.index[finished]
+                    out_u[rows] = torch.where(finite[finished].unsqueeze(1), state.best_y[finished], math.nan)
+                    out_residual[rows] = torch.where(finite[finished], state.best_residual[finished], math.inf)
+                    iterations[rows] = k
+                    evaluations[rows] = spent
+                    converged[rows] = done_converged[finished]
+                    diverged[rows] = ~finite[finished]
+                    if count == finished.shape[0]:
+                        break
+                    running = ~finished
+            if smoothed:
+                floor = residual <= margin
+                if bool((floor if running is None else floor & running).any()):
+                    samples = min(2 * samples, MAX_SAMPLE_GROWTH * self.samples)
+            self._step(state, grad, g, smooth_grad, k > 0, rho, weights, shape)
+            if running is not None:
                 state = state.keep(running)
 
         at_input = diverged & (iterations == 0)
@@ -340,7 +372,7 @@ class MoreauGrad(Explainer):
                 "mode: at its first noisy samples) although its logits are finite (e.g. sqrt or log at 0); no "
                 "explanation is returned for such inputs"
             )
-        z = x + out_u
+        z = x + out_u.view(x.shape)
         attributions = (x - z) / rho
         diagnostics = {
             "inputs": x,
@@ -351,21 +383,52 @@ class MoreauGrad(Explainer):
             "diverged": diverged,
             "gradient_evaluations": evaluations,
         }
-        if self.smoothed:
+        if smoothed:
             diagnostics["final_samples"] = torch.full((n,), samples, dtype=torch.long, device=x.device)
         return attributions, diagnostics
 
-    def _step_sizes(self, state: _ActiveSet, grad: _Gradient, accelerated: bool, has_secant: bool, rho: float) -> Tensor:
-        """gamma per active example: the given step, 0.1 (Algorithm 1's default) for fixed-step, or
-        1/(1/rho + beta) with beta the running smoothness estimate (module docstring)."""
-        if self.step is not None or not accelerated:
-            return state.curvature.new_full(state.curvature.shape, self.step if self.step is not None else 0.1)
+    def _minimal_subgradient(self, smooth_grad: Tensor, u: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """The minimal-norm subgradient of F_x at rows u [M, D] given grad s(u) (`certify.explain.prox`)."""
+        if self.penalty.kind == "none":
+            return smooth_grad
+        view = (-1,) + shape  # the penalty's groups are defined on the input's shape
+        return self.penalty.minimal_subgradient(smooth_grad.view(view), u.view(view), self.sparsity).reshape(u.shape)
+
+    def _step(self, state: _ActiveSet, grad: _Gradient, g: Tensor, smooth_grad: Tensor, has_secant: bool, rho: float,
+              weights: Tensor, shape: tuple[int, ...]) -> None:
+        """One proximal gradient step from y (u_next = prox(y - gamma grad s(y))), then FISTA's momentum with
+        gradient restart in accelerated mode; updates `state` in place."""
+        gamma = self._step_sizes(state, grad, g, has_secant, rho)
+        if isinstance(gamma, float):
+            u_next = torch.add(state.y, smooth_grad, alpha=-gamma)
+        else:
+            u_next = torch.addcmul(state.y, gamma.unsqueeze(1), smooth_grad, value=-1.0)
+        plain = self.penalty.kind == "none"
+        if not plain:
+            u_next = self.penalty.prox(u_next.view((-1,) + shape), gamma * self.sparsity).reshape(u_next.shape)
+        if self.method == "accelerated":
+            advance = u_next - state.u
+            descent = smooth_grad if plain else state.y - u_next  # y - u_next = gamma grad s(y), gamma > 0, if plain
+            restart = torch.linalg.vecdot(descent, advance) > 0
+            state.age = (state.age + 1).masked_fill_(restart, 0)
+            beta = weights.index_select(0, state.age).unsqueeze(1)
+            state.prev_y, state.y = state.y, torch.addcmul(u_next, beta, advance)
+        else:
+            state.prev_y, state.y = state.y, u_next
+        state.prev_grad, state.u = g, u_next
+
+    def _step_sizes(
+        self, state: _ActiveSet, grad: _Gradient, g: Tensor, has_secant: bool, rho: float
+    ) -> float | Tensor:
+        """gamma: the given step, 0.1 (Algorithm 1's default) for fixed-step, rho at the first step, or per
+        active example 1/(1/rho + beta) with beta the running smoothness estimate (module docstring)."""
+        if self.step is not None or self.method != "accelerated":
+            return self.step if self.step is not None else 0.1
         if self.smoothed:
             estimate = STEIN_CONSTANT * grad.max_norm / self.smoothing_sigma
-        elif has_secant:  # y_k == y_{k-1} gives dg = 0 too (same point, same gradient), hence estimate 0
-            dy = _row_norms(state.y - state.prev_y)
-            estimate = _row_norms(grad.value - state.prev_grad) / torch.clamp(dy, min=torch.finfo(dy.dtype).tiny)
+        elif has_secant:  # y_k == y_{k-1} gives dg = 0 too (same point, same gradient): 0/0 = NaN, which fmax skips
+            estimate = _row_norms(g - state.prev_grad) / _row_norms(state.y - state.prev_y)
         else:
-            return torch.full_like(state.curvature, rho)
-        state.curvature = torch.maximum(state.curvature, estimate)
+            return rho
+        state.curvature = torch.fmax(state.curvature, estimate)
         return torch.reciprocal(state.curvature + 1.0 / rho)

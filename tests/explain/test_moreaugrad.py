@@ -194,3 +194,36 @@ def test_group_size_without_sparsity_is_a_usage_error():
     """group_size alone used to be ignored silently (penalty 'none') while the certificate said 'group size 2'."""
     with pytest.raises(UsageError, match="needs sparsity > 0"):
         MoreauGrad(nn.Sequential(nn.Linear(4, 2)), rho=0.1, group_size=2)
+
+
+def test_work_budget_caps_the_gradient_evaluations_in_deterministic_mode():
+    net = _softplus_net(5, 8, seed=6)
+    x = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    kw = dict(rho=0.5, tol=1e-300, method="fixed-step")  # linear convergence: the tolerance stays out of reach
+    budgeted = MoreauGrad(net, max_evaluations=17, **kw).explain(x, 0)
+    by_iterations = MoreauGrad(net, max_iter=16, **kw).explain(x, 0)
+    assert budgeted.diagnostics["gradient_evaluations"].tolist() == [17, 17, 17]
+    assert budgeted.diagnostics["iterations"].tolist() == [16, 16, 16]
+    assert torch.equal(budgeted.attributions, by_iterations.attributions)
+    assert budgeted.params["max_evaluations"] == 17
+
+
+def test_work_budget_caps_the_sample_growth_of_the_smoothed_mode(digits_mlp):
+    model, data = digits_mlp
+    x = data.x_test[:4]
+    kw = dict(rho=1.0, smoothing_sigma=0.1, samples=8, tol=1e-6, max_iter=200, seed=2)
+    free = MoreauGrad(model, **kw).explain(x).diagnostics
+    assert int(free["final_samples"][0]) > 8  # the tolerance sits below the noise floor: the sample grows
+    capped = MoreauGrad(model, max_evaluations=100, **kw).explain(x).diagnostics
+    assert capped["gradient_evaluations"].tolist() == [100] * 4  # the last iteration draws what is left
+    assert int(free["gradient_evaluations"][0]) > 100
+    assert not bool(capped["converged"].any())
+    assert bool(torch.isfinite(capped["residual_norm"]).all())
+
+
+@pytest.mark.parametrize("kw", [{"max_evaluations": 0}, {"max_evaluations": 2.5},
+                                {"max_evaluations": 7, "smoothing_sigma": 0.1, "samples": 8}])
+def test_bad_work_budgets_are_refused(kw):
+    model, _ = _linear(4)
+    with pytest.raises(UsageError, match="max_evaluations"):
+        MoreauGrad(model, **kw)
