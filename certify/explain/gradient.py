@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from certify.explain.base import Explainer, Explanation
-from certify.scores import Forward
+from certify.explain.base import EvaluatedForward, Explainer, Explanation
 
 
 class Gradient(Explainer):
@@ -18,11 +17,13 @@ class Gradient(Explainer):
     gradients), `target` None (the predicted class), an int, one class per example, or index tuples for
     outputs with more than two dimensions; `additional_forward_args` are passed to the model after the inputs.
     `explain` adds the score f_c(x) per example (diagnostic `score`). One forward and one backward pass for the
-    whole batch. Errors: see `Explainer.explain`."""
+    whole batch, the forward pass being the one that validates the outputs and resolves the target. Errors: see
+    `Explainer.explain`."""
 
     method_name = "gradient"
     forward_interface = True
+    gradient_at_inputs = True
 
-    def _explain(self, inputs: tuple[Tensor, ...], target: Tensor, forward: Forward) -> Explanation:
-        scores, grads = forward.gradients(inputs, target)
+    def _explain(self, inputs: tuple[Tensor, ...], target: Tensor, forward: EvaluatedForward) -> Explanation:
+        scores, grads = forward.input_gradients(target)
         return Explanation(grads, target, self.method_name, self.params(), {"score": scores})

@@ -9,11 +9,14 @@ with halved ends (sum (n-1)/n), so its trapezoid attributions are ours times (n-
 Completeness (Sundararajan et al., Prop. 1) says sum_i IG_i = f_c(x) - f_c(x'); the per-example
 `completeness_delta` = sum_i IG_i - (f_c(x) - f_c(x')) measures the quadrature error.
 
-Gradients at all (example, node) pairs are evaluated in chunks of at most `internal_batch_size` points,
-so memory stays bounded for any n_steps. Calls follow Captum's `IntegratedGradients.attribute` (keywords
-`baselines`, `additional_forward_args`, `n_steps`, `method`, `internal_batch_size`,
-`return_convergence_delta`; tuple inputs with one baseline each; index-tuple targets); only the position of
-`target` differs: it is the second positional argument here, `baselines` is a keyword.
+Gradients at all (example, node) pairs are evaluated in chunks of at most `internal_batch_size` points
+(default: `base.points_per_chunk`: 2^17 input entries, and at least the batch size), so memory stays
+bounded for any n_steps (Captum's default evaluates all N * n_steps points at once). The scores at the inputs
+for the completeness delta are those of the validation's forward pass (`EvaluatedForward.input_scores`). Calls
+follow Captum's `IntegratedGradients.attribute` (keywords `baselines`, `additional_forward_args`, `n_steps`,
+`method`, `internal_batch_size`, `return_convergence_delta`; tuple inputs with one baseline each; index-tuple
+targets); only the position of `target` differs: it is the second positional argument here, `baselines` is a
+keyword.
 """
 from __future__ import annotations
 
@@ -22,8 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from certify.errors import InvalidInputError, UsageError
-from certify.explain.base import Explainer, Explanation
-from certify.scores import Forward
+from certify.explain.base import EvaluatedForward, Explainer, Explanation, points_per_chunk
 from certify.validation import baseline_tensor, positive_int
 
 QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
@@ -53,7 +55,9 @@ class IntegratedGradients(Explainer):
 
     Parameters (each also a per-call option of `attribute`/`explain`, the constructor's value being the
     default): `n_steps` (>= 1; >= 2 for the trapezoid rule) quadrature nodes, `method` one of `QUADRATURES`,
-    `internal_batch_size` (None: all N * n_steps points at once) the most points per forward/backward pass.
+    `internal_batch_size` the most points per forward/backward pass (None: `points_per_chunk(inputs)`, max(N,
+    2^17 // input entries per example), which bounds peak memory whatever n_steps; a larger value trades memory
+    for fewer passes).
     Per-call option `baselines`: None (zeros), a number, or a tensor broadcastable to the inputs; for tuple
     inputs a tuple with one such baseline per input tensor (a number or None applies to every input).
 
@@ -101,7 +105,7 @@ class IntegratedGradients(Explainer):
         return explanation.attributions
 
     def _explain(
-        self, inputs: tuple[Tensor, ...], target: Tensor, forward: Forward, baselines: object = None
+        self, inputs: tuple[Tensor, ...], target: Tensor, forward: EvaluatedForward, baselines: object = None
     ) -> Explanation:
         bases = self._baselines(inputs, baselines)
         nodes, weights = quadrature(self.method, self.n_steps)
@@ -111,7 +115,7 @@ class IntegratedGradients(Explainer):
         diffs = tuple(x - b for x, b in zip(inputs, bases))
         # all (node, example) points, node-major: point k*n + i is baseline_i + a_k * diff_i
         totals = [torch.zeros_like(x) for x in inputs]
-        chunk = self.internal_batch_size or n * steps
+        chunk = self.internal_batch_size or points_per_chunk(inputs)
         for start in range(0, n * steps, chunk):
             idx = torch.arange(start, min(start + chunk, n * steps), device=inputs[0].device)
             k, i = idx // n, idx % n
@@ -122,7 +126,7 @@ class IntegratedGradients(Explainer):
                 total.index_add_(0, i, g * w[k].view(v))
         attributions = tuple(d * total for d, total in zip(diffs, totals))
         with torch.no_grad():
-            gap = forward.scores(inputs, target) - forward.scores(bases, target)
+            gap = forward.input_scores(target) - forward.scores(bases, target)
         delta = sum(a.flatten(1).sum(dim=1) for a in attributions) - gap
         params = self.params()
         if baselines is not None:

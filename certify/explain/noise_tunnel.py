@@ -7,11 +7,13 @@
                    variance, as Captum),
 
 eps_k ~ N(0, stdev^2 I), nt_samples copies per example. The copies of all examples are made by
-`smoothgrad.gaussian_copies` (seeded, example-major, Captum's layout) in chunks of `nt_samples_batch_size`
-copies per example, and each chunk is explained by one call of the wrapped explainer's `explain`, with the
-target, the additional forward arguments and every per-example tensor option (e.g. `baselines` [N, ...])
-repeated for the copies of its example. The moments are combined chunk by chunk with the pairwise update of
-Chan, Golub & LeVeque (1983), not as a difference of raw sums, so vargrad does not cancel catastrophically.
+`smoothgrad.gaussian_copies` (seeded, example-major, Captum's layout; drawn in one call, so the result does not
+depend on the chunking) in chunks of `nt_samples_batch_size` copies per example (default:
+`base.points_per_chunk(inputs) // N`, at least 1, which bounds the memory of each call), and each chunk is
+explained by one call of the wrapped explainer's `explain`, with the target, the additional forward arguments
+and every per-example tensor option (e.g. `baselines` [N, ...]) repeated for the copies of its example. The
+moments are combined chunk by chunk with the pairwise update of Chan, Golub & LeVeque (1983), not as a
+difference of raw sums, so vargrad does not cancel catastrophically.
 Captum's `draw_baseline_from_distrib` and its `return_convergence_delta` (one delta per noisy copy) are not
 offered.
 """
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 from certify.errors import UsageError
-from certify.explain.base import Explainer, Explanation
+from certify.explain.base import Explainer, Explanation, points_per_chunk
 from certify.explain.smoothgrad import gaussian_copies
 from certify.scores import Forward, take_rows
 from certify.validation import nonnegative_number, positive_int
@@ -41,7 +43,8 @@ class NoiseTunnel(Explainer):
     Parameters (each also a per-call option, the constructor's value being the default): `nt_type` one of
     `NT_TYPES`; `nt_samples` (>= 1) copies per example; `stdevs` (>= 0) the noise standard deviation, one
     number for every input tensor or a tuple with one per input tensor (absolute, as Captum's);
-    `nt_samples_batch_size` (None: all) the most copies per example in one call of the wrapped explainer;
+    `nt_samples_batch_size` the most copies per example in one call of the wrapped explainer (None:
+    `points_per_chunk(inputs) // N`, at least 1; Captum's None means all at once);
     `seed` of the noise generator (None: a fresh seed per call). Per-call option `nt_noise`: standard-normal
     draws [N, nt_samples, ...] (a tuple for tuple inputs) to use instead of the generator. The wrapped
     explainer's own per-call options and constructor overrides are accepted too and passed on (a name also
@@ -122,7 +125,8 @@ class NoiseTunnel(Explainer):
             raise UsageError(f"stdevs has {len(stdevs)} values for {len(inputs)} input tensors")
         stds = tuple(torch.full((n,), float(s), dtype=x.dtype, device=x.device) for s, x in zip(stdevs, inputs))
         count, mean, m2, used = 0, [torch.zeros_like(x) for x in inputs], [torch.zeros_like(x) for x in inputs], None
-        for rows, points in gaussian_copies(inputs, stds, self.nt_samples, self.nt_samples_batch_size, self.seed, nt_noise):
+        chunk = self.nt_samples_batch_size or max(1, points_per_chunk(inputs) // n)
+        for rows, points in gaussian_copies(inputs, stds, self.nt_samples, chunk, self.seed, nt_noise):
             extra = {"additional_forward_args": take_rows(forward.args, rows, n)} if forward.args else {}
             explanation = wrapped.explain(
                 points if wrapped.forward_interface else points[0], target[rows], **extra, **take_rows(options, rows, n)

@@ -5,9 +5,11 @@ eq. 3): the gradient averaged over Gaussian perturbations,
 
 a Monte Carlo estimate of grad h(x) for the smoothed score h = E f_c(. + sigma Z) (MoreauGrad paper,
 Proposition 1). `sigma` is absolute, or relative to each example's input range (sigma * (max x - min x))
-with `relative=True` as in Smilkov et al. and the public MoreauGrad code. Samples are drawn from a seeded
-generator in chunks of `samples_per_chunk` (memory bounded) by `gaussian_copies`, which `NoiseTunnel` shares,
-and equal Captum's `NoiseTunnel(Saliency(abs=False), "smoothgrad")` for the same noise.
+with `relative=True` as in Smilkov et al. and the public MoreauGrad code. The noise is drawn from a seeded
+generator in one call (so the result does not depend on the chunking) and the noisy copies are evaluated in
+chunks of `samples_per_chunk` copies per example (default: `base.points_per_chunk`, so the autograd graph's
+memory stays bounded) by `gaussian_copies`, which `NoiseTunnel` shares; they equal Captum's
+`NoiseTunnel(Saliency(abs=False), "smoothgrad")` for the same noise.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from certify.errors import InvalidInputError
-from certify.explain.base import Explainer, Explanation
+from certify.explain.base import Explainer, Explanation, points_per_chunk
 from certify.scores import Forward
 from certify.validation import nonnegative_number, positive_int
 
@@ -34,10 +36,11 @@ def gaussian_copies(
     example, made chunk by chunk (at most `chunk` samples of every example at a time; None: all at once).
 
     Yields (rows, points): rows [N * size] the example of each copy, points_j [N * size, ...] example-major
-    (copy k of example i at row i * size + k, Captum's layout). eps ~ N(0, I) is drawn, per chunk and input
-    tensor in that order, from a generator on the inputs' device seeded with `seed` (None: a fresh seed), or
-    taken from `noise`: standard-normal draws [N, samples, ...] (a tuple, one per input tensor, for tuple
-    inputs; InvalidInputError for another shape)."""
+    (copy k of example i at row i * size + k, Captum's layout). eps ~ N(0, I) [N, samples, ...] is drawn for
+    each input tensor in turn, in one call each (the copies do not depend on `chunk`; the draws take
+    N * samples * features numbers, the chunks bound the rest), from a generator on the inputs' device seeded
+    with `seed` (None: a fresh seed), or taken from `noise`: such draws (a tuple, one per input tensor, for
+    tuple inputs; InvalidInputError for another shape)."""
     n = inputs[0].shape[0]
     if noise is not None:
         noise = noise if isinstance(noise, tuple) else (noise,)
@@ -45,19 +48,18 @@ def gaussian_copies(
         got = [tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__ for e in noise]
         if got != expected:
             raise InvalidInputError(f"noise must be standard-normal draws of shapes {expected}, got {got}")
-    generator = None
-    if noise is None:
+    else:
         generator = torch.Generator(device=inputs[0].device)
         generator.manual_seed(seed if seed is not None else int(torch.seed()))
+        noise = tuple(
+            torch.randn((n, samples, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device) for x in inputs
+        )
     step = chunk or samples
     for start in range(0, samples, step):
         size = min(step, samples - start)
         points = []
-        for j, (x, std) in enumerate(zip(inputs, stds)):
-            if noise is None:
-                eps = torch.randn((n, size, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device)
-            else:
-                eps = noise[j][:, start : start + size].to(x)
+        for x, std, draws in zip(inputs, stds, noise):
+            eps = draws[:, start : start + size].to(x)
             scale = std.view(n, 1, *([1] * (x.dim() - 1)))
             points.append((x.unsqueeze(1) + scale * eps).flatten(0, 1))
         yield torch.arange(n, device=inputs[0].device).repeat_interleave(size), tuple(points)
@@ -70,7 +72,8 @@ class SmoothGrad(Explainer):
     Parameters (each also a per-call option of `attribute`/`explain`, the constructor's value being the
     default): `sigma` (>= 0) the noise standard deviation, absolute or, with `relative`, a fraction of each
     example's value range (of each input tensor for tuple inputs); `samples` (>= 1) noisy copies per example;
-    `samples_per_chunk` (None: all) the most copies per example in one forward/backward pass; `seed` of the
+    `samples_per_chunk` the most copies per example in one forward/backward pass (None: `points_per_chunk(inputs)
+    // N`, at least 1, which bounds the autograd graph's memory; the result does not depend on it); `seed` of the
     generator (None: a fresh seed per call). Per-call option `noise`: standard-normal draws [N, samples, ...]
     (a tuple for tuple inputs) to use instead of the generator (common random numbers across methods or runs).
 
@@ -126,7 +129,8 @@ class SmoothGrad(Explainer):
         n, m = inputs[0].shape[0], self.samples
         stds = tuple(self.noise_scale(x) for x in inputs)
         totals = [torch.zeros_like(x) for x in inputs]
-        for rows, points in gaussian_copies(inputs, stds, m, self.samples_per_chunk, self.seed, noise):
+        chunk = self.samples_per_chunk or max(1, points_per_chunk(inputs) // n)
+        for rows, points in gaussian_copies(inputs, stds, m, chunk, self.seed, noise):
             _, grads = forward.gradients(points, target[rows], rows)
             for total, g in zip(totals, grads):
                 total += g.view(n, -1, *g.shape[1:]).sum(dim=1)

@@ -13,8 +13,9 @@ input's range.
 
 Draws come from a `torch.Generator` seeded with `seed`, drawn in ONE call of shape [samples, N, *input_shape]
 (sample-major; torch's CPU generator fills blocks of 16, so chunked calls would draw other numbers); chunking
-(`samples_per_chunk`) bounds the gradients' memory to chunk * N points, the draws take samples * N * features
-numbers. The explanation is a function of (model, inputs batch, target, sigma, samples, l0, seed) alone.
+(`samples_per_chunk`; default `base.points_per_chunk(inputs) // N`, at least 1) bounds the gradients' memory to
+chunk * N points, the draws take samples * N * features numbers. The explanation is a function of (model,
+inputs batch, target, sigma, samples, l0, seed) alone.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from certify.errors import InvalidInputError
-from certify.explain.base import Explainer, Explanation
+from certify.explain.base import Explainer, Explanation, points_per_chunk
 from certify.metrics.similarity import topk_count, topk_mask
 from certify.scores import score_gradients
 from certify.validation import positive_int, positive_number
@@ -81,7 +82,7 @@ class SparsifiedSmoothGrad(Explainer):
             generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
             noise = torch.randn((m, n, *shape), generator=generator, dtype=inputs.dtype, device=inputs.device).transpose(0, 1)
         total = torch.zeros((n, inputs[0].numel()), dtype=inputs.dtype, device=inputs.device)
-        chunk = self.samples_per_chunk or m
+        chunk = self.samples_per_chunk or max(1, points_per_chunk(inputs) // n)
         for start in range(0, m, chunk):
             size = min(chunk, m - start)
             draws = noise[:, start : start + size].to(inputs)
