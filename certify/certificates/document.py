@@ -48,6 +48,7 @@ import numpy as np
 
 from certify.certificates.claims import CLAIM_TYPES, KINDS, RELATIONS, Claim, Kind, array_sha256
 from certify.errors import CertificateFormatError
+from certify.runs import atomic_save, atomic_write
 from certify.vocabulary import round_down, round_up
 
 __all__ = ["AnyCertificate", "Certificate", "ImportanceCertificate", "PropertyCertificate", "ProxCertificate", "importance_schema", "PROX_ANSWERS", "prox_schema", "ANSWERS", "Claim", "Kind", "KINDS", "RELATIONS", "SCHEMA_ID", "SCHEMA_VERSION", "INLINE_LIMIT",
@@ -112,7 +113,7 @@ def encode_array(array: np.ndarray, sidecar: Path | None = None) -> dict[str, An
     a = np.asarray(array, dtype=np.float64)
     record: dict[str, Any] = {"shape": list(a.shape), "sha256": array_sha256(a)}
     if a.size > INLINE_LIMIT and sidecar is not None:
-        np.save(sidecar, a)
+        atomic_save(sidecar, lambda f: np.save(f, a))
         record["sidecar"] = sidecar.name
     else:
         record["values"] = a.tolist()
@@ -171,12 +172,10 @@ class Certificate:
         return json.dumps(asdict(self), indent=1, allow_nan=False)
 
     def write(self, path: Path) -> Path:
-        """Write atomically (a temporary file renamed over the target), so a failure never leaves half a file."""
-        path = Path(path)
-        partial = path.with_suffix(path.suffix + ".partial")
-        partial.write_text(self.to_json())
-        partial.replace(path)
-        return path
+        """Write atomically (`certify.runs.atomic_write`: a temporary file with a unique name renamed over the
+        target), so a failure never leaves half a file and concurrent writers never collide. UsageError when the
+        folder is missing or `path` is a folder."""
+        return atomic_write(path, self.to_json())
 
 
 @dataclass

@@ -3,12 +3,19 @@
 Explains a handful of test digits with every method, writes a certificate per explanation and re-checks it
 with the independent checker, draws the heatmaps, runs the quick theorem suite, and writes a Markdown/HTML
 index (images embedded in the HTML) and a JSON summary.
+
+The output folder is a run directory (`certify.runs.RunDirectory`): its `manifest.json` lists every file this run
+wrote with its sha256. Rerun with the same command after an interrupt, it resumes: the robustness study, the
+inverse-problems and importance steps and the theorem checks whose outputs the interrupted run finished are not
+redone (the certificates, heatmaps, summary and report are, deterministically). Rerun after it finished, it does
+nothing; another command into the same folder is refused unless `overwrite`.
 """
 from __future__ import annotations
 
 import json
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from certify.metrics import gini_index, zero_fraction
 from certify.progress import progress_bar
 from certify.reports.heatmaps import heatmap_grid
 from certify.reports.report import claim_table_rows, write_report
+from certify.runs import RunDirectory
 from certify.demo.importance import importance_step
 from certify.demo.inverse import inverse_step
 
@@ -77,12 +85,48 @@ def _params_text(params: dict[str, Any]) -> str:
     return json.dumps(shown)
 
 
-def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
-    """Run the demo, write everything under `out_dir` (existing files of other names are kept), and
-    return the JSON summary that is also written to `out_dir/summary.json`."""
+def _report_files(out_dir: Path) -> dict[str, str]:
+    return {"markdown": str(out_dir / "index.md"), "html": str(out_dir / "index.html")}
+
+
+def run_demo(out_dir: Path, config: DemoConfig, command: Sequence[str] | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Run the demo, write everything under `out_dir` as one run directory (`certify.runs.RunDirectory` of
+    `command`, default: this function and `config`; its parent folder must exist) and return the JSON summary
+    that is also written to `out_dir/summary.json`. Raises UsageError when `out_dir` holds another command's run or
+    unlisted files and `overwrite` is False; returns the finished run's summary, doing nothing, when the same
+    command already finished there."""
+    command = list(command) if command is not None else ["certify.demo.run_demo", repr(config)]
+    with RunDirectory(out_dir, command, overwrite) as run:
+        if run.done:
+            return {**json.loads((out_dir / "summary.json").read_text()), "files": _report_files(out_dir)}
+        return _run(run, out_dir, config)
+
+
+def _step(run: RunDirectory, name: str, step: Callable[[], Any]) -> Any:
+    """The JSON output `name` of a step: kept from the run this one resumes, or computed by `step()` (which may
+    write files of its own: they are recorded before `name`, so a listed `name` means its files are listed too)."""
+    if run.reused(name):
+        return json.loads((run.path / name).read_text())
+    before = run.snapshot()
+    result = step()
+    run.record_changed(before)
+    run.write(name, json.dumps(result, indent=1))
+    return result
+
+
+def _theorems(run: RunDirectory, quick: bool) -> dict[str, str]:
+    """{theorem id: verdict} of the quick theorem suite, its table written (or kept from the resumed run)."""
     from proofs_checks.runner import run_checks, write_table
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if run.reused("THEOREMS.md", "THEOREMS.json"):
+        return {r["id"]: r["verdict"] for r in json.loads((run.path / "THEOREMS.json").read_text())["results"]}
+    results = run_checks(quick=quick, progress=True)
+    run.record(*write_table(results, run.path, quick=quick))
+    return {r.id: r.verdict for r in results}
+
+
+def _run(run: RunDirectory, out_dir: Path, config: DemoConfig) -> dict[str, Any]:
     model, data = zoo.load(config.model)
     x, y = data.x_test[: config.examples], data.y_test[: config.examples]
     predicted = model(x).argmax(dim=1)
@@ -99,7 +143,7 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
         attributions[label] = torch.cat([torch.as_tensor(decode_array(c.explanation, label)) for c in certificates])
         verified, probabilistic, unchecked, vacuous = 0, 0, 0, 0
         for i, cert in enumerate(certificates):
-            cert.write(cert_dir / f"{label}-{i}.json")
+            run.record(cert.write(cert_dir / f"{label}-{i}.json"))
             report = verify_certificate(cert, model, cert_dir)
             verified += report.valid
             probabilistic += len(report.by_status("valid (probabilistic)"))
@@ -116,21 +160,15 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
         ])
         claim_rows += claim_table_rows(label, certificates, cert_dir)
     titles = [f"label {int(a)} / pred {int(b)}" for a, b in zip(y, predicted)]
-    heatmap_grid(x, attributions, titles, out_dir / "heatmaps.png")
+    run.record(heatmap_grid(x, attributions, titles, out_dir / "heatmaps.png"))
 
     attackable = [label for label, _ in config.methods if label in ATTACKABLE]
-    evaluation = run_study(model, data, config.model, attackable, config.study)
-    (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
-
-    inverse = inverse_step(out_dir, quick=config.inverse_quick) if config.inverse else None
-    if inverse is not None:
-        (out_dir / "inverse.json").write_text(json.dumps(inverse, indent=1))
-    importance = importance_step(out_dir, quick=config.importance_quick) if config.importance else None
-    if importance is not None:
-        (out_dir / "importance.json").write_text(json.dumps(importance, indent=1))
-
-    results = run_checks(quick=config.theorem_checks_quick, progress=True)
-    write_table(results, out_dir, quick=config.theorem_checks_quick)
+    evaluation = _step(run, "evaluation.json", lambda: run_study(model, data, config.model, attackable, config.study))
+    inverse = (_step(run, "inverse.json", lambda: inverse_step(out_dir, quick=config.inverse_quick))
+               if config.inverse else None)
+    importance = (_step(run, "importance.json", lambda: importance_step(out_dir, quick=config.importance_quick))
+                  if config.importance else None)
+    theorems = _theorems(run, config.theorem_checks_quick)
 
     summary = {
         "model": config.model,
@@ -160,14 +198,16 @@ def run_demo(out_dir: Path, config: DemoConfig) -> dict[str, Any]:
         "skipped_methods": [why for label in PRESETS if (why := missing_extra(label)) is not None],
         "prox": {e["model"]: e["answer"] + ("" if e["verified"] else " (certificate INVALID)")
                  for e in (inverse or {}).get("prox", [])},
-        "theorems": {r.id: r.verdict for r in results},
+        "theorems": theorems,
         "environment": {
             "certify": certify.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "device": "cpu", "torch threads": torch.get_num_threads(),
             **{f"seconds {row[0]}": row[2] for row in method_rows},
         },
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    md, page, _ = write_report(out_dir)
-    summary["files"] = {"markdown": str(md), "html": str(page)}
+    run.write("summary.json", json.dumps(summary, indent=2))
+    before = run.snapshot()
+    write_report(out_dir)
+    run.record_changed(before)
+    summary["files"] = _report_files(out_dir)
     return summary

@@ -2,7 +2,9 @@
 
 `load_lpn(name)` returns the trained denoiser in eval mode (float32, CPU). Each entry is trained once from its
 recipe and cached under `$CERTIFY_CACHE/lpn` (default `~/.cache/certify/lpn`) in a file keyed by a hash of the
-recipe; a corrupt cache file is retrained, never trusted; writes are atomic.
+recipe, holding the weights with their sha256 and the recipe (`certify.models.hashing.cached_weights`): a file
+that does not match them (corrupt, changed on disk, another recipe) is retrained with one line on stderr, never
+trusted; writes are atomic.
 
 Entries (`names()`):
 
@@ -38,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from certify.errors import UnsupportedError
 from certify.inverse.lpn import LPN
 from certify.inverse.training import train_denoiser
 from certify.models.datasets import load_dataset
+from certify.models.hashing import cached_weights
 
 RECIPE_FORMAT = 2  # bump when the training data or procedure changes (it is not in the recipe fields)
 LAPLACE_SAMPLES = 100_000
@@ -209,18 +211,7 @@ def load_denoiser(name: str, progress: bool = True) -> nn.Module:
     spec = recipe(key)
     model = spec.build()
     path = cache_dir() / f"{key}-{spec.digest()[:16]}.pt"
-    if path.exists():
-        try:
-            model.load_state_dict(torch.load(path, weights_only=True))
-            return model.float().eval()
-        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
-            path.unlink(missing_ok=True)  # a corrupt cache entry is retrained, never trusted
-    _train(key, spec, model, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), partial)
-    partial.replace(path)  # atomic: concurrent loaders never see half a file
-    return model.float().eval()
+    return cached_weights(model, path, asdict(spec), lambda: _train(key, spec, model, progress)).float().eval()
 
 
 def load_lpn(name: str, progress: bool = True) -> nn.Module:

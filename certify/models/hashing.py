@@ -1,12 +1,24 @@
-"""Content hashes that identify a model (architecture and weights) and an input, for caches and certificates."""
+"""Content hashes that identify a model (architecture and weights) and an input, for caches and certificates;
+the checked cache of trained weights (`cached_weights`) the zoos keep under $CERTIFY_CACHE."""
 from __future__ import annotations
 
 import hashlib
 import inspect
+import io
+import json
+import pickle
+import sys
 import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from certify.runs import atomic_save
+
+CACHE_FORMAT = 1  # one file: {"format", "recipe" (JSON text), "weights_sha256", "state_dict"}
 
 
 def _update_with_tensor(digest: "hashlib._Hash", tensor: Tensor) -> None:
@@ -82,3 +94,73 @@ def tensor_hash(tensor: Tensor) -> str:
     digest = hashlib.sha256()
     _update_with_tensor(digest, tensor)
     return digest.hexdigest()
+
+
+def state_dict_hash(state: Mapping[str, Tensor]) -> str:
+    """sha256 of a state dict: every entry's name, dtype, shape and bytes, in key order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode() + b"\0")
+        _update_with_tensor(digest, state[name])
+    return digest.hexdigest()
+
+
+def _recipe_text(recipe: Mapping[str, Any]) -> str:
+    return json.dumps(recipe, sort_keys=True)
+
+
+def save_cached(path: Path, state: Mapping[str, Tensor], recipe: Mapping[str, Any]) -> Path:
+    """Write one cache file holding the weights, their `state_dict_hash` and the recipe they were trained from,
+    atomically (`certify.runs.atomic_save`: concurrent trainers of the same entry leave one complete file)."""
+    entry = {"format": CACHE_FORMAT, "recipe": _recipe_text(recipe), "weights_sha256": state_dict_hash(state),
+             "state_dict": {k: v.detach().cpu() for k, v in state.items()}}
+    return atomic_save(path, lambda f: torch.save(entry, f))
+
+
+def _unusable(path: Path, why: str) -> None:
+    print(f"certify: the cached model {path} {why}; retraining it", file=sys.stderr)
+
+
+def load_cached(path: Path, recipe: Mapping[str, Any]) -> dict[str, Tensor] | None:
+    """The weights cached in `path` when they are exactly those `save_cached` wrote for `recipe`; None when there
+    is no such file, and None with one line on stderr saying why when the file is unusable: unreadable (flipped
+    bytes in the container, a truncated file, an older format without a hash), another recipe, weights whose hash
+    differs from the recorded one (bytes flipped inside a tensor, weights overwritten with zeros or NaN), or
+    non-finite weights. Never raises for a bad file."""
+    if not path.exists():
+        return None
+    try:
+        entry = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        _unusable(path, f"is unreadable ({type(exc).__name__})")
+        return None
+    state = entry.get("state_dict") if isinstance(entry, dict) and entry.get("format") == CACHE_FORMAT else None
+    if not (isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())):
+        _unusable(path, "has no recorded weights hash (another format)")
+        return None
+    if entry.get("recipe") != _recipe_text(recipe):
+        _unusable(path, "was trained from another recipe")
+        return None
+    if state_dict_hash(state) != entry.get("weights_sha256"):
+        _unusable(path, "holds weights whose sha256 differs from the one recorded at training (changed on disk)")
+        return None
+    if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+        _unusable(path, "holds NaN or infinite weights")
+        return None
+    return state
+
+
+def cached_weights(model: nn.Module, path: Path, recipe: Mapping[str, Any], train: Callable[[], Any]) -> nn.Module:
+    """`model` with the weights cached in `path` for `recipe` (`load_cached`), or else trained by `train()` (which
+    trains `model` in place) and cached (`save_cached`; the folder is created). Returns `model`."""
+    state = load_cached(path, recipe)
+    if state is not None:
+        expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+        if {k: (v.shape, v.dtype) for k, v in state.items()} == expected:  # checked first: a failed load_state_dict
+            model.load_state_dict(state)  # may have overwritten some tensors, and training must start from the init
+            return model
+        _unusable(path, "holds tensors of other names or shapes than the model's")
+    train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_cached(path, model.state_dict(), recipe)
+    return model

@@ -2,13 +2,14 @@
 
 `load(name)` returns `(model, data)`: the model in eval mode (float32, CPU) and the `Dataset` shaped for
 it. Each model is trained once from its recipe and cached under `$CERTIFY_CACHE` (default
-`~/.cache/certify/models`) in a file keyed by a hash of the recipe; `model_hash(model)` identifies the
-weights (stable: training is single-threaded and seeded).
+`~/.cache/certify/models`) in a file keyed by a hash of the recipe, holding the weights with their sha256 and
+the recipe (`certify.models.hashing.cached_weights`): a file that does not match them is retrained, with one line
+on stderr, never loaded; writes are atomic. `model_hash(model)` identifies the weights (stable: training is
+single-threaded and seeded).
 """
 from __future__ import annotations
 
 import hashlib
-import pickle
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from torch import nn
 from certify.errors import UnsupportedError
 from certify.models.builders import mlp, small_cnn
 from certify.models.datasets import Dataset, load_dataset
+from certify.models.hashing import cached_weights
 from certify.models.training import train_classifier
 
 RECIPE_FORMAT = 1
@@ -93,15 +95,6 @@ def load(name: str = DEFAULT_MODEL) -> tuple[nn.Sequential, Dataset]:
     data = load_dataset(spec.dataset)
     model = spec.build(data)
     path = cache_dir() / f"{name.removeprefix('zoo:')}-{spec.digest()[:16]}.pt"
-    if path.exists():
-        try:
-            model.load_state_dict(torch.load(path, weights_only=True))
-            return model.eval(), data
-        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
-            path.unlink(missing_ok=True)  # a corrupt cache entry is retrained, never trusted
-    train_classifier(model, data, spec.epochs, spec.lr, spec.batch_size, spec.weight_decay, spec.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), partial)
-    partial.replace(path)  # atomic: concurrent loaders never see half a file
+    cached_weights(model, path, asdict(spec), lambda: train_classifier(
+        model, data, spec.epochs, spec.lr, spec.batch_size, spec.weight_decay, spec.seed))
     return model.eval(), data

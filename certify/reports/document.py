@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
+from certify.runs import atomic_write
+
 
 @dataclass
 class Heading:
@@ -120,9 +122,9 @@ class Document:
         return "\n".join(out)
 
     def write(self, out_dir: Path, stem: str = "index") -> tuple[Path, Path]:
-        """Write `stem`.md and `stem`.html into out_dir; returns both paths."""
+        """Write `stem`.md and `stem`.html into out_dir, each atomically (`certify.runs.atomic_write`); returns both
+        paths."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        md, page = out_dir / f"{stem}.md", out_dir / f"{stem}.html"
-        md.write_text(self.to_markdown(out_dir))
-        page.write_text(self.to_html())
+        md = atomic_write(out_dir / f"{stem}.md", self.to_markdown(out_dir))
+        page = atomic_write(out_dir / f"{stem}.html", self.to_html())
         return md, page

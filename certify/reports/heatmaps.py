@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from certify.runs import atomic_save  # noqa: E402
+
 
 def as_image(example: Tensor) -> np.ndarray:
     """A 2-D array to display one example or explanation: channels averaged for images, flat vectors
@@ -76,7 +78,7 @@ def heatmap_grid(inputs: Tensor, attributions: Mapping[str, Tensor], titles: lis
         bar.set_ticks([-scales[name], 0.0, scales[name]])
         bar.set_ticklabels([f"{-scales[name]:.2g}", "0", f"{scales[name]:.2g}"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -103,6 +105,6 @@ def attack_panel(rows: list[tuple[str, Tensor, Tensor, Tensor, Tensor]], path: P
     for c, title in enumerate(("input x", "a(x)", "attacked x + d", "a(x + d)")):
         axes[0, c].set_title(title, fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path

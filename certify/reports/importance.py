@@ -5,6 +5,7 @@ certificates, SKIT rejection rates and times, and certified sufficient subsets p
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Sequence
 
 import matplotlib
@@ -15,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from certify.reports.document import Document  # noqa: E402
+from certify.runs import atomic_save  # noqa: E402
 
 
 def importance_figure(images: np.ndarray, support: np.ndarray, attributions: np.ndarray,
@@ -45,7 +47,7 @@ def importance_figure(images: np.ndarray, support: np.ndarray, attributions: np.
     axes[0][0].set_ylabel("input (red: holds a 0)", fontsize=7)
     axes[1][0].set_ylabel("h-Shap; SHAP-XRT p", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -54,8 +56,9 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def importance_section(doc: Document, data: dict[str, Any], out_dir: Path) -> None:
-    """Append the section to `doc`."""
+def importance_section(doc: Document, data: dict[str, Any], source: Callable[[str], Path | None]) -> None:
+    """Append the section to `doc`, reading the run's files through `source` (as in
+    `certify.reports.report.build_report`)."""
     doc.heading("Which parts of the input matter: h-Shap, SHAP-XRT, SKIT, sufficient subsets")
     doc.paragraph(data["description"])
     h, t = data["hshap"], data["xrt"]
@@ -76,8 +79,8 @@ def importance_section(doc: Document, data: dict[str, Any], out_dir: Path) -> No
         "about the data only where that is their conditional law); the checker redraws every sample from its seed and "
         f"recounts: {t['certificates']['verified']} of the {t['certificates']['written']} importance-test certificates "
         f"({t['certificates']['files']}, one per image) verify.")
-    if (out_dir / data["figure"]).exists():
-        doc.image(out_dir / data["figure"], "Top: composite test images, the quadrants holding a 0 outlined. Bottom: "
+    if (figure := source(data["figure"])) is not None:
+        doc.image(figure, "Top: composite test images, the quadrants holding a 0 outlined. Bottom: "
                   "h-Shap's attribution and each quadrant's SHAP-XRT p-value.")
     s = data["skit"]
     doc.heading("Testing by betting (SKIT)", 3)

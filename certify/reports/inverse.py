@@ -6,6 +6,7 @@ reconstruction grid, which the demo draws (`reconstruction_grid`) from the image
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Sequence
 
 import matplotlib
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from certify.reports.document import Document  # noqa: E402
+from certify.runs import atomic_save  # noqa: E402
 
 
 def regulariser_figure(data: dict[str, Any], path: Path) -> Path:
@@ -43,7 +45,7 @@ def regulariser_figure(data: dict[str, Any], path: Path) -> Path:
         ax.legend(fontsize=6)
         ax.set_title("1-D denoisers against the posterior mean, median and MAP", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -62,7 +64,7 @@ def reconstruction_grid(rows: Sequence[tuple[str, Sequence[np.ndarray]]], column
             if c == 0:
                 ax.set_ylabel(label, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -73,8 +75,9 @@ def _value(claim: dict[str, Any]) -> str:
     return f"{claim['relation']} {claim['value']:.6g}"
 
 
-def inverse_section(doc: Document, data: dict[str, Any], out_dir: Path) -> None:
-    """Append the section to `doc` (figures written into out_dir)."""
+def inverse_section(doc: Document, data: dict[str, Any], out_dir: Path, source: Callable[[str], Path | None]) -> None:
+    """Append the section to `doc` (figures written into out_dir; the run's files read through `source`, as in
+    `certify.reports.report.build_report`)."""
     doc.heading("Inverse problems: learned proximal networks")
     doc.paragraph(data["description"])
     doc.heading("Is the denoiser a proximal operator?", 3)
@@ -97,5 +100,5 @@ def inverse_section(doc: Document, data: dict[str, Any], out_dir: Path) -> None:
     doc.heading("Plug-and-play reconstruction", 3)
     doc.paragraph(data["pnp"]["note"])
     doc.table(data["pnp"]["headers"], data["pnp"]["rows"])
-    if (out_dir / "pnp.png").exists():
-        doc.image(out_dir / "pnp.png", data["pnp"]["figure"])
+    if (pnp := source("pnp.png")) is not None:
+        doc.image(pnp, data["pnp"]["figure"])

@@ -11,11 +11,15 @@ Markdown and JSON, rebuilt from the artefacts a run leaves in DIR:
   (certify.reports.importance);
 * `THEOREMS.json` (optional): the theorem table of `certify check`.
 
+With a run manifest in DIR (`certify.runs`), only the files it lists are read, each checked against its sha256
+first (InvalidInputError naming a changed or missing one): a report never mixes two runs' files.
+
 Figures of the robustness study (metric vs eps per method, certified vs empirical) are drawn here.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +35,15 @@ from certify.reports.document import Document  # noqa: E402
 from certify.reports.heatmaps import attack_panel, heatmap_grid  # noqa: E402
 from certify.reports.importance import importance_section  # noqa: E402
 from certify.reports.inverse import inverse_section  # noqa: E402
+from certify.runs import atomic_save, atomic_write, report_inputs  # noqa: E402
 
 METRICS = (("normalized_l2_distance", "normalised L2 distance (lower = more robust)"),
            ("topk_intersection", "top-k intersection (higher = more robust)"),
            ("ssim", "SSIM (higher = more robust)"))
 
 
-def _load(path: Path) -> Any | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def _load(path: Path | None) -> Any | None:
+    return json.loads(path.read_text()) if path is not None else None
 
 
 PALETTE = plt.get_cmap("tab10").colors
@@ -66,7 +71,7 @@ def robustness_figure(evaluation: dict[str, Any], path: Path) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle("solid: adversarial attack, dashed: random perturbation of the same norm", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -93,7 +98,7 @@ def certified_figure(evaluation: dict[str, Any], path: Path) -> Path | None:
     ax.set_ylim(0, 1.1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -207,18 +212,20 @@ def _panels(doc: Document, evaluation: dict[str, Any], out_dir: Path) -> None:
         doc.paragraph(wrong["note"] + ": no misclassified inputs to show.")
 
 
-def build_report(out_dir: Path) -> Document:
-    """The report document for the artefacts in `out_dir` (figures are written there too)."""
-    summary = _load(out_dir / "summary.json")
+def build_report(out_dir: Path, source: Callable[[str], Path | None] | None = None) -> Document:
+    """The report document for the artefacts in `out_dir` (figures are written there too), read through `source`
+    (default `certify.runs.report_inputs(out_dir)`: one run's files, hashes checked)."""
+    source = source or report_inputs(out_dir)
+    summary = _load(source("summary.json"))
     if summary is None:
-        raise UsageError(f"{out_dir} holds no summary.json: run `certify demo --out {out_dir}` first")
-    evaluation = _load(out_dir / "evaluation.json")
-    theorems = _load(out_dir / "THEOREMS.json")
+        raise UsageError(f"{out_dir} holds no summary.json of its run: run `certify demo --out {out_dir}` first")
+    evaluation = _load(source("evaluation.json"))
+    theorems = _load(source("THEOREMS.json"))
     doc = Document("certify report")
     doc.paragraph(summary["description"])
     doc.heading("Explanations")
-    if (out_dir / "heatmaps.png").exists():
-        doc.image(out_dir / "heatmaps.png", "Each row: an input, then each method's signed explanation drawn over it "
+    if (heatmaps := source("heatmaps.png")) is not None:
+        doc.image(heatmaps, "Each row: an input, then each method's signed explanation drawn over it "
                   "(red raises the explained class's score, blue lowers it; one colour scale per method, its bar below).")
     doc.table(["method", "parameters", "seconds (explain + certify)", "certificates", "Gini of |a|", "zero fraction"],
               summary["method_rows"])
@@ -252,12 +259,12 @@ def build_report(out_dir: Path) -> Document:
         doc.paragraph(evaluation["verdict"])
         for claim in evaluation.get("claims", [])[1:]:  # the first is the verdict above
             doc.paragraph(f"{claim['claim']} ({claim['source']}): {claim['verdict']}. {claim['numbers']}")
-    inverse = _load(out_dir / "inverse.json")
+    inverse = _load(source("inverse.json"))
     if inverse is not None:
-        inverse_section(doc, inverse, out_dir)
-    importance = _load(out_dir / "importance.json")
+        inverse_section(doc, inverse, out_dir, source)
+    importance = _load(source("importance.json"))
     if importance is not None:
-        importance_section(doc, importance, out_dir)
+        importance_section(doc, importance, source)
     if theorems is not None:
         # Tables from `certify check` before issue 16 carry no column definitions nor source claims; their
         # row verdict "refuted" meant a source claim with a counterexample.
@@ -288,13 +295,13 @@ def build_report(out_dir: Path) -> Document:
 
 
 def write_report(out_dir: Path) -> tuple[Path, Path, Path]:
-    """Write index.md, index.html and report.json (the report's data) into out_dir."""
+    """Write index.md, index.html and report.json (the report's data) into out_dir, atomically, from the files of
+    the run in out_dir (`build_report`)."""
     out_dir = Path(out_dir)
-    doc = build_report(out_dir)
+    source = report_inputs(out_dir)
+    doc = build_report(out_dir, source)
     md, page = doc.write(out_dir)
-    data = {"summary": _load(out_dir / "summary.json"), "evaluation": _load(out_dir / "evaluation.json"),
-            "inverse": _load(out_dir / "inverse.json"), "importance": _load(out_dir / "importance.json"),
-            "theorems": _load(out_dir / "THEOREMS.json")}
-    js = out_dir / "report.json"
-    js.write_text(json.dumps(data, indent=1))
+    data = {key: _load(source(name)) for key, name in (("summary", "summary.json"), ("evaluation", "evaluation.json"),
+            ("inverse", "inverse.json"), ("importance", "importance.json"), ("theorems", "THEOREMS.json"))}
+    js = atomic_write(out_dir / "report.json", json.dumps(data, indent=1))
     return md, page, js
