@@ -2,12 +2,13 @@
 
 Exit codes (certify.errors): 0 success; 1 a check or claim failed; 2 unusable certificate input;
 64 usage error; 65 invalid input data; 66 unsupported model, layer or method; 70 internal error; 75 a
-property neither proven nor refuted (`verify-property`, and `verify` of such a certificate).
+property neither proven nor refuted (`verify-property`, and `verify` of such a certificate); 130 interrupted
+(Ctrl-C). Every failure ends with one line on stderr naming the problem (tests/cli/test_cli_fuzz.py drives the
+contract with generated bad invocations); files to write are checked before any work is done.
 """
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 import certify
+from certify.batch.cli import add_parsers as add_batch_parsers, add_store_option, cmd_verify_store
 from certify.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE, CertifyError,
                             UnsupportedError)
 
@@ -35,10 +37,20 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def _run_command(args: argparse.Namespace) -> list[str]:
+    """A run's identity for its manifest (certify.runs.RunDirectory): the subcommand and every option that changes
+    what it writes (not --out, --json, --debug nor --overwrite)."""
+    skip = {"out", "json", "debug", "overwrite", "run", "command"}
+    return ["certify", args.command, *(f"--{k.replace('_', '-')}={v}" for k, v in sorted(vars(args).items())
+                                       if k not in skip)]
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from certify.demo import DemoConfig, run_demo
 
-    summary = run_demo(Path(args.out), DemoConfig.quick() if args.quick else DemoConfig())
+    _check_out_dir(args.out)
+    summary = run_demo(Path(args.out), DemoConfig.quick() if args.quick else DemoConfig(), command=_run_command(args),
+                       overwrite=args.overwrite)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -56,10 +68,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from proofs_checks.runner import has_violation, run_checks, table_markdown, write_table
+    from proofs_checks.runner import has_violation, run_checks, selected_ids, table_markdown, write_table
 
-    results = run_checks(only=args.only, quick=args.quick, progress=True)
-    md, js = write_table(results, Path(args.out), quick=args.quick)
+    from certify.runs import RunDirectory
+
+    _check_out_dir(args.out)
+    selected_ids(args.only)  # an unknown id is a usage error before the run folder is touched
+    out = Path(args.out)
+    with RunDirectory(out, command=_run_command(args), overwrite=args.overwrite) as run:
+        if run.done:  # the same command finished there (said on stderr): nothing is rerun
+            table = json.loads((out / "THEOREMS.json").read_text())
+            if args.json:
+                print(json.dumps({**table, "reused": True, "markdown": str(out / "THEOREMS.md"),
+                                  "json": str(out / "THEOREMS.json")}, indent=2, default=str))
+            else:
+                print(f"{out / 'THEOREMS.md'} and {out / 'THEOREMS.json'}: kept from the finished run of the same command "
+                      "(manifest.json); pass --overwrite to run the checks again")
+            return EXIT_FAILED if any(r["verdict"] in ("violated", "error") for r in table["results"]) else EXIT_OK
+        results = run_checks(only=args.only, quick=args.quick, progress=True)
+        md, js = write_table(results, out, quick=args.quick)
+        run.record(md, js)
     if args.json:
         print(json.dumps({"results": [r.as_dict() for r in results], "markdown": str(md), "json": str(js)}, indent=2, default=str))
     else:
@@ -69,15 +97,79 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAILED if has_violation(results) else EXIT_OK
 
 
+def _check_out_file(path: str | None, option: str) -> None:
+    """Refuse, before any work, a file to write whose folder does not exist or that names a folder (UsageError)."""
+    from certify.errors import UsageError
+
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name in it (e.g. {target / 'certificate.json'})")
+    if not target.parent.is_dir():
+        raise UsageError(f"{option} {path}: the folder {target.parent} does not exist (create it first)")
+
+
+def _check_out_dir(path: str, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is an existing file (UsageError); a missing folder is created
+    by the command."""
+    from certify.errors import UsageError
+
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{option} {path} is a file; give a folder (it is created if missing)")
+
+
+MAX_CERTIFICATE_BYTES = 1 << 30  # `certify verify` reads no more than this (a certificate is far smaller)
+
+
+def _check_certificate_file(path: str) -> None:
+    """Refuse a certificate path that is not a regular file (a folder, a device such as /dev/zero, a FIFO: reading
+    it could never end) or is larger than MAX_CERTIFICATE_BYTES: CertificateFormatError (exit 2). A missing file is
+    left to the reader, which reports it the same way."""
+    from certify.errors import CertificateFormatError
+
+    target = Path(path)
+    try:
+        if not target.exists():
+            return
+        regular, size = target.is_file(), target.stat().st_size
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise CertificateFormatError(f"cannot read certificate {path[:200]}: {exc.strerror}") from None
+    if not regular:
+        raise CertificateFormatError(f"{path} is not a regular file, so it cannot be a certificate")
+    if size > MAX_CERTIFICATE_BYTES:
+        raise CertificateFormatError(f"{path} has {size} bytes, more than the {MAX_CERTIFICATE_BYTES} a certificate "
+                                     "may have")
+
+
+def _unknown_method(name: str, command: str) -> str:
+    """Why `certify COMMAND --method(s) NAME` cannot run it, in the registry's names (`certify.explain.registry`):
+    `explain` takes a method (METHODS), `evaluate` a method's preset (PRESETS, named after its method, or a variant
+    of it such as sparse-moreaugrad)."""
+    from certify.explain.registry import METHODS, PRESETS
+
+    if command == "explain" and name in PRESETS:
+        method, params = PRESETS[name]
+        settings = " ".join(f"--param {k}={json.dumps(v)}" for k, v in params.items())
+        return f"{name!r} is a preset of `certify evaluate`, not a method: use --method {method} {settings}".rstrip()
+    if command == "evaluate" and name in METHODS:
+        return (f"method {name!r} has no preset in the robustness study of `certify evaluate` (explain it with "
+                f"`certify explain --method {name}`); studied: {', '.join(sorted(PRESETS))}")
+    known = sorted(METHODS) if command == "explain" else sorted(PRESETS)
+    return f"unknown explanation method {name!r}; choose one of {', '.join(known)}"
+
+
 def _param(text: str) -> tuple[str, object]:
     """KEY=VALUE with VALUE read as JSON when it parses (numbers, true/false, null), else as a string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text[:80]!r}")
     try:
         return key.replace("-", "_"), json.loads(value)
     except json.JSONDecodeError:
         return key.replace("-", "_"), value
+    except (ValueError, RecursionError):  # an integer of more than 4300 digits; nesting beyond the recursion limit
+        raise argparse.ArgumentTypeError(f"the value of {key[:80]} is too long or nested too deeply to read") from None
 
 
 def _positive(name: str):
@@ -111,21 +203,34 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _load_input(args: argparse.Namespace, data) -> "torch.Tensor":  # noqa: F821
-    import numpy as np
-    import torch
+def _input_shape(args: argparse.Namespace, model, data) -> tuple[int, ...] | None:
+    """The per-example input shape of the model, when known: recorded by the model (ONNX), else --input-shape,
+    else the zoo data set's; UsageError when --input-shape disagrees with the recorded shape."""
+    from certify.errors import UsageError
+    from certify.models.onnx import input_shape_of
 
-    from certify.errors import InvalidInputError, UsageError
+    recorded, given = input_shape_of(model), args.input_shape
+    if recorded is not None and given is not None and tuple(given) != recorded:
+        raise UsageError(f"--input-shape {','.join(map(str, given))} differs from the input shape {recorded} the model "
+                         "records")
+    return recorded or given or (data.input_shape if data is not None else None)
+
+
+def _load_input(args: argparse.Namespace, model, data) -> "torch.Tensor":  # noqa: F821
+    """The one input to explain [1, ...]: --input FILE (.npy or .pt, with or without the batch dimension, reshaped
+    to the model's input shape when it is known), or row --index of the test split of --dataset (default: the zoo
+    model's)."""
+    from certify.errors import UsageError
     from certify.models.datasets import load_dataset
+    from certify.validation import load_array_file, single_example
 
     if args.input:
-        path = Path(args.input)
-        try:
-            array = np.load(path) if path.suffix == ".npy" else torch.load(path, weights_only=True)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise InvalidInputError(f"cannot read input file {path}: {exc}") from exc
-        x = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array)
-        return x if data is None or x.dim() > len(data.input_shape) else x.unsqueeze(0)
+        x, shape = load_array_file(args.input, "--input"), _input_shape(args, model, data)
+        given = args.input_shape is not None and shape == tuple(args.input_shape)
+        if given and x.numel() != math.prod(shape) and tuple(x.shape[1:]) != shape:  # not a batch of such examples
+            raise UsageError(f"--input-shape {','.join(map(str, shape))} holds {math.prod(shape)} values, but the input "
+                             f"has {x.numel()} (shape {tuple(x.shape)})")  # the option disagrees with the data
+        return single_example(x, shape, "--input")
     dataset = load_dataset(args.dataset) if args.dataset else data
     if dataset is None:
         raise UsageError("give --input FILE, or --dataset NAME with --index I (the model is not from the zoo)")
@@ -140,27 +245,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from certify.certificates.builder import certify_explanations
     from certify.errors import UsageError
     from certify.certificates.summary import STABILITY_VACUOUS, explanation_norm, vacuous_label, vacuous_reason
-    from certify.explain.registry import METHODS, make_explainer
+    from certify.explain.registry import METHODS, command_line_params, make_explainer
     from certify.models.spec import load_model
 
+    _check_out_file(args.out, "--out")
     if args.method not in METHODS:
-        raise UnsupportedError(f"unknown explanation method {args.method!r}; choose one of {sorted(METHODS)}")
+        raise UnsupportedError(_unknown_method(args.method, "explain"))
     model, data = load_model(args.model)
-    x = _vnnlib_input(args, model) if _is_vnnlib(args.input) else _shaped(args, _load_input(args, data))
-    params = dict(args.param or [])
-    accepted = inspect.signature(METHODS[args.method]).parameters
-    if "sample" in accepted and isinstance(params.get("sample"), str):  # --param sample=train|test: the data's rows
-        if data is None or params["sample"] not in ("train", "test"):
-            raise UsageError("--param sample=train or sample=test takes the rows of the model's data set (a zoo model)")
-        params["sample"] = data.x_train if params["sample"] == "train" else data.x_test
-    if data is not None and "domain" in accepted and "sample" not in params:
-        finite = all(bool(torch.isfinite(torch.as_tensor(side)).all()) for side in data.domain)
-        if "sample" in accepted and not finite:  # a distribution over an unbounded box: the training rows
-            params["sample"] = data.x_train
-        else:
-            params.setdefault("domain", data.domain)  # the data set's input box, unless given
-    if args.method == "moreaugrad" and params.setdefault("rho", "auto") == "auto":
-        params.setdefault("eps", args.eps)  # rho chosen to minimise the certified stability bound at this eps
+    x = _vnnlib_input(args, model) if _is_vnnlib(args.input) else _load_input(args, model, data)
+    params = command_line_params(args.method, dict(args.param or []), data, args.eps)
     explainer = make_explainer(args.method, model, **params)
     (cert,) = certify_explanations(explainer, x, target=args.target, eps=args.eps, k=args.topk, model_spec=args.model)
     cert.write(Path(args.out))
@@ -199,22 +292,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if empty:
             print(f"  vacuous (true, but certify nothing): {', '.join(empty)}")
     return EXIT_OK
-
-
-def _shaped(args: argparse.Namespace, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
-    """An input file's array reshaped to --input-shape (one example, with or without its batch dimension)."""
-    from certify.errors import UsageError
-
-    shape = args.input_shape
-    if shape is None or tuple(x.shape[1:]) == shape:
-        return x
-    size = 1
-    for s in shape:
-        size *= s
-    if x.numel() != size:
-        raise UsageError(f"--input-shape {','.join(map(str, shape))} holds {size} values, but the input has {x.numel()} "
-                         f"(shape {tuple(x.shape)})")
-    return x.reshape(1, *shape)
 
 
 def _is_vnnlib(path: str | None) -> bool:
@@ -261,6 +338,8 @@ def _cmd_verify_property(args: argparse.Namespace) -> int:
 
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise UsageError(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
+    _check_out_file(args.out, "--out")
+    _check_out_file(args.counterexample, "--counterexample")
     model, _ = load_model(args.model)
     prop = parse_vnnlib(args.property)
     shape = property_input_shape(model, prop.num_inputs, args.input_shape)
@@ -317,12 +396,12 @@ def _checker_vacuous(check) -> str | None:
 def _prox_points(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F821
     """Noisy points y = x + sigma v for the prox evidence: x from --data (digits, mnist or a .npy/.pt file of
     clean inputs [N, ...]), default by the denoiser's size (an LPN's dim: 64 digits, 784 MNIST, else N(0, I))."""
-    import numpy as np
     import torch
 
     from certify.errors import InvalidInputError, UsageError
     from certify.inverse.evidence import sample_points
     from certify.inverse.study import digits_images, mnist_images
+    from certify.validation import load_array_file
 
     size = getattr(model, "dim", None)
     if size is None and args.input_shape is not None:
@@ -338,19 +417,9 @@ def _prox_points(args: argparse.Namespace, model) -> "torch.Tensor":  # noqa: F8
                              "input size is unknown")
         clean = torch.randn(64, size, generator=torch.Generator().manual_seed(args.seed), dtype=torch.float64)
     else:
-        path = Path(data)
-        if not path.is_file():
+        if not Path(data).is_file():
             raise UsageError(f"--data {data!r} is neither digits, mnist nor a file")
-        try:
-            array = np.load(path) if path.suffix == ".npy" else torch.load(path, weights_only=True)
-            if isinstance(array, torch.Tensor):
-                array = array.detach().cpu().numpy()
-            if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
-                raise TypeError(f"expected an array of real numbers, got {type(array).__name__}"
-                                + (f" of {array.dtype}" if isinstance(array, np.ndarray) else ""))
-            clean = torch.as_tensor(array.astype(np.float64))
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is invalid input
-            raise InvalidInputError(f"cannot read {data} as clean inputs: {exc}") from None
+        clean = load_array_file(data, "--data").to(torch.float64)
         if clean.dim() < 2 or clean.shape[0] < 1 or not bool(torch.isfinite(clean).all()):
             raise InvalidInputError(f"{data}: expected finite clean inputs [N, ...], got shape {tuple(clean.shape)}")
     if size is not None and clean[0].numel() != size:
@@ -394,6 +463,7 @@ def _cmd_prox(args: argparse.Namespace) -> int:
 
     if not 2 <= args.points <= MAX_PROX_POINTS:
         raise UsageError(f"--points must be in [2, {MAX_PROX_POINTS}] (a cycle needs two points), got {args.points}")
+    _check_out_file(args.out, "--out")
     model = load_denoiser(args.model)
     points = _prox_points(args, model)
     failures = (RuntimeError, TypeError, ValueError, IndexError, ArithmeticError, np.linalg.LinAlgError)
@@ -442,11 +512,11 @@ MAX_XRT_INPUTS = 10**7  # model inputs of one run: regions x (K + 1) x M
 
 def _xrt_reference(args: argparse.Namespace, data, shape: tuple[int, ...]) -> tuple["torch.Tensor", tuple[str, str] | None]:  # noqa: F821
     """The sampler's reference rows [R, d]: the first --reference-rows rows of the data set's split, or a file."""
-    import numpy as np
     import torch
 
     from certify.errors import InvalidInputError, UsageError
     from certify.models.datasets import load_dataset
+    from certify.validation import load_array_file
 
     if args.reference in ("train", "test"):
         dataset = load_dataset(args.dataset) if args.dataset else data
@@ -455,14 +525,9 @@ def _xrt_reference(args: argparse.Namespace, data, shape: tuple[int, ...]) -> tu
         rows = dataset.x_train if args.reference == "train" else dataset.x_test
         source = (dataset.name, args.reference)
     else:
-        path = Path(args.reference)
-        if not path.is_file():
+        if not Path(args.reference).is_file():
             raise UsageError(f"--reference {args.reference!r} is neither train, test nor a file")
-        try:
-            array = np.load(path) if path.suffix == ".npy" else torch.load(path, weights_only=True)
-            rows = torch.as_tensor(np.asarray(array, dtype=np.float64) if not isinstance(array, torch.Tensor) else array)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is invalid input
-            raise InvalidInputError(f"cannot read --reference {path}: {exc}") from None
+        rows = load_array_file(args.reference, "--reference").to(torch.float64)
         source = None
     if rows.dim() < 2 or rows[0].numel() != math.prod(shape):
         raise InvalidInputError(f"the reference rows must be [R, ...] with {math.prod(shape)} features each (the input's), "
@@ -479,13 +544,10 @@ def _cmd_test_importance(args: argparse.Namespace) -> int:
     from certify.explain.shap_xrt import MarginalSampler, region_labels
     from certify.models.spec import load_model
 
-    if args.out and (not Path(args.out).parent.is_dir() or Path(args.out).is_dir()):
-        raise UsageError(f"--out {args.out}: the folder to write into does not exist, or the path is a folder")
+    _check_out_file(args.out, "--out")
     model, data = load_model(args.model)
-    x = _shaped(args, _load_input(args, data))
-    if x.shape[0] != 1:
-        raise UsageError(f"test-importance tests one input; the input holds {x.shape[0]}")
-    x = x[0].to(next(iter(model.parameters()), x).dtype)
+    x = _load_input(args, model, data)[0]
+    x = x.to(next(iter(model.parameters()), x).dtype)
     shape = tuple(x.shape)
     labels = region_labels(args.regions, shape)
     regions = int(labels.max()) + 1
@@ -540,11 +602,20 @@ def _cmd_test_importance(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from certify.errors import UsageError
+
+    if (args.store is None) == (args.certificate is None):
+        raise UsageError("give a certificate file or --store FILE.sqlite (one of them)")
+    if args.store is not None:
+        if args.model is not None:
+            raise UsageError("--model is for one certificate file; a store's certificates name their models")
+        return cmd_verify_store(args)
     from certify.certificates.checker import verify_file
     from certify.certificates.document import ImportanceCertificate, PropertyCertificate, ProxCertificate, read_certificate
     from certify.certificates.summary import vacuous_label, vacuous_reasons
 
     answer = None
+    _check_certificate_file(args.certificate)
     cert = read_certificate(Path(args.certificate))
     if isinstance(cert, (PropertyCertificate, ProxCertificate)):
         answer = cert.answer
@@ -603,23 +674,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from certify.models.datasets import load_dataset
     from certify.models.spec import load_model
     from certify.errors import UsageError
+    from certify.runs import RunDirectory
 
+    _check_out_dir(args.out)
+    unknown = [m for m in args.methods if m not in STUDIED]
+    if unknown:
+        raise UnsupportedError(_unknown_method(unknown[0], "evaluate"))
     model, data = load_model(args.model)
     if args.dataset:
         data = load_dataset(args.dataset)
     if data is None:
         raise UsageError("--dataset is required for a model that is not from the zoo")
-    unknown = [m for m in args.methods if m not in STUDIED]
-    if unknown:
-        raise UsageError(f"unknown methods {unknown}; choose from {sorted(STUDIED)}")
     config = StudyConfig(n=args.n, eps=tuple(args.eps), k=args.k, steps=args.steps, restarts=args.restarts, seed=args.seed,
                          search_draws=args.search_draws, metrics=args.metrics)
-    result = run_study(model, data, args.model, args.methods, config)
-    if args.sweep:
-        result["sweep"] = run_sweep(model, data, SweepConfig(n=args.n, eps=max(args.eps)))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(result, indent=1))
+    with RunDirectory(out, command=_run_command(args), overwrite=args.overwrite) as run:
+        if run.done:  # the same command finished there (said on stderr): its result, not recomputed
+            result = json.loads((out / "evaluation.json").read_text())
+        else:
+            result = run_study(model, data, args.model, args.methods, config)
+            if args.sweep:
+                result["sweep"] = run_sweep(model, data, SweepConfig(n=args.n, eps=max(args.eps)))
+            run.write("evaluation.json", json.dumps(result, indent=1))
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -656,6 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-output", help="output directory (default: demo-output)")
     demo.add_argument("--quick", action="store_true", help="fewer examples and samples (about a minute)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument("--overwrite", action="store_true", help=("replace the run in --out (deletes only the files its manifest.json lists); without it, the same "
+                      "command resumes an interrupted run there or does nothing after a finished one, and another "
+                      "command or a folder of unlisted files is refused"))
     demo.set_defaults(run=_cmd_demo)
 
     check = add("check", help="run the theorem checks and write the theorem table")
@@ -663,6 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--only", nargs="+", metavar="ID", help="run only these theorem ids")
     check.add_argument("--out", default="reports", help="directory for THEOREMS.md/.json (default: reports)")
     check.add_argument("--json", action="store_true", help="print the results as JSON")
+    check.add_argument("--overwrite", action="store_true", help=("replace the run in --out (deletes only the files its manifest.json lists); without it, the same "
+                      "command resumes an interrupted run there or does nothing after a finished one, and another "
+                      "command or a folder of unlisted files is refused"))
     check.set_defaults(run=_cmd_check)
 
     explain = add("explain", help="explain one input and write its certificate")
@@ -686,9 +768,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = add("verify", help="re-check a certificate: exit 0 valid, 1 a claim fails, 2 unusable input, "
                             "75 a valid property certificate whose answer is unknown, or a prox certificate that is undecided")
-    verify.add_argument("certificate", help="certificate file (JSON)")
+    verify.add_argument("certificate", nargs="?", help="certificate file (JSON)")
     verify.add_argument("--model", help="model SPEC (default: the one recorded in the certificate)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_store_option(verify)
     verify.set_defaults(run=_cmd_verify)
 
     vprop = add("verify-property", help="decide a VNN-LIB property: holds (certified), violated (counterexample) or unknown",
@@ -785,41 +868,65 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also the parameter sweep (MoreauGrad's rho and eta, SmoothGrad's sigma)")
     evaluate.add_argument("--out", default="evaluation-output", help="directory for evaluation.json")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.add_argument("--overwrite", action="store_true", help=("replace the run in --out (deletes only the files its manifest.json lists); without it, the same "
+                      "command resumes an interrupted run there or does nothing after a finished one, and another "
+                      "command or a folder of unlisted files is refused"))
     evaluate.set_defaults(run=_cmd_evaluate)
 
     report = add("report", help="rebuild the HTML/Markdown/JSON report from a run's artefacts")
     report.add_argument("directory", help="output directory of `certify demo` (summary.json, evaluation.json, ...)")
     report.add_argument("--json", action="store_true", help="print the written paths as JSON")
     report.set_defaults(run=_cmd_report)
+
+    add_batch_parsers(add)  # batch, export (certify.batch.cli)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command and return its exit code (module docstring). An exception the package did not raise on
+    """Run one command and return its exit code (module docstring). A path the operating system refuses (a name
+    too long, no permission) is a usage error (64) naming it; any other exception the package did not raise on
     purpose is an internal error: exit 70 with one line naming it (the traceback with --debug or
     CERTIFY_DEBUG=1), never 1, which `verify-property` and `verify` give their own meanings; Ctrl-C exits 130."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args: argparse.Namespace | None = None
     try:
+        args = build_parser().parse_args(argv)  # argparse exits 64 itself (_Parser.error); --help and --version 0
         return int(args.run(args))
     except CertifyError as exc:
-        print(f"certify {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{_prog(args)}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"certify {args.command}: interrupted", file=sys.stderr)
+        print(f"{_prog(args)}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader closed the pipe (e.g. `| head`): stop quietly, never a failure code
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_PIPE
+    except OSError as exc:
+        if exc.filename is None:  # not about a path: handled as an internal error below
+            return _internal_error(args, argv, exc)
+        # a path given (or derived from one given) that the system refuses: a name too long, no permission, ...
+        print(f"{_prog(args)}: error: cannot use {str(exc.filename)[:200]}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - every other exception is a bug, reported as one (exit 70)
-        debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"certify {args.command}: internal error: {type(exc).__name__}{': ' + text if text else ''} -- this is a "
-              f"bug in certify {certify.__version__}; please report it"
-              + ("" if debug else f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"), file=sys.stderr)
-        return EXIT_INTERNAL
+        return _internal_error(args, argv, exc)
+
+
+def _internal_error(args: argparse.Namespace | None, argv: list[str], exc: Exception) -> int:
+    """Exit 70: one line naming the unexpected exception, and the traceback with --debug or CERTIFY_DEBUG=1."""
+    debug = getattr(args, "debug", "--debug" in argv) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    print(f"{_prog(args)}: internal error: {type(exc).__name__}{': ' + text if text else ''} -- this is a "
+          f"bug in certify {certify.__version__}; please report it"
+          + ("" if debug else f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"), file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _prog(args: argparse.Namespace | None) -> str:
+    """`certify COMMAND` for messages, or `certify` before the command line is parsed."""
+    return f"certify {args.command}" if args is not None else "certify"
 
 
 if __name__ == "__main__":

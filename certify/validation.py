@@ -5,19 +5,23 @@ eps, a sigma, a count), for the autograd context every gradient computation runs
 `grad_ready`: explainers work when called inside `torch.inference_mode()` or `torch.no_grad()`), and for
 the check that attributions are finite (`check_finite_attributions`). Captum's calling convention: tuple inputs
 (`validate_input_tuple`), `additional_forward_args` (`forward_args`), outputs with more than two dimensions and
-their index-tuple targets (`evaluate_outputs`, `resolve_output_target`)."""
+their index-tuple targets (`evaluate_outputs`, `resolve_output_target`). Input files: `load_array_file` (.npy,
+.pt) and `single_example` (one example with or without its batch dimension)."""
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import numbers
+import pickle
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
 
-from certify.errors import InvalidInputError, ModelModeError, TargetError, UsageError
+from certify.errors import CertifyError, InvalidInputError, ModelModeError, TargetError, UsageError
 
 TargetLike = Union[None, int, Sequence[int], Tensor]
 T = TypeVar("T")
@@ -44,9 +48,8 @@ def validate_inputs(inputs: object) -> Tensor:
         )
     if inputs.shape[0] == 0:
         raise InvalidInputError("inputs has an empty batch")
-    finite = torch.isfinite(inputs).flatten(1).all(dim=1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten().tolist()
+    if not bool(torch.isfinite(inputs).all()):  # one reduction on the common path; the rows only when it fails
+        bad = torch.nonzero(~torch.isfinite(inputs).flatten(1).all(dim=1)).flatten().tolist()
         raise InvalidInputError(f"inputs contain NaN or Inf (examples {bad[:10]})")
     return inputs
 
@@ -86,10 +89,15 @@ def evaluate_outputs(model: nn.Module, inputs: tuple[Tensor, ...], args: tuple[A
     select."""
     try:
         logits = model(*inputs, *args)
-    except (RuntimeError, TypeError) as exc:  # torch reports shape mismatches as RuntimeError, arity as TypeError
+    except CertifyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model's own code: torch reports shape mismatches as RuntimeError,
+        # arity as TypeError; a user's forward may raise anything else
         shapes = tuple(inputs[0].shape) if len(inputs) == 1 else [tuple(x.shape) for x in inputs]
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise InvalidInputError(
-            f"the model cannot evaluate inputs of shape {shapes} and dtype {inputs[0].dtype}: {exc}"
+            f"the model cannot evaluate inputs of shape {shapes} and dtype {inputs[0].dtype}: "
+            f"{type(exc).__name__}{': ' + reason if reason else ''}"
         ) from exc
     n = inputs[0].shape[0]
     ranks_ok = isinstance(logits, Tensor) and (logits.dim() == 2 or (not matrix and logits.dim() > 2))
@@ -151,6 +159,8 @@ def check_target(target: TargetLike, n: int, num_classes: int, device: torch.dev
     if isinstance(target, bool) or target is None:
         raise TargetError("target must be an int, a per-example sequence or tensor of ints, or None")
     if isinstance(target, int):
+        if not 0 <= target < num_classes:  # before torch.full, which overflows on an int beyond 64 bits
+            raise TargetError(f"target classes {[target] * min(n, 10)} out of range for a model with {num_classes} classes")
         resolved = torch.full((n,), target, dtype=torch.long, device=device)
     else:
         try:
@@ -162,9 +172,9 @@ def check_target(target: TargetLike, n: int, num_classes: int, device: torch.dev
         resolved = resolved.long().flatten() if resolved.dim() <= 1 else resolved
         if resolved.dim() != 1 or resolved.numel() != n:
             raise TargetError(f"target has {resolved.numel()} entries for a batch of {n} examples")
-    out_of_range = (resolved < 0) | (resolved >= num_classes)
-    if bool(out_of_range.any()):
-        bad = resolved[out_of_range].tolist()
+    lo, hi = torch.aminmax(resolved) if resolved.numel() else (torch.zeros(()), torch.zeros(()))
+    if int(lo) < 0 or int(hi) >= num_classes:
+        bad = resolved[(resolved < 0) | (resolved >= num_classes)].tolist()
         raise TargetError(f"target classes {bad[:10]} out of range for a model with {num_classes} classes")
     return resolved
 
@@ -197,8 +207,12 @@ def autograd_enabled() -> Iterator[None]:
     """Run the block with autograd on, also when the caller is inside `torch.inference_mode()` or
     `torch.no_grad()` (every gradient-based explanation needs it). Inputs created under inference mode must
     still be passed through `grad_ready`."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    else:
+        with torch.enable_grad():
+            yield
 
 
 def with_autograd(function: Callable[..., T]) -> Callable[..., T]:
@@ -216,7 +230,7 @@ def grad_ready(inputs: Tensor, model: nn.Module | None = None) -> Tensor:
     """`inputs` (any tensor: inputs, targets) usable by autograd: an inference tensor (created under
     `torch.inference_mode()`) is cloned into a normal tensor. A model whose parameters are inference tensors cannot be differentiated at all:
     that raises UsageError naming inference_mode."""
-    if model is not None:
+    if model is not None and any(t.is_inference() for t in itertools.chain(model.parameters(), model.buffers())):
         frozen = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_inference()]
         if frozen:
             raise UsageError(
@@ -235,6 +249,8 @@ def check_finite_attributions(attributions: Tensor | tuple[Tensor, ...], method:
     examples. `exempt` [N] (bool) marks rows an explainer already reports as failed (e.g. a diverged solver,
     whose attributions are NaN by design)."""
     parts = attributions if isinstance(attributions, tuple) else (attributions,)
+    if all(bool(torch.isfinite(a.detach()).all()) for a in parts):  # the common path: one reduction per tensor
+        return
     bad = ~torch.stack([torch.isfinite(a.detach()).flatten(1).all(dim=1) for a in parts]).all(dim=0)
     if exempt is not None:
         bad = bad & ~exempt.to(bad.device)
@@ -267,3 +283,71 @@ def baseline_tensor(inputs: Tensor, baselines: object) -> Tensor:
     if not bool(torch.isfinite(baseline).all()):
         raise InvalidInputError("baselines contain NaN or Inf")
     return baseline
+
+
+ARRAY_SUFFIXES = (".npy", ".pt", ".pth")  # the array files `load_array_file` reads
+
+
+def load_array_file(path: str | Path, what: str = "input") -> Tensor:
+    """The array stored in `path` as a tensor of real numbers: a NumPy `.npy` file (read without pickles) or a
+    PyTorch `.pt`/`.pth` file holding one tensor (read with `weights_only=True`); integers and booleans become
+    float32, floats keep their dtype. InvalidInputError naming `what` and the file for a missing or non-regular
+    file, another suffix, unreadable or corrupt content, a pickled object, a dict or list instead of a tensor, or
+    a non-real dtype."""
+    import numpy as np
+
+    path = Path(path)
+    try:
+        exists, regular = path.exists(), path.is_file()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise InvalidInputError(f"{what} file {str(path)[:200]}: {exc.strerror}") from None
+    if not exists:
+        raise InvalidInputError(f"{what} file {path} does not exist")
+    if not regular:
+        raise InvalidInputError(f"{what} file {path} is not a regular file")
+    suffix = path.suffix.lower()
+    if suffix not in ARRAY_SUFFIXES:
+        raise InvalidInputError(f"{what} file {path}: unsupported format {suffix or '(no suffix)'!r}; give a .npy file "
+                                "or a .pt file holding one tensor (torch.save(x, path))")
+    try:
+        array = np.load(path, allow_pickle=False) if suffix == ".npy" else torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:  # torch's weights-only loader: not a torch.save file, or one holding objects
+        raise InvalidInputError(f"cannot read {what} file {path}: not a tensor saved by torch.save (a corrupt file, or "
+                                "one holding Python objects, which are never unpickled)") from None
+    except Exception as exc:  # noqa: BLE001 - numpy and torch raise many types for a corrupt file
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(f"cannot read {what} file {path} as {suffix}: {reason}") from None
+    if isinstance(array, np.ndarray):
+        if array.dtype.kind not in "biuf":
+            raise InvalidInputError(f"{what} file {path}: expected an array of real numbers, got {array.dtype}")
+        array = torch.from_numpy(np.ascontiguousarray(array))
+    if not isinstance(array, Tensor):
+        raise InvalidInputError(f"{what} file {path}: expected one tensor, got {type(array).__name__}; save the tensor "
+                                "itself (torch.save(x, path))")
+    if array.is_complex():
+        raise InvalidInputError(f"{what} file {path}: expected an array of real numbers, got {array.dtype}")
+    return array if array.is_floating_point() else array.to(torch.float32)
+
+
+def single_example(x: Tensor, shape: Sequence[int] | None, what: str = "input") -> Tensor:
+    """One example `x` as a batch [1, *shape], given with or without its batch dimension: `x` of shape `shape`,
+    [1, *shape], or any shape holding prod(shape) values (a flat row-major array). With `shape` None (the model
+    records none), a 1-D `x` is one flat example and a higher-rank `x` must carry its batch dimension.
+    InvalidInputError for an empty array, a batch of more than one example, or a shape that does not fit."""
+    if x.numel() == 0:
+        raise InvalidInputError(f"the {what} is empty (shape {tuple(x.shape)})")
+    if shape is None:
+        batch = x.unsqueeze(0) if x.dim() == 1 else x
+        if batch.shape[0] != 1:
+            raise InvalidInputError(f"the {what} holds a batch of {batch.shape[0]} examples (shape {tuple(x.shape)}); "
+                                    "give one example")
+        return batch
+    shape = tuple(int(s) for s in shape)
+    if x.dim() == len(shape) + 1 and tuple(x.shape[1:]) == shape and x.shape[0] != 1:
+        raise InvalidInputError(f"the {what} holds a batch of {x.shape[0]} examples (shape {tuple(x.shape)}); give one "
+                                f"example of shape {shape}")
+    if x.numel() != math.prod(shape):
+        raise InvalidInputError(f"the {what} has shape {tuple(x.shape)} ({x.numel()} values); the model takes one "
+                                f"example of shape {shape} ({math.prod(shape)} values), with or without the batch "
+                                "dimension")
+    return x.reshape(1, *shape)

@@ -48,6 +48,7 @@ from certify.bounds.requirements import chain_refusal
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import UNIT_ROUNDOFF
 from certify.errors import UsageError
+from certify.quiet import solver_output
 
 VARIANTS = ("neuron", "layer")
 COARSE_EPS = 1e-4
@@ -214,7 +215,8 @@ def lipsdp(
         reason = "no solve"
         for tolerance in _tolerances(eps):  # coarse, then refined (warm-started)
             try:
-                problem.solve(solver=cp.SCS, eps_abs=tolerance, eps_rel=tolerance, max_iters=max_iters, warm_start=True)
+                with solver_output():
+                    problem.solve(solver=cp.SCS, eps_abs=tolerance, eps_rel=tolerance, max_iters=max_iters, warm_start=True)
             except cp.SolverError as err:
                 reason = f"SCS failed: {err}"
                 break

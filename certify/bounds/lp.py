@@ -48,6 +48,7 @@ from certify.bounds.network import AffineNetwork
 from certify.bounds.requirements import require_relu
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet, rounding_margin
+from certify.quiet import solver_output
 from certify.validation import check_target
 
 
@@ -124,7 +125,8 @@ class TriangleLP:
         status = "not solved"
         for solver, options in ([] if self.p == 2 else [(cp.HIGHS, {})]) + [(cp.CLARABEL, CLARABEL_TOLERANCES)]:
             try:
-                self.problem.solve(solver=solver, **options)
+                with solver_output():
+                    self.problem.solve(solver=solver, **options)
                 status = self.problem.status
             except (cp.error.SolverError, ValueError) as exc:  # ValueError: CVXPY cannot unpack an unknown status
                 status = f"solver error: {exc}"

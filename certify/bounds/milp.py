@@ -39,6 +39,7 @@ from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet
 from certify.errors import UnsupportedError, UsageError
+from certify.quiet import solver_output
 from certify.vocabulary import parse_norm
 from certify.validation import check_target
 
@@ -120,7 +121,8 @@ def _boxes(net: AffineNetwork, region: InputSet) -> list[list[tuple[np.ndarray, 
 
 def _solve(problem: cp.Problem) -> str:
     try:
-        problem.solve(solver=cp.HIGHS, **HIGHS_TOLERANCES)
+        with solver_output():
+            problem.solve(solver=cp.HIGHS, **HIGHS_TOLERANCES)
     except (cp.error.SolverError, ValueError) as exc:  # ValueError: CVXPY cannot unpack an unknown status
         return f"solver error: {exc}"
     return problem.status

@@ -45,6 +45,35 @@ METHODS: dict[str, Callable[..., Explainer]] = {
 }
 
 
+def command_line_params(method: str, params: dict[str, Any], data: Any, eps: float) -> dict[str, Any]:
+    """The parameters `certify explain` and `certify batch` give `make_explainer` for `--param` values `params` of
+    `method`, a model whose data set is `data` (a `certify.models.datasets.Dataset`, or None) and the stability
+    radius `eps`: `sample=train|test` becomes the data's rows; the data's input box becomes `domain` (or, for an
+    unbounded box, its training rows `sample`), unless given; MoreauGrad's rho defaults to `auto` (minimising
+    Corollary 1's bound at `eps`). UsageError for `model` (never a parameter) or a `sample` name without data."""
+    import torch
+
+    params = dict(params)
+    accepted = inspect.signature(METHODS[method]).parameters if method in METHODS else {}
+    if "model" in params:  # the explainer's first argument, never a --param
+        named = [n for n, p in accepted.items() if n != "model" and p.kind != p.VAR_KEYWORD]
+        raise UsageError(f"--param model=... is not a parameter of method {method!r} (give the model with --model); "
+                         f"accepted: {', '.join(named) or 'none'}")
+    if "sample" in accepted and isinstance(params.get("sample"), str):
+        if data is None or params["sample"] not in ("train", "test"):
+            raise UsageError("--param sample=train or sample=test takes the rows of the model's data set (a zoo model)")
+        params["sample"] = data.x_train if params["sample"] == "train" else data.x_test
+    if data is not None and "domain" in accepted and "sample" not in params:
+        finite = all(bool(torch.isfinite(torch.as_tensor(side)).all()) for side in data.domain)
+        if "sample" in accepted and not finite:  # a distribution over an unbounded box: the training rows
+            params["sample"] = data.x_train
+        else:
+            params.setdefault("domain", data.domain)
+    if method == "moreaugrad" and params.setdefault("rho", "auto") == "auto":
+        params.setdefault("eps", eps)
+    return params
+
+
 def make_explainer(name: str, model: nn.Module, **params: Any) -> Explainer:
     """The explainer registered under `name`, constructed with `params`; a parameter the method does not take
     is a UsageError naming the accepted ones."""
