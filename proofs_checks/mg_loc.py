@@ -92,13 +92,17 @@ def _exact(model: nn.Module):
 
 
 def _derivatives(f, row: Tensor, z: Tensor, hessian: bool) -> tuple[Tensor, Tensor | None]:
-    """(grad [B, n], Hessian [B, n, n] or None) of row . f at the points z [B, n]."""
+    """(grad [B, n], Hessian [B, n, n] or None) of row . f at the points z [B, n]; the Hessian's n rows by one
+    batched backward pass (seeds e_1..e_n for every point)."""
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
         (g,) = torch.autograd.grad((f(z) @ row).sum(), z, create_graph=hessian)
         if not hessian:
             return g.detach(), None
-        h = torch.stack([torch.autograd.grad(g[:, i].sum(), z, retain_graph=True)[0] for i in range(z.shape[1])], 1)
+        n = z.shape[1]
+        seeds = torch.eye(n, dtype=z.dtype)[:, None, :].expand(n, z.shape[0], n)
+        (h,) = torch.autograd.grad(g, z, grad_outputs=seeds, is_grads_batched=True)  # [n, B, n]
+    h = h.transpose(0, 1)
     return g.detach(), (h + h.transpose(1, 2)) / 2
 
 
@@ -164,13 +168,14 @@ class Case:
         self.beta_global = math.inf if curv.refused else float(curv.value)
         self.rho = None
         lip = torch.tensor([self.lipschitz], dtype=F64)
-        for rho in RHO_GRID:  # the largest rho on the grid with rho lambda_R <= fraction
+        for rho in reversed(RHO_GRID):  # the largest rho on the grid with rho lambda_R <= fraction: scan down
             radius = prox_region(net, x, row[None], eps, rho, lip)[0, -1:]
             local = local_constants(net, x, row[None], radius)
             lam = min(float(local.lam), self.lam_global)
             if rho * lam <= fraction:
                 self.rho, self.lam, self.beta = rho, lam, min(float(local.beta), self.beta_global)
                 self.lipschitz_local, self.radius = float(local.lipschitz), float(radius)
+                break
 
     def describe(self) -> str:
         return (f"{self.label}, eps={self.eps:g}, rho={self.rho:.4g}, lambda_R={self.lam:.4g}, beta_R={self.beta:.4g}, "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 import proofs_checks
+from certify.runs import atomic_write
 from proofs_checks.framework import MIN_CLAIM_CASES, REGISTRY, CheckContext, CheckResult, TheoremCheck, run_check
 
 INFRASTRUCTURE = {"framework", "runner", "nets"}
@@ -72,20 +73,27 @@ def ordered_ids(registry: dict[str, TheoremCheck]) -> list[str]:
     return [i for i in design if i in registry] + extra
 
 
+def selected_ids(only: Iterable[str] | None = None, registry: dict | None = None) -> list[str]:
+    """The ids to run, in table order: all, or those in `only`; UsageError naming any unknown id."""
+    registry = discover() if registry is None else registry
+    ids = ordered_ids(registry)
+    if not only:
+        return ids
+    wanted = list(only)
+    unknown = [i for i in wanted if i not in registry]
+    if unknown:
+        from certify.errors import UsageError
+
+        raise UsageError(f"unknown theorem id(s) {unknown}; known: {ids}")
+    return [i for i in ids if i in wanted]
+
+
 def run_checks(
     only: Iterable[str] | None = None, quick: bool = True, progress: bool = False
 ) -> list[CheckResult]:
     """Run the registered checks (all, or the ids in `only`) and return their results in table order."""
     registry = discover()
-    ids = ordered_ids(registry)
-    if only:
-        wanted = list(only)
-        unknown = [i for i in wanted if i not in registry]
-        if unknown:
-            from certify.errors import UsageError
-
-            raise UsageError(f"unknown theorem id(s) {unknown}; known: {ids}")
-        ids = [i for i in ids if i in wanted]
+    ids = selected_ids(only, registry)
     ctx = CheckContext(quick=quick)
     if progress:
         from certify.progress import progress_bar
@@ -225,10 +233,10 @@ def write_table(results: list[CheckResult], out_dir: Path, quick: bool) -> tuple
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "THEOREMS.md"
     js = out_dir / "THEOREMS.json"
-    md.write_text(table_markdown(results, quick))
+    atomic_write(md, table_markdown(results, quick))
     table = {"quick": quick, "columns": COLUMNS, "claim_columns": CLAIM_COLUMNS, "part_columns": PART_COLUMNS,
              "results": [r.as_dict() for r in results]}
-    js.write_text(json.dumps(table, indent=2, default=str))
+    atomic_write(js, json.dumps(table, indent=2, default=str))
     return md, js
 
 

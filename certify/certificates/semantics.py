@@ -1017,6 +1017,17 @@ def _affine_value(nodes: list[Node], target: int, frees: dict[int, Tensor]) -> T
     return values[target]
 
 
+def _affine_jacobians(stage: Callable[..., Tensor], sizes: list[int], m: int) -> tuple[Tensor, ...]:
+    """Jacobians [m, n_i] of the affine map `stage` ([B, n_i] per source -> [B, m]) by one reverse pass: m copies
+    of the input, the gradient of the sum of the diagonal of stage(copies) (copy r seeds output r), so row r of each
+    Jacobian is the gradient of output r: the vector-Jacobian products of torch.autograd.functional.jacobian with
+    one-hot seeds, without its grad_outputs, whose first use imports sympy (torch.fx.experimental.symbolic_shapes)."""
+    leaves = [torch.zeros(m, n, dtype=torch.float64, requires_grad=True) for n in sizes]
+    with torch.enable_grad():
+        grads = torch.autograd.grad(stage(*leaves).diagonal().sum(), leaves, allow_unused=True)
+    return tuple(torch.zeros(m, n, dtype=torch.float64) if g is None else g for g, n in zip(grads, sizes))
+
+
 def translate(model: nn.Module, input_shape: tuple[int, ...]) -> Stages:
     """The checker's translation of `model` for one example of shape `input_shape` (raises SemanticsError)."""
     from certify.models.integrity import check_torch_integrity
@@ -1054,16 +1065,14 @@ def translate(model: nn.Module, input_shape: tuple[int, ...]) -> Stages:
         else:
             srcs = _sources(nodes, target)
 
-        def stage(*flats: Tensor, srcs: list[int] = srcs, target: int = target) -> Tensor:
-            frees = {i: f.reshape((1,) + shapes[i]) for i, f in zip(srcs, flats)}
-            if target in frees:
-                return frees[target].reshape(-1)
-            return _affine_value(nodes, target, frees).reshape(-1)
+        def stage(*flats: Tensor, srcs: list[int] = srcs, target: int = target) -> Tensor:  # [B, n_i] -> [B, m]
+            frees = {i: f.reshape((-1,) + shapes[i]) for i, f in zip(srcs, flats)}
+            out = frees[target] if target in frees else _affine_value(nodes, target, frees)
+            return out.reshape(out.shape[0], -1)
 
-        zeros = tuple(torch.zeros(math.prod(shapes[i]), dtype=torch.float64) for i in srcs)
         with torch.no_grad():
-            bias = stage(*zeros).detach()
-        jac = torch.autograd.functional.jacobian(stage, zeros, vectorize=True) if srcs else ()
+            bias = stage(*(torch.zeros(1, math.prod(shapes[i]), dtype=torch.float64) for i in srcs))[0]
+        jac = _affine_jacobians(stage, [math.prod(shapes[i]) for i in srcs], bias.numel()) if srcs else ()
         size_k = math.prod(shapes[h_nodes[k]])
         w = torch.zeros(bias.numel(), size_k, dtype=torch.float64)
         for i, part in zip(srcs, jac):

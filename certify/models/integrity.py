@@ -21,7 +21,9 @@ the CLI imports certify before it imports a user's model.
 """
 from __future__ import annotations
 
+import functools
 import inspect
+import os
 import types
 from pathlib import Path
 from typing import Any
@@ -65,10 +67,15 @@ TRACKED = _tracked()  # taken when certify is imported
 def _from_torch(fn: Any) -> bool:
     """A Python function whose code lives in torch's installed package."""
     code = getattr(fn, "__code__", None)
-    if code is None:
-        return False
+    return code is not None and _in_torch(code.co_filename)
+
+
+@functools.lru_cache(maxsize=None)
+def _in_torch(filename: str) -> bool:
+    """Whether the file `filename` lies inside torch's package folder (resolved once per file name: resolving is
+    most of the cost of a check)."""
     try:
-        return str(Path(code.co_filename).resolve()).startswith(_TORCH_DIR)
+        return str(Path(filename).resolve()).startswith(_TORCH_DIR + os.sep)
     except (OSError, ValueError):
         return False
 

@@ -65,3 +65,15 @@ def test_untouched_torch_passes_and_every_tracked_name_is_genuine() -> None:
     check_torch_integrity(_net())
     assert len(TRACKED) > 50
     from_module(_net(), (1, 4, 4))
+
+
+def test_code_beside_torch_in_a_folder_named_like_it_is_not_torch() -> None:
+    """A forward whose code lives in `site-packages/torchvision/...` or `site-packages/torch_evil/...` shares the
+    prefix of torch's folder name but is not torch's code (the check compares whole path components)."""
+    from certify.models import integrity
+
+    namespace: dict = {}
+    exec(compile("def forward(self, x):\n    return x.abs()\n", integrity._TORCH_DIR + "_evil/layers.py", "exec"), namespace)
+    assert not integrity._from_torch(namespace["forward"])
+    assert not integrity._in_torch(integrity._TORCH_DIR + "vision/ops/boxes.py")
+    assert integrity._from_torch(torch.nn.Linear.forward)
