@@ -5,6 +5,7 @@
     python3 dev.py test [ARGS...]   same set-up (and Debian's chromium, when root), then the default test suite
                                     (pytest, slow checks excluded)
     python3 dev.py test-slow        the checks marked slow
+    python3 dev.py test-gpu         the checks marked gpu (they need a CUDA device; see tests/test_gpu.py)
     python3 dev.py bench            every script under benchmarks/
     python3 dev.py artefacts        regenerate the kept artefacts under reports/ and their manifest
 
@@ -59,9 +60,9 @@ DYNAMIC_IMPORTERS = {"proofs_checks.runner": "proofs_checks", "certify.models.sp
 MANIFEST = "reports/ARTEFACTS.json"
 ARTEFACTS: dict[str, dict] = {
     "theorems": {
-        "command": ["check", "--out", "reports"],
+        "command": ["check", "--out", "reports", "--overwrite"],  # reports/ also holds the other artefacts
         "entry": ["proofs_checks"],
-        "outputs": ["reports/THEOREMS.md", "reports/THEOREMS.json"],
+        "outputs": ["reports/THEOREMS.md", "reports/THEOREMS.json", "reports/manifest.json"],
     },
     "example": {
         "command": ["demo", "--quick", "--out", "reports/example"],
@@ -239,7 +240,7 @@ def ensure_browser() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "test-slow", "bench", "artefacts"}:
+    if not argv or argv[0] not in {"demo", "test", "test-slow", "test-gpu", "bench", "artefacts"}:
         print(__doc__)
         return 64
     ensure_env()
@@ -251,8 +252,8 @@ def main(argv: list[str]) -> int:
     elif command == "test":
         ensure_browser()
         cmd = [PY, "-m", "pytest", "-q", *rest]
-    elif command == "test-slow":
-        cmd = [PY, "-m", "pytest", "-q", "-m", "slow", *rest]
+    elif command in ("test-slow", "test-gpu"):
+        cmd = [PY, "-m", "pytest", "-q", "-m", command.removeprefix("test-"), *rest]
     else:
         scripts = sorted((ROOT / "benchmarks").glob("*.py"))
         return max((subprocess.run([str(PY), str(s), *rest], cwd=ROOT, env=_env()).returncode for s in scripts), default=0)

@@ -16,7 +16,7 @@ LINT = Path(sys.executable).with_name("lint-imports.exe" if os.name == "nt" else
 # The order ARCHITECTURE.md and DESIGN section 2 promise, top to bottom.
 EXPECTED_LAYERS = [
     "certify.cli",
-    "certify.demo",
+    "certify.demo | certify.batch",
     "certify.evaluation",
     "proofs_checks",
     "certify.reports",
@@ -25,7 +25,8 @@ EXPECTED_LAYERS = [
     "certify.attacks",
     "certify.explain | certify.inverse",
     "certify.bounds",
-    "certify.metrics | certify.models | certify.validation | certify.scores | certify.progress",
+    "certify.metrics | certify.models | certify.validation | certify.scores | certify.progress | certify.quiet",
+    "certify.runs",
     "certify.vocabulary",
     "certify.errors",
 ]

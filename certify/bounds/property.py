@@ -32,21 +32,21 @@ from certify.models.vnnlib import Property
 PROPERTY_METHODS = ("crown", "alpha-crown", "bab")
 
 
-def property_set(prop: Property) -> InputSet:
-    """The property's input box as an InputSet (one example)."""
-    lower = torch.as_tensor(prop.lower, dtype=torch.float64)
-    upper = torch.as_tensor(prop.upper, dtype=torch.float64)
+def property_set(prop: Property, device: torch.device | str = "cpu") -> InputSet:
+    """The property's input box as an InputSet (one example), on `device`."""
+    lower = torch.as_tensor(prop.lower, dtype=torch.float64, device=device)
+    upper = torch.as_tensor(prop.upper, dtype=torch.float64, device=device)
     centre = ((lower + upper) / 2).clamp(lower, upper)
     eps = float(((upper - lower) / 2).max()) * (1 + 1e-12)
-    return InputSet(centre.reshape(1, -1), torch.tensor([eps], dtype=torch.float64), float("inf"), lower, upper)
+    return InputSet(centre.reshape(1, -1), torch.tensor([eps], dtype=torch.float64, device=device), float("inf"), lower, upper)
 
 
-def property_rows(prop: Property) -> tuple[Tensor, Tensor, list[slice]]:
+def property_rows(prop: Property, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, list[slice]]:
     """(rows [1, R, m] = C stacked over conjunctions, constants [1, R] = -d, one slice per conjunction), so
     that rows . y + constants = C y - d, the violation of a row of the counterexample region, which must be
-    > 0 for some row of each conjunction."""
-    cs = [torch.as_tensor(c, dtype=torch.float64) for c, _ in prop.disjuncts]
-    ds = [torch.as_tensor(d, dtype=torch.float64) for _, d in prop.disjuncts]
+    > 0 for some row of each conjunction. On `device`."""
+    cs = [torch.as_tensor(c, dtype=torch.float64, device=device) for c, _ in prop.disjuncts]
+    ds = [torch.as_tensor(d, dtype=torch.float64, device=device) for _, d in prop.disjuncts]
     slices, start = [], 0
     for c in cs:
         slices.append(slice(start, start + c.shape[0]))
@@ -97,8 +97,9 @@ def property_bounds(net: AffineNetwork, prop: Property, method: str = "crown", *
             f"the property has {prop.num_inputs} inputs and {prop.num_outputs} outputs, the network "
             f"{net.input_size} and {net.num_classes}"
         )
-    input_set = property_set(prop)
-    rows, consts, slices = property_rows(prop)
+    device = net.weights[0].device  # the bounds run where the network's weights are (CPU or GPU)
+    input_set = property_set(prop, device)
+    rows, consts, slices = property_rows(prop, device)
     if (method == "crown" and not _relu_chain(net)) or not net.activations:  # no hidden layer: CROWN is exact
         with torch.no_grad():
             boxes, relaxations = layer_bounds(net, input_set, "crown")
@@ -123,15 +124,15 @@ def _root_leaf(root, s: slice) -> dict:
     row = int(root.value[s].argmax())
     return {"depth": np.zeros(1, dtype=np.int64), "splits": np.zeros((0, 3), dtype=np.int64),
             "betas": np.zeros(0, dtype=np.float32), "row": np.array([row], dtype=np.int64),
-            "alphas": root.final[s][row][None].numpy().astype(np.float32)}
+            "alphas": root.final[s][row][None].cpu().numpy().astype(np.float32)}
 
 
 def _witness(root, slices: list[slice], trees: dict) -> dict:
     """WITNESS.md's dict: the root slopes, and per conjunction its BaB leaves or its root leaf."""
     return {
         "format": "certify.relu-split-witness/1",
-        "unstable": [u.numpy().copy() for u in root.unstable],
-        "root_alphas": [[a.numpy().astype("float32") for a in layer] for layer in root.root_alphas],
+        "unstable": [u.cpu().numpy().copy() for u in root.unstable],
+        "root_alphas": [[a.cpu().numpy().astype("float32") for a in layer] for layer in root.root_alphas],
         "conjunctions": [trees[i] if i in trees else _root_leaf(root, s) for i, s in enumerate(slices)],
     }
 
@@ -161,9 +162,9 @@ def _bab(net: AffineNetwork, input_set: InputSet, rows: Tensor, consts: Tensor, 
     trees: dict = {}
     if todo and time.perf_counter() < deadline:
         width = max(slices[i].stop - slices[i].start for i in todo)
-        c_rows = torch.zeros(len(todo), width, rows.shape[2], dtype=torch.float64)
-        c_consts = torch.full((len(todo), width), -math.inf, dtype=torch.float64)  # -inf: a padding row
-        c_alpha = torch.zeros(len(todo), width, root.final.shape[1], dtype=torch.float32)
+        c_rows = torch.zeros(len(todo), width, rows.shape[2], dtype=torch.float64, device=rows.device)
+        c_consts = torch.full((len(todo), width), -math.inf, dtype=torch.float64, device=rows.device)  # -inf: padding
+        c_alpha = torch.zeros(len(todo), width, root.final.shape[1], dtype=torch.float32, device=rows.device)
         for n, i in enumerate(todo):
             count = slices[i].stop - slices[i].start
             c_rows[n, :count], c_consts[n, :count] = rows[0, slices[i]], consts[0, slices[i]]
