@@ -37,10 +37,16 @@ relaxation, since |pos a_l + neg a_u| <= |Lambda| max(|a_l|, |a_u|) elementwise.
 subtracted as `rounding_margin(magnitude, terms)`, 2 gamma_T magnitude with T the number of roundings along
 the longest chain (>= every n above); the factor 2 covers the rounding of the magnitude itself. Intercepts
 below 2^-600 in size are widened outward to 2^-600 (a valid, negligibly looser line) so that no product
-lands in the subnormal range, which is many times slower on CPUs; the 1e-300 floor of `rounding_margin`
-covers gradual underflow elsewhere. (This replaced a second chain |Lambda| |W| ... that tracked the
-coefficients' absolute values through every layer; `test_crown` checks the bound against its exact
-rational value on weights spanning 16 orders of magnitude.)
+lands in the subnormal range, which is many times slower on CPUs. Below the normal range the model
+gains an ABSOLUTE term (Higham 2002, section 2.1: fl(x y) = x y (1 + d) + e, |e| <= 2^-1075 with gradual
+underflow, < 2^-1022 = tiny if results are flushed to zero; sums are exact there): a coefficient entry
+that is a sum of n products may be off by n tiny however small its terms, and that error multiplies the
+variable (a bound of 1e300 on it turns tiny into 2e-8), so each computed coefficient matrix is also charged
+n tiny per entry against the sum of its variable's bounds, and each constant's product tiny (`lost`,
+subtracted as 2 tiny lost); this is below the 1e-300 floor of `rounding_margin` unless the variables are
+huge. (This replaced a second chain |Lambda| |W| ... that tracked the coefficients' absolute values
+through every layer; `test_crown` checks the bound against its exact rational value on weights spanning
+16 orders of magnitude.)
 
 Cost: intermediate boxes back-substitute only the rows +-e_u of units that the interval box leaves
 unstable (`layer_bounds`), batched over examples.
@@ -97,6 +103,16 @@ def _widened(intercept: Tensor, direction: float) -> Tensor:
     return torch.where(tiny, direction * SUBNORMAL_GUARD, intercept)
 
 
+UNDERFLOW = 2.0**-1022  # smallest normal float64: bounds the absolute error of a product below the normal range
+
+
+def _total(v: Tensor) -> Tensor:
+    """sum over the last axis of a per-unit [N, n] (-> [N, 1]) or per-row [N, m or 1, n] (-> [N, m or 1])
+    tensor, broadcastable against [N, m]."""
+    total = v.sum(-1)
+    return total.unsqueeze(-1) if v.dim() == 2 else total
+
+
 def _dot(coeff: Tensor, v: Tensor) -> Tensor:
     """sum_i coeff_i v_i over the last axis, [N, m], for coeff [N, m, n] and v per unit [N, n] (a batched
     matrix-vector product) or per row [N, m, n]."""
@@ -132,6 +148,7 @@ def backward_lower_bound(
     lam = coeffs
     value = torch.zeros(coeffs.shape[:-1], dtype=coeffs.dtype, device=coeffs.device) if const is None else const
     magnitude = value.abs()
+    lost = torch.zeros_like(magnitude)  # underflow charges in units of UNDERFLOW (module docstring)
     terms = 0
     reaches: dict[int, Tensor] = {}  # bound on |h_j| (j = 0: the input)
 
@@ -168,8 +185,10 @@ def backward_lower_bound(
         elif not prepaid:
             magnitude = magnitude + _dot(lam.abs(), product_charge(k))
         weight, bias = net.weights[k], net.biases[k]
+        lost = lost + weight.shape[0] * (_total(h_reach(k)) + 1)  # lam @ W_k (against h_k) and lam @ b_k
         value = value + times(bias, k)
         for j, skip in net.skips.get(k, {}).items():
+            lost = lost + skip.shape[0] * _total(h_reach(j))
             part = times(skip, k)
             if j in skipped:
                 part = skipped[j] + part
@@ -196,11 +215,12 @@ def backward_lower_bound(
         bound = _plus(lower_icpt.abs() + upper_icpt.abs(), slope * below)
         magnitude = magnitude + _dot(lam.abs(), bound if charge is None else _plus(bound, charge))
         prepaid = True
+        lost = lost + _total(_reach(boxes[k - 1])) + 2 * lam.shape[-1]  # pos a_l + neg a_u (against z), intercepts
         pos, neg = lam.clamp(min=0), lam.clamp(max=0)
         value = value + _dot(pos, lower_icpt) + _dot(neg, upper_icpt)
         lam = pos * _rows(rel.lower_slope, lam) + neg * _rows(rel.upper_slope, lam)
         terms += lam.shape[-1] + 2
-    return value + input_set.lower_support(lam) - rounding_margin(magnitude, terms)
+    return value + input_set.lower_support(lam) - rounding_margin(magnitude, terms) - 2 * UNDERFLOW * lost
 
 
 def _intersect(a: Box, b: Box) -> Box:

@@ -105,8 +105,8 @@ def certified_radius(
     base = InputSet.build(x, 0.0, p, domain)
     target = check_target(target, x.shape[0], net.num_classes).to(base.center.device)
     top = _default_max_radius(base) if max_radius is None else float(max_radius)
-    if not top > 0:
-        raise UsageError("max_radius must be positive")
+    if not (top > 0 and math.isfinite(top)):
+        raise UsageError(f"max_radius must be positive and finite, got {top}")
 
     def crown_ok(eps: Tensor, _active: Tensor, how: str = "crown") -> Tensor:
         values, _ = margin_bounds_on_set(net, base.with_eps(eps), target, how)

@@ -36,6 +36,20 @@ def rounding_margin(magnitude: Tensor, terms: int) -> Tensor:
     return 2.0 * gamma * magnitude + 1e-300
 
 
+def dual_norm_of(a: Tensor, q: float) -> Tensor:
+    """||a||_q over the last axis [...], computed on a divided by the power of two 2^e nearest its largest
+    entry (exact; e clamped to [-1000, 1000]) so that the squares of the 2-norm neither underflow nor
+    overflow: torch's vector_norm does not scale (entries of 1e-170 give 0, and the support a^T x0 - eps ||a||
+    would then drop eps). The squares lost below the normal range are then < n 2^-1022 against a sum
+    >= 1/4, and a norm below 2^-1021 (rounded, or flushed, there) is raised to 2^-1020."""
+    top = a.abs().amax(-1, keepdim=True)
+    _, exponent = torch.frexp(torch.where((top > 0) & torch.isfinite(top), top, torch.ones_like(top)))
+    scale = torch.pow(2.0, exponent.clamp(-1000, 1000).to(a.dtype))  # a power of two, so scaling is exact
+    norm = (torch.linalg.vector_norm(a / scale, ord=q, dim=-1, keepdim=True) * scale).squeeze(-1)
+    tiny = torch.finfo(a.dtype).tiny  # a result below the normal range may be rounded (or flushed) down: lift it
+    return torch.where((top.squeeze(-1) > 0) & (norm < 2 * tiny), 4 * tiny, norm)
+
+
 def project_simplex(v: Tensor, total: float | Tensor = 1.0) -> Tensor:
     """Euclidean projection of each row of v [B, D] onto {w >= 0, sum w = total} (total a float or [B];
     sort-based, Duchi, Shalev-Shwartz, Singer & Chandra, ICML 2008)."""
@@ -157,7 +171,7 @@ class InputSet:
         if self.p == math.inf:
             return box_value
         center_terms = a * self.center[:, None, :]
-        dual = torch.linalg.vector_norm(a, ord=dual_norm(self.p), dim=-1)
+        dual = dual_norm_of(a, dual_norm(self.p))
         magnitude = center_terms.abs().sum(-1) + self.eps[:, None] * dual
         ball_value = center_terms.sum(-1) - self.eps[:, None] * dual - rounding_margin(magnitude, self.size + 2)
         return torch.maximum(ball_value, box_value) if self.lo is not None else ball_value
