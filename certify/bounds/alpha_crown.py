@@ -73,7 +73,7 @@ def search_lines(lower: Tensor, upper: Tensor, alpha: Tensor) -> tuple[Tensor, T
 def search_backward(chain: SearchChain, layer: int, lam: Tensor, lines: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
     """Search-stage lower bound [B, m] of lam . z_layer over the box, lam [B, m, n_layer], with lines[j] =
     search_lines of hidden layer j < layer, each [B or 1, m or 1, n_j]."""
-    value = torch.zeros(lam.shape[:-1], dtype=lam.dtype)
+    value = torch.zeros(lam.shape[:-1], dtype=lam.dtype, device=lam.device)
     for k in range(layer, -1, -1):
         value = value + lam @ chain.biases[k]
         lam = lam @ chain.weights[k]
@@ -89,7 +89,7 @@ def search_backward(chain: SearchChain, layer: int, lam: Tensor, lines: list[tup
 def _search_box(chain: SearchChain, k: int, boxes: list[Box], slopes: list[Tensor]) -> Box:
     """Search-stage box of hidden layer k from the boxes below and the slopes[j] [2 n_k, n_j] of its +-I rows."""
     width = chain.weights[k].shape[0]
-    eye = torch.eye(width, dtype=chain.centre.dtype)
+    eye = torch.eye(width, dtype=chain.centre.dtype, device=chain.centre.device)
     lines = [tuple(t[None] for t in search_lines(boxes[j][0], boxes[j][1], slopes[j])) for j in range(k)]
     bound = search_backward(chain, k, torch.cat([eye, -eye])[None], lines)[0]
     return bound[:width], -bound[width:]
@@ -119,7 +119,7 @@ def optimise_root(
         return inter, final, 0
     free = [torch.nonzero((lo < 0) & (hi > 0)).reshape(-1) for lo, hi in boxes]
     picks = [torch.cat([f, f + lo.shape[0]]) for f, (lo, _) in zip(free, boxes)]
-    eyes = [torch.eye(lo.shape[0], dtype=rows.dtype)[f] for f, (lo, _) in zip(free, boxes)]
+    eyes = [torch.eye(lo.shape[0], dtype=rows.dtype, device=rows.device)[f] for f, (lo, _) in zip(free, boxes)]
     tuned = [[inter[k][j][picks[k]].clone() for j in range(k)] for k in range(chain.hidden)]
 
     def objective() -> Tensor:
@@ -184,7 +184,7 @@ class RootBound:
         for u in self.unstable:
             offsets.append(offsets[-1] + u.numel())
         width = self.boxes[layer][0].shape[0]
-        full = torch.zeros(reduced.shape[:-1] + (width,), dtype=torch.float64)
+        full = torch.zeros(reduced.shape[:-1] + (width,), dtype=torch.float64, device=reduced.device)
         full[..., self.unstable[layer]] = reduced[..., offsets[layer]:offsets[layer + 1]].to(torch.float64)
         return full
 
@@ -208,7 +208,7 @@ def rigorous_root(net: AffineNetwork, input_set: InputSet, rows: Tensor, consts:
             stored = [inter[k][j][:, unstable[j]].to(torch.float32) for j in range(k)]
             rels, rboxes = [], []
             for j in range(k):
-                full = torch.zeros(2 * width, boxes[j][0].shape[0], dtype=torch.float64)
+                full = torch.zeros(2 * width, boxes[j][0].shape[0], dtype=torch.float64, device=boxes[j][0].device)
                 full[:, unstable[j]] = stored[j].to(torch.float64)
                 rels.append(_rowwise_relu(net, j, boxes[j], full))
                 rboxes.append((boxes[j][0][None, None, :], boxes[j][1][None, None, :]))
@@ -219,7 +219,7 @@ def rigorous_root(net: AffineNetwork, input_set: InputSet, rows: Tensor, consts:
             unstable.append(torch.nonzero((lo < 0) & (hi > 0)).reshape(-1))
             root_alphas.append(stored)
         reduced = torch.cat([final[j][:, unstable[j]] for j in range(len(boxes))], dim=1).to(torch.float32)
-        root = RootBound(boxes, unstable, root_alphas, torch.empty(0), reduced)
+        root = RootBound(boxes, unstable, root_alphas, torch.empty(0, device=rows.device), reduced)
         rels = [_rowwise_relu(net, j, boxes[j], root.full_slopes(reduced, j)) for j in range(len(boxes))]
         rboxes = [(lo[None, None, :], hi[None, None, :]) for lo, hi in boxes]
         root.value = backward_lower_bound(net, input_set, net.depth - 1, rows.to(torch.float64), rels, rboxes,
@@ -250,7 +250,7 @@ def alpha_crown_lower_bound(
     require_relu(net, "alpha-CROWN")
     require_chain(net, "alpha-CROWN")
     start = time.perf_counter()
-    consts = torch.zeros(rows.shape[:2], dtype=torch.float64) if consts is None else consts
+    consts = torch.zeros(rows.shape[:2], dtype=torch.float64, device=rows.device) if consts is None else consts
     chain = SearchChain.build(net, input_set)
     inter0, final0, _ = optimise_root(chain, rows[0].to(torch.float32), 0)
     crown = rigorous_root(net, input_set, rows, consts, inter0, final0)

@@ -96,9 +96,9 @@ class _Search:
 
     def layer_of(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(hidden layer, unit index) of reduced indices t."""
-        offsets = torch.tensor(self.offsets)
+        offsets = torch.tensor(self.offsets, device=t.device)
         layer = torch.bucketize(t, offsets[1:], right=True)
-        units = torch.cat(self.unstable) if self.size else torch.zeros(0, dtype=torch.long)
+        units = torch.cat(self.unstable) if self.size else torch.zeros(0, dtype=torch.long, device=t.device)
         return layer, units[t]
 
     def bound(self, splits: Tensor, alpha: Tensor, beta: Tensor, conj: Tensor, record: bool = False):
@@ -188,7 +188,7 @@ def _optimise(search: _Search, splits: Tensor, alpha: Tensor, beta: Tensor, conj
             work["best"] = torch.where(better, value, work["best"])
             work["best_a"] = torch.where(better[:, :, None], work["a"], work["best_a"])
             work["best_b"] = torch.where(better[:, :, None], work["b"], work["best_b"])
-            retire(torch.zeros(idx.numel(), dtype=torch.bool))
+            retire(torch.zeros(idx.numel(), dtype=torch.bool, device=idx.device))
     return best, best_alpha, best_beta
 
 
@@ -212,7 +212,7 @@ def certified_leaf_bounds(
         hi = hi[None].expand(count, -1).clone()
         lo[:, units] = torch.where(s > 0, lo[:, units].clamp(min=0), lo[:, units])
         hi[:, units] = torch.where(s < 0, hi[:, units].clamp(max=0), hi[:, units])
-        full = torch.zeros(count, alpha.shape[1], lo.shape[1], dtype=torch.float64)
+        full = torch.zeros(count, alpha.shape[1], lo.shape[1], dtype=torch.float64, device=lo.device)
         full[..., units] = alpha[..., sl]
         rels.append(relax(net.activations[j], lo[:, None, :], hi[:, None, :], alpha=full))
         boxes.append((lo[:, None, :], hi[:, None, :]))
@@ -279,13 +279,14 @@ def branch_and_bound(
     chain = SearchChain.build(net, input_set, dtype)
     search = _Search(chain, root, rows.to(dtype), consts.to(dtype))
     n_conj, n_rows, size = rows.shape[0], rows.shape[1], search.size
+    dev = rows.device  # the search runs where the network and the property are (CPU or GPU)
     pool = [{
-        "splits": torch.zeros(n_conj, size, dtype=torch.int8),
+        "splits": torch.zeros(n_conj, size, dtype=torch.int8, device=dev),
         "alpha": alpha.to(dtype).clone(),
-        "beta": torch.zeros(n_conj, n_rows, size, dtype=dtype),
-        "conj": torch.arange(n_conj),
-        "path": torch.zeros(n_conj, 0, dtype=torch.int32),  # split codes +-(t + 1), root to leaf, then 0s
-        "depth": torch.zeros(n_conj, dtype=torch.long),
+        "beta": torch.zeros(n_conj, n_rows, size, dtype=dtype, device=dev),
+        "conj": torch.arange(n_conj, device=dev),
+        "path": torch.zeros(n_conj, 0, dtype=torch.int32, device=dev),  # split codes +-(t + 1), root to leaf, then 0s
+        "depth": torch.zeros(n_conj, dtype=torch.long, device=dev),
     }]
     leaves: list[tuple[Tensor, ...]] = []  # (conj, path, row, alpha [T], beta [T]) per proven batch
     bounded, depth, proved, worst = 0, 0, float("inf"), -float("inf")
@@ -304,7 +305,7 @@ def branch_and_bound(
         splits, conj = dom["splits"], dom["conj"]
         value, a, b = _optimise(search, splits, dom["alpha"], dom["beta"], conj, iterations, lr, lr_beta)
         bounded += splits.shape[0]
-        done = torch.zeros(splits.shape[0], dtype=torch.bool)
+        done = torch.zeros(splits.shape[0], dtype=torch.bool, device=dev)
         hopeful = torch.nonzero(value.amax(1) > 0).reshape(-1)
         if hopeful.numel():
             h = hopeful
@@ -339,13 +340,13 @@ def branch_and_bound(
             return result(False, worst)
         n = splits.shape[0]
         kids = torch.cat([splits, splits])
-        arange = torch.arange(n)
+        arange = torch.arange(n, device=dev)
         kids[arange, chosen] = 1
         kids[arange + n, chosen] = -1
         code = chosen.to(torch.int32) + 1
         levels = torch.cat([levels, levels])
         kid_path = torch.nn.functional.pad(torch.cat([path, path]), (0, max(0, int(levels.max()) + 1 - path.shape[1])))
-        kid_path[torch.arange(2 * n), levels] = torch.cat([code, -code])
+        kid_path[torch.arange(2 * n, device=dev), levels] = torch.cat([code, -code])
         pool.append({"splits": kids, "alpha": torch.cat([a, a]), "beta": torch.cat([b, b]), "conj": torch.cat([conj, conj]),
                      "path": kid_path, "depth": levels + 1})
         depth = max(depth, int(levels.max()) + 1)
@@ -357,15 +358,15 @@ def _witness(search: _Search, leaves: list) -> dict:
     import numpy as np
 
     width = max(p.shape[1] for p, *_ in leaves)
-    paths = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p, *_ in leaves])
-    rows = torch.cat([r for _, r, _, _ in leaves])
-    alphas = torch.cat([a for _, _, a, _ in leaves]).to(torch.float32)
-    betas_full = torch.cat([b for _, _, _, b in leaves]).to(torch.float32).clamp(min=0)  # [leaves, T]
+    paths = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p, *_ in leaves]).cpu()
+    rows = torch.cat([r for _, r, _, _ in leaves]).cpu()
+    alphas = torch.cat([a for _, _, a, _ in leaves]).to("cpu", torch.float32)
+    betas_full = torch.cat([b for _, _, _, b in leaves]).to("cpu", torch.float32).clamp(min=0)  # [leaves, T]
     depth = (paths != 0).sum(1)
     steps = paths[paths != 0]  # row-major: leaf after leaf, root-to-leaf
     leaf_of = torch.arange(paths.shape[0])[:, None].expand_as(paths)[paths != 0]
     t = steps.abs().long() - 1
-    layer, unit = search.layer_of(t)
+    layer, unit = (v.cpu() for v in search.layer_of(t))
     sign = steps.sign().long()
     return {
         "depth": depth.numpy().astype(np.int64),
