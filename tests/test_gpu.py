@@ -72,9 +72,9 @@ def test_smoothgrad_on_cuda_is_unbiased_like_cpu(cuda: torch.device) -> None:
     """SmoothGrad's noise differs between devices, so the two means agree only statistically: with 2,000 samples
     their difference is a few standard errors of the per-sample gradients at most."""
     model, x = _digits("digits-softplus-mlp", 4, torch.device("cpu"))
+    spread = Gradient(model).attribute(x).abs().max()
     on_cpu = SmoothGrad(model, sigma=0.1, samples=2000).attribute(x)
     on_gpu = SmoothGrad(model.to(cuda), sigma=0.1, samples=2000).attribute(x.to(cuda)).cpu()
-    spread = Gradient(model).attribute(x).abs().max()
     assert float((on_gpu - on_cpu).abs().max()) < 0.2 * float(spread)
 
 

@@ -212,7 +212,7 @@ def rigorous_root(net: AffineNetwork, input_set: InputSet, rows: Tensor, consts:
                 full[:, unstable[j]] = stored[j].to(torch.float64)
                 rels.append(_rowwise_relu(net, j, boxes[j], full))
                 rboxes.append((boxes[j][0][None, None, :], boxes[j][1][None, None, :]))
-            eye = torch.eye(width, dtype=torch.float64)
+            eye = torch.eye(width, dtype=torch.float64, device=rows.device)
             bound = backward_lower_bound(net, input_set, k, torch.cat([eye, -eye])[None], rels, rboxes)[0]
             lo, hi = bound[:width], -bound[width:]
             boxes.append((lo, hi))
