@@ -22,6 +22,17 @@ so a checker re-runs one backward pass from the stored boxes and lines (`backwar
 no optimality. Intermediate boxes come from the same pass applied to +-I at each layer, intersected with
 the IBP boxes.
 
+Slopes (`margin_bounds_on_set`): by default the boxes use the PARALLEL lower slope u / (u - l) (Wong & Kolter 2018's
+dual network), with which a ReLU's lower and upper lines are parallel, so that the back-substituted
+coefficients of -e_u are exactly the negation of those of +e_u and ONE pass bounds both sides of a unit
+(`backward_lower_bound(mirrored=True)`); these boxes are never looser than the dual network's (the same
+relaxation, intersected with IBP). The margins are bounded on those boxes with both the parallel and
+CROWN's adaptive lower slopes (1 if u >= -l, else 0) in one pass of 2K rows, each margin keeping the larger
+bound: never looser than the dual network's and as tight as CROWN where its slopes win. The witness holds
+the winning slopes per margin (`relaxations`, [N, K, n_k]) and the boxes' (`layer_relaxations`). CROWN's
+adaptive boxes (slopes="adaptive", two passes per layer) are often tighter than the parallel ones (on a
+784-256-256-10 net about 10% larger certified radii) at about twice the cost of the boxes.
+
 Rigour in float64 (Higham, "Accuracy and Stability of Numerical Algorithms", 2002, sections 2.2 and 3.1:
 fl(x op y) = (x op y)(1 + d), |d| <= u = 2^-53, and a sum of n products is off by at most gamma_n times the
 sum of their absolute values, gamma_n = n u / (1 - n u), in any summation order). The lines are rigorous
@@ -46,12 +57,22 @@ n tiny per entry against the sum of its variable's bounds, and each constant's p
 subtracted as 2 tiny lost); this is below the 1e-300 floor of `rounding_margin` unless the variables are
 huge. (This replaced a second chain |Lambda| |W| ... that tracked the coefficients' absolute values
 through every layer; `test_crown` checks the bound against its exact rational value on weights spanning
-16 orders of magnitude.)
+16 orders of magnitude.) Three steps change which floating-point sums are formed, never the argument: a
+mirrored pass takes the negated rows' coefficient matrices as exactly the negation of the computed ones
+(which they are: rounding to nearest commutes with negation), so they carry the same charges, and their
+constants are sums with the same absolute values; a product over the live columns of Lambda only
+(`_live_columns`) is a sum of fewer of the same terms (the others exact zeros); the input support over a
+box (p = inf, `_support`) encloses the box in a midpoint-radius form and charges its own products.
 
-Cost: intermediate boxes back-substitute only the rows +-e_u of units that the interval box leaves
-unstable (`layer_bounds`), batched over examples.
+Cost: intermediate boxes back-substitute only the rows of units that the interval box leaves unstable
+(`layer_bounds`' screening; none for z_0 over a box, whose interval box is exact), for both sides in one
+pass (parallel slopes), batched over examples in groups of similar unstable counts (`_row_groups`, so that
+padding every example to the largest count does not multiply the work), and the products skip the
+columns that the relaxation zeroed (ReLU units off on their box).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -65,6 +86,7 @@ from certify.errors import UsageError
 from certify.validation import check_target
 
 METHODS = ("crown", "ibp")
+RELAXATION_FIELDS = ("lower_slope", "lower_intercept", "upper_slope", "upper_intercept")
 
 
 def _rows(t: Tensor, like: Tensor) -> Tensor:
@@ -121,6 +143,48 @@ def _dot(coeff: Tensor, v: Tensor) -> Tensor:
     return (coeff @ v.unsqueeze(-1)).squeeze(-1)
 
 
+LIVE_GAIN = 16  # products skip lam's dead columns when each gathered entry saves this many multiplications ...
+LIVE_MIN_ENTRIES = 2**15  # ... and lam is large enough to repay the gathers (cost only)
+
+
+def _live_columns(lam: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(lam [N, m, A] on the columns [N, A] that are nonzero in some row of their example, padded per example
+    with columns that are zero throughout, to the largest count A) when m (n - A) >= LIVE_GAIN A (the
+    multiplications saved per entry of M gathered): lam @ M then
+    equals lam[.., cols] @ M[cols] exactly in real arithmetic (the dropped terms are exact zeros: ReLU units
+    that are off on their box, for instance, have slope 0 on both lines), and a sum of fewer terms stays
+    within the rounding bound of the full sum. None when too few columns are dead to pay for the gathers."""
+    if lam.numel() < LIVE_MIN_ENTRIES:
+        return None
+    live = (lam != 0).any(-2)
+    count = int(live.sum(-1).max()) if live.numel() else 0
+    if lam.shape[-2] * (lam.shape[-1] - count) < LIVE_GAIN * count:
+        return None
+    cols = torch.argsort((~live).to(torch.int8), dim=-1, stable=True)[:, :count]
+    return lam.gather(-1, cols.unsqueeze(1).expand(-1, lam.shape[1], -1)), cols
+
+
+def _support(input_set: InputSet, lam: Tensor, mirrored: bool) -> Tensor:
+    """Rigorous lower bounds [N, m] on min over the input set of lam x (lam [N, m, n]), followed when `mirrored`
+    by those of -lam x ([N, 2 m]). Overwrites lam (the caller's last use of it).
+
+    For p = inf the set is its (outward-rounded) box [l, u], enclosed in [c - r, c + r] with c = l/2 + u/2
+    and r = max(u - c, c - l) rounded up (one step up from the nearest float covers the subtraction's
+    rounding; subtractions are exact below the normal range), over which min +-lam x = +-lam c - |lam| r:
+    batched matrix-vector products serve both signs, off by at most gamma_{n+2} |lam| (|c| + r) (Higham
+    2002, section 3.1), subtracted as `rounding_margin` (its 1e-300 floor covers the n 2^-1022 of products
+    below the normal range for n < 4e7). Other norms: `InputSet.lower_support`."""
+    lower, upper = input_set.box()
+    if input_set.p != math.inf or not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+        return input_set.lower_support(torch.cat([lam, -lam], dim=-2) if mirrored else lam)
+    centre = lower / 2 + upper / 2
+    radius = torch.nextafter(torch.maximum(upper - centre, centre - lower), torch.full_like(centre, math.inf))
+    value = (lam @ centre.unsqueeze(-1)).squeeze(-1)
+    spread, size = (lam.abs_() @ torch.stack([radius, centre.abs()], dim=-1)).unbind(-1)
+    slack = spread + rounding_margin(size + spread, lam.shape[-1])
+    return torch.cat([value - slack, -value - slack], dim=-1) if mirrored else value - slack
+
+
 def backward_lower_bound(
     net: AffineNetwork,
     input_set: InputSet,
@@ -131,6 +195,7 @@ def backward_lower_bound(
     const: Tensor | None = None,
     layer_terms: dict[int, Tensor] | None = None,
     units: Tensor | None = None,
+    mirrored: bool = False,
 ) -> Tensor:
     """Rigorous lower bound on coeffs @ z_layer + const over the input set, [N, m].
 
@@ -142,11 +207,21 @@ def backward_lower_bound(
     (int64) says that coeffs are the selector rows [+e_units; -e_units] (m = 2 U; `layer_bounds`): their
     first products with W_layer, b_layer and the skips are then row gathers, the same (exact) numbers.
 
+    `mirrored`: returns [N, 2 m], the lower bounds of coeffs @ z + const and then of -(coeffs @ z + const),
+    from ONE coefficient chain (`units` [N, U] then selects the rows +e_units only, m = U). Valid when every
+    relaxation below has equal lower and upper slopes (the parallel rule on ReLU; UsageError otherwise):
+    then each coefficient matrix of the negated rows is exactly the negation of the one computed here
+    (pos a + neg a = lam a either way, and rounding to nearest commutes with negation), so both objectives
+    carry the same charges (magnitude, terms, lost); only the constants differ, the negated rows taking
+    the upper intercepts where lam > 0 and the lower ones where lam < 0, sums with the same absolute
+    values (covered by the same charges).
+
     Rounding (module docstring, "Rigour"): each computed coefficient matrix is taken as exact from then
     on; the gap between it and the exact product it stands for is charged once, against a bound on the
     variable it multiplies (the box of z_k, or the image box of h_k = sigma(z_{k-1}), or the input box)."""
     lam = coeffs
     value = torch.zeros(coeffs.shape[:-1], dtype=coeffs.dtype, device=coeffs.device) if const is None else const
+    mirror = -value  # the constant of the negated objective (mirrored only)
     magnitude = value.abs()
     lost = torch.zeros_like(magnitude)  # underflow charges in units of UNDERFLOW (module docstring)
     terms = 0
@@ -169,11 +244,16 @@ def backward_lower_bound(
         return charge
 
     def times(matrix: Tensor, k: int) -> Tensor:
-        """lam @ matrix (a weight [out_k, n] or a bias [out_k]); a gather of +-rows for selector rows."""
-        if k < layer or units is None:
+        """lam @ matrix (a weight [out_k, n] or a bias [out_k]); a gather of +-rows for selector rows; over
+        the live columns of lam only where `_live_columns` found enough dead ones."""
+        if k == layer and units is not None:
+            rows = matrix[units]
+            return rows if mirrored else torch.cat([rows, -rows], dim=1)
+        if live is None:
             return lam @ matrix
-        rows = matrix[units]
-        return torch.cat([rows, -rows], dim=1)
+        part, cols = live
+        picked = matrix[cols]
+        return part @ picked if picked.dim() == 3 else (part @ picked.unsqueeze(-1)).squeeze(-1)
 
     prepaid = False  # whether the relaxation below already charged this layer's products (folded, see there)
     skipped: dict[int, Tensor] = {}  # coefficients of h_j gathered from the skips S_kj (k > j)
@@ -184,9 +264,13 @@ def backward_lower_bound(
             terms += 1
         elif not prepaid:
             magnitude = magnitude + _dot(lam.abs(), product_charge(k))
+        live = None if k == layer and units is not None else _live_columns(lam)
         weight, bias = net.weights[k], net.biases[k]
         lost = lost + weight.shape[0] * (_total(h_reach(k)) + 1)  # lam @ W_k (against h_k) and lam @ b_k
-        value = value + times(bias, k)
+        shift = times(bias, k)
+        value = value + shift
+        if mirrored:
+            mirror = mirror - shift
         for j, skip in net.skips.get(k, {}).items():
             lost = lost + skip.shape[0] * _total(h_reach(j))
             part = times(skip, k)
@@ -206,21 +290,29 @@ def backward_lower_bound(
         if k == 0:
             break
         rel = relaxations[k - 1]
+        if mirrored and not torch.equal(rel.lower_slope, rel.upper_slope):
+            raise UsageError(f"a mirrored back-substitution needs equal lower and upper slopes (layer {k - 1})")
         lower_icpt, upper_icpt = _widened(rel.lower_intercept, -1.0), _widened(rel.upper_intercept, 1.0)
         # one charge for this relaxation and the next layer's products: |pos a_l + neg a_u| <= |lam| s with
         # s = max(|a_l|, |a_u|), so |Lambda'| (r_z + product_charge(k - 1)) <= |lam| s (r_z + ...)
-        slope = torch.maximum(rel.lower_slope.abs(), rel.upper_slope.abs())
-        below = _plus(_reach(boxes[k - 1]), product_charge(k - 1))
+        slope = torch.maximum(*_aligned(rel.lower_slope.abs(), rel.upper_slope.abs()))
+        reach = _reach(boxes[k - 1])
+        below = _plus(reach, product_charge(k - 1))
         slope, below = _aligned(slope, below)
-        bound = _plus(lower_icpt.abs() + upper_icpt.abs(), slope * below)
+        bound = _plus(_plus(lower_icpt.abs(), upper_icpt.abs()), slope * below)
         magnitude = magnitude + _dot(lam.abs(), bound if charge is None else _plus(bound, charge))
         prepaid = True
-        lost = lost + _total(_reach(boxes[k - 1])) + 2 * lam.shape[-1]  # pos a_l + neg a_u (against z), intercepts
+        lost = lost + _total(reach) + 2 * lam.shape[-1]  # pos a_l + neg a_u (against z), intercepts
         pos, neg = lam.clamp(min=0), lam.clamp(max=0)
         value = value + _dot(pos, lower_icpt) + _dot(neg, upper_icpt)
+        if mirrored:  # the negated rows -lam: positive part -neg, negative part -pos
+            mirror = mirror - _dot(neg, lower_icpt) - _dot(pos, upper_icpt)
         lam = pos * _rows(rel.lower_slope, lam) + neg * _rows(rel.upper_slope, lam)
         terms += lam.shape[-1] + 2
-    return value + input_set.lower_support(lam) - rounding_margin(magnitude, terms) - 2 * UNDERFLOW * lost
+    slack = rounding_margin(magnitude, terms) + 2 * UNDERFLOW * lost
+    if mirrored:
+        value, slack = torch.cat([value, mirror], dim=-1), torch.cat([slack, slack], dim=-1)
+    return value + _support(input_set, lam, mirrored) - slack
 
 
 def _intersect(a: Box, b: Box) -> Box:
@@ -247,10 +339,66 @@ def _crown_box(net: AffineNetwork, input_set: InputSet, k: int, relaxations: lis
     if units is None:
         units = torch.arange(width, device=device).expand(input_set.center.shape[0], width)
     picked = torch.eye(width, dtype=torch.float64, device=device)[units]
-    bound = backward_lower_bound(net, input_set, k, torch.cat([picked, -picked], dim=1), relaxations, boxes,
-                                 units=units)
+    if all(torch.equal(r.lower_slope, r.upper_slope) for r in relaxations):  # one chain for both sides
+        bound = backward_lower_bound(net, input_set, k, picked, relaxations, boxes, units=units, mirrored=True)
+    else:
+        bound = backward_lower_bound(net, input_set, k, torch.cat([picked, -picked], dim=1), relaxations, boxes,
+                                     units=units)
     count = picked.shape[1]
     return bound[:, :count], -bound[:, count:]
+
+
+GROUP_WORK = 2**17  # examples are grouped until a group's padded rows times `size` reach this (cost only)
+
+
+def _row_groups(counts: Tensor, size: int) -> list[Tensor]:
+    """The examples with counts [N] > 0 (their unstable units) in groups [G] (indices) whose padding to the
+    group's largest count stays small: by ceil(log2 count) (a group's rows are then at least half its padded
+    rows), groups whose padded rows times `size` (the widths a row is multiplied through) stay below
+    GROUP_WORK merged into the next larger one (each group is one batched back-substitution, whose fixed
+    cost a small group would not repay)."""
+    level = torch.ceil(torch.log2(counts.clamp(min=1).to(torch.float64))).masked_fill(counts == 0, -1)
+    groups: list[Tensor] = []
+    pending: Tensor | None = None
+    for value in torch.unique(level).tolist():  # ascending
+        if value < 0:
+            continue
+        members = torch.nonzero(level == value).reshape(-1)
+        pending = members if pending is None else torch.cat([pending, members])
+        if pending.numel() * 2**value * size >= GROUP_WORK:
+            groups.append(pending)
+            pending = None
+    return groups if pending is None else groups + [pending]
+
+
+def _screened_box(net: AffineNetwork, input_set: InputSet, k: int, relaxations: list[Relaxation],
+                  boxes: list[Box], box: Box) -> Box:
+    """The interval box of z_k with its unstable units tightened by CROWN (`layer_bounds`' screening), the
+    examples bounded in groups of similar unstable counts (`_row_groups`)."""
+    lower, upper = box
+    size = sum(w.shape[1] for w in net.weights[: k + 1])
+    groups = _row_groups(((lower < 0) & (upper > 0)).sum(-1), size)
+    if not groups:
+        return box
+    if len(groups) == 1 and groups[0].numel() == lower.shape[0]:  # the whole batch: no copies
+        return _tightened(net, input_set, k, relaxations, boxes, (lower, upper))
+    lower, upper = lower.clone(), upper.clone()
+    for group in groups:
+        part = InputSet(input_set.center[group], input_set.eps[group], input_set.p, input_set.lo, input_set.hi)
+        rels = [Relaxation(*(getattr(r, f)[group] for f in RELAXATION_FIELDS)) for r in relaxations]
+        sub_boxes = [(b[0][group], b[1][group]) for b in boxes]
+        lower[group], upper[group] = _tightened(net, part, k, rels, sub_boxes, (lower[group], upper[group]))
+    return lower, upper
+
+
+def _tightened(net: AffineNetwork, input_set: InputSet, k: int, relaxations: list[Relaxation], boxes: list[Box],
+               box: Box) -> Box:
+    """The box of z_k with the units it leaves unstable intersected with their CROWN bounds."""
+    lower, upper = box
+    units = _unstable_rows(lower, upper)
+    crown_lo, crown_hi = _crown_box(net, input_set, k, relaxations, boxes, units)
+    return (lower.scatter(1, units, torch.maximum(lower.gather(1, units), crown_lo)),
+            upper.scatter(1, units, torch.minimum(upper.gather(1, units), crown_hi)))
 
 
 def layer_bounds(
@@ -286,11 +434,8 @@ def layer_bounds(
         if method == "crown" and not intersect_ibp:
             box = _crown_box(net, input_set, k, relaxations, boxes, None)
         elif method == "crown" and screen and act.name in PIECEWISE_LINEAR:
-            units = _unstable_rows(*box)
-            if units.shape[1]:
-                lower, upper = _crown_box(net, input_set, k, relaxations, boxes, units)
-                box = (box[0].scatter(1, units, torch.maximum(box[0].gather(1, units), lower)),
-                       box[1].scatter(1, units, torch.minimum(box[1].gather(1, units), upper)))
+            if k > 0 or input_set.p != math.inf:  # over a box (p = inf) the interval box of z_0 is exact
+                box = _screened_box(net, input_set, k, relaxations, boxes, box)
         elif method == "crown":
             box = _intersect(box, _crown_box(net, input_set, k, relaxations, boxes, None))
         boxes.append(box)
@@ -304,19 +449,70 @@ def margin_spec(target: Tensor, num_classes: int) -> Tensor:
     return eye[target][:, None, :] - eye[None, :, :]
 
 
+def _per_row(t: Tensor, rows: int) -> Tensor:
+    """A per-unit tensor [N, n] repeated for `rows` objective rows, [N, rows, n] (a view)."""
+    return t.unsqueeze(1).expand(-1, rows, -1)
+
+
+def _best_of_slopes(net: AffineNetwork, input_set: InputSet, spec: Tensor, boxes: list[Box],
+                    parallel: list[Relaxation]) -> tuple[Tensor, list[Relaxation]]:
+    """Lower bounds [N, K] of spec @ z_L on the given boxes, each row the larger of its bounds with the
+    parallel lower slopes (`parallel`, the Wong-Kolter dual network's) and with CROWN's adaptive ones (both
+    valid, in one pass of 2K rows with per-row lines), and the per-row relaxations [N, K, n_k] of the winner
+    (a rerun of `backward_lower_bound` with them gives the same bounds up to the rounding of differently
+    shaped products). When the two rules agree on every
+    layer (no ReLU or leaky ReLU unit is unstable, or smooth activations only), one pass of K rows."""
+    adaptive: list[Relaxation] = []
+    for act, box, rel in zip(net.activations, boxes, parallel):
+        alphas = [default_alpha(act, *box, rule=rule) for rule in SLOPE_RULES]
+        adaptive.append(rel if torch.equal(*alphas) else relax(act, *box, alpha=alphas[0]))
+    top = net.depth - 1
+    if all(a is p for a, p in zip(adaptive, parallel)):
+        return backward_lower_bound(net, input_set, top, spec, parallel, boxes), parallel
+    rows = spec.shape[1]
+    both = [Relaxation(*(_stacked(getattr(p, f), getattr(a, f), rows) for f in RELAXATION_FIELDS))
+            for p, a in zip(parallel, adaptive)]
+    value = backward_lower_bound(net, input_set, top, torch.cat([spec, spec], dim=1), both, boxes)
+    first, second = value[:, :rows], value[:, rows:]
+    won = (second > first).unsqueeze(-1)  # the adaptive slopes give the larger bound
+    final = [Relaxation(*(_winner(getattr(r, f), won) for f in RELAXATION_FIELDS)) for r in both]
+    return torch.maximum(first, second), final
+
+
+def _stacked(first: Tensor, second: Tensor, rows: int) -> Tensor:
+    """One line field for 2 `rows` objective rows: per unit [N, n] when both rules agree (ReLU's intercepts
+    and upper slopes), else per row [N, 2 rows, n] (`first` for the first rows, `second` for the others)."""
+    if torch.equal(first, second):
+        return first
+    return torch.cat([_per_row(first, rows), _per_row(second, rows)], dim=1)
+
+
+def _winner(field: Tensor, won: Tensor) -> Tensor:
+    """A field of `_stacked` restricted to each row's winning rule ([N, rows, 1]: the second one)."""
+    if field.dim() == 2:
+        return field
+    rows = won.shape[1]
+    return torch.where(won, field[:, rows:], field[:, :rows])
+
+
 def margin_bounds_on_set(
-    net: AffineNetwork, input_set: InputSet, target: Tensor, method: str = "crown"
+    net: AffineNetwork, input_set: InputSet, target: Tensor, method: str = "crown", slopes: str = "parallel"
 ) -> tuple[Tensor, dict]:
-    """Lower bounds [N, K] on f_c - f_j over the set (+inf at j = c) and the witness that re-derives them."""
+    """Lower bounds [N, K] on f_c - f_j over the set (+inf at j = c) and the witness that re-derives them:
+    CROWN on the boxes of the slope rule `slopes` ("parallel": one pass per layer, the default; "adaptive":
+    CROWN's own boxes, often tighter, two passes per layer), each margin the better of the parallel and
+    adaptive slopes on those boxes (module docstring, "Slopes"). Witness: "boxes", "layer_relaxations" (the
+    boxes' lines, per unit), "relaxations" (the margins' lines, per row [N, K, n_k] where the rules differ)
+    and "spec"; {} for IBP."""
     target = check_target(target, input_set.center.shape[0], net.num_classes).to(input_set.center.device)
     spec = margin_spec(target, net.num_classes)
     if method == "ibp":
         value = interval_bounds(net, input_set, spec)[-1][0]
         witness: dict = {}
     else:
-        boxes, relaxations = layer_bounds(net, input_set, method, screen=True)
-        value = backward_lower_bound(net, input_set, net.depth - 1, spec, relaxations, boxes)
-        witness = {"boxes": boxes, "relaxations": relaxations, "spec": spec}
+        boxes, relaxations = layer_bounds(net, input_set, method, slopes=slopes, screen=True)
+        value, final = _best_of_slopes(net, input_set, spec, boxes, relaxations)
+        witness = {"boxes": boxes, "layer_relaxations": relaxations, "relaxations": final, "spec": spec}
     value = value.masked_fill(spec.abs().sum(-1) == 0, float("inf"))
     return value, witness
 
@@ -329,14 +525,16 @@ def margin_lower_bounds(
     p: float | int | str,
     domain: tuple[Tensor, Tensor] | None = None,
     method: str = "crown",
+    slopes: str = "parallel",
 ) -> BoundResult:
     """Certified lower bounds [N, num_classes] of f_c - f_j over {||x' - x||_p <= eps} (intersected with
-    the domain box), by CROWN or IBP; column c is +inf. Float64, on x's device."""
+    the domain box), by CROWN or IBP; column c is +inf. Float64, on x's device. `slopes`: the rule of the
+    intermediate boxes (`margin_bounds_on_set`)."""
     if method not in METHODS:
         raise UsageError(f"unknown bound method {method!r}; choose one of {METHODS}")
     net = net.to(x.device)
     input_set = InputSet.build(x, eps, p, domain)
-    value, witness = margin_bounds_on_set(net, input_set, target, method)
+    value, witness = margin_bounds_on_set(net, input_set, target, method, slopes)
     return BoundResult(
         value=value,
         kind=Kind.CERTIFIED,

@@ -21,6 +21,11 @@ import torch
 from torch import Tensor
 
 from certify.bounds.crown import margin_bounds_on_set, margin_spec
+
+# A certified radius is a claim users compare: its bisection uses CROWN's own (adaptive) boxes, about 10% larger
+# radii on mnistfc inputs than the one-pass parallel boxes, at about twice their cost (still well under the
+# 0.5 s per input target); each margin is the better of the two slope rules on those boxes either way.
+RADIUS_SLOPES = "adaptive"
 from certify.bounds.lp import LPVerifier
 from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
@@ -109,7 +114,7 @@ def certified_radius(
         raise UsageError(f"max_radius must be positive and finite, got {top}")
 
     def crown_ok(eps: Tensor, _active: Tensor, how: str = "crown") -> Tensor:
-        values, _ = margin_bounds_on_set(net, base.with_eps(eps), target, how)
+        values, _ = margin_bounds_on_set(net, base.with_eps(eps), target, how, slopes=RADIUS_SLOPES)
         return (values > 0).all(-1)
 
     zero = torch.zeros_like(base.eps)
@@ -118,7 +123,7 @@ def certified_radius(
     details: dict = {"tol": tol, "max_radius": top, "correct_at_x": correct}
     if method in ("crown", "ibp"):
         radius = _bisect(lambda e, a: crown_ok(e, a, method), zero, start_hi, tol)
-        _, witness = margin_bounds_on_set(net, base.with_eps(radius), target, method)
+        _, witness = margin_bounds_on_set(net, base.with_eps(radius), target, method, slopes=RADIUS_SLOPES)
     else:
         verifier = LPVerifier(net, base.p)  # refuses (UnsupportedError) before any work: ReLU networks only
         crown_radius = _bisect(crown_ok, zero, start_hi, tol)

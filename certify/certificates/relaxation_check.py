@@ -26,6 +26,10 @@ Schemes (the claim's params.relaxation; the norm p and the domain box are params
   interval arithmetic (from the input box through the interval boxes below) and CROWN back-substitution
   of +-I through the layers below with the re-derived boxes and the stored alphas; the margins' lower
   bound is the same back-substitution of the rows e_c - e_j (Zhang et al. 2018; Salman et al. 2019).
+  witness["alphas"][k] is either one slope per unit [n_k] (used for the boxes and every margin) or a table
+  [K, n_k] over the classes: row c (the target, which has no margin) holds the slopes of the boxes, row
+  j != c the slopes with which margin f_c - f_j is back-substituted (each row is a valid choice, so each
+  margin may use its own: certify's CROWN keeps per margin the better of the parallel and adaptive rules).
 * "lp": the CROWN boxes as above, then each box listed in witness["tightening"] is intersected with the
   LP dual bound of +-z_k[unit] from the stored multipliers, over the tightened boxes below; each
   margin's bound is the larger of its CROWN bound and (for the classes witness["final"] lists) the dual
@@ -315,6 +319,22 @@ def crown_boxes(net: ReluNetwork, input_set: ExactSet, alphas: list[np.ndarray],
     return boxes, lines
 
 
+def _slope_tables(alphas: list[np.ndarray], classes: int, target: int, fail: Fail
+                  ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """(the box slopes per hidden layer, the per-margin slopes [K - 1, n_k] per hidden layer or None) from
+    the witness's alphas: all one vector per unit, or all tables [K, n_k] (module doc, "crown")."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in alphas]
+    if all(a.ndim <= 1 for a in arrays):
+        return arrays, None
+    if not all(a.ndim == 2 and a.shape[0] == classes for a in arrays):
+        raise fail(f"alphas must all be one vector per hidden layer or all tables with {classes} rows (one per class)")
+    rows = [j for j in range(classes) if j != target]
+    finals = [a[rows] for a in arrays]
+    if not all(((f >= 0) & (f <= 1)).all() for f in finals):
+        raise fail("the per-margin alphas must lie in [0, 1]")
+    return [a[target] for a in arrays], finals
+
+
 def _margin_rows(num_classes: int, target: int) -> tuple[Exact, list[int]]:
     others = [j for j in range(num_classes) if j != target]
     rows = np.zeros((len(others), num_classes))
@@ -387,10 +407,12 @@ def prove_margins(weights: list[torch.Tensor], biases: list[torch.Tensor], x0: n
             raise fail("the input lies outside the stated domain")
     net = ReluNetwork(weights, biases, skips)
     input_set = ExactSet.build(x0, radius, p, domain)  # type: ignore[arg-type]
-    boxes, lines = crown_boxes(net, input_set, [decode(a) for a in witness["alphas"]], fail)
+    box_alphas, final_alphas = _slope_tables([decode(a) for a in witness["alphas"]], net.widths[-1], target, fail)
+    boxes, lines = crown_boxes(net, input_set, box_alphas, fail)
     rows, others = _margin_rows(net.widths[-1], target)
     top = net.depth - 1
-    bound = net.backward(input_set, top, rows, lines)
+    final_lines = lines if final_alphas is None else [relu_lines(lo, hi, a) for (lo, hi), a in zip(boxes, final_alphas)]
+    bound = net.backward(input_set, top, rows, final_lines)
     if scheme == "lp":
         boxes, lines = lp_boxes(net, input_set, boxes, witness["tightening"], decode, fail)
         final = witness["final"]

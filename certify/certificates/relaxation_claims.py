@@ -10,11 +10,14 @@ lower), and the witness is computed on the ball of exactly the written value. Th
 (`certify.certificates.claims`) are target, p, domain (its JSON, null when unbounded) and relaxation (the
 scheme the witness is for); the witness holds evidence only:
 
-* "crown": the lower slopes alpha of every hidden unit (the checker re-derives all boxes from them);
-* "lp": the same alphas (for the CROWN boxes the LP starts from), and the dual multipliers (w, y1, y2)
-  of every box-tightening LP (per layer, units, lower and upper) and of the final LP per class j != c
-  whose solve was optimal (a margin without one keeps its CROWN bound). When a tightening LP is not
-  optimal at the written radius, the claim carries the CROWN witness instead if CROWN proves that radius.
+* "crown": the lower slopes alpha of every hidden unit as a table [K, n_k] per hidden layer: row c those
+  of the boxes (the checker re-derives all boxes from them), row j != c those with which the margin
+  f_c - f_j is bounded (certify's CROWN keeps per margin the better of the parallel and adaptive slopes);
+* "lp": one slope per unit (CROWN's adaptive rule: the boxes the LP starts from, and the margins), and
+  the dual multipliers (w, y1, y2) of every box-tightening LP (per layer, units, lower and upper) and of
+  the final LP per class j != c whose solve was optimal (a margin without one keeps its CROWN bound). When
+  a tightening LP is not optimal at the written radius, the claim carries a CROWN witness of the same
+  one-slope-per-unit form instead if CROWN with those slopes proves that radius.
 
 Only ReLU networks are claimed: the checker's exact arithmetic has no exp or log for softplus. Graphs with
 skip terms (residual adds, concatenations, max-pool as ReLU tournaments) are claimed with either scheme: the
@@ -28,10 +31,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from certify.bounds.crown import layer_bounds, margin_bounds_on_set
+from certify.bounds.crown import backward_lower_bound, layer_bounds, margin_bounds_on_set, margin_spec
 from certify.bounds.lp import LPDuals, LPVerifier
 from certify.bounds.network import AffineNetwork, from_module
-from certify.bounds.radius import certified_radius
+from certify.bounds.radius import RADIUS_SLOPES, certified_radius
 from certify.bounds.requirements import activation_refusal
 from certify.bounds.sets import InputSet
 from certify.vocabulary import parse_norm as norm_order
@@ -133,15 +136,35 @@ def relaxation_radius_claim(
                    f"nor one tolerance below it (relaxation not monotone in the radius there)")
 
 
+def _slope_tables(found: dict, target: int) -> list[Tensor]:
+    """Per hidden layer the table [K, n_k] of lower slopes (module doc, "crown"): row `target` the boxes',
+    row j the margin f_target - f_j's, from the witness of `margin_bounds_on_set` (one example)."""
+    classes = found["spec"].shape[1]
+    tables = []
+    for boxes_rel, final in zip(found["layer_relaxations"], found["relaxations"]):
+        table = final.lower_slope[0]
+        table = (table if table.dim() == 2 else table.expand(classes, -1)).clone()
+        table[target] = boxes_rel.lower_slope[0]
+        tables.append(table.cpu())
+    return tables
+
+
 def _witness(net: AffineNetwork, x: Tensor, target: int, order: float, domain: tuple | None, method: str,
              value: float) -> tuple[dict, str, str] | None:
     """The witness, its scheme and the method label proving every margin > 0 on the ball of radius `value`, or None."""
     input_set = InputSet.build(x, value, order, domain)
-    _, relaxations = layer_bounds(net, input_set, "crown")
-    witness: dict = {"alphas": [encode_array(r.lower_slope[0].numpy()) for r in relaxations]}
     scheme = method
     label = f"{method}-bisection; re-checked in exact dyadic rational arithmetic"
-    margins = margin_bounds_on_set(net, input_set, torch.tensor([target]), "crown")[0][0]
+    if method == "crown":
+        margins, found = margin_bounds_on_set(net, input_set, torch.tensor([target]), "crown", slopes=RADIUS_SLOPES)
+        witness: dict = {"alphas": [encode_array(table.numpy()) for table in _slope_tables(found, target)]}
+        return (witness, scheme, label) if bool((margins[0] > 0).all()) else None
+    # the LP starts from CROWN's boxes with one (adaptive) slope per unit: so do its witness and CROWN margins
+    spec = margin_spec(torch.tensor([target]), net.num_classes)
+    boxes, relaxations = layer_bounds(net, input_set, "crown")
+    margins = backward_lower_bound(net, input_set, net.depth - 1, spec, relaxations, boxes)[0]
+    margins = margins.masked_fill(spec[0].abs().sum(-1) == 0, math.inf)
+    witness = {"alphas": [encode_array(r.lower_slope[0].numpy()) for r in relaxations]}
     if method == "lp":
         lp_margins, lp_witness = _lp_witness(net, input_set, target)
         if lp_witness:  # a margin whose final LP was not optimal keeps its CROWN bound (so does the checker)

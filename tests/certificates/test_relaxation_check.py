@@ -16,6 +16,7 @@ from certify.certificates.document import Certificate, decode_array, encode_arra
 from certify.certificates.relaxation_check import Exact, ExactSet, _ceil_sqrt, prove_margins
 from certify.certificates.relaxation_claims import relaxation_radius_claim
 from certify.models import zoo
+from certify.bounds.network import from_module
 from certify.models.builders import mlp
 from certify.models.hashing import model_hash
 
@@ -306,3 +307,46 @@ def test_the_lp_dual_bound_on_a_relu_graph_matches_crown_and_holds_for_any_multi
                        for w in net.widths[:-1]] for key in ("w", "y1", "y2")}
         assert (net.dual_bound(input_set, top, Exact.of(rows), duals, boxes, lines).floor() <= sampled + 1e-9).all()
     model.float()
+
+
+def test_crown_witness_tables_give_each_margin_its_own_slopes(digits, monkeypatch):
+    """A CROWN claim's alphas are tables [K, n_k]: row c the boxes' slopes, row j the slopes of margin f_c - f_j
+    (the better of the parallel and adaptive rules). Each margin re-derived with its own row is at least the
+    bound with the boxes' slopes everywhere (the one-slope-per-unit form, still accepted; compared on a
+    smaller ball, where both prove every margin, the checker failing on the first unproven one); a per-margin slope
+    outside [0, 1] or a table with the wrong number of rows fails, naming the problem. (Radii use the adaptive
+    boxes, on which the adaptive slopes win every margin here; the parallel boxes make the rows differ.)"""
+    import certify.bounds.radius as radius
+    import certify.certificates.relaxation_claims as relaxation_claims
+
+    monkeypatch.setattr(radius, "RADIUS_SLOPES", "parallel")
+    monkeypatch.setattr(relaxation_claims, "RADIUS_SLOPES", "parallel")
+    model, x, domain = digits
+    claim, cert = _claim_and_cert(model, x, math.inf, domain)
+    tables = [decode_array(a, "alpha") for a in claim.witness["alphas"]]
+    target = claim.params["target"]
+    assert [t.shape for t in tables] == [(10, 64), (10, 64)]
+    net = from_module(model, (64,))
+    x0 = torch.as_tensor(x, dtype=torch.float64).reshape(-1).numpy()
+    box = tuple(np.asarray(d, dtype=np.float64) for d in domain)
+
+    def margins(alphas):
+        return np.array(prove_margins(net.weights, net.biases, x0, target, claim.value / 2, {"alphas": alphas},
+                                      lambda a: a, _Failed, "inf", "crown", box))
+
+    own = margins(tables)
+    shared = margins([t[target] for t in tables])
+    assert (own >= shared - 1e-12).all() and (own > shared + 1e-9).any()
+    status, detail = _check(model, cert, witness={**claim.witness, "alphas": [encode_array(t[target]) for t in tables]})
+    assert status == "valid" or "not proven > 0" in detail
+    others = [j for j in range(10) if j != target]
+    bad = copy.deepcopy(claim.witness)
+    raised = tables[1].copy()
+    raised[others[0]] = np.where(raised[others[0]] > 0, 1.5, raised[others[0]])
+    bad["alphas"] = [encode_array(tables[0]), encode_array(raised)]
+    status, detail = _check(model, cert, witness=bad)
+    assert status == "invalid" and "per-margin alphas must lie in [0, 1]" in detail
+    short = copy.deepcopy(claim.witness)
+    short["alphas"] = [encode_array(t[:5]) for t in tables]
+    status, detail = _check(model, cert, witness=short)
+    assert status == "invalid" and "10 rows" in detail
