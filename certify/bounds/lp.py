@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import cvxpy as cp
 import numpy as np
 import torch
 from torch import Tensor
@@ -50,6 +50,9 @@ from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet, rounding_margin
 from certify.quiet import solver_output
 from certify.validation import check_target
+
+if TYPE_CHECKING:  # cvxpy is imported by the code that solves (it costs ~1 s at start-up)
+    import cvxpy as cp
 
 
 CLARABEL_TOLERANCES = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
@@ -76,6 +79,8 @@ class TriangleLP:
     """Compiled parametric LP min c^T z_top over the triangle relaxation of the layers below `top`."""
 
     def __init__(self, net: AffineNetwork, top: int, p: float) -> None:
+        import cvxpy as cp
+
         self.net, self.top, self.p = net, top, p
         n = net.input_size
         self.x0, self.xlo, self.xhi = cp.Parameter(n), cp.Parameter(n), cp.Parameter(n)
@@ -111,6 +116,8 @@ class TriangleLP:
 
     def solve(self, input_set: InputSet, boxes: list[Box], relaxations: list[Relaxation], c: Tensor) -> LPBound:
         """Solve for one example (input_set, boxes, relaxations of batch size 1) and objective c [n_top]."""
+        import cvxpy as cp
+
         xlo, xhi = input_set.box()
         self.x0.value, self.xlo.value, self.xhi.value = (t[0].cpu().numpy() for t in (input_set.center, xlo, xhi))
         self.eps.value = float(input_set.eps[0])
@@ -310,6 +317,8 @@ def lp_margin_lower_bounds(
     values, witnesses = verifier.margin_bounds(input_set, target, tighten)
     method = "lp-tightened" if tighten else "lp"
     if torch.isnan(values).any():
+        import cvxpy as cp
+
         failed = [w["status"] for w in witnesses if any(s != cp.OPTIMAL for s in w["status"].values())]
         return BoundResult.refuse(method, f"an LP solve was not optimal: {failed}", [input_set.describe()])
     return BoundResult(

@@ -7,7 +7,11 @@ It trusts nothing a certificate says about itself (DESIGN section 10):
 * the model hash, the input's and the explanation's hashes; the target: when `target_source` is
   "predicted" the argmax of the model at x (in its own dtype) and of N (float64) must equal it;
 * the function: its OWN translation of the model (`certify.certificates.semantics.translate`) and its own
-  conformance check; a certificate whose function block is refused or failed carries no bound-based claim;
+  conformance check at the certificate's x; a certificate whose function block is refused or failed carries no
+  bound-based claim. The translation, and the facts about N alone derived from it (Lipschitz layer factors,
+  spectral norms, global Hessian bounds, the softplus deviation), are kept per model object while its content
+  hash is unchanged (`semantics.cached_translation`, which re-checks torch's integrity and the modules' state
+  on every use); everything that depends on x is re-derived for each certificate;
 * every claim is a well-formed statement of its type (`claims.validate_claim`: kind allowed for the type,
   every parameter range-checked, value range, witness keys, statement == render(type, params)); every
   claim about f_c has params.target == the certificate's target; at most one claim per type (weak-convexity
@@ -169,19 +173,28 @@ class Stages:
     head: str | None = None
 
 
-def _translate(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Stages | None, str | None, Any, Any]:
-    """(stages, None, raw stages, semantics module) or (None, reason, None, module): the checker's own
-    translation (`certify.certificates.semantics`, by tracing; independent of certify.bounds.network)."""
+def _translate(model: nn.Module, input_shape: tuple[int, ...], fingerprint: str) -> tuple[Stages | None, str | None, Any, Any]:
+    """(stages, None, kept translation, semantics module) or (None, reason, None, module): the checker's own
+    translation (`certify.certificates.semantics`, by tracing; independent of certify.bounds.network), kept for
+    the model object while its content hash `fingerprint` is unchanged (`semantics.cached_translation`)."""
     from certify.certificates import semantics
 
     try:
-        raw = semantics.translate(model, input_shape)
+        kept = semantics.cached_translation(model, input_shape, fingerprint)
     except Exception as exc:  # noqa: BLE001 - any refusal of the translation refuses bound-based claims
         return None, f"the checker cannot translate the model exactly: {exc}", None, semantics
+    raw = kept.stages
     mats = [torch.as_tensor(m, dtype=torch.float64).cpu() for m in raw.mats]
     biases = [torch.as_tensor(b, dtype=torch.float64).cpu() for b in raw.biases]
     skips = {k: {j: torch.as_tensor(s, dtype=torch.float64).cpu() for j, s in row.items()} for k, row in raw.skips.items()}
-    return Stages(mats, biases, [tuple(a) for a in raw.acts], skips, raw.head), None, raw, semantics
+    return Stages(mats, biases, [tuple(a) for a in raw.acts], skips, raw.head), None, kept, semantics
+
+
+def _memo(store: dict, key: tuple, compute: Callable[[], Any]) -> Any:
+    """store[key], computed once (a computation that raises is not kept)."""
+    if key not in store:
+        store[key] = compute()
+    return store[key]
 
 
 class _Context:
@@ -206,7 +219,9 @@ class _Context:
         self.no_function: str | None = None
         self.semantics: Any = None
         self.raw_stages: Any = None
-        self._num_classes: int | None = None
+        self.model_memo: dict = {}  # facts about N alone, kept with the translation (semantics.Translation.memo)
+        self.memo: dict = {}  # facts about N near this certificate's x, shared by its claims
+        self._logits: Tensor | None = None
 
     # -- N in float64 --------------------------------------------------------------
     def require_function(self) -> Stages:
@@ -278,11 +293,16 @@ class _Context:
         return z[self.target] - others, 1e-12 * (1.0 + float(z.abs().max()))
 
     @property
-    def num_classes(self) -> int:
-        if self._num_classes is None:
+    def logits_as_run(self) -> Tensor:
+        """The model's output at x, in its own dtype and on its device (evaluated once)."""
+        if self._logits is None:
             with torch.no_grad():
-                self._num_classes = int(self.model(self.x.to(self.dtype).to(self.device)).shape[1])
-        return self._num_classes
+                self._logits = self.model(self.x.to(self.dtype).to(self.device))
+        return self._logits
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.logits_as_run.shape[1])
 
     # -- claims --------------------------------------------------------------------
     def verified(self, claim_id: str, allow_probabilistic: bool = False) -> float:
@@ -325,16 +345,19 @@ def _row(ctx: _Context, c: int) -> Tensor:
 
 # ------------------------------------------------------------------ rules (each returns the re-derived value)
 
-def _product_bound(ctx: _Context, row: Tensor, p: float) -> float:
-    """Lipschitz constant of row . N in the l_p norm of the input (p = 2 or inf): the path-sum bound over the
-    DAG of layers (`semantics.lipschitz_bound`, whose docstring states the formula; for a chain of
-    1-Lipschitz activations the product ||row^T W_{L-1}||_q prod_k ||W_k||_{p->p}), rounded up by
-    (1 + 1e-10 L): every term is a product of at most L norms (one per layer on its path), each computed to
-    a relative 1e-10, and the sums of nonnegative terms add only float64 roundings."""
+def _product_bounds(ctx: _Context, rows: Tensor, p: float) -> list[float]:
+    """Lipschitz constant of r . N for each row r of rows [R, C] in the l_p norm of the input (p = 2 or inf): the
+    path-sum bound over the DAG of layers (`semantics.lipschitz_bound`, whose docstring states the formula; for
+    a chain of 1-Lipschitz activations the product ||r^T W_{L-1}||_q prod_k ||W_k||_{p->p}; its row-independent
+    layer factors computed once per translation), rounded up by (1 + 1e-10 L): every term is a product of at
+    most L norms (one per layer on its path), each computed to a relative 1e-10, and the sums of nonnegative
+    terms add only float64 roundings."""
     st = ctx.require_function()
     if not (p == 2 or math.isinf(p)):
         raise Invalid(f"p = {p} not supported")
-    return up(ctx.semantics.lipschitz_bound(st, row, p)) * (1 + 1e-10 * len(st.mats))
+    lips = _memo(ctx.model_memo, ("layer lipschitz", p), lambda: ctx.semantics.layer_lipschitz(st, p))
+    values = ctx.semantics.lipschitz_bound(st, rows, p, lips)
+    return [up(float(v)) * (1 + 1e-10 * len(st.mats)) for v in values]
 
 
 def _p(params: dict) -> float:
@@ -344,17 +367,26 @@ def _p(params: dict) -> float:
 def check_deviation(ctx: _Context, claim: Claim) -> float:
     """sup |T - N| from the thresholds of torch's softplus (the checker's semantics module)."""
     ctx.require_function()
-    return up(float(ctx.semantics.deviation_bound(ctx.raw_stages)))
+    return _memo(ctx.model_memo, ("deviation",), lambda: up(float(ctx.semantics.deviation_bound(ctx.raw_stages))))
 
 
 def check_lipschitz(ctx: _Context, claim: Claim) -> float:
-    return _product_bound(ctx, _row(ctx, claim.params["target"]), _p(claim.params))
+    return _product_bounds(ctx, _row(ctx, claim.params["target"])[None], _p(claim.params))[0]
 
 
 def _hessian_eigen_bounds(ctx: _Context, row: Tensor) -> tuple[float, float]:
     """(m, M) with m <= lambda_min(Hess f) and lambda_max(Hess f) <= M on all of R^n, f = row . N (exact
-    softplus; Singla & Feizi 2020, Lemma 1 / Theorems 3-4); a linear N (no activation) has Hessian 0."""
+    softplus; Singla & Feizi 2020, Lemma 1 / Theorems 3-4); a linear N (no activation) has Hessian 0. Computed
+    once per translation and row."""
     st = ctx.require_function()
+    def norm(k: int) -> float:
+        return _memo(ctx.model_memo, ("spectral norm", k), lambda: spectral_norm(st.mats[k]))
+
+    return _memo(ctx.model_memo, ("hessian", tuple(row.tolist())), lambda: _chain_hessian_bounds(st, row, norm))
+
+
+def _chain_hessian_bounds(st: Stages, row: Tensor, norm: Callable[[int], float]) -> tuple[float, float]:
+    """`_hessian_eigen_bounds` of f = row . N on the checker's stages `st`; norm(k) = ||W_k||_2."""
     if st.skips:
         raise Invalid("curvature bounds are re-derived for chains only: this network has skip connections (a graph)")
     if not st.acts:
@@ -377,9 +409,9 @@ def _hessian_eigen_bounds(ctx: _Context, row: Tensor) -> tuple[float, float]:
     scale = up(float(local_check.l2_up(w1.abs().T @ torch.diag(worst) @ w1.abs())))  # no squares that underflow
     low = float(torch.linalg.eigvalsh(w1.T @ torch.diag(terms[0][0]) @ w1)[0]) - 1e-11 * scale
     high = float(torch.linalg.eigvalsh(w1.T @ torch.diag(terms[0][1]) @ w1)[-1]) + 1e-11 * scale
-    jac = spectral_norm(w1)
+    jac = norm(0)
     for idx in range(1, len(st.acts)):
-        jac *= spectral_norm(mats[idx])
+        jac *= norm(idx)
         square = up(up(jac) ** 2)  # >= TINY where the square underflows to 0
         low += float(terms[idx][0].min()) * square
         high += float(terms[idx][1].max()) * square
@@ -398,12 +430,14 @@ def _eigen_bounds(ctx: _Context, claim: Claim) -> list[tuple[float, float]]:
         return [_hessian_eigen_bounds(ctx, row)]
     stages = ctx.require_function()
     if stages.acts and all(a[0] == "relu" for a in stages.acts):  # a ReLU chain: Hessian 0 where no unit switches
-        count = local_check.unstable_relu_units(stages, ctx.x.reshape(-1), float(radius))
+        count = _memo(ctx.memo, ("unstable relu", float(radius)),
+                      lambda: local_check.unstable_relu_units(stages, ctx.x.reshape(-1), float(radius)))
         if count:
             raise Invalid(f"{count} ReLU units may change state on the ball of radius {radius:.6g}: N is not known to "
                           "be affine there, so no curvature bound holds")
         return [(0.0, 0.0)]
-    local = local_check.hessian_bounds(ctx.require_function(), ctx.x.reshape(-1), float(radius), row)
+    local = _memo(ctx.memo, ("local hessian", float(radius), claim.params["target"]),
+                  lambda: local_check.hessian_bounds(stages, ctx.x.reshape(-1), float(radius), row))
     try:
         return [_hessian_eigen_bounds(ctx, row), local]
     except Invalid:
@@ -451,7 +485,8 @@ def prox_radius(ctx: _Context, claim: Claim, eps: float, tol: float) -> float:
     for k in range(1, len(radii)):
         if radii[k] >= radii[k - 1]:
             continue
-        lip = local_check.gradient_bound(ctx.require_function(), ctx.x.reshape(-1), float(radii[k - 1]), row)
+        lip = _memo(ctx.memo, ("local gradient", float(radii[k - 1]), claim.params["target"]),
+                    lambda r=float(radii[k - 1]): local_check.gradient_bound(ctx.require_function(), ctx.x.reshape(-1), r, row))
         bound = up(eps + up(rho * up(lip + tol)))
         if not radii[k] >= bound:
             raise Invalid(f"radii[{k}] = {radii[k]!r} < eps + rho (L(radii[{k - 1}]) + tol) = {bound:.10g}, L(r) the "
@@ -834,13 +869,11 @@ def check_lipschitz_radius(ctx: _Context, claim: Claim) -> float:
         return 0.0
     k = ctx.require_function().mats[-1].shape[0]
     others = [j for j in range(k) if j != ctx.target]
-    radii = []
-    for m, j in zip(margins, others):
-        row = torch.zeros(k, dtype=torch.float64)
-        row[ctx.target], row[j] = 1.0, -1.0
-        bound = _product_bound(ctx, row, math.inf if math.isinf(p) else 2.0)
-        radii.append(down(float(m) - slack) / bound)
-    return down(min(radii))
+    rows = torch.zeros(len(others), k, dtype=torch.float64)
+    rows[:, ctx.target] = 1.0
+    rows[torch.arange(len(others)), others] = -1.0
+    bounds = _product_bounds(ctx, rows, math.inf if math.isinf(p) else 2.0)
+    return down(min(down(float(m) - slack) / bound for m, bound in zip(margins, bounds)))
 
 
 def check_gap(ctx: _Context, claim: Claim) -> float:
@@ -1088,8 +1121,7 @@ def _document_checks(ctx: _Context, report: VerifyReport) -> None:
         report.problems.append(f"target {cert.target} out of range for the model's {classes} classes")
         return
     if cert.target_source == "predicted":
-        with torch.no_grad():
-            own = int(ctx.model(ctx.x.to(ctx.dtype).to(ctx.device)).argmax())
+        own = int(ctx.logits_as_run.argmax())
         if own != cert.target:
             report.problems.append(f"target_source 'predicted' but the model predicts class {own}, not {cert.target}")
         if ctx.stages is not None and ctx.no_function is None and int(ctx.n_logits(ctx.x).argmax()) != cert.target:
@@ -1142,7 +1174,7 @@ def verify_certificate(cert: AnyCertificate, model: nn.Module, base_dir: Path | 
             return _verify_property(cert, model, base_dir, report)
         if isinstance(cert, ImportanceCertificate):
             return _verify_importance(cert, model, base_dir, report)
-        return _verify(cert, model, base_dir, report)
+        return _verify(cert, model, base_dir, report, actual)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise CertificateFormatError(f"the model cannot be evaluated on the certificate's input "
                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
@@ -1183,17 +1215,18 @@ def _verify_property(cert: PropertyCertificate, model: nn.Module, base_dir: Path
     return report
 
 
-def _verify(cert: Certificate, model: nn.Module, base_dir: Path | None, report: VerifyReport) -> VerifyReport:
+def _verify(cert: Certificate, model: nn.Module, base_dir: Path | None, report: VerifyReport,
+            fingerprint: str) -> VerifyReport:
     ctx = _Context(cert, model, base_dir)
-    stages, reason, raw, semantics = _translate(model, tuple(ctx.x.shape[1:]))
-    ctx.semantics, ctx.raw_stages = semantics, raw
+    stages, reason, kept, semantics = _translate(model, tuple(ctx.x.shape[1:]), fingerprint)
+    ctx.semantics = semantics
     if stages is None:
         ctx.no_function = reason
     else:
-        ctx.stages = stages
+        ctx.stages, ctx.raw_stages, ctx.model_memo = stages, kept.stages, kept.memo
         point = ctx.x.to(ctx.dtype).to(ctx.device)
         try:
-            max_dev, tol, passed = semantics.check_conformance(model, raw, point)
+            max_dev, tol, passed = semantics.check_conformance(model, ctx.raw_stages, point)
         except Exception as exc:  # noqa: BLE001
             max_dev, tol, passed = math.nan, math.nan, False
         if not passed:

@@ -73,6 +73,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -642,8 +643,7 @@ def _check_module_state(model: nn.Module) -> None:
 
 
 def _walk(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], int, str | None]:
-    """(nodes, index of the logits node, head) of the traced model (module doc)."""
-    _check_module_state(model)
+    """(nodes, index of the logits node, head) of the traced model (module doc; `model` from `_traceable`)."""
     try:
         graph = _LeafTracer().trace(model)
     except Exception as exc:  # noqa: BLE001
@@ -1028,24 +1028,35 @@ def _affine_jacobians(stage: Callable[..., Tensor], sizes: list[int], m: int) ->
     return tuple(torch.zeros(m, n, dtype=torch.float64) if g is None else g for g, n in zip(grads, sizes))
 
 
-def translate(model: nn.Module, input_shape: tuple[int, ...]) -> Stages:
-    """The checker's translation of `model` for one example of shape `input_shape` (raises SemanticsError)."""
+def _traceable(model: nn.Module, shape0: tuple[int, ...]) -> nn.Module:
+    """The module `_walk` traces, after every refusal that does not depend on the traced graph (raises
+    SemanticsError): torch's own classes and functions, not replacements (certify.models.integrity); the
+    wrappers' state (`_strip`); a ScriptModule's graph rebuilt as fx (conformance then compares N with the
+    ScriptModule itself); the modules' state (`_check_module_state`: training mode, hooks, instance forwards)."""
     from certify.models.integrity import check_torch_integrity
     from certify.models.torchscript import translatable
 
-    shape0 = tuple(int(s) for s in input_shape)
-    try:  # torch's own classes and functions, not replacements (certify.models.integrity)
+    try:
         check_torch_integrity(model)
     except UnsupportedError as exc:
         raise SemanticsError(str(exc)) from exc
-    model = _strip(model, check=True)
-    try:  # a ScriptModule's graph rebuilt as fx (conformance then compares N with the ScriptModule itself)
-        model = translatable(model, shape0)
-        check_torch_integrity(model)
+    stripped = _strip(model, check=True)
+    try:
+        model = translatable(stripped, shape0)
+        if model is not stripped:  # a module rebuilt from a ScriptModule's graph
+            check_torch_integrity(model)
     except UnsupportedError as exc:
         raise SemanticsError(str(exc)) from exc
     if _is_leaf(model):  # fx always traces the root's own forward: wrap a bare module
         model = nn.Sequential(model).eval()
+    _check_module_state(model)
+    return model
+
+
+def translate(model: nn.Module, input_shape: tuple[int, ...]) -> Stages:
+    """The checker's translation of `model` for one example of shape `input_shape` (raises SemanticsError)."""
+    shape0 = tuple(int(s) for s in input_shape)
+    model = _traceable(model, shape0)
     nodes, logits, head = _walk(model, shape0)
     with torch.no_grad():  # per-example shapes of every node
         values: list[Tensor] = [torch.zeros((1,) + shape0, dtype=torch.float64)]
@@ -1086,6 +1097,45 @@ def translate(model: nn.Module, input_shape: tuple[int, ...]) -> Stages:
         biases.append(bias)
     acts = [nodes[i].act for i in h_nodes[1:]]
     return Stages(mats, biases, acts, shape0, skips, head, nodes, logits)  # type: ignore[arg-type]
+
+
+@dataclass
+class Translation:
+    """A kept translation: `stages` of the model whose content hash was `fingerprint`; `memo`: facts its users
+    derive from the stages alone (independent of any input), kept as long as the stages."""
+
+    stages: Stages
+    fingerprint: str
+    memo: dict = field(default_factory=dict)
+
+
+_TRANSLATIONS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], Translation]]" = weakref.WeakKeyDictionary()
+
+
+def cached_translation(model: nn.Module, input_shape: tuple[int, ...], fingerprint: str) -> Translation:
+    """`translate(model, input_shape)`, kept per model OBJECT (a weak reference: the entry goes with the model) and
+    input shape while `fingerprint`, the model's content hash (`certify.models.hashing.model_hash`: its module
+    tree, the code of its forwards, its hooks and every parameter and buffer), is unchanged; an edited model
+    hashes differently and is translated again. A kept translation is returned only after the refusals that do
+    not depend on the traced graph pass again (`_traceable`: torch integrity, wrapper and module state), so a
+    torch patched or a hook added since then is refused as by `translate`. Refusals (SemanticsError) are not
+    kept."""
+    shape0 = tuple(int(s) for s in input_shape)
+    kept = _TRANSLATIONS.get(model)
+    entry = None if kept is None else kept.get(shape0)
+    if entry is not None and entry.fingerprint == fingerprint:
+        _traceable(model, shape0)
+        return entry
+    entry = Translation(translate(model, shape0), fingerprint)
+    if kept is None or any(e.fingerprint != fingerprint for e in kept.values()):
+        kept = _TRANSLATIONS[model] = {}
+    kept[shape0] = entry
+    return entry
+
+
+def clear_translation_cache() -> None:
+    """Forget every kept translation (`cached_translation`)."""
+    _TRANSLATIONS.clear()
 
 
 # -------------------------------------------------------------------------------------------- evaluation
@@ -1164,7 +1214,34 @@ def deviation_bound(stages: Stages) -> float:
     return float(d.max()) * (1 + 1e-14)
 
 
-def lipschitz_bound(stages: Any, row: Tensor, p: float) -> float:
+def _operator_norm(w: Tensor, p: float) -> float:
+    """||w||_{p->p}: the spectral norm (p = 2) or the largest absolute row sum (p = inf)."""
+    if not w.numel():
+        return 0.0
+    return float(torch.linalg.matrix_norm(w, ord=2)) if p == 2 else float(w.abs().sum(dim=1).max())
+
+
+def _dual_norms(v: Tensor, p: float) -> Tensor:
+    """||v||_q over dim 0 of v ([n] or [n, R] columns), q the dual exponent of p (2 for p = 2, 1 for p = inf)."""
+    return v.norm(2, dim=0) if p == 2 else v.abs().sum(dim=0)
+
+
+def layer_lipschitz(stages: Any, p: float) -> list[float]:
+    """[L(h_0), .., L(h_{L-1})] of the path-sum bound (`lipschitz_bound`): the Lipschitz bounds of x -> h_k in
+    the l_p norm (p = 2 or inf), the same for every row. `stages`: mats, skips, acts."""
+    if not (p == 2 or math.isinf(p)):
+        raise ValueError(f"p = {p}: the path-sum bound is implemented for p = 2 and p = inf")
+    skips = getattr(stages, "skips", {}) or {}
+    lips = [1.0]
+    for k in range(len(stages.mats) - 1):
+        lz = _operator_norm(stages.mats[k], p) * lips[k]
+        for j, s in sorted(skips.get(k, {}).items()):
+            lz = lz + _operator_norm(s, p) * lips[j]
+        lips.append(lipschitz(stages.acts[k]) * lz)
+    return lips
+
+
+def lipschitz_bound(stages: Any, row: Tensor, p: float, lips: list[float] | None = None) -> float | Tensor:
     """Lipschitz constant of x -> row . N(x) in the l_p norm of the input (p = 2 or inf), the PATH-SUM bound
     over the DAG of layers (not rounded outward; the checker rounds it):
 
@@ -1177,34 +1254,17 @@ def lipschitz_bound(stages: Any, row: Tensor, p: float) -> float:
     (||v||_2 for p = 2, ||v||_1 for p = inf), lip(sigma) = sup |sigma'| (`lipschitz`); the sums run in this
     order, skips by increasing j. Each L(h_k) bounds the Lipschitz constant of x -> h_k (triangle inequality
     over the terms of z_k), so the result bounds that of row . N. For a chain of relu / softplus layers it is
-    exactly the product ||row^T W_{L-1}||_q prod_k ||W_k||_{p->p}. `stages`: mats, skips, acts; row [C]."""
-    if p == 2:
-        def norm(w: Tensor) -> float:
-            return float(torch.linalg.matrix_norm(w, ord=2)) if w.numel() else 0.0
-
-        def dual(v: Tensor) -> float:
-            return float(v.norm(2))
-    elif math.isinf(p):
-        def norm(w: Tensor) -> float:
-            return float(w.abs().sum(dim=1).max()) if w.numel() else 0.0
-
-        def dual(v: Tensor) -> float:
-            return float(v.abs().sum())
-    else:
-        raise ValueError(f"p = {p}: the path-sum bound is implemented for p = 2 and p = inf")
+    exactly the product ||row^T W_{L-1}||_q prod_k ||W_k||_{p->p}. `stages`: mats, skips, acts; row [C] (a
+    float) or rows [R, C] (a tensor [R], one bound per row); `lips`: `layer_lipschitz(stages, p)` when the
+    caller has it already (it does not depend on the row)."""
+    lips = layer_lipschitz(stages, p) if lips is None else lips
     skips = getattr(stages, "skips", {}) or {}
     last = len(stages.mats) - 1
-    lips = [1.0]
-    for k in range(last):
-        lz = norm(stages.mats[k]) * lips[k]
-        for j, s in sorted(skips.get(k, {}).items()):
-            lz = lz + norm(s) * lips[j]
-        lips.append(lipschitz(stages.acts[k]) * lz)
-    row = torch.as_tensor(row, dtype=torch.float64)
-    value = dual(stages.mats[last].T @ row) * lips[last]
+    rows = torch.as_tensor(row, dtype=torch.float64)
+    value = _dual_norms(stages.mats[last].T @ rows.transpose(0, -1), p) * lips[last]
     for j, s in sorted(skips.get(last, {}).items()):
-        value = value + dual(s.T @ row) * lips[j]
-    return value
+        value = value + _dual_norms(s.T @ rows.transpose(0, -1), p) * lips[j]
+    return float(value) if rows.dim() == 1 else value
 
 
 def _roundoff(model: nn.Module) -> tuple[torch.dtype, torch.device, float]:
@@ -1225,9 +1285,23 @@ def _gamma(n: int, u: float) -> float:
     return n * u / (1 - n * u) if n * u < 0.5 else math.inf
 
 
-def _rounding(stages: Stages, pts: Tensor, u: float, tiny: float) -> Tensor:
+def _magnitudes(stages: Stages, hs: list[Tensor], absolute: tuple[list[Tensor], dict]) -> list[Tensor]:
+    """[|W_k| |h_k| + sum_j |S_kj| |h_j| + |b_k|] [m, out_k] of every layer k at N's activations hs (from
+    `_layers`); absolute: ([|W_k|], {k: {j: |S_kj|}})."""
+    mags = []
+    for k, b in enumerate(stages.biases):
+        mag = hs[k].abs() @ absolute[0][k].T + b.abs()
+        for j, s in absolute[1].get(k, {}).items():
+            mag = mag + hs[j].abs() @ s.T
+        mags.append(mag)
+    return mags
+
+
+def _rounding(stages: Stages, pts: Tensor, u: float, tiny: float, hs: list[Tensor], zs: list[Tensor],
+              absolute: tuple[list[Tensor], dict], mags: list[Tensor]) -> Tensor:
     """[m, C] forward rounding bound on the logits: the model's graph node by node in unit roundoff u (+
-    float64), plus N's float64 layers (module doc)."""
+    float64), plus N's float64 layers (module doc) at the same points: hs, zs from `_layers`, mags from
+    `_magnitudes`, absolute: ([|W_k|], {k: {j: |S_kj|}})."""
     with torch.no_grad():
         values = [pts.reshape((pts.shape[0],) + stages.input_shape)]
         errors = [torch.zeros_like(values[0])]
@@ -1242,42 +1316,30 @@ def _rounding(stages: Stages, pts: Tensor, u: float, tiny: float) -> Tensor:
                 if node.terms == 0:
                     err = node.absolute(False, *es) if node.absolute is not None else node.run(*es)  # type: ignore[misc]
                 else:
-                    mags = [v.abs() + e for v, e in zip(vs, es)]
-                    err = node.absolute(False, *es) + _gamma(node.terms, u + _U64) * node.absolute(True, *mags)  # type: ignore[misc]
+                    mags_in = [v.abs() + e for v, e in zip(vs, es)]
+                    err = node.absolute(False, *es) + _gamma(node.terms, u + _U64) * node.absolute(True, *mags_in)  # type: ignore[misc]
             values.append(value)
             errors.append(err)
         model_err = errors[stages.logits_node].reshape(pts.shape[0], -1)
-        flat = pts.reshape(pts.shape[0], -1)
-        skips = stages.skips
-        hs, en_h = [flat], [torch.zeros_like(flat)]
-        en = en_h[0]
-        for k, (w, b) in enumerate(zip(stages.mats, stages.biases)):
-            z = hs[k] @ w.T + b
-            en = en_h[k] @ w.abs().T
-            mag = hs[k].abs() @ w.abs().T + b.abs()
+        en_h = [torch.zeros_like(hs[0])]
+        for k, w in enumerate(stages.mats):
+            en = en_h[k] @ absolute[0][k].T
             terms = w.shape[1] + 1
-            for j, s in skips.get(k, {}).items():
-                z = z + hs[j] @ s.T
-                en = en + en_h[j] @ s.abs().T
-                mag = mag + hs[j].abs() @ s.abs().T
+            for j, s in absolute[1].get(k, {}).items():
+                en = en + en_h[j] @ s.T
                 terms += s.shape[1] + 1
-            en = en + _gamma(terms, _U64) * mag
+            en = en + _gamma(terms, _U64) * mags[k]
             if k < len(stages.acts):
                 a = stages.acts[k]
-                h = activate(a, z)
-                hs.append(h)
-                en_h.append(lipschitz(a) * en + act_rounding(a, z, h, _U64))
+                en_h.append(lipschitz(a) * en + act_rounding(a, zs[k], hs[k + 1], _U64))
     return model_err + en
 
 
-def _largest_value(stages: Stages, pts: Tensor) -> Tensor:
-    """[m] largest |value| among N's pre-activations, activations and |W| |h| + sum |S| |h_j| + |b| sums."""
-    hs, _ = _layers(stages, pts.reshape(pts.shape[0], -1))
+def _largest_value(hs: list[Tensor], mags: list[Tensor]) -> Tensor:
+    """[m] largest |value| among N's pre-activations, activations and |W| |h| + sum |S| |h_j| + |b| sums (hs from
+    `_layers`, mags from `_magnitudes`)."""
     top = torch.stack([h.abs().amax(dim=1) for h in hs]).amax(dim=0)
-    for k, (w, b) in enumerate(zip(stages.mats, stages.biases)):
-        mag = hs[k].abs() @ w.abs().T + b.abs()
-        for j, s in stages.skips.get(k, {}).items():
-            mag = mag + hs[j].abs() @ s.abs().T
+    for mag in mags:
         top = torch.maximum(top, mag.amax(dim=1))
     return top
 
@@ -1326,13 +1388,15 @@ def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor 
     except Exception:  # noqa: BLE001 - a model that fails on its own points does not conform
         return math.inf, 0.0, False
     exact_in = as_run.to(torch.float64)
-    logits = forward(stages, exact_in)
-    want = _head_output(stages.head, logits)
+    hs, zs = _layers(stages, _flat_input(stages, exact_in))  # one pass of N for its values, rounding and range
+    absolute = ([w.abs() for w in stages.mats], {k: {j: s.abs() for j, s in row.items()} for k, row in stages.skips.items()})
+    mags = _magnitudes(stages, hs, absolute)
+    want = _head_output(stages.head, zs[-1])
     if got.numel() != want.numel():
         return math.inf, 0.0, False
     got = got.reshape(want.shape)
     tiny = torch.finfo(dtype).tiny
-    tol_z = 2.0 * _rounding(stages, exact_in, u, tiny) + deviation_bound(stages)
+    tol_z = 2.0 * _rounding(stages, exact_in, u, tiny, hs, zs, absolute, mags) + deviation_bound(stages)
     tol = _head_tolerance(stages.head, tol_z, want, u + _U64)
     single = single.reshape(-1)
     if not bool(((single - got[0]).abs() <= tol[0]).all()):
@@ -1340,7 +1404,7 @@ def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor 
         return float((single - got[0]).abs()[k]), float(tol[0, k]), False
     ok = torch.isfinite(got).all(dim=1)
     # a non-finite model output is excused only where N's own values come near the dtype's range
-    big = _largest_value(stages, exact_in) >= torch.finfo(dtype).max / 16
+    big = _largest_value(hs, mags) >= torch.finfo(dtype).max / 16
     if bool((~ok & ~big).any()) or not bool(ok[: base.shape[0]].all()):
         return math.inf, 0.0, False
     diff = (got - want).abs()

@@ -180,6 +180,23 @@ def test_other_weights_fail(certificates, model):
     assert not report.valid and "model hash" in report.failures()[0]
 
 
+def test_a_model_edited_in_place_is_translated_again(model):
+    """The checker keeps its translation per model object (semantics.cached_translation): after an in-place edit
+    a claim that held for the old weights only must fail, and every number is re-derived from the new ones."""
+    edited = copy.deepcopy(model)
+    x = zoo.load(MODEL)[1].x_test[:1]
+    (before,) = certify_explanations(Gradient(edited), x, model_spec=MODEL)
+    assert verify_certificate(before, edited).valid  # translated and kept
+    with torch.no_grad():
+        edited[0].weight.mul_(2.0)  # the same object: its Lipschitz constant grows
+    (after,) = certify_explanations(Gradient(edited), x, model_spec=MODEL)
+    assert verify_certificate(after, edited).valid
+    old = next(c.value for c in before.claims if c.id == "lipschitz")
+    assert old < next(c.value for c in after.claims if c.id == "lipschitz")
+    forged = _edit(after, lambda d: _claim(d, "lipschitz").update(value=old))
+    assert _rejected(verify_certificate(forged, edited), "lipschitz")
+
+
 def test_other_input_fails(certificates, model):
     cert = copy.deepcopy(certificates["moreaugrad"][0])
     x = torch.tensor(cert.input["values"])

@@ -22,6 +22,7 @@ from certify.certificates.document import encode_array
 from certify.explain import Gradient
 from certify.explain.moreaugrad import MoreauGrad
 from certify.models import zoo
+from certify.models.hashing import model_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from edits import doc_claim as _doc_claim, edited as _edit  # noqa: E402
@@ -272,9 +273,10 @@ def test_linear_network_has_zero_hessian():
 def _context(model, shape, x, claims, values, explanation=None):
     """A checker context whose assumptions' re-derived values are `values` (id -> value, taken as verified)."""
     ctx = object.__new__(checker._Context)
-    stages, reason, raw, sem = checker._translate(model, shape)
+    stages, reason, kept, sem = checker._translate(model, shape, model_hash(model))
     assert reason is None
-    ctx.stages, ctx.no_function, ctx.raw_stages, ctx.semantics = stages, None, raw, sem
+    ctx.stages, ctx.no_function, ctx.raw_stages, ctx.semantics = stages, None, kept.stages, sem
+    ctx.model_memo, ctx.memo = kept.memo, {}
     ctx.x = x.reshape((1,) + shape).double()
     ctx.explanation = (torch.zeros_like(ctx.x) if explanation is None else explanation).reshape(ctx.x.shape)
     ctx.base_dir, ctx.target = None, 0

@@ -635,3 +635,99 @@ def test_checker_accepts_in_place_ops_on_fresh_values():
     assert S.check_conformance(model, stages, x)[2]
     with torch.no_grad():
         assert torch.allclose(S.forward(stages, x.double()), copy.deepcopy(model).double()(x.double()), atol=1e-10)
+
+
+def test_lipschitz_bound_of_several_rows_is_each_rows_bound():
+    model, data = zoo.load("digits-softplus-mlp")
+    stages = S.translate(model, tuple(data.input_shape))
+    rows = torch.randn(5, 10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for p in (2.0, math.inf):
+        lips = S.layer_lipschitz(stages, p)
+        together = S.lipschitz_bound(stages, rows, p, lips)
+        assert together.shape == (5,)
+        for row, value in zip(rows, together):
+            assert math.isclose(float(value), S.lipschitz_bound(stages, row, p), rel_tol=1e-14)
+    with pytest.raises(ValueError, match="p = 1"):
+        S.layer_lipschitz(stages, 1.0)
+
+
+# ------------------------------------------------------------------ the kept translations (cached_translation)
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 6), nn.Softplus(), nn.Linear(6, 3)).eval()
+
+
+def test_a_translation_is_kept_per_model_object_and_input_shape():
+    from certify.models.hashing import model_hash
+
+    model = _mlp()
+    kept = S.cached_translation(model, (4,), model_hash(model))
+    assert S.cached_translation(model, (4,), model_hash(model)) is kept
+    twin = copy.deepcopy(model)  # the same function, another object: its own entry
+    assert S.cached_translation(twin, (4,), model_hash(twin)) is not kept
+    for fresh, cached in zip(S.translate(model, (4,)).mats, kept.stages.mats):
+        assert torch.equal(fresh, cached)
+    S.clear_translation_cache()
+    assert S.cached_translation(model, (4,), model_hash(model)) is not kept
+
+
+def test_an_edited_model_is_translated_again():
+    from certify.models.hashing import model_hash
+
+    model = _mlp()
+    kept = S.cached_translation(model, (4,), model_hash(model))
+    with torch.no_grad():
+        model[0].weight[0, 0] += 0.5  # in place: the same object, another function
+    again = S.cached_translation(model, (4,), model_hash(model))
+    assert again is not kept
+    assert float(again.stages.mats[0][0, 0] - kept.stages.mats[0][0, 0]) == pytest.approx(0.5)
+    assert S.check_conformance(model, again.stages, torch.randn(2, 4))[2]
+    assert not S.check_conformance(model, kept.stages, torch.randn(2, 4))[2]
+
+
+@pytest.mark.parametrize("change", ["patched torch", "hook", "training mode"])
+def test_a_kept_translation_is_refused_when_translate_would_refuse(change):
+    """The refusals that do not depend on the traced graph are checked again on every hit (the hash of a model
+    does not see a patched torch class or a global hook)."""
+    from certify.models.hashing import model_hash
+
+    model = _mlp()
+    fingerprint = model_hash(model)
+    S.cached_translation(model, (4,), fingerprint)
+    if change == "patched torch":
+        original = nn.Linear.forward
+        nn.Linear.forward = lambda self, x: original(self, x) * 2.0  # type: ignore[method-assign]
+        try:
+            with pytest.raises(SemanticsError, match="replaced"):
+                S.cached_translation(model, (4,), fingerprint)
+        finally:
+            nn.Linear.forward = original  # type: ignore[method-assign]
+    elif change == "hook":
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: o)
+        try:
+            with pytest.raises(SemanticsError, match="global forward"):
+                S.cached_translation(model, (4,), fingerprint)
+        finally:
+            handle.remove()
+    else:
+        model[2].train()
+        with pytest.raises(SemanticsError, match="training mode"):
+            S.cached_translation(model, (4,), fingerprint)
+        model.eval()
+    S.cached_translation(model, (4,), fingerprint)  # restored: accepted again
+
+
+def test_a_kept_translation_goes_with_its_model():
+    import gc
+
+    from certify.models.hashing import model_hash
+
+    S.clear_translation_cache()
+    model = _mlp()
+    S.cached_translation(model, (4,), model_hash(model))
+    assert len(S._TRANSLATIONS) == 1
+    del model
+    gc.collect()
+    assert len(S._TRANSLATIONS) == 0
+
