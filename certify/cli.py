@@ -1,9 +1,9 @@
 """The `certify` command (DESIGN section 7).
 
-Exit codes (certify.errors): 0 success; 1 a check or claim failed; 2 unusable certificate input;
-64 usage error; 65 invalid input data; 66 unsupported model, layer or method; 70 internal error; 75 a
-property neither proven nor refuted (`verify-property`, and `verify` of such a certificate); 130 interrupted
-(Ctrl-C). Every failure ends with one line on stderr naming the problem (tests/cli/test_cli_fuzz.py drives the
+Exit codes (certify.errors): 0 success; 1 a check or claim failed; 2 unusable certificate or certificate store;
+64 usage error (also: out of memory for the work the parameters ask); 65 invalid input data; 66 unsupported model,
+layer or method; 70 internal error; 75 a property neither proven nor refuted (`verify-property`, and `verify` of
+such a certificate); 130 interrupted (Ctrl-C); 141 the reader of the output went away (SIGPIPE, e.g. `| head`). Every failure ends with one line on stderr naming the problem (tests/cli/test_cli_fuzz.py drives the
 contract with generated bad invocations); files to write are checked before any work is done.
 """
 from __future__ import annotations
@@ -20,11 +20,9 @@ from typing import Sequence
 
 import certify
 from certify.batch.cli import add_parsers as add_batch_parsers, add_store_option, cmd_verify_store
-from certify.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE, CertifyError,
-                            UnsupportedError)
+from certify.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE, EXIT_UNKNOWN,
+                            EXIT_USAGE, CertifyError, UnsupportedError)
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for a run stopped by Ctrl-C
-EXIT_PIPE = 141  # 128 + SIGPIPE: the reader of the output went away
 DEBUG_ENV = "CERTIFY_DEBUG"  # set to 1 (or pass --debug) for the traceback of an internal error
 
 
@@ -884,20 +882,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code (module docstring). A path the operating system refuses (a name
-    too long, no permission) is a usage error (64) naming it; any other exception the package did not raise on
+    too long, no permission) is a usage error (64) naming it, and so is running out of memory (a parameter that
+    asks for more work than fits, e.g. n_steps or samples); any other exception the package did not raise on
     purpose is an internal error: exit 70 with one line naming it (the traceback with --debug or
-    CERTIFY_DEBUG=1), never 1, which `verify-property` and `verify` give their own meanings; Ctrl-C exits 130."""
+    CERTIFY_DEBUG=1), never 1, which `verify-property` and `verify` give their own meanings; Ctrl-C exits 130.
+    With --json, a failure also prints one JSON document {"error", "exit_code"} on stdout."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)  # argparse exits 64 itself (_Parser.error); --help and --version 0
         return int(args.run(args))
     except CertifyError as exc:
-        print(f"{_prog(args)}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, exc.exit_code, f"error: {exc}")
     except KeyboardInterrupt:
-        print(f"{_prog(args)}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _fail(args, EXIT_INTERRUPTED, "interrupted")
     except BrokenPipeError:  # the reader closed the pipe (e.g. `| head`): stop quietly, never a failure code
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -906,10 +904,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.filename is None:  # not about a path: handled as an internal error below
             return _internal_error(args, argv, exc)
         # a path given (or derived from one given) that the system refuses: a name too long, no permission, ...
-        print(f"{_prog(args)}: error: cannot use {str(exc.filename)[:200]}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, f"error: cannot use {str(exc.filename)[:200]}: {exc.strerror}")
     except Exception as exc:  # noqa: BLE001 - every other exception is a bug, reported as one (exit 70)
+        if _out_of_memory(exc):
+            text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            return _fail(args, EXIT_USAGE, f"error: out of memory ({text}); lower the work a parameter asks for "
+                                           "(n_steps, samples, a batch) or give a smaller input")
         return _internal_error(args, argv, exc)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch's CPU allocator failing ("can't allocate memory") or torch.OutOfMemoryError (CUDA)."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+
+
+def _fail(args: argparse.Namespace | None, code: int, message: str) -> int:
+    """One line `certify CMD: MESSAGE` on stderr, and with --json one JSON document on stdout; returns `code`."""
+    print(f"{_prog(args)}: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message.removeprefix("error: "), "exit_code": code}))
+    return code
 
 
 def _internal_error(args: argparse.Namespace | None, argv: list[str], exc: Exception) -> int:
@@ -918,10 +933,9 @@ def _internal_error(args: argparse.Namespace | None, argv: list[str], exc: Excep
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    print(f"{_prog(args)}: internal error: {type(exc).__name__}{': ' + text if text else ''} -- this is a "
-          f"bug in certify {certify.__version__}; please report it"
-          + ("" if debug else f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"), file=sys.stderr)
-    return EXIT_INTERNAL
+    return _fail(args, EXIT_INTERNAL, f"internal error: {type(exc).__name__}{': ' + text if text else ''} -- this is a "
+                 f"bug in certify {certify.__version__}; please report it"
+                 + ("" if debug else f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"))
 
 
 def _prog(args: argparse.Namespace | None) -> str:

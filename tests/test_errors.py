@@ -41,7 +41,7 @@ def test_each_error_maps_to_its_documented_exit_code(error):
 
 def test_the_constants_are_the_codes_the_docstring_lists():
     documented = {int(code): text.strip() for code, text in re.findall(r"(\d+) ([^;.]+)[;.]", errors.__doc__.split("Exit codes:")[1])}
-    assert set(documented) == {0, 1, 2, 64, 65, 66, 70, 75}
+    assert set(documented) == {0, 1, 2, 64, 65, 66, 70, 75, 130, 141}
     constants = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
     assert sorted(constants.values()) == sorted(documented)
     assert (errors.EXIT_OK, errors.EXIT_FAILED, errors.EXIT_UNUSABLE) == (0, 1, 2)
@@ -50,6 +50,7 @@ def test_the_constants_are_the_codes_the_docstring_lists():
     assert documented[66].startswith("unsupported") and documented[70].startswith("internal")
     assert documented[2].startswith("unusable input") and documented[75].startswith("undecided")
     assert errors.EXIT_UNKNOWN == getattr(os, "EX_TEMPFAIL", 75)
+    assert documented[130].startswith("interrupted") and (errors.EXIT_INTERRUPTED, errors.EXIT_PIPE) == (130, 141)
 
 
 def test_every_error_class_of_the_module_is_covered():

@@ -83,6 +83,9 @@ def make_explainer(name: str, model: nn.Module, **params: Any) -> Explainer:
     named = [n for n, prm in signature.parameters.items() if n != "model" and prm.kind != prm.VAR_KEYWORD]
     open_ended = any(prm.kind == prm.VAR_KEYWORD for prm in signature.parameters.values())
     unknown = sorted(set(params) - set(named))
+    seed = params.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise UsageError(f"seed must be an integer in [0, 2^63), got {seed!r}")  # torch's generators take 64 bits
     if unknown and not open_ended:  # an open-ended constructor (solver options) checks its own extra options
         raise UsageError(f"unknown parameters {unknown} for method {name!r}; accepted: {', '.join(named) or 'none'}")
     return METHODS[name](model, **params)

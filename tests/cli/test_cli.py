@@ -326,8 +326,40 @@ def test_ctrl_c_of_a_real_check_run_exits_130_with_one_line(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.Popen([sys.executable, "-m", "certify.cli", "check", "--quick", "--out", str(tmp_path)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(3.0)
+    deadline = time.monotonic() + 120  # the run folder's manifest appears once the command runs (imports done)
+    while not (tmp_path / "manifest.json").exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=120)
     assert run.returncode == 130 and "Traceback" not in err
     assert err.replace("\r", "\n").strip().splitlines()[-1] == "certify check: interrupted"
+
+
+def test_failures_with_json_print_one_json_document(tmp_path, capsys):
+    """--json promises one JSON document on stdout: a failure prints {"error", "exit_code"} there too (the one line
+    on stderr stays)."""
+    assert main(["verify", str(tmp_path / "missing.json"), "--json"]) == 2
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["exit_code"] == 2 and "missing.json" in document["error"]
+    assert captured.err.strip().splitlines()[-1].startswith("certify verify: error:")
+    assert main(["explain", "--model", "digits-softplus-mlp", "--method", "smoothgrad", "--index", "0",
+                 "--param", "seed=99999999999999999999999", "--out", str(tmp_path / "c.json"), "--json"]) == EXIT_USAGE
+    assert "seed must be an integer in [0, 2^63)" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_out_of_memory_is_a_usage_error_naming_the_fix(tmp_path, capsys, monkeypatch):
+    """A parameter asking for more memory than there is (here the allocation fails at once) exits 64, not 70."""
+    import certify.explain.integrated_gradients as ig
+
+    def huge(*_args, **_kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 256000000000 bytes")
+
+    monkeypatch.setattr(ig.IntegratedGradients, "_explain", huge)
+    assert main(["explain", "--model", "digits-softplus-mlp", "--method", "integrated-gradients", "--index", "0",
+                 "--out", str(tmp_path / "c.json")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "n_steps" in err and "Traceback" not in err
+    assert not (tmp_path / "c.json").exists()
