@@ -28,8 +28,8 @@ optimal (or infeasible, which means "no flip to class j in the searched region")
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import cvxpy as cp
 import numpy as np
 import torch
 from torch import Tensor
@@ -43,6 +43,9 @@ from certify.quiet import solver_output
 from certify.vocabulary import parse_norm
 from certify.validation import check_target
 
+if TYPE_CHECKING:  # cvxpy is imported by the functions that solve (it costs ~1 s at start-up)
+    import cvxpy as cp
+
 HIGHS_TOLERANCES = {
     "mip_rel_gap": 1e-9,
     "mip_abs_gap": 1e-10,
@@ -50,7 +53,7 @@ HIGHS_TOLERANCES = {
     "primal_feasibility_tolerance": 1e-9,
     "dual_feasibility_tolerance": 1e-9,
 }
-INFEASIBLE = (cp.INFEASIBLE,)
+INFEASIBLE = ("infeasible",)  # cvxpy.INFEASIBLE
 
 
 def _require_linear_norm(p: float) -> None:
@@ -64,6 +67,8 @@ def _require_linear_norm(p: float) -> None:
 def _encode(net: AffineNetwork, x: cp.Variable, boxes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[cp.Expression, list]:
     """Logits as a CVXPY expression of x under the exact big-M encoding, and its constraints (on a graph,
     z_k = W_k h_k + b_k + sum_j S_kj h_j reads every h_j it has a skip from)."""
+    import cvxpy as cp
+
     constraints: list = []
     hs: list[cp.Expression] = [x]
     slopes = negative_slopes(net, "the MILP")
@@ -120,12 +125,20 @@ def _boxes(net: AffineNetwork, region: InputSet) -> list[list[tuple[np.ndarray, 
 
 
 def _solve(problem: cp.Problem) -> str:
+    import cvxpy as cp
+
     try:
         with solver_output():
             problem.solve(solver=cp.HIGHS, **HIGHS_TOLERANCES)
     except (cp.error.SolverError, ValueError) as exc:  # ValueError: CVXPY cannot unpack an unknown status
         return f"solver error: {exc}"
     return problem.status
+
+
+def _unit(size: int, index: int) -> np.ndarray:
+    unit = np.zeros(size)
+    unit[index] = 1.0
+    return unit
 
 
 def _details(statuses: list[dict], extra: dict | None = None) -> dict:
@@ -144,6 +157,8 @@ def exact_minimal_radius(
 
     NaN where a solve was not optimal, or where no flip exists within `upper` (then r* > upper); +inf
     where no class can be reached anywhere in the domain (no `upper`)."""
+    import cvxpy as cp
+
     order = parse_norm(p)
     _require_linear_norm(order)
     negative_slopes(net, "the MILP")
@@ -162,26 +177,30 @@ def exact_minimal_radius(
     values = torch.full((flat.shape[0],), math.inf, dtype=torch.float64)
     statuses, witnesses = [], []
     for i, boxes in enumerate(_boxes(net, region)):
-        x0 = flat[i].numpy()
+        x0, c = flat[i].numpy(), int(target[i])
         per_class: dict[int, str] = {}
         best, best_point = math.inf, None
+        # one problem per example, built and canonicalised once: the class j enters through the parameter
+        # flip = e_j - e_c of the constraint logits_j >= logits_c (flip @ logits >= 0), set before each solve
+        xv = cp.Variable(x0.size)
+        logits, constraints = _encode(net, xv, boxes)
+        flip = cp.Parameter(net.num_classes)
+        constraints += [xv >= region_lo[i], xv <= region_hi[i], flip @ logits >= 0]
+        if order == math.inf:
+            t = cp.Variable()
+            constraints += [xv - x0 <= t, x0 - xv <= t]
+            objective = t
+        else:
+            t = cp.Variable(x0.size)
+            constraints += [xv - x0 <= t, x0 - xv <= t]
+            objective = cp.sum(t)
+        if upper is not None:
+            constraints.append(objective <= float(radius[i]))
+        problem = cp.Problem(cp.Minimize(objective), constraints)
         for j in range(net.num_classes):
-            if j == int(target[i]):
+            if j == c:
                 continue
-            xv = cp.Variable(x0.size)
-            logits, constraints = _encode(net, xv, boxes)
-            constraints += [xv >= region_lo[i], xv <= region_hi[i], logits[j] >= logits[int(target[i])]]
-            if order == math.inf:
-                t = cp.Variable()
-                constraints += [xv - x0 <= t, x0 - xv <= t]
-                objective = t
-            else:
-                t = cp.Variable(x0.size)
-                constraints += [xv - x0 <= t, x0 - xv <= t]
-                objective = cp.sum(t)
-            if upper is not None:
-                constraints.append(objective <= float(radius[i]))
-            problem = cp.Problem(cp.Minimize(objective), constraints)
+            flip.value = _unit(net.num_classes, j) - _unit(net.num_classes, c)
             per_class[j] = _solve(problem)
             if per_class[j] == cp.OPTIMAL and problem.value < best:
                 best, best_point = float(problem.value), xv.value.copy()
@@ -214,6 +233,8 @@ def exact_margin_lower_bounds(
 ) -> BoundResult:
     """Solver-reported min over S of f_c - f_j, [N, K] (+inf at j = c, NaN where not optimal), for the
     set S = {||x' - x||_p <= eps} (p in {1, inf}) intersected with the domain."""
+    import cvxpy as cp
+
     negative_slopes(net, "the MILP")
     net = net.to("cpu")
     region = InputSet.build(x.detach().cpu(), eps if not torch.is_tensor(eps) else eps.cpu(), p, domain)
@@ -230,10 +251,13 @@ def exact_margin_lower_bounds(
         if region.p == 1:
             constraints.append(cp.norm1(xv - x0) <= float(region.eps[i]))
         per_class: dict[int, str] = {}
+        # one problem per example: the class j enters through the objective's parameter e_c - e_j
+        margin = cp.Parameter(net.num_classes)
+        problem = cp.Problem(cp.Minimize(margin @ logits), constraints)
         for j in range(net.num_classes):
             if j == c:
                 continue
-            problem = cp.Problem(cp.Minimize(logits[c] - logits[j]), constraints)
+            margin.value = _unit(net.num_classes, c) - _unit(net.num_classes, j)
             per_class[j] = _solve(problem)
             values[i, j] = float(problem.value) if per_class[j] == cp.OPTIMAL else math.nan
         statuses.append(per_class)

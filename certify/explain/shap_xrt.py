@@ -246,11 +246,9 @@ class GaussianSampler(Sampler):
         s = np.flatnonzero(fx)
         mean = self.mean[f] + reg @ (xs[s] - self.mean[s])
         z = rng.standard_normal((n, f.size))
-        free = mean[None, :] + (z * np.sqrt(w)[None, :]) @ v.T
-        out = x.detach().unsqueeze(0).repeat(n, 1)
-        if f.size:
-            out[:, torch.as_tensor(f, device=x.device)] = torch.as_tensor(free, dtype=x.dtype, device=x.device)
-        return out
+        out = np.repeat(xs[None, :], n, axis=0)  # float64: x's values exactly, the draws rounded once to x.dtype below
+        out[:, f] = mean[None, :] + (z * np.sqrt(w)[None, :]) @ v.T
+        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "features": self.num_features, "params_sha256": self._hash}
@@ -376,13 +374,40 @@ def model_scores(model: nn.Module, inputs: Tensor, target: Tensor | None, score:
                                 f"({type(exc).__name__}: {first})") from exc
 
 
+def _two_sum_tree(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(s [R], e [R, n - 1]) for x [R, n], n >= 1: s the pairwise float sum of each row and e the rounding error of
+    every addition by Knuth's TwoSum (exact in round-to-nearest barring overflow), so that the exact sum of a row
+    is s + sum(e) (Ogita, Rump & Oishi, "Accurate sum and dot product", SISC 2005, Algorithm 3.1)."""
+    errors = []
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        a, b = x[:, :half], x[:, half:2 * half]
+        s = a + b
+        b_virtual = s - a
+        errors.append((a - (s - b_virtual)) + (b - b_virtual))
+        x = torch.cat([s, x[:, 2 * half:]], dim=1)
+    return x[:, 0], torch.cat(errors, dim=1) if errors else x[:, :0]
+
+
 def exact_means(values: Tensor) -> Tensor:
-    """Means over the last axis with the sums rounded once (math.fsum: correctly rounded), so that the order of
-    two statistics is never inverted by summation error (a float mean of [1e17, -7, -1e17] is 0, not -7/3).
-    values [..., M] float64 on the CPU; returns [...] float64."""
-    rows = values.reshape(-1, values.shape[-1]).tolist()
+    """Means over the last axis with the sums rounded once (the value math.fsum gives: correctly rounded), so
+    that the order of two statistics is never inverted by summation error (a float mean of [1e17, -7, -1e17] is
+    0, not -7/3). values [..., M] float64 on the CPU; returns [...] float64 (a zero sum is +0, as fsum's).
+
+    Batched: the exact sum of a row is s + sum(e) with the TwoSum error terms e (`_two_sum_tree`); where the
+    error terms themselves add up without rounding (their own TwoSum errors all zero, the usual case), that
+    sum is exact and fl(s + sum(e)) is the correctly rounded sum. The other rows (and any overflow) go through
+    math.fsum, which raises OverflowError on an intermediate overflow."""
     m = values.shape[-1]
-    return torch.tensor([math.fsum(r) / m for r in rows], dtype=torch.float64).reshape(values.shape[:-1])
+    rows = values.reshape(-1, m)
+    s, e = _two_sum_tree(rows)
+    # a zero column keeps e non-empty (M = 1) and makes a zero total +0
+    e_sum, e_err = _two_sum_tree(torch.cat([e, torch.zeros(rows.shape[0], 1, dtype=rows.dtype)], dim=1))
+    total = s + e_sum
+    inexact = torch.nonzero(~(torch.isfinite(total) & (e_err == 0).all(dim=1))).flatten()
+    if inexact.numel():
+        total[inexact] = torch.tensor([math.fsum(r) for r in rows[inexact].tolist()], dtype=torch.float64)
+    return (total / m).reshape(values.shape[:-1])
 
 
 def expected_p_upper_bound(gamma: Tensor | float, k: int) -> Tensor | float:

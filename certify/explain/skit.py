@@ -178,18 +178,12 @@ def median_heuristic(x: Any) -> float:
     arr = arr.reshape(arr.shape[0], -1)
     if arr.shape[0] < 2:
         raise InvalidInputError("median_heuristic needs at least 2 samples")
-    med = float(np.median(pdist(arr)))
-    return 1.0 / (2.0 * (med if med > 0 else 1.0) ** 2)
+    return float(_gamma(np.median(pdist(arr))))
 
 
-def _batched_gamma(x: np.ndarray) -> np.ndarray:
-    """Median-heuristic gamma [B] for B sample sets x [B, n, d] (the batched form of `median_heuristic`)."""
-    n = x.shape[1]
-    iu, ju = np.triu_indices(n, 1)
-    dist = np.sqrt(((x[:, iu, :] - x[:, ju, :]) ** 2).sum(-1))
-    med = np.median(dist, axis=1)
-    med = np.where(med > 0, med, 1.0)
-    return 1.0 / (2.0 * med**2)
+def _gamma(median: np.ndarray) -> np.ndarray:
+    """gamma = 1/(2 median^2), a zero median (constant data) counting as 1."""
+    return 1.0 / (2.0 * np.where(median > 0, median, 1.0) ** 2)
 
 
 def _gram(query: np.ndarray, past: np.ndarray, kernel: str, gamma: np.ndarray | None) -> np.ndarray:
@@ -201,20 +195,37 @@ def _gram(query: np.ndarray, past: np.ndarray, kernel: str, gamma: np.ndarray | 
 
 
 class _Bandwidths:
-    """Per-test, per-block median-heuristic gammas: recomputed from all past samples while fewer than
-    `limit` are available, then frozen at the value from the first `limit` samples."""
+    """Per-test, per-block median-heuristic gammas of the first n samples of fixed streams [B, N_b, d_b]:
+    recomputed while n < `limit` (the first n samples), then frozen at the value from the first `limit`.
 
-    def __init__(self, blocks: int, tests: int, limit: int, kernel: str) -> None:
+    `update(n)` takes increasing n (the game's past grows). The pairwise distances are kept sorted per test
+    and block, and an update merges in only the distances of the new samples to the earlier ones (a linear
+    merge of two sorted runs, O(B n^2) per update instead of a median over all pairs after recomputing
+    them); the median is then read off the sorted distances, the same value `np.median` gives."""
+
+    def __init__(self, streams: Sequence[np.ndarray], limit: int, kernel: str) -> None:
         self.kernel, self.limit = kernel, limit
-        self.gamma = [np.ones(tests) for _ in range(blocks)]
+        self.streams = [s[:, :limit] for s in streams]
+        tests = self.streams[0].shape[0]
+        self.gamma = [np.ones(tests) for _ in self.streams]
         self.frozen = False
+        self.size = 0  # samples whose pairwise distances are merged in
+        self.sorted = [np.empty((tests, 0)) for _ in self.streams]
+        # pairs (later, earlier) ordered by the later sample: those among the first m come first
+        self.later, self.earlier = np.tril_indices(self.streams[0].shape[1], -1)
 
-    def update(self, pasts: Sequence[np.ndarray], n: int) -> None:
+    def update(self, n: int) -> None:
         if self.kernel == "linear" or self.frozen or n < 2:
             return
         m = min(n, self.limit)
-        for b, past in enumerate(pasts):
-            self.gamma[b] = _batched_gamma(past[:, :m])
+        start, pairs = self.size * (self.size - 1) // 2, m * (m - 1) // 2
+        later, earlier = self.later[start:pairs], self.earlier[start:pairs]
+        for b, x in enumerate(self.streams):
+            new = np.sort(np.sqrt(((x[:, later] - x[:, earlier]) ** 2).sum(-1)), axis=1)
+            merged = np.sort(np.concatenate([self.sorted[b], new], axis=1), axis=1, kind="stable")
+            self.sorted[b] = merged
+            self.gamma[b] = _gamma((merged[:, (pairs - 1) // 2] + merged[:, pairs // 2]) / 2)
+        self.size = m
         self.frozen = n >= self.limit
 
     def take(self, rows: np.ndarray) -> list[np.ndarray]:
@@ -356,13 +367,13 @@ def skit(
         raise InvalidInputError(f"y and z need the same [B, N], got {ys.shape[:2]} and {zs.shape[:2]}")
     batch, n = ys.shape[:2]
     steps = n // 2 if tau_max is None else min(n // 2, tau_max)
-    bw = _Bandwidths(2, batch, bandwidth_samples, kernel)
+    bw = _Bandwidths([ys, zs], bandwidth_samples, kernel)
 
     def statistic(t: int, rows: np.ndarray) -> np.ndarray:
         if t == 0:
             return np.zeros(rows.size)
         past = 2 * t
-        bw.update([ys[:, :past], zs[:, :past]], past)
+        bw.update(past)
         gy, gz = bw.take(rows)
         yp, zp = ys[rows, :past], zs[rows, :past]
         ky = _gram(ys[rows, past:past + 2], yp, kernel, gy)  # [b, 2, n]
@@ -406,15 +417,14 @@ def two_sample_betting(
         raise UsageError(f"blocks must partition the {d} columns, got {blocks!r}")
     steps = n if tau_max is None else min(n, tau_max)
     parts = [(xs[..., b], xn[..., b]) for b in groups]
-    bw = _Bandwidths(len(groups), batch, bandwidth_samples, kernel)
+    # bandwidths from the pooled past of both streams, interleaved so the first `limit` samples are balanced
+    pooled = [np.stack([o, q], axis=2).reshape(batch, 2 * n, -1) for o, q in parts]
+    bw = _Bandwidths(pooled, bandwidth_samples, kernel)
 
     def statistic(t: int, rows: np.ndarray) -> np.ndarray:
         if t == 0:
             return np.zeros(rows.size)
-        if kernel == "rbf" and not bw.frozen:
-            # pooled past of both streams, interleaved so the first `limit` samples are balanced
-            pooled = [np.stack([o[:, :t], q[:, :t]], axis=2).reshape(batch, 2 * t, -1) for o, q in parts]
-            bw.update(pooled, 2 * t)
+        bw.update(2 * t)
         gammas = bw.take(rows)
         kx = kn = None
         for (o, q), gamma in zip(parts, gammas):

@@ -14,6 +14,7 @@ from certify.explain.shap_xrt import (
     GaussianSampler,
     MarginalSampler,
     derive_seeds,
+    exact_means,
     expected_p_lower_bound,
     expected_p_upper_bound,
     grid_regions,
@@ -256,3 +257,22 @@ def test_bad_input():
     trained = Linear([1.0, 1.0, 1.0]).train()
     with pytest.raises(ModelModeError):
         xrt(trained, x, 0, None, sampler=s, score="output")
+
+
+def test_exact_means_equal_fsum_means():
+    """The batched correctly rounded means are math.fsum's, bit for bit (sign of zero included), on rows whose
+    float sums round (probabilities, cancellation, magnitudes 1e-30..1e30, subnormals) and on exact ones."""
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.rand(300, 20, 8, generator=g, dtype=torch.float64),
+             torch.sigmoid(5 * torch.randn(200, 7, generator=g, dtype=torch.float64)),
+             torch.randn(100, 1, generator=g, dtype=torch.float64),
+             (torch.rand(100, 9, generator=g) < 0.5).double(),
+             torch.randn(100, 33, generator=g, dtype=torch.float64) * torch.logspace(-30, 30, 33, dtype=torch.float64),
+             torch.tensor([[1e17, -7.0, -1e17], [-0.0, -0.0, -0.0], [1e-320, 3e-310, -1e-320], [0.1, 0.2, 0.3]],
+                          dtype=torch.float64)]
+    for values in cases:
+        rows = values.reshape(-1, values.shape[-1]).tolist()
+        expected = torch.tensor([math.fsum(r) / len(r) for r in rows], dtype=torch.float64).reshape(values.shape[:-1])
+        got = exact_means(values)
+        assert torch.equal(got, expected) and torch.equal(torch.signbit(got), torch.signbit(expected))
+    assert float(exact_means(torch.tensor([[1e17, -7.0, -1e17]], dtype=torch.float64))[0]) == -7.0 / 3

@@ -12,7 +12,7 @@ from certify.errors import InvalidInputError, UsageError
 from certify.explain.skit import (
     SYNTHETIC_COV,
     SYNTHETIC_MEAN,
-    _batched_gamma,
+    _Bandwidths,
     _gram,
     conditional_gaussian_samples,
     cskit,
@@ -111,11 +111,18 @@ def test_median_heuristic_matches_sklearn():
     d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
     med = np.median(d[np.triu_indices(40, 1)])
     assert gamma == pytest.approx(1 / (2 * med**2))
-    # batched version and the kernel agree with sklearn's rbf_kernel
+    # the game's incremental bandwidths equal the median heuristic of each prefix (then frozen at `limit`),
+    # and the kernel agrees with sklearn's rbf_kernel
     xb = rng.standard_normal((3, 40, 2))
-    gb = _batched_gamma(xb)
+    bw = _Bandwidths([xb, xb[..., :1]], 25, "rbf")
+    for n in (2, 3, 7, 8, 24, 25, 30):
+        bw.update(n)
+        for b in range(3):
+            assert bw.gamma[0][b] == median_heuristic(xb[b, :min(n, 25)])
+            assert bw.gamma[1][b] == median_heuristic(xb[b, :min(n, 25), :1])
+    assert bw.frozen and bw.gamma[0][0] == median_heuristic(xb[0, :25]) != median_heuristic(xb[0, :30])
+    gb = bw.gamma[0]
     for b in range(3):
-        assert gb[b] == pytest.approx(median_heuristic(xb[b]))
         np.testing.assert_allclose(_gram(xb[b:b + 1, :5], xb[b:b + 1], "rbf", gb[b:b + 1])[0],
                                    rbf_kernel(xb[b, :5], xb[b], gamma=gb[b]), rtol=1e-12)
     assert median_heuristic(np.ones((5, 2))) == 0.5
