@@ -3,8 +3,8 @@
 `add_parsers(add)` adds `batch` and `export` to the `certify` command (`add(name, **kwargs)` returns a new
 sub-parser, as in `certify.cli.build_parser`); `add_store_option(verify)` adds `--store` to `certify verify`,
 whose handler calls `cmd_verify_store`; `certify.cli.main` runs them and maps errors and Ctrl-C to exit codes. Exit codes are `certify.errors`': 0 done
-(`verify --store`: every certificate valid), 1 a certificate is invalid, 64 usage, 65 invalid input,
-66 unsupported, 130 interrupted (committed certificates stay; rerun the same command to resume).
+(`verify --store`: every certificate valid), 1 a certificate is invalid or missing, 2 the store is not a
+certificate store or is corrupt, 64 usage, 65 invalid input, 66 unsupported, 130 interrupted (committed certificates stay; rerun the same command to resume).
 """
 from __future__ import annotations
 
@@ -93,7 +93,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_store(args: argparse.Namespace) -> int:
-    """`certify verify --store PATH [--json]`: exit 0 when every certificate verifies, else 1 (each named)."""
+    """`certify verify --store PATH [--json]`: exit 0 when every certificate verifies and none is missing, else 1
+    (each named)."""
     from certify.batch.verify import verify_store
 
     report = verify_store(args.store, progress=not args.json)
@@ -102,8 +103,12 @@ def cmd_verify_store(args: argparse.Namespace) -> int:
     else:
         for row in report.invalid:
             print(f"INVALID: {row['input_id']} / {row['method']} {row['params']}: {'; '.join(row['problems'])}")
+        for row in report.missing:
+            print(f"MISSING: {row['input_id']} / {row['method']} {row['params']}: attempted by a finished run, "
+                  "no certificate")
         per = ", ".join(f"{m} {n}" for m, n in sorted(report.per_method.items()))
-        print(f"store {report.store}: {report.valid} of {report.certificates} certificates valid" + (f" ({per})" if per else ""))
+        print(f"store {report.store}: {report.valid} of {report.certificates} certificates valid" + (f" ({per})" if per else "")
+              + (f"; {len(report.missing)} missing" if report.missing else ""))
     return EXIT_OK if report.all_valid else EXIT_FAILED
 
 

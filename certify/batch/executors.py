@@ -2,9 +2,10 @@
 return certificates; the parent process is the single writer of the store (`certify.batch.store`).
 
 * `ProcessExecutor(workers)`: `concurrent.futures.ProcessPoolExecutor` on a forkserver context (spawn where
-  there is none): no worker inherits the parent's threads or open store; each worker ignores SIGINT (Ctrl-C
-  stops the parent, which cancels the pool), exits when the parent dies (a SIGKILLed run leaves no worker
-  computing), and runs torch with one thread (`certify.batch.runner.certify_task`).
+  there is none): no worker inherits the parent's threads or open store; the forkserver and each worker ignore
+  SIGINT (Ctrl-C stops the parent, which cancels the pool; `certify.batch.forkserver_setup`); a worker exits
+  when the parent dies (a SIGKILLed run leaves no worker computing) and runs torch with one thread
+  (`certify.batch.runner.certify_task`).
 * `RayExecutor(workers, address)`: the same task function as a Ray remote function (`num_cpus=1` each).
   Without an address Ray is started locally by the command, `ray.init(num_cpus=workers,
   include_dashboard=False, log_to_driver=False)`, and stopped at the end.
@@ -23,6 +24,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -34,6 +36,7 @@ def _worker_init(parent: int) -> None:
     """Ctrl-C is the parent's to handle; and a worker exits when the parent is gone (a SIGKILL leaves it blocked
     on its task queue otherwise, since it holds both ends of that pipe): a thread checks every PARENT_POLL s."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = sys.__excepthook__  # the forkserver's start-up hook (`certify.batch.forkserver_setup`) ends here
     if os.name != "nt":
         threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="certify-parent-watch").start()
 
@@ -51,7 +54,8 @@ def _exit_with(parent: int) -> None:
 
 
 # what a worker imports, loaded once by the forkserver (a worker's first task does not pay for it)
-PRELOAD = ["certify.batch.runner", "certify.certificates.builder", "certify.explain.registry", "certify.models.spec"]
+PRELOAD = ["certify.batch.forkserver_setup", "certify.batch.runner", "certify.certificates.builder",
+           "certify.explain.registry", "certify.models.spec"]
 
 
 class _Executor:

@@ -11,9 +11,8 @@ The certificate of each input is the one `certify explain` writes for it (same p
 """
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,37 +50,35 @@ def dataset_inputs(name: str, split: str = "test", limit: int | None = None) -> 
 
 def directory_inputs(folder: str | Path, input_shape: tuple[int, ...] | None = None) -> Inputs:
     """Every .npy and .pt file (a tensor) of `folder`, sorted by name, each one example with or without its batch
-    dimension (`input_shape`: the model's per-example shape when known); ids FILE@SHA256[:16] of the file's
-    bytes, so a changed file is a new input. UsageError for a missing or empty folder; InvalidInputError
-    naming the file for an unreadable one, a batch of more than one, or shapes that differ."""
+    dimension (`input_shape`: the model's per-example shape when known), read as `certify explain --input` reads
+    one (`certify.validation.load_array_file`, `single_example`); ids FILE@HASH, HASH the first 16 hex digits of
+    the example's `array_sha256` (the hash its certificate records for its input, float32 [1, ...]), so a
+    changed file is a new input and `verify --store` binds each id to its certificate. UsageError for a missing
+    or empty folder; InvalidInputError naming the file for an unreadable one, one that is not of real numbers,
+    a batch of more than one, or shapes that differ."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"--inputs {folder}: not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix in INPUT_SUFFIXES and p.is_file())
     if not files:
         raise UsageError(f"--inputs {folder}: no .npy or .pt files")
+    from certify.certificates.claims import array_sha256
+    from certify.validation import load_array_file, single_example
+
     ids, rows = [], []
     for path in files:
-        raw = path.read_bytes()
-        try:
-            value = np.load(path, allow_pickle=False) if path.suffix == ".npy" else torch.load(path, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - numpy and torch raise many types for a corrupt file
-            raise InvalidInputError(f"cannot read input file {path}: {type(exc).__name__}: {exc}") from None
-        if not isinstance(value, (np.ndarray, torch.Tensor)):
-            raise InvalidInputError(f"input file {path} holds a {type(value).__name__}, not an array or tensor")
-        x = torch.as_tensor(value).float()
-        one = input_shape is not None and tuple(x.shape) == tuple(input_shape)
-        if not one and not (x.dim() >= 1 and x.shape[0] == 1 and (input_shape is None or tuple(x.shape[1:]) == tuple(input_shape))):
-            if input_shape is not None or x.dim() == 0:
-                raise InvalidInputError(f"input file {path} has shape {tuple(x.shape)}; expected one example of shape "
-                                        f"{input_shape}, with or without a batch dimension of 1")
-            one = True
-        rows.append(x if one else x[0])
-        ids.append(f"{path.name}@{hashlib.sha256(raw).hexdigest()[:16]}")
+        x = load_array_file(path, "--inputs").detach()
+        if x.layout != torch.strided:
+            raise InvalidInputError(f"--inputs file {path}: a {x.layout} tensor; save a dense one (x.to_dense())")
+        x = single_example(x, input_shape, f"--inputs file {path}").float()
+        if not bool(torch.isfinite(x).all()):
+            raise InvalidInputError(f"--inputs file {path}: the example holds NaN or Inf")
+        rows.append(x)
+        ids.append(f"{path.name}@{array_sha256(x.numpy())[:16]}")
     shapes = {tuple(r.shape) for r in rows}
     if len(shapes) > 1:
         raise InvalidInputError(f"--inputs {folder}: the examples have different shapes {sorted(shapes)}")
-    return Inputs(ids, torch.stack(rows).numpy())
+    return Inputs(ids, torch.cat(rows).numpy())
 
 
 @dataclass(frozen=True)
@@ -152,7 +149,7 @@ class BatchSummary:
     executor: str
     workers: int
     planned: int  # (input, method) pairs asked for
-    already_done: int  # in the store before this run
+    already_done: int  # in the store before this run, or committed by a concurrent run meanwhile
     redone: int  # attempted by an earlier run, never committed: computed again
     computed: int  # inserted by this run
     seconds: float
@@ -209,8 +206,20 @@ def run_batch(config: BatchConfig, inputs: Inputs, store: CertificateStore, exec
         while queue or in_flight:
             while queue and len(in_flight) < 2 * executor.workers:
                 task = queue.pop()
-                store.mark_attempted(task.ids, task.method, config.key_params(task.method), run_id)
+                key = config.key_params(task.method)
+                done = store.done_among(task.ids, task.method, key)  # committed meanwhile by a concurrent run
+                if done:
+                    already += len(done)
+                    if bar is not None:
+                        bar.update(len(done))
+                    keep = [j for j, name in enumerate(task.ids) if name not in done]
+                    if not keep:
+                        continue
+                    task = replace(task, ids=[task.ids[j] for j in keep], x=task.x[keep])
+                store.mark_attempted(task.ids, task.method, key, run_id)
                 in_flight[executor.submit(certify_task, task)] = task
+            if not in_flight:  # every task left was committed by a concurrent run
+                continue
             done_now, _ = executor.wait(list(in_flight))
             for handle in done_now:
                 task = in_flight.pop(handle)
@@ -218,7 +227,9 @@ def run_batch(config: BatchConfig, inputs: Inputs, store: CertificateStore, exec
                 key = config.key_params(task.method)
                 each = result.seconds / max(1, len(result.certificates))
                 for input_id, text in result.certificates:
-                    computed += store.insert(input_id, task.method, key, text, each, run_id)
+                    inserted = store.insert(input_id, task.method, key, text, each, run_id)
+                    computed += inserted
+                    already += not inserted  # committed by a concurrent run while this one computed it
                 per_method[task.method]["certificates"] += len(result.certificates)
                 per_method[task.method]["seconds"] += result.seconds
                 if bar is not None:
@@ -230,6 +241,6 @@ def run_batch(config: BatchConfig, inputs: Inputs, store: CertificateStore, exec
         if bar is not None:
             bar.close()
         if run_id is not None:
-            store.end_run(run_id, computed)
+            store.end_run(run_id, computed, already)
     return BatchSummary(str(store.path), executor.name, executor.workers, planned, already, redone, computed,
                         time.perf_counter() - start, per_method)

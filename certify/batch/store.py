@@ -95,8 +95,8 @@ class Row:
 
 class CertificateStore:
     """An open store (context manager). `path`: the SQLite file, created with its tables when missing or empty
-    (`create`; else UsageError); CertificateFormatError when the file is not an SQLite database, or is one
-    with other tables."""
+    (`create`; else UsageError); CertificateFormatError when the file is not an SQLite database, is one with
+    other tables, or is corrupt (`PRAGMA quick_check` on open, linear in the file's size)."""
 
     def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
@@ -106,13 +106,20 @@ class CertificateStore:
             raise UsageError(f"the folder of the store {self.path} does not exist")
         try:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)  # autocommit; explicit BEGIN
+        except sqlite3.DatabaseError as exc:
+            raise CertificateFormatError(f"{self.path} is not a certificate store (SQLite: {exc})") from None
+        try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             found = self._tables()
+            check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError("corrupt: " + " ".join(check.split())[:200])
             if create and not found:  # a new (or empty) file; never tables added to another application's database
                 self.db.executescript(SCHEMA)
                 found = self._tables()
         except sqlite3.DatabaseError as exc:
+            self.db.close()
             raise CertificateFormatError(f"{self.path} is not a certificate store (SQLite: {exc})") from None
         if not {"runs", "certificates", "attempts"} <= found:
             self.db.close()
@@ -136,13 +143,32 @@ class CertificateStore:
                               (command, time.time(), planned, already_done, redone))
         return int(cur.lastrowid)
 
-    def end_run(self, run_id: int, computed: int) -> None:
-        self.db.execute("UPDATE runs SET ended = ?, computed = ? WHERE run_id = ?", (time.time(), computed, run_id))
+    def end_run(self, run_id: int, computed: int, already_done: int | None = None) -> None:
+        """Close a run (ended, also when interrupted) with the certificates it inserted and, when given, the final
+        count of those it found done (before it started, or committed meanwhile by another run): a run that
+        finished has already_done + computed = planned."""
+        self.db.execute("UPDATE runs SET ended = ?, computed = ?, already_done = COALESCE(?, already_done) "
+                        "WHERE run_id = ?", (time.time(), computed, already_done, run_id))
 
     def done(self, method: str, params: str) -> set[str]:
         """Input ids that already hold a certificate for (method, params)."""
         rows = self.db.execute("SELECT input_id FROM certificates WHERE method = ? AND params = ?", (method, params))
         return {r[0] for r in rows}
+
+    def done_among(self, input_ids: list[str], method: str, params: str) -> set[str]:
+        """Those of `input_ids` that hold a certificate for (method, params) now (one query)."""
+        rows = self.db.execute(f"SELECT input_id FROM certificates WHERE method = ? AND params = ? AND input_id IN "
+                               f"({', '.join('?' * len(input_ids))})", (method, params, *input_ids))
+        return {r[0] for r in rows}
+
+    def missing(self) -> list[tuple[str, str, str]]:
+        """(input_id, method, params) of each key whose latest attempt was by a run that finished (ended, with
+        already_done + computed = planned) and that holds no certificate: a row deleted since."""
+        return self.db.execute(
+            "SELECT a.input_id, a.method, a.params FROM attempts a JOIN runs r ON a.run_id = r.run_id "
+            "WHERE r.ended IS NOT NULL AND r.already_done + r.computed = r.planned AND NOT EXISTS (SELECT 1 FROM "
+            "certificates c WHERE c.input_id = a.input_id AND c.method = a.method AND c.params = a.params) "
+            "ORDER BY a.rowid").fetchall()
 
     def attempted(self, method: str, params: str) -> set[str]:
         """Input ids whose (method, params) certificate some run handed to a worker."""
@@ -150,9 +176,10 @@ class CertificateStore:
         return {r[0] for r in rows}
 
     def mark_attempted(self, input_ids: Iterable[str], method: str, params: str, run_id: int) -> None:
-        """Record, in one transaction, that these keys are handed to a worker (the first attempt is kept)."""
+        """Record, in one transaction, that these keys are handed to a worker (the latest attempt's run is kept)."""
         with self._transaction():
-            self.db.executemany("INSERT OR IGNORE INTO attempts VALUES (?, ?, ?, ?)",
+            self.db.executemany("INSERT INTO attempts VALUES (?, ?, ?, ?) ON CONFLICT (input_id, method, params) "
+                                "DO UPDATE SET run_id = excluded.run_id",
                                 [(i, method, params, run_id) for i in input_ids])
 
     def insert(self, input_id: str, method: str, params: str, certificate: str, seconds: float, run_id: int) -> bool:

@@ -74,7 +74,7 @@ def test_inputs_from_a_folder(tmp_path):
     with pytest.raises(InvalidInputError, match="c.npy"):
         directory_inputs(folder, (64,))
     (folder / "c.npy").write_bytes(b"garbage")
-    with pytest.raises(InvalidInputError, match="cannot read input file .*c.npy"):
+    with pytest.raises(InvalidInputError, match="cannot read --inputs file .*c.npy"):
         directory_inputs(folder, (64,))
     with pytest.raises(UsageError, match="no .npy or .pt"):
         directory_inputs(_empty(tmp_path), (64,))

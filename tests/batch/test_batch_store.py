@@ -59,7 +59,7 @@ def test_attempts(store):
     store.mark_attempted(["b", "c"], "gradient", "{}", run + 1)
     assert store.attempted("gradient", "{}") == {"a", "b", "c"}
     assert store.attempted("smoothgrad", "{}") == set()
-    assert dict(store.db.execute("SELECT input_id, run_id FROM attempts"))["b"] == run  # the first attempt kept
+    assert dict(store.db.execute("SELECT input_id, run_id FROM attempts"))["b"] == run + 1  # the latest attempt kept
 
 
 def test_not_a_store(tmp_path):
