@@ -52,7 +52,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"certify demo: wrote {summary['files']['html']} (and {Path(summary['files']['markdown']).name}, heatmaps.png, certificates/, THEOREMS.md, summary.json)")
+        if summary.get("reused"):
+            print(f"certify demo: {summary['files']['html']} and the other files: kept from the finished run of the same "
+                  "command (manifest.json); pass --overwrite to run it again")
+        else:
+            print(f"certify demo: wrote {summary['files']['html']} (and {Path(summary['files']['markdown']).name}, heatmaps.png, certificates/, THEOREMS.md, summary.json)")
         bad = [i for i, v in summary["theorems"].items() if v in ("violated", "error")]
         if bad:
             print(f"theorem checks that failed: {', '.join(bad)}")
@@ -687,6 +691,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                          search_draws=args.search_draws, metrics=args.metrics)
     out = Path(args.out)
     with RunDirectory(out, command=_run_command(args), overwrite=args.overwrite) as run:
+        reused = run.done
         if run.done:  # the same command finished there (said on stderr): its result, not recomputed
             result = json.loads((out / "evaluation.json").read_text())
         else:
@@ -701,7 +706,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if args.sweep:
             print()
             print(render_sweep(result["sweep"]))
-        print(f"wrote {out / 'evaluation.json'}")
+        print(f"{out / 'evaluation.json'}: kept from the finished run of the same command (manifest.json); pass "
+              "--overwrite to run it again" if reused else f"wrote {out / 'evaluation.json'}")
     return EXIT_FAILED if result["violations"] else EXIT_OK
 
 

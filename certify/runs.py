@@ -25,11 +25,12 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any
@@ -45,19 +46,38 @@ os.umask(_UMASK)
 
 
 def _parent_of(path: Path) -> Path:
+    """The folder `path` is written into; UsageError when it is missing, or when `path` exists and is a symlink or
+    not a regular file (folder, device node, FIFO, socket): such a target is never replaced nor written through."""
     parent = path.parent
     if not parent.is_dir():
         raise UsageError(f"cannot write {path}: the folder {parent} does not exist")
-    if path.is_dir():
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return parent
+    if stat.S_ISLNK(mode):
+        raise UsageError(f"cannot write {path}: it is a symbolic link (to {os.readlink(path)}); write to a plain "
+                         "file path")
+    if stat.S_ISDIR(mode):
         raise UsageError(f"cannot write {path}: it is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"cannot write {path}: it is a {_kind(mode)}, not a regular file")
     return parent
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular, non-folder file is, in words, from its `st_mode`."""
+    kinds = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"))
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def atomic_save(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], Any]) -> Path:
     """Write `path` atomically: `writer(f)` writes the content into `f`, an open binary file (a temporary file with
     a unique name in the same folder), which is then fsynced and renamed over `path`.
     E.g. `atomic_save(p, lambda f: torch.save(state, f))`, `atomic_save(p, lambda f: fig.savefig(f, format="png"))`.
-    Raises UsageError when the parent folder is missing or `path` is a folder; the temporary file is removed when
+    Raises UsageError when the parent folder is missing or `path` exists and is not a regular file (a folder, a
+    symlink, a device node, a FIFO, a socket: never replaced nor written through); the temporary file is removed when
     `writer` (or anything else) raises. Returns `path`."""
     path = Path(path)
     parent = _parent_of(path)
@@ -77,7 +97,7 @@ def atomic_save(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], Any]
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """Write `data` (str: UTF-8) to `path` atomically (`atomic_save`). Raises UsageError for a missing parent folder
-    or a folder at `path`."""
+    or a `path` that exists and is not a regular file (folder, symlink, device node, FIFO, socket)."""
     payload = _payload(data)
     return atomic_save(path, lambda f: f.write(payload))
 
@@ -141,15 +161,16 @@ def _checked(folder: Path, manifest: dict[str, Any], name: str) -> Path:
     return path
 
 
-def run_files(folder: str | os.PathLike[str]) -> dict[str, Path] | None:
+def run_files(folder: str | os.PathLike[str], exclude: Collection[str] = ()) -> dict[str, Path] | None:
     """The files of the run in `folder` (name relative to the folder -> path), each checked against the sha256 its
-    manifest records; None when the folder has no manifest. Raises InvalidInputError naming the first listed file
-    that is missing or whose content changed since the run wrote it (never a mix of two runs' files)."""
+    manifest records, but for the names in `exclude` (left out unchecked: e.g. a report's own outputs, which a
+    later report rewrites); None when the folder has no manifest. Raises InvalidInputError naming the first listed
+    file that is missing or whose content changed since the run wrote it (never a mix of two runs' files)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None:
         return None
-    return {name: _checked(folder, manifest, name) for name in sorted(manifest["files"])}
+    return {name: _checked(folder, manifest, name) for name in sorted(manifest["files"]) if name not in exclude}
 
 
 def report_inputs(folder: str | os.PathLike[str]) -> Callable[[str], Path | None]:

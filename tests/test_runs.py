@@ -82,6 +82,28 @@ def test_a_missing_parent_or_a_folder_target_is_a_usage_error_naming_it(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs and symlinks")
+def test_a_fifo_or_a_symlink_target_is_refused_and_left_as_it_is(tmp_path):
+    """`--out /dev/full` once replaced the device node with a regular file; a FIFO or a symlink at the target is
+    refused by name, never replaced nor written through (the link's target keeps its content)."""
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match=r"fifo\.json: it is a FIFO"):
+        atomic_write(fifo, "{}")
+    assert fifo.is_fifo()
+    (tmp_path / "real.json").write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to("real.json")
+    with pytest.raises(UsageError, match=r"link\.json: it is a symbolic link"):
+        atomic_save(link, lambda f: f.write(b"{}"))
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "nowhere.json")
+    with pytest.raises(UsageError, match="dangling.json"):
+        atomic_write(dangling, "{}")
+    assert link.is_symlink() and dangling.is_symlink() and (tmp_path / "real.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.json", "fifo.json", "link.json", "real.json"]
+
+
 def _run(path: Path, command=("certify", "demo", "--out", "x"), overwrite=False, files=("a.json", "b.json")):
     with RunDirectory(path, command=list(command), overwrite=overwrite) as run:
         for name in files:
@@ -219,3 +241,37 @@ def test_report_inputs_look_up_listed_files_lazily(tmp_path):
     with pytest.raises(InvalidInputError, match="index.html"):
         source("index.html")
     assert report_inputs(tmp_path)("run") is None  # no manifest: any existing file, and a folder is not one
+
+
+_SUMMARY = json.dumps({"description": "test model", "method_rows": [], "certificate_note": "note",
+                       "claim_rows": [], "environment": {"python": "3"}})
+
+
+def test_a_report_refuses_any_changed_listed_file_but_its_own_outputs(tmp_path):
+    """`certify report` once called an edited certificate valid (it checked only the files it reads); the pages
+    it rewrites itself (index.md, index.html, report.json) are not inputs and may change."""
+    from certify.reports.report import write_report
+
+    out = tmp_path / "run"
+    with RunDirectory(out, command=["certify", "demo"]) as run:
+        run.write("summary.json", _SUMMARY)
+        run.write("certificates/prox-0.json", '{"answer": "prox"}')
+        before = run.snapshot()
+        write_report(out)
+        assert set(run.record_changed(before)) == {"index.md", "index.html", "report.json"}
+    (out / "index.html").write_text("rewritten by a later report")
+    write_report(out)
+    (out / "certificates" / "prox-0.json").write_text('{"answer": "not-a-prox"}')
+    stamp = (out / "index.html").stat().st_mtime_ns
+    with pytest.raises(InvalidInputError, match="prox-0.json was changed"):
+        write_report(out)
+    assert (out / "index.html").stat().st_mtime_ns == stamp  # refused before anything is written
+
+
+def test_a_report_without_manifest_says_its_files_are_unchecked(tmp_path, capsys):
+    from certify.reports.report import write_report
+
+    (tmp_path / "summary.json").write_text(_SUMMARY)
+    write_report(tmp_path)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "no manifest.json" in err[0] and "not checked" in err[0]

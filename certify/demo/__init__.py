@@ -99,7 +99,7 @@ def run_demo(out_dir: Path, config: DemoConfig, command: Sequence[str] | None = 
     command = list(command) if command is not None else ["certify.demo.run_demo", repr(config)]
     with RunDirectory(out_dir, command, overwrite) as run:
         if run.done:
-            return {**json.loads((out_dir / "summary.json").read_text()), "files": _report_files(out_dir)}
+            return {**json.loads((out_dir / "summary.json").read_text()), "files": _report_files(out_dir), "reused": True}
         return _run(run, out_dir, config)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import pickle
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import Tensor
 from certify.errors import UnsupportedError, UsageError
 from certify.models import composite, records
 from certify.models.composite import CompositeDataset, composite_digits
-from certify.models.hashing import tensor_hash
+from certify.models.hashing import UnusableCache, read_cache_file, tensor_hash
 from certify.runs import atomic_save
 from certify.models.records import Dataset
 
@@ -139,21 +138,20 @@ def _cache_key(name: str) -> str:
 
 def _read_cache(path: Path) -> Dataset | None:
     """The data set cached in `path`; None when there is none, and None with one line on stderr saying why when
-    the file is unusable (unreadable, another layout, or a tensor whose sha256 differs from the recorded one)."""
-    if not path.exists():
-        return None
-    try:
-        record = torch.load(path, weights_only=True)
-        recorded = record.pop("sha256")
-        kind = CompositeDataset if record.pop("composite") else Dataset
-        if {k: tensor_hash(v) for k, v in record.items() if isinstance(v, Tensor)} == recorded:
-            return kind(**record)
-        why = "holds tensors whose sha256 differs from the one recorded when it was built"
-    except (RuntimeError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError,
-            pickle.UnpicklingError) as exc:
-        why = f"is unreadable ({type(exc).__name__})"
-    print(f"certify: the cached data set {path} {why}; rebuilding it", file=sys.stderr)
-    return None
+    the file is unusable (`certify.models.hashing.read_cache_file`: not a regular file, unreadable whatever the
+    damage, another layout, or a tensor whose sha256 differs from the recorded one)."""
+    return read_cache_file(path, _checked_dataset, lambda why: print(
+        f"certify: the cached data set {path} {why}; rebuilding it", file=sys.stderr))
+
+
+def _checked_dataset(record: dict) -> Dataset:
+    """The data set of a cache record (any malformed record raises, and is rebuilt), or UnusableCache when a
+    tensor's sha256 differs from the recorded one."""
+    recorded = record.pop("sha256")
+    kind = CompositeDataset if record.pop("composite") else Dataset
+    if {k: tensor_hash(v) for k, v in record.items() if isinstance(v, Tensor)} != recorded:
+        raise UnusableCache("holds tensors whose sha256 differs from the one recorded when it was built")
+    return kind(**record)
 
 
 def load_dataset(name: str) -> Dataset:

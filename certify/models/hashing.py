@@ -6,18 +6,22 @@ import hashlib
 import inspect
 import io
 import json
-import pickle
+import os
+import stat
 import sys
 import types
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from certify.errors import UsageError
 from certify.runs import atomic_save
 
+T = TypeVar("T")
 CACHE_FORMAT = 1  # one file: {"format", "recipe" (JSON text), "weights_sha256", "state_dict"}
 
 
@@ -117,42 +121,76 @@ def save_cached(path: Path, state: Mapping[str, Tensor], recipe: Mapping[str, An
     return atomic_save(path, lambda f: torch.save(entry, f))
 
 
+class UnusableCache(Exception):
+    """A cache file that must be rebuilt; the message completes "the cached ... {path} ..." (e.g. "was trained
+    from another recipe"). Raised by the `check` of `read_cache_file`, never out of it."""
+
+
+def read_cache_file(path: Path, check: Callable[[Any], T], unusable: Callable[[str], None]) -> T | None:
+    """`check(entry)` for the object `torch.load(..., weights_only=True)` reads from the cache file `path`; None when
+    `path` does not exist, and None after `unusable(why)` (one line on stderr, by the caller's wording) when the
+    file is unusable: not a regular file (a FIFO, a device such as /dev/zero behind a symlink: refused from its
+    fstat, before any read), or when reading, unpickling or `check` raises anything (UnusableCache: its message;
+    any other exception, e.g. the KeyError or IndexError of random bytes: "is unreadable (TYPE)"). Reads at most
+    the size fstat gives. Never raises for a bad file; shared by the model and data-set caches."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        unusable(f"is unreadable ({type(exc).__name__}: {exc.strerror})")
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                unusable("is not a regular file (a device, FIFO or socket, perhaps behind a symlink)")
+                return None
+            data = f.read(info.st_size)
+        with warnings.catch_warnings():  # torch warns about the "pickle protocol" of random bytes: one line only
+            warnings.simplefilter("ignore")
+            entry = torch.load(io.BytesIO(data), weights_only=True)
+        return check(entry)
+    except UnusableCache as exc:
+        unusable(str(exc))
+    except Exception as exc:  # any damage to the bytes, whatever torch or pickle raise for it: rebuild
+        unusable(f"is unreadable ({type(exc).__name__})")
+    return None
+
+
 def _unusable(path: Path, why: str) -> None:
     print(f"certify: the cached model {path} {why}; retraining it", file=sys.stderr)
 
 
+def _checked_weights(entry: Any, recipe: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The state dict of a model cache entry, or UnusableCache saying why it is not the one to load."""
+    state = entry.get("state_dict") if isinstance(entry, dict) and entry.get("format") == CACHE_FORMAT else None
+    if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, Tensor) and v.layout == torch.strided
+                                            for k, v in state.items())):
+        raise UnusableCache("has no recorded weights hash (another format)")
+    if entry.get("recipe") != _recipe_text(recipe):
+        raise UnusableCache("was trained from another recipe")
+    if state_dict_hash(state) != entry.get("weights_sha256"):
+        raise UnusableCache("holds weights whose sha256 differs from the one recorded at training (changed on disk)")
+    if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+        raise UnusableCache("holds NaN or infinite weights")
+    return state
+
+
 def load_cached(path: Path, recipe: Mapping[str, Any]) -> dict[str, Tensor] | None:
     """The weights cached in `path` when they are exactly those `save_cached` wrote for `recipe`; None when there
-    is no such file, and None with one line on stderr saying why when the file is unusable: unreadable (flipped
-    bytes in the container, a truncated file, an older format without a hash), another recipe, weights whose hash
-    differs from the recorded one (bytes flipped inside a tensor, weights overwritten with zeros or NaN), or
-    non-finite weights. Never raises for a bad file."""
-    if not path.exists():
-        return None
-    try:
-        entry = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        _unusable(path, f"is unreadable ({type(exc).__name__})")
-        return None
-    state = entry.get("state_dict") if isinstance(entry, dict) and entry.get("format") == CACHE_FORMAT else None
-    if not (isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())):
-        _unusable(path, "has no recorded weights hash (another format)")
-        return None
-    if entry.get("recipe") != _recipe_text(recipe):
-        _unusable(path, "was trained from another recipe")
-        return None
-    if state_dict_hash(state) != entry.get("weights_sha256"):
-        _unusable(path, "holds weights whose sha256 differs from the one recorded at training (changed on disk)")
-        return None
-    if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
-        _unusable(path, "holds NaN or infinite weights")
-        return None
-    return state
+    is no such file, and None with one line on stderr saying why when the file is unusable (`read_cache_file`):
+    not a regular file, unreadable (flipped bytes in the container, a truncated file, random bytes, an older
+    format without a hash, sparse tensors), another recipe, weights whose hash differs from the recorded one
+    (bytes flipped inside a tensor, weights overwritten with zeros or NaN), or non-finite weights. Never raises
+    for a bad file."""
+    return read_cache_file(path, lambda entry: _checked_weights(entry, recipe), lambda why: _unusable(path, why))
 
 
 def cached_weights(model: nn.Module, path: Path, recipe: Mapping[str, Any], train: Callable[[], Any]) -> nn.Module:
     """`model` with the weights cached in `path` for `recipe` (`load_cached`), or else trained by `train()` (which
-    trains `model` in place) and cached (`save_cached`; the folder is created). Returns `model`."""
+    trains `model` in place) and cached (`save_cached`; the folder is created; a cache that cannot be written, e.g.
+    a symlink in place of the file, is skipped with one line on stderr). Returns `model`."""
     state = load_cached(path, recipe)
     if state is not None:
         expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
@@ -161,6 +199,9 @@ def cached_weights(model: nn.Module, path: Path, recipe: Mapping[str, Any], trai
             return model
         _unusable(path, "holds tensors of other names or shapes than the model's")
     train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_cached(path, model.state_dict(), recipe)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_cached(path, model.state_dict(), recipe)
+    except (OSError, UsageError) as exc:  # an unwritable cache (or a symlink or device in its place) costs a
+        print(f"certify: the trained weights were not cached ({exc})", file=sys.stderr)  # retrain next time
     return model

@@ -11,14 +11,17 @@ Markdown and JSON, rebuilt from the artefacts a run leaves in DIR:
   (certify.reports.importance);
 * `THEOREMS.json` (optional): the theorem table of `certify check`.
 
-With a run manifest in DIR (`certify.runs`), only the files it lists are read, each checked against its sha256
-first (InvalidInputError naming a changed or missing one): a report never mixes two runs' files.
+With a run manifest in DIR (`certify.runs`), only the files it lists are read, and every file it lists (the
+certificates the report cites included; the report's own outputs, `REPORT_OUTPUTS`, excepted) is checked against
+its sha256 first (InvalidInputError naming a changed or missing one): a report never mixes two runs' files nor
+cites a changed certificate. Without a manifest the files present are used, with a warning on stderr.
 
 Figures of the robustness study (metric vs eps per method, certified vs empirical) are drawn here.
 """
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,11 +38,15 @@ from certify.reports.document import Document  # noqa: E402
 from certify.reports.heatmaps import attack_panel, heatmap_grid  # noqa: E402
 from certify.reports.importance import importance_section  # noqa: E402
 from certify.reports.inverse import inverse_section  # noqa: E402
-from certify.runs import atomic_save, atomic_write, report_inputs  # noqa: E402
+from certify.runs import MANIFEST, atomic_save, atomic_write, report_inputs, run_files  # noqa: E402
 
 METRICS = (("normalized_l2_distance", "normalised L2 distance (lower = more robust)"),
            ("topk_intersection", "top-k intersection (higher = more robust)"),
            ("ssim", "SSIM (higher = more robust)"))
+# What a report writes into the run folder (a later `certify report` rewrites them, so they are never checked
+# against the manifest nor read back as inputs): its pages, its data and the figures drawn here.
+REPORT_OUTPUTS = frozenset({"index.md", "index.html", "report.json", "robustness.png", "certified_vs_empirical.png",
+                            "attack_examples.png", "misclassified.png", "regulariser.png"})
 
 
 def _load(path: Path | None) -> Any | None:
@@ -296,9 +303,19 @@ def build_report(out_dir: Path, source: Callable[[str], Path | None] | None = No
 
 def write_report(out_dir: Path) -> tuple[Path, Path, Path]:
     """Write index.md, index.html and report.json (the report's data) into out_dir, atomically, from the files of
-    the run in out_dir (`build_report`)."""
+    the run in out_dir (`build_report`). With a manifest, every file it lists but the report's own outputs
+    (`REPORT_OUTPUTS`) is checked against its sha256 first, the certificates the report cites included
+    (InvalidInputError naming the first changed or missing one; nothing is written then). Without one, the report
+    is built from the files present, with one line on stderr saying that they are unchecked."""
     out_dir = Path(out_dir)
-    source = report_inputs(out_dir)
+    files = run_files(out_dir, exclude=REPORT_OUTPUTS) if out_dir.is_dir() else None
+    if files is None:
+        if out_dir.is_dir():
+            print(f"certify: {out_dir} has no {MANIFEST}: its files are not checked against the hashes of the run "
+                  "that wrote them", file=sys.stderr)
+        source = report_inputs(out_dir)
+    else:
+        source = files.get
     doc = build_report(out_dir, source)
     md, page = doc.write(out_dir)
     data = {key: _load(source(name)) for key, name in (("summary", "summary.json"), ("evaluation", "evaluation.json"),

@@ -4,6 +4,7 @@ concurrent trainers of one entry leave one good file."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -130,3 +131,58 @@ def test_the_denoiser_zoo_retrains_a_tampered_entry(cache, monkeypatch, capsys):
     again = denoiser_zoo.load_lpn("lpn-tiny", progress=False)
     assert "sha256 differs" in capsys.readouterr().err
     assert model_hash(again) == model_hash(first)
+
+
+def _junk(seed: int, n: int) -> list[bytes]:
+    """n files of random bytes (1 to 400 bytes) and n of the pickle opcodes random bytes hit hardest (stack pops)."""
+    rng = random.Random(seed)
+    noise = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400))) for _ in range(n)]
+    opcodes = [bytes(rng.choice(b"\x80\x02}q(X.]0e(Kbs") for _ in range(rng.randrange(1, 40))) for _ in range(n)]
+    return [b"hello", *noise, *opcodes]
+
+
+def test_a_junk_model_cache_file_is_retrained_never_raises(tmp_path, capsys):
+    """Random bytes once raised KeyError ("hello") or IndexError (pop from empty list) out of load_cached."""
+    path = tmp_path / "m.pt"
+    for blob in _junk(0, 150):
+        path.write_bytes(blob)
+        assert load_cached(path, {"recipe": 1}) is None
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and str(path) in err[0] and "retraining" in err[0]
+
+
+def test_a_junk_data_set_cache_file_is_rebuilt_never_raises(tmp_path, capsys):
+    from certify.models.datasets import _read_cache
+
+    path = tmp_path / "d.pt"
+    for blob in _junk(1, 150):
+        path.write_bytes(blob)
+        assert _read_cache(path) is None
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and str(path) in err[0] and "rebuilding" in err[0]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs and symlinks")
+def test_a_cache_file_that_is_a_fifo_or_a_device_is_refused_before_reading(tmp_path, capsys):
+    """A symlink to /dev/zero was read without end (MemoryError); a FIFO would block the open."""
+    from certify.models.datasets import _read_cache
+
+    os.mkfifo(tmp_path / "fifo.pt")
+    (tmp_path / "zero.pt").symlink_to("/dev/zero")
+    for name in ("fifo.pt", "zero.pt"):
+        assert load_cached(tmp_path / name, {"recipe": 1}) is None and _read_cache(tmp_path / name) is None
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 2 and all("not a regular file" in line and name in line for line in err)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks")
+def test_a_symlink_in_place_of_a_model_cache_file_is_retrained_and_left_alone(cache, capsys):
+    """The weights are trained (the link's target is no cache file) and not written through the link."""
+    recipe = zoo.asdict(zoo.recipe(NAME))
+    (cache / "models").mkdir()
+    entry = cache / "models" / f"{NAME}-{zoo.recipe(NAME).digest()[:16]}.pt"
+    entry.symlink_to("/dev/null")
+    model, data = zoo.load(NAME)
+    err = capsys.readouterr().err.splitlines()
+    assert "not a regular file" in err[0] and "symbolic link" in err[-1] and entry.is_symlink()
+    assert accuracy(model, data.x_test, data.y_test) >= 0.95 and load_cached(entry, recipe) is None
