@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -81,6 +82,14 @@ class ProcessExecutor(_Executor):
         context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if context.get_start_method() == "forkserver":
             context.set_forkserver_preload(PRELOAD)  # imported once, then forked
+            # started now with SIGINT ignored, a disposition that survives exec: a Ctrl-C sent to the process group
+            # while its interpreter starts (before forkserver_setup runs) would kill it with a fatal error message
+            if threading.current_thread() is threading.main_thread():  # (signal handlers belong to the main thread)
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                try:
+                    multiprocessing.forkserver.ensure_running()
+                finally:
+                    signal.signal(signal.SIGINT, previous)
         self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
                                               initargs=(os.getpid(),))
 

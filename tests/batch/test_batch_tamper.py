@@ -172,13 +172,18 @@ def test_folder_inputs_read_a_tensor_that_requires_grad(tmp_path):
     assert inputs.x.shape == (1, 64) and np.array_equal(inputs.x[0], value.detach().numpy())
 
 
-@pytest.mark.parametrize("delay", [1.5, 2.5, 3.5])
+@pytest.mark.parametrize("delay", [0.0, 1.0, 2.0])
 def test_ctrl_c_while_the_pool_starts_prints_one_line(tmp_path, delay):
     """SIGINT to the process group while the forkserver imports torch printed a KeyboardInterrupt traceback from
-    it; a worker forked after the parent exited printed FileNotFoundError from SemLock._rebuild."""
+    it; a worker forked after the parent exited printed FileNotFoundError from SemLock._rebuild. The signal is sent
+    `delay` seconds after the command opened its store (before that, a loaded machine may still be importing)."""
+    store = tmp_path / "s.sqlite"
     p = subprocess.Popen([sys.executable, "-m", "certify.cli", "batch", "--model", MODEL, "--dataset", "digits-flat",
-                          "--methods", "gradient,smoothgrad", "--store", str(tmp_path / "s.sqlite"), "--chunk", "4"],
+                          "--methods", "gradient,smoothgrad", "--store", str(store), "--chunk", "4"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=ENV)
+    deadline = time.monotonic() + 60
+    while not store.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(delay)
     os.killpg(p.pid, signal.SIGINT)
     _, err = p.communicate(timeout=120)  # until the forkserver and workers, which share stderr, are gone too
