@@ -207,7 +207,7 @@ def ensure_env() -> None:
         _run(PY, "-m", "pip", "install", "-q", os.environ.get("CERTIFY_TORCH", DEFAULT_TORCH))
     # the installed torch is pinned on the same command line: onnx2torch needs torchvision, and an unpinned
     # resolve would replace a CPU torch by the newest CUDA build to match torchvision's newest wheel
-    _run(PY, "-m", "pip", "install", "-q", "-e", f"{ROOT}[test,onnx]", f"torch=={_torch_version()}")
+    _run(PY, "-m", "pip", "install", "-q", "-e", f"{ROOT}[test,onnx,batch]", f"torch=={_torch_version()}")
     STAMP.write_text(wanted)
 
 

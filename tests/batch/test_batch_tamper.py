@@ -226,3 +226,13 @@ def test_folder_inputs_refuse_a_sparse_tensor(tmp_path):
     torch.save(torch.zeros(64).to_sparse(), tmp_path / "x.pt")
     with pytest.raises(InvalidInputError, match="x.pt.*sparse"):
         directory_inputs(tmp_path, (64,))
+
+
+def test_importing_the_forkserver_setup_elsewhere_changes_nothing():
+    """The module ignores SIGINT only inside a forkserver: imported by any other process (here a fresh interpreter
+    importing it the way a test importing every module does) Ctrl-C still raises KeyboardInterrupt, so child processes
+    do not inherit an ignored SIGINT either."""
+    probe = ("import signal, sys, certify.batch.forkserver_setup as f; "
+             "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, sys.excepthook is sys.__excepthook__)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr
