@@ -255,7 +255,7 @@ def main(argv: list[str]) -> int:
     elif command in ("test-slow", "test-gpu"):
         cmd = [PY, "-m", "pytest", "-q", "-m", command.removeprefix("test-"), *rest]
     else:
-        scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+        scripts = sorted(s for s in (ROOT / "benchmarks").glob("*.py") if not s.name.startswith("_"))  # _timing: shared
         return max((subprocess.run([str(PY), str(s), *rest], cwd=ROOT, env=_env()).returncode for s in scripts), default=0)
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=_env()).returncode
 

@@ -17,16 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import spread
+
 from certify.batch.executors import make_executor
 from certify.batch.runner import BatchConfig, dataset_inputs, run_batch
 from certify.batch.store import CertificateStore
 
 MODEL = "zoo:digits-softplus-mlp"
 METHODS = {"gradient": {}, "smoothgrad": {}, "moreaugrad": {"rho": 0.3}}  # moreaugrad at the preset's rho
-
-
-def fmt(values: list[float]) -> str:
-    return f"{statistics.median(values):8.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def measure(kind: str, workers: int, inputs, chunk: int, folder: Path, results: dict) -> None:
@@ -66,7 +64,7 @@ def main() -> None:
     for method in [*METHODS, "start-up s"]:
         for kind in ("process", "ray"):
             one, two = results[(kind, 1, method)], results[(kind, 2, method)]
-            print(f"{method:12s} {kind:8s} {fmt(one):>22s} {fmt(two):>22s} "
+            print(f"{method:12s} {kind:8s} {spread(one, digits=2):>22s} {spread(two, digits=2):>22s} "
                   f"{statistics.median(two) / statistics.median(one):6.2f}")
     print("\nray / process (median rates; start-up: seconds)")
     for method in [*METHODS, "start-up s"]:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from _timing import spread
+
 from certify.bounds.crown import margin_lower_bounds, margin_spec
 from certify.bounds.network import from_module
 from certify.bounds.radius import certified_radius
@@ -39,10 +41,6 @@ from certify.models.spec import load_model
 from certify.models.vnnlib import parse_vnnlib
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vnncomp2021-mnistfc"
-
-
-def summary(times: list[float]) -> str:
-    return f"{statistics.median(times):.4f} ({min(times):.4f}-{max(times):.4f})"
 
 
 def digits_case(batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -103,7 +101,7 @@ def compare(name: str, model: torch.nn.Module, x: torch.Tensor, eps: float, roun
     gap32 = (theirs.to(torch.float64) - ours)[off_target]
     beyond = gap > 1e-9 * (1 + exact[off_target].abs())
     ratio = statistics.median(ours_t) / statistics.median(theirs_t)
-    print(f"{name:16s} eps {eps:<6g} n {x.shape[0]:3d}  crown {summary(ours_t)} s  dual network {summary(theirs_t)} s  "
+    print(f"{name:16s} eps {eps:<6g} n {x.shape[0]:3d}  crown {spread(ours_t, digits=4)} s  dual network {spread(theirs_t, digits=4)} s  "
           f"ratio {ratio:.3f}  looser margins {int(beyond.sum())}/{gap.numel()} beyond rounding, "
           f"{int((gap > 0).sum())} at all (by <= {float(gap.max().clamp(min=0)):.2g}; "
           f"{int((gap32 > 0).sum())} against its float32 run, by <= "

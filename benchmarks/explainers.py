@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from typing import Callable
 
 import torch
+
+from _timing import interleaved, spread
 
 from certify.explain import Gradient, IntegratedGradients, SmoothGrad
 
@@ -32,33 +33,6 @@ def captum_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def synchronise(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA kernels run asynchronously), so that a timing covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(sides: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds of each side per round: one untimed call each, then `rounds` rounds calling every side in turn."""
-    for fn in sides.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(rounds):
-        for name, fn in sides.items():
-            synchronise(device)
-            start = time.perf_counter()
-            fn()
-            synchronise(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
-    """median (min-max) of `values` times `scale`."""
-    v = [x * scale for x in values]
-    return f"{statistics.median(v):.{digits}f} ({min(v):.{digits}f}-{max(v):.{digits}f})"
 
 
 def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explainers import captum_available, interleaved, pairs, relative_difference, spread  # noqa: E402
+from _timing import interleaved, spread  # noqa: E402
+from explainers import captum_available, pairs, relative_difference  # noqa: E402
 
 from certify.bounds.crown import margin_lower_bounds  # noqa: E402
 from certify.bounds.network import from_module  # noqa: E402

@@ -33,33 +33,17 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+from _timing import round_ratios, spread
 
 from certify.explain import MoreauGrad
 from certify.models import zoo
 from certify.scores import score_gradients
 
 BATCH = 128
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(numerator: Callable[[], object], denominator: Callable[[], object], rounds: int) -> list[float]:
-    """Per-round ratios numerator time / denominator time, the two sides alternating within each round."""
-    numerator(), denominator()  # warm-up
-    return [_seconds(numerator) / _seconds(denominator) for _ in range(rounds)]
-
-
-def summary(ratios: list[float]) -> str:
-    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def overhead(model: nn.Module, x: Tensor, target: Tensor, rounds: int, iterations: int = 100) -> list[float]:
@@ -71,7 +55,7 @@ def overhead(model: nn.Module, x: Tensor, target: Tensor, rounds: int, iteration
         for p in points:
             score_gradients(model, p, target)
 
-    return interleaved(lambda: solver.explain(x, target), raw, rounds)
+    return round_ratios(lambda: solver.explain(x, target), raw, rounds)
 
 
 def public_loop(model: nn.Module, x: Tensor, c: int, steps: int, samples: int, sigma: float,
@@ -124,7 +108,7 @@ def versus_public(rounds: int, smoothed: bool, batch: int, public_inputs: int, s
         for i in range(public_inputs):
             public_loop(model, x[i : i + 1], int(target[i]), steps, samples, sigma)
 
-    per_input = [r * batch / public_inputs for r in interleaved(public, ours, rounds)]
+    per_input = [r * batch / public_inputs for r in round_ratios(public, ours, rounds)]
     return per_input, work, steps * samples
 
 
@@ -138,7 +122,7 @@ def batching_ceiling(rounds: int) -> list[float]:
         for i in range(32):
             score_gradients(model, x[i : i + 1], target[i : i + 1])
 
-    return interleaved(rows, lambda: [score_gradients(model, x, target) for _ in range(4)], rounds * 3)  # 4 batches
+    return round_ratios(rows, lambda: [score_gradients(model, x, target) for _ in range(4)], rounds * 3)  # 4 batches
 
 
 def evaluations_to_tolerance(model: nn.Module, x: Tensor, target: Tensor) -> tuple[float, float, float, float]:
@@ -166,7 +150,7 @@ def main() -> None:
         ratios = overhead(model, x, target, args.rounds)
         met = "met" if statistics.median(ratios) <= target_ratio else "MISSED"
         print(f"\n{name} (input {tuple(x.shape[1:])}, batch {BATCH})")
-        print(f"  (a) overhead: solver / raw gradient loop {summary(ratios)}  (target <= {target_ratio}: {met})")
+        print(f"  (a) overhead: solver / raw gradient loop {spread(ratios, digits=2)}  (target <= {target_ratio}: {met})")
         acc, acc_conv, fixed, fixed_conv = evaluations_to_tolerance(model, x[:32], target[:32])
         print(f"  (d) gradient evaluations to residual 1e-6: accelerated {acc:.1f} (converged {acc_conv:.0%}), "
               f"fixed-step {fixed:.1f} (converged {fixed_conv:.0%}), ratio {fixed / acc:.1f}x  "
@@ -175,11 +159,11 @@ def main() -> None:
     ratios, ours, theirs = versus_public(args.rounds, smoothed=False, batch=32, public_inputs=4, steps=300)
     met = "met" if statistics.median(ratios) >= 10 else "MISSED"
     print(f"  (b) deterministic, equal work ({ours} vs {theirs} gradient evaluations per input): public / certify "
-          f"time per explanation {summary(ratios)}  (target >= 10x: {met}); batching ceiling: gradient row at "
-          f"batch 1 / at batch 32 {summary([4 * r for r in batching_ceiling(args.rounds)])}")
+          f"time per explanation {spread(ratios, digits=2)}  (target >= 10x: {met}); batching ceiling: gradient row at "
+          f"batch 1 / at batch 32 {spread([4 * r for r in batching_ceiling(args.rounds)], digits=2)}")
     ratios, ours, theirs = versus_public(max(2, args.rounds // 2), smoothed=True, batch=4, public_inputs=1, steps=100)
     print(f"  (c) smoothed, max_evaluations {theirs}: certify did {ours} gradient evaluations per input, the public "
-          f"loop {theirs}; public / certify time per explanation {summary(ratios)}")
+          f"loop {theirs}; public / certify time per explanation {spread(ratios, digits=2)}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from _timing import spread
+
 from certify.certificates import semantics
 from certify.certificates.builder import certify_explanations
 from certify.certificates.checker import verify_certificate
@@ -30,10 +32,6 @@ from certify.explain.registry import make_preset
 from certify.models import zoo
 
 TARGET = 10.0
-
-
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.4f} ({min(values):.4f}-{max(values):.4f})"
 
 
 def cold_verify(path: Path) -> float:
@@ -82,10 +80,10 @@ def main() -> None:
                         certs[0].write(path)
                         cold.append(cold_verify(path))
             ratio = statistics.median(generate) / statistics.median(verify)
-            line = (f"{name:20s} {label:14s} {summary(generate):>26s} {summary(verify):>26s} {ratio:7.1f}"
+            line = (f"{name:20s} {label:14s} {spread(generate, digits=4):>26s} {spread(verify, digits=4):>26s} {ratio:7.1f}"
                     f"  {'met' if ratio >= TARGET else 'MISSED'}{'' if valid else ' (A CERTIFICATE DID NOT VERIFY)'}")
             if args.cli:
-                line += f"  {summary(cold)} ({statistics.median(generate) / statistics.median(cold):.2f})"
+                line += f"  {spread(cold, digits=4)} ({statistics.median(generate) / statistics.median(cold):.2f})"
             print(line)
 
 
