@@ -123,12 +123,17 @@ def test_a_finished_run_lists_its_files_with_hashes_and_versions(tmp_path):
     assert set(run_files(out)) == {"a.json", "b.json"}
 
 
-def test_an_interrupt_marks_the_run_interrupted_keeps_finished_files_and_resumes(tmp_path):
-    out = tmp_path / "run"
+def _interrupted_run(out) -> None:
+    """A `certify demo` run into `out` that wrote a.json, then was interrupted."""
     with pytest.raises(KeyboardInterrupt):
         with RunDirectory(out, command=["certify", "demo"]) as run:
             run.write("a.json", "{}")
             raise KeyboardInterrupt
+
+
+def test_an_interrupt_marks_the_run_interrupted_keeps_finished_files_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    _interrupted_run(out)
     first = read_manifest(out)
     assert first["status"] == "interrupted" and "finished" not in first and set(first["files"]) == {"a.json"}
     with RunDirectory(out, command=["certify", "demo"]) as run:
@@ -141,10 +146,7 @@ def test_an_interrupt_marks_the_run_interrupted_keeps_finished_files_and_resumes
 
 def test_a_resumed_run_drops_a_file_changed_since(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        with RunDirectory(out, command=["certify", "demo"]) as run:
-            run.write("a.json", "{}")
-            raise KeyboardInterrupt
+    _interrupted_run(out)
     (out / "a.json").write_text('{"tampered": 1}')
     with RunDirectory(out, command=["certify", "demo"]) as run:
         assert not run.reused("a.json") and "a.json" not in run.manifest["files"]
