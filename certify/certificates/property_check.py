@@ -85,200 +85,12 @@ from certify.certificates import semantics
 from certify.certificates._common import Invalid
 from certify.certificates.claims import FUNCTION_DESCRIPTION, Claim
 from certify.certificates.document import PropertyCertificate, decode_array
+from certify.certificates.relu_graph import (Box, GraphNet, box_support, down, graph_of, lower_bound, require_finite,
+                                               sum_up, up)
 
 WITNESS_FORMAT = "certify.relu-split-witness/1"
-U64 = 2.0**-53
-ETA = 2.0**-1074
 CHUNK = 256  # rows bounded at once (memory: rows x widest layer)
 MAX_PROPERTY_BYTES = 64 * 2**20  # a recorded VNN-LIB path is re-read only up to this size
-
-
-# ------------------------------------------------------------------ outward-rounded float64 primitives
-
-def _down(a: np.ndarray) -> np.ndarray:
-    return np.nextafter(a, -np.inf)
-
-
-def _up(a: np.ndarray) -> np.ndarray:
-    return np.nextafter(a, np.inf)
-
-
-def _gamma(n: int) -> float:
-    """gamma_n = n u / (1 - n u), u = 2^-53 (infinite when n u >= 1/2)."""
-    if n * U64 >= 0.5:
-        return math.inf
-    return n * U64 / (1.0 - n * U64)
-
-
-def _product_error(magnitude: np.ndarray, n: int) -> np.ndarray:
-    """Rounded-up bound on |fl(a . b) - a . b| for n-term products, from magnitude = fl(|a| . |b|)."""
-    return _up(2.0 * _gamma(n + 2) * (1 + 8 * U64) * magnitude + 4.0 * (n + 2) * ETA)
-
-
-def matmul_enclosure(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fl(a @ b), lower, upper) with lower <= a @ b <= upper exactly."""
-    c = a @ b
-    err = _product_error(np.abs(a) @ np.abs(b), a.shape[-1])
-    return c, _down(c - err), _up(c + err)
-
-
-def sum_down(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    """A lower bound of the exact sum along `axis` (summation error gamma_n sum |v|, rounded outwards)."""
-    n = values.shape[axis]
-    return _down(values.sum(axis=axis) - _product_error(np.abs(values).sum(axis=axis), n))
-
-
-def sum_up(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    return -sum_down(-values, axis)
-
-
-def _finite(*arrays: np.ndarray) -> None:
-    if not all(np.isfinite(a).all() for a in arrays):
-        raise Invalid("a bound overflowed float64 (non-finite value in the re-check)")
-
-
-# ------------------------------------------------------------------ the network
-
-@dataclass
-class GraphNet:
-    """The checker's network: weights[k] [out_k, size(h_k)], biases[k], skips[k][j] [out_k, size(h_j)] and the
-    activations (semantics' tuples: ("relu",), ("sigmoid",), ...)."""
-
-    weights: list[np.ndarray]
-    biases: list[np.ndarray]
-    skips: dict[int, dict[int, np.ndarray]]
-    acts: list[tuple]
-
-    @property
-    def depth(self) -> int:
-        return len(self.weights)
-
-    @property
-    def widths(self) -> list[int]:
-        return [w.shape[0] for w in self.weights]
-
-    @property
-    def num_inputs(self) -> int:
-        return self.weights[0].shape[1]
-
-    def inputs_of(self, k: int) -> list[tuple[int, np.ndarray]]:
-        """(j, A_kj) for every h_j that z_k reads (its own h_k first)."""
-        return [(k, self.weights[k])] + sorted(self.skips.get(k, {}).items())
-
-    def require_relu(self) -> "GraphNet":
-        """self, when every activation is relu or leaky_relu with slope in [0, 1] (piecewise linear and convex:
-        the relaxation here); else Invalid naming the others."""
-        bad = sorted({str(a[0]) if a[0] != "leaky_relu" else f"leaky_relu({a[1]})" for a in self.acts
-                      if not (a[0] == "relu" or (a[0] == "leaky_relu" and 0.0 <= float(a[1]) <= 1.0))})
-        if bad:
-            raise Invalid(f"the property-holds re-check covers ReLU and LeakyReLU (slope in [0, 1]) networks; this one "
-                          f"has {', '.join(bad)} (no outward-rounded relaxation of it here)")
-        return self
-
-    def negative_slope(self, k: int) -> float:
-        """The slope of activation k below 0: 0 for relu, a for leaky_relu(a)."""
-        return float(self.acts[k][1]) if self.acts[k][0] == "leaky_relu" else 0.0
-
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(y, e): N at points x [M, n] in float64 and a rigorous bound e on |y - N(x)| (the forward error of
-        this very computation: gamma_n (|A| |h| + |b|) per layer plus |A| times the inputs' errors; an
-        activation carries lipschitz(sigma) e_z plus its own float64 error `semantics.act_rounding`)."""
-        hs, es = [x], [np.zeros_like(x)]
-        z = e = x
-        for k in range(self.depth):
-            z = np.zeros((x.shape[0], self.widths[k])) + self.biases[k]
-            mag = np.abs(z).copy()
-            e = np.zeros_like(z)
-            terms = 1
-            for j, a in self.inputs_of(k):
-                z = z + hs[j] @ a.T
-                mag = mag + np.abs(hs[j]) @ np.abs(a).T
-                e = e + es[j] @ np.abs(a).T
-                terms += a.shape[1]
-            e = (e + 2 * _gamma(terms + 2) * mag) * (1 + 1e-10) + (terms + 2) * 4 * ETA
-            if k < self.depth - 1:
-                act, zt = self.acts[k], torch.from_numpy(z)
-                h = semantics.activate(act, zt)
-                hs.append(h.numpy())
-                es.append((semantics.lipschitz(act) * e + semantics.act_rounding(act, zt, h, U64).numpy()) * (1 + 1e-10))
-        return z, e
-
-
-def graph_of(raw: Any) -> GraphNet:
-    """The checker's translation (`semantics.translate`) as a GraphNet; Invalid when the model's output is not N
-    (a dropped softmax head)."""
-    if getattr(raw, "head", None):
-        raise Invalid(f"the model ends in a {raw.head} that N drops (N is its logits): the property speaks of the "
-                      "model's outputs, so N does not decide it")
-    as_np = lambda t: np.asarray(torch.as_tensor(t).detach().cpu().double().numpy(), dtype=np.float64)  # noqa: E731
-    skips = {int(k): {int(j): as_np(s) for j, s in row.items()} for k, row in (getattr(raw, "skips", None) or {}).items()}
-    return GraphNet([as_np(w) for w in raw.mats], [as_np(b).reshape(-1) for b in raw.biases], skips,
-                    [tuple(a) for a in raw.acts])
-
-
-# ------------------------------------------------------------------ the bound
-
-Box = tuple[np.ndarray, np.ndarray]
-
-
-def _unit_minimum(q_lo: np.ndarray, q_hi: np.ndarray, g: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                  slope: float) -> np.ndarray:
-    """Lower bound [R] of sum_i min_{z in [l_i, u_i]} (q_i sigma(z) - g_i z) for every q_i in [q_lo_i, q_hi_i],
-    sigma(z) = z for z >= 0 and slope z below (relu: slope 0, sigma >= 0, so q_lo is the worst q)."""
-    best = None
-    for z in (lower, upper, np.where((lower < 0) & (upper > 0), 0.0, lower)):
-        if slope == 0.0:
-            value = _down(q_lo * np.maximum(z, 0.0))
-        else:  # sigma(z) in [down(a z), up(a z)] below 0: the four corners of q and sigma
-            s_lo = np.where(z >= 0, z, _down(slope * z))
-            s_hi = np.where(z >= 0, z, _up(slope * z))
-            value = np.minimum.reduce([_down(q * v) for q in (q_lo, q_hi) for v in (s_lo, s_hi)])
-        value = _down(value - _up(g * z))
-        best = value if best is None else np.minimum(best, value)
-    return sum_down(best)
-
-
-def lower_bound(net: GraphNet, top: int, rows: np.ndarray, const: np.ndarray, boxes: list[Box], box: Box,
-                alphas: list[np.ndarray], betas: list[np.ndarray | None]) -> np.ndarray:
-    """Rigorous lower bounds [R] of rows . z_top + const over {x in box, z_j in boxes[j] for j < top} (module
-    doc). rows [R, n_top]; boxes[j] = (l, u) [R or 1, n_j]; alphas[j] [R or 1, n_j] (used on unstable units);
-    betas[j] [R, n_j] or None: added to the coefficient of z_j (the split multipliers' -beta s)."""
-    r = rows.shape[0]
-    g: dict[int, np.ndarray] = {top: rows}
-    q: dict[int, list[np.ndarray]] = {}  # j -> [centre, lower, upper] of Q_j
-    pieces = [const.astype(np.float64)]
-    for k in range(top, -1, -1):
-        gk = g[k]
-        pieces.append(sum_down(_down(gk * net.biases[k])))
-        for j, a in net.inputs_of(k):
-            c, lo, hi = matmul_enclosure(gk, a)
-            if j in q:
-                q[j] = [q[j][0] + c, _down(q[j][1] + lo), _up(q[j][2] + hi)]
-            else:
-                q[j] = [c, lo, hi]
-        if k == 0:
-            break
-        centre, q_lo, q_hi = q.pop(k)
-        lower, upper = boxes[k - 1]
-        lower, upper = np.broadcast_to(lower, (r, lower.shape[-1])), np.broadcast_to(upper, (r, upper.shape[-1]))
-        unstable = (lower < 0) & (upper > 0)
-        a = net.negative_slope(k - 1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            chord = np.where(unstable, (upper - a * lower) / np.where(unstable, upper - lower, 1.0), a)
-        slope_up = np.where(lower >= 0, 1.0, chord)
-        slope_lo = np.where(lower >= 0, 1.0, np.where(upper <= 0, a, a + (1.0 - a) * alphas[k - 1]))
-        gnext = np.maximum(centre, 0.0) * slope_lo + np.minimum(centre, 0.0) * slope_up
-        if betas[k - 1] is not None:
-            gnext = gnext + betas[k - 1]
-        g[k - 1] = gnext
-        pieces.append(_unit_minimum(q_lo, q_hi, gnext, lower, upper, a))
-    _, q_lo, q_hi = q.pop(0)
-    xl, xu = box
-    corners = [_down(a * b) for a in (q_lo, q_hi) for b in (xl, xu)]
-    pieces.append(sum_down(np.minimum(np.minimum(corners[0], corners[1]), np.minimum(corners[2], corners[3]))))
-    total = sum_down(np.stack(pieces, axis=-1))
-    _finite(total)
-    return total
 
 
 def root_boxes(net: GraphNet, box: Box, unstable: list[np.ndarray], root_alphas: list[list[np.ndarray]]) -> list[Box]:
@@ -295,7 +107,7 @@ def root_boxes(net: GraphNet, box: Box, unstable: list[np.ndarray], root_alphas:
             rows[units.size + np.arange(units.size), units] = -1.0
             picked = np.concatenate([units, width + units])
             alphas = [scatter(root_alphas[k][j][picked], unstable[j], net.widths[j]) for j in range(k)]
-            bound = lower_bound(net, k, rows, np.zeros(rows.shape[0]), boxes, box, alphas, [None] * k)
+            bound = lower_bound(net, k, rows, np.zeros(rows.shape[0]), boxes, box_support(*box), alphas, [None] * k)
             lows.append(bound[: units.size])
             highs.append(-bound[units.size:])
         boxes.append((np.concatenate(lows)[None], np.concatenate(highs)[None]))
@@ -459,7 +271,7 @@ def prove_holds(net: GraphNet, box: Box, conjunctions: list[tuple[np.ndarray, np
                       for j in range(top)]
             rows = c[tree.rows[idx][keep]]
             const = -d[tree.rows[idx][keep]]
-            bound = lower_bound(net, top, rows, const, [(lo[keep], hi[keep]) for lo, hi in boxes], box, alphas,
+            bound = lower_bound(net, top, rows, const, [(lo[keep], hi[keep]) for lo, hi in boxes], box_support(*box), alphas,
                                 [b[keep] for b in betas])
             worst = int(np.argmin(bound))
             if not bound[worst] > 0:
@@ -490,11 +302,11 @@ def counterexample_slack(model: nn.Module, net: GraphNet, point: np.ndarray, inp
     for out, tol in ((y_model, e_model[0]), (y[0], e[0])):
         best = -math.inf
         for c, d in conjunctions:
-            high, low = _up(out + tol), _down(out - tol)
-            reach = sum_up(np.concatenate([_up(np.maximum(c, 0) * high), _up(np.minimum(c, 0) * low)], axis=-1))
-            best = max(best, float(np.min(_down(d - reach))))
+            high, low = up(out + tol), down(out - tol)
+            reach = sum_up(np.concatenate([up(np.maximum(c, 0) * high), up(np.minimum(c, 0) * low)], axis=-1))
+            best = max(best, float(np.min(down(d - reach))))
         slacks.append(best)
-    _finite(np.asarray(slacks))
+    require_finite(np.asarray(slacks))
     return slacks[0], slacks[1]
 
 

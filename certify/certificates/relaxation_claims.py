@@ -1,5 +1,5 @@
 """Claims "radius-lower" (r*(x) >= value) from relaxation bounds, with the witness the independent checker
-(`relaxation_check`) needs to re-derive them exactly.
+(`relaxation_check`) needs to re-derive them (in outward-rounded float64).
 
     r*(x) = inf { ||x' - x||_p : x' in the domain, argmax f(x') != c }.
 
@@ -19,7 +19,7 @@ scheme the witness is for); the witness holds evidence only:
   a tightening LP is not optimal at the written radius, the claim carries a CROWN witness of the same
   one-slope-per-unit form instead if CROWN with those slopes proves that radius.
 
-Only ReLU networks are claimed: the checker's exact arithmetic has no exp or log for softplus. Graphs with
+Only ReLU networks are claimed: the checker's outward-rounded relaxation is of relu only (no exp or log for softplus). Graphs with
 skip terms (residual adds, concatenations, max-pool as ReLU tournaments) are claimed with either scheme: the
 LP's multipliers are per layer as on a chain, and the checker's dual bound (`relaxation_check`) gathers each
 layer output's coefficient from every layer that reads it.
@@ -91,7 +91,7 @@ def relaxation_radius_claim(
     claim_id: str = CLAIM_TYPE,
 ) -> Claim:
     """A certified claim r*(x) >= value for one example x [1, ...] and its class `target`, by `method`
-    ("crown" or "lp") bisected to `tol`, with an exactly re-checkable witness; a refused claim (with the
+    ("crown" or "lp") bisected to `tol`, with a re-checkable witness; a refused claim (with the
     reason) for an unsupported model or when no positive radius is certified. params: target, p, domain
     (its JSON, null when unbounded) and relaxation (the scheme of the witness)."""
     if method not in METHODS:
@@ -112,9 +112,9 @@ def relaxation_radius_claim(
         except UnsupportedError as exc:
             return refuse_(f"the model is not supported by the bound code: {exc}")
     if not net.activations:
-        return refuse_("the exactly re-checkable relaxation claim covers ReLU networks with a hidden layer only")
-    reason = activation_refusal(net, "the exactly re-checkable relaxation claim (the checker's exact rational "
-                                "arithmetic has no exp, log or tanh)", ("relu",))
+        return refuse_("the re-checkable relaxation claim covers ReLU networks with a hidden layer only")
+    reason = activation_refusal(net, "the re-checkable relaxation claim (the checker's outward-rounded "
+                                "relaxation is of relu only: no exp, log or tanh)", ("relu",))
     if reason is not None:
         return refuse_(reason)
     x = x.detach().to(torch.float64).cpu()

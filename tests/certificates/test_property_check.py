@@ -20,9 +20,9 @@ from graph_models import GRAPH_MODELS  # noqa: E402
 from property_grid import classification, grid_values, predicted, tiny_net  # noqa: E402
 
 from certify.certificates._common import Invalid  # noqa: E402
-from certify.certificates.property_check import (Tree, Witness, complete, graph_of, lower_bound,  # noqa: E402
-                                                 matmul_enclosure, prove_holds, read_witness, root_boxes, sum_down)
-from certify.certificates.relaxation_check import Exact, ExactSet, ReluNetwork, relu_lines  # noqa: E402
+from certify.certificates.property_check import Tree, Witness, complete, prove_holds, read_witness, root_boxes  # noqa: E402
+from certify.certificates.relu_graph import box_support, graph_of, lower_bound, matmul_enclosure, settle, sum_down  # noqa: E402
+from exact_relaxation import Exact, ExactSet, ReluNetwork, relu_lines  # noqa: E402
 from certify.certificates.semantics import translate  # noqa: E402
 
 
@@ -36,22 +36,44 @@ def _exact(x) -> Fraction:
 
 # ------------------------------------------------------------------ outward rounding
 
-def test_matmul_enclosure_and_sum_down_enclose_the_exact_values():
+def test_matmul_enclosure_sum_down_and_settle_enclose_the_exact_values():
     rng = np.random.default_rng(0)
     for trial in range(20):
         scale = 10.0 ** rng.integers(-300, 300, size=(3, 7)) if trial % 2 else 1.0
         a = rng.standard_normal((3, 7)) * scale
         b = rng.standard_normal((7, 2)) * (1e-20 if trial % 3 == 0 else 1.0)
-        c, lo, hi = matmul_enclosure(a, b)
+        c, r = matmul_enclosure(a, b)
+        assert (r >= 0).all()
         for i, j in itertools.product(range(3), range(2)):
             exact = sum(_exact(a[i, k]) * _exact(b[k, j]) for k in range(7))
-            assert _exact(lo[i, j]) <= exact <= _exact(hi[i, j])
+            assert abs(exact - _exact(c[i, j])) <= _exact(r[i, j])
         low = sum_down(a)
         for i in range(3):
             assert _exact(low[i]) <= sum(_exact(v) for v in a[i])
+        # settle: the exact products a * b[:, 0] (floats within u |a b| + eta / 2 of them) summed per row
+        values = a * b[:, 0]
+        settled = settle(values, np.abs(values) * 2.0**-53 + 2.0**-1074)
+        for i in range(3):
+            assert _exact(settled[i]) <= sum(_exact(a[i, k]) * _exact(b[k, 0]) for k in range(7))
     tiny = np.full((1, 4), 5e-324)
-    _, lo, hi = matmul_enclosure(tiny, np.full((4, 1), 0.5))  # products underflow to 0 or 5e-324
-    assert lo[0, 0] <= 0 < hi[0, 0]
+    c, r = matmul_enclosure(tiny, np.full((4, 1), 0.5))  # products underflow to 0 or 5e-324
+    assert c[0, 0] - r[0, 0] <= 0 < c[0, 0] + r[0, 0] and _exact(r[0, 0]) >= abs(_exact(c[0, 0]) - 4 * _exact(5e-324) / 2)
+
+
+def test_the_box_support_lies_below_the_exact_minimum_over_every_enclosed_row():
+    """box_support(l, u)(c, r): below sum_i min(q_i l_i, q_i u_i) for q = c - r, c + r and random q in between
+    (exact rationals), within 1e-12 relative of the value at the worst q."""
+    rng = np.random.default_rng(4)
+    for trial in range(10):
+        lower = rng.standard_normal(6) * 10.0 ** rng.integers(-3, 3)
+        upper = lower + rng.uniform(0, 2, 6)
+        c = rng.standard_normal((2, 6)) * 10.0 ** rng.integers(-200, 200)
+        r = np.abs(c) * rng.uniform(0, 0.1, (2, 6))
+        bound = box_support(lower, upper)(c, r)
+        for i in range(2):
+            for q in (c[i] - r[i], c[i] + r[i], c[i] + r[i] * rng.uniform(-1, 1, 6)):
+                exact = sum(min(_exact(qk) * _exact(lk), _exact(qk) * _exact(uk)) for qk, lk, uk in zip(q, lower, upper))
+                assert _exact(bound[i]) <= exact
 
 
 # ------------------------------------------------------------------ the bound is sound for any multipliers
@@ -125,8 +147,8 @@ def test_leaf_bounds_hold_at_sampled_points_of_the_leaf_for_random_slopes_betas_
         for lo, hi in leaf_boxes:
             empty |= (lo > hi).any(1)
         keep = np.flatnonzero(~empty)
-        bound = lower_bound(net, top, rows[keep], const[keep], [(lo[keep], hi[keep]) for lo, hi in leaf_boxes], box,
-                            [a[keep] for a in alphas], [b[keep] for b in betas])
+        bound = lower_bound(net, top, rows[keep], const[keep], [(lo[keep], hi[keep]) for lo, hi in leaf_boxes],
+                            box_support(*box), [a[keep] for a in alphas], [b[keep] for b in betas])
         values = zs[top] @ rows[keep].T + const[keep]
         for col, r in enumerate(keep):
             inside = np.ones(points.shape[0], dtype=bool)
@@ -151,7 +173,8 @@ def test_never_looser_than_exact_crown_with_the_same_slopes():
         roots = [[np.repeat(alpha[j][None], 2 * hidden[k], 0) for j in range(k)] for k in range(len(hidden))]
         boxes = root_boxes(net, box, unstable, roots)
         rows = rng.standard_normal((5, net.widths[-1]))
-        ours = lower_bound(net, net.depth - 1, rows, np.zeros(5), boxes, box, [a[None] for a in alpha], [None] * len(hidden))
+        ours = lower_bound(net, net.depth - 1, rows, np.zeros(5), boxes, box_support(*box), [a[None] for a in alpha],
+                           [None] * len(hidden))
         exact_net = ReluNetwork(raw.mats, raw.biases)
         half = (box[1] - box[0]) / 2
         input_set = ExactSet.build((box[0] + box[1]) / 2, float(half.max()) * 2, math.inf, box)

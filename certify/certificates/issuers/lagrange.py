@@ -7,7 +7,7 @@ r*_p(x) = inf { ||delta||_p : x + delta in the domain, the decision at x + delta
   claim is refused. The witness stores delta = (x + delta in the model's dtype) - x exactly, and the value
   is the norm of that perturbation (and of its float64 sum, whichever is larger), rounded up;
 * `lipschitz-radius`: min_j m_cj(x) / L_cj (product-of-norms constants of the margins);
-* `radius-lower` (radius-relaxation): CROWN bisection with an exactly re-checkable witness (ReLU nets);
+* `radius-lower` (radius-relaxation): CROWN bisection with a re-checkable witness (ReLU nets);
 * `exact-radius`: MILP optimum, solver-reported (small ReLU / leaky ReLU nets, p in {1, inf});
 * `gap`: flip witness minus the best certified lower bound.
 All carry params {target, p, domain}."""

@@ -34,8 +34,9 @@ from certify.certificates._common import Invalid
 from certify.certificates.claims import FUNCTION_DESCRIPTION, Claim, issue, refuse
 from certify.certificates.document import PropertyCertificate, decode_array, encode_array
 from certify.certificates.issuers.common import _jsonable, model_provenance
-from certify.certificates.property_check import (WITNESS_FORMAT, counterexample_slack, graph_of, lower_bound,
-                                                 property_arrays, prove_holds, read_witness, root_boxes, scatter)
+from certify.certificates.property_check import (WITNESS_FORMAT, counterexample_slack, property_arrays, prove_holds,
+                                                 read_witness, root_boxes, scatter)
+from certify.certificates.relu_graph import box_support, graph_of, lower_bound
 from certify.models.vnnlib import Property
 from certify.errors import UsageError
 
@@ -91,7 +92,7 @@ def crown_witness(raw: Any, prop: Property) -> dict | None:
     slopes = [scatter(adaptive(j)[None], unstable[j], hidden[j]) for j in range(len(hidden))]
     trees = []
     for c, d in conjunctions:
-        bound = lower_bound(net, net.depth - 1, c, -d, boxes, box, slopes, [None] * len(hidden))
+        bound = lower_bound(net, net.depth - 1, c, -d, boxes, box_support(*box), slopes, [None] * len(hidden))
         if not bound.max() > 0:
             return None
         trees.append({"depth": np.zeros(1), "splits": np.zeros((0, 3)), "betas": np.zeros(0),

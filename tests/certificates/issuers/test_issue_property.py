@@ -331,7 +331,7 @@ def test_counterexamples_on_smooth_activations_verify_and_holds_answers_say_why_
         valid, report = _verify(json.loads(cert.to_json()), model)
         assert valid, report.failures()
     assert answers["violated"].answer == "violated" and answers["violated"].claims[0].value > 0
-    if "holds" in answers:  # the bound code proved it, but no exactly re-checkable relaxation exists here
+    if "holds" in answers:  # the bound code proved it, but no re-checkable relaxation exists here
         assert answers["holds"].answer == "unknown" and "ReLU" in answers["holds"].claims[0].reason
 
 
