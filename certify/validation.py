@@ -9,9 +9,9 @@ their index-tuple targets (`evaluate_outputs`, `resolve_output_target`). Input f
 .pt) and `single_example` (one example with or without its batch dimension)."""
 from __future__ import annotations
 
+import cmath
 import contextlib
 import functools
-import itertools
 import math
 import numbers
 import pickle
@@ -27,11 +27,32 @@ TargetLike = Union[None, int, Sequence[int], Tensor]
 T = TypeVar("T")
 
 
-def check_eval_mode(model: nn.Module) -> None:
+def submodules(model: nn.Module) -> list[nn.Module]:
+    """`model` and its submodules, each once (the modules `model.modules()` yields, read from the modules' own
+    registries without its chain of generators: the model checks below run on every explainer call)."""
+    found, seen, stack = [], set(), [model]
+    while stack:
+        module = stack.pop()
+        if module is not None and module not in seen:  # a registered child may be None; `named_modules`' memo test
+            seen.add(module)
+            found.append(module)
+            stack.extend(module._modules.values())
+    return found
+
+
+def all_finite(values: Tensor) -> bool:
+    """Whether every entry of `values` is finite, by one sum on the common path: a NaN or infinite entry makes any
+    sum NaN or infinite, so a finite sum proves every entry finite; a non-finite sum (such an entry, or finite
+    entries whose sum overflows) is settled by the entry-wise check."""
+    return cmath.isfinite(values.detach().sum().item()) or bool(torch.isfinite(values.detach()).all())
+
+
+def check_eval_mode(model: nn.Module, modules: list[nn.Module] | None = None) -> None:
     """Refuse a model with any submodule in training mode: dropout and batch-norm would make the score
-    function random or batch-dependent, and no explanation or bound of it would mean anything."""
-    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
-    if training:
+    function random or batch-dependent, and no explanation or bound of it would mean anything. `modules`:
+    `submodules(model)` when the caller has it."""
+    if any(module.training for module in (submodules(model) if modules is None else modules)):
+        training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
         shown = ", ".join(training[:5]) + (" ..." if len(training) > 5 else "")
         raise ModelModeError(f"model is in training mode (modules: {shown}); call model.eval() first")
 
@@ -48,7 +69,7 @@ def validate_inputs(inputs: object) -> Tensor:
         )
     if inputs.shape[0] == 0:
         raise InvalidInputError("inputs has an empty batch")
-    if not bool(torch.isfinite(inputs).all()):  # one reduction on the common path; the rows only when it fails
+    if not all_finite(inputs):  # one reduction on the common path; the rows only when it fails
         bad = torch.nonzero(~torch.isfinite(inputs).flatten(1).all(dim=1)).flatten().tolist()
         raise InvalidInputError(f"inputs contain NaN or Inf (examples {bad[:10]})")
     return inputs
@@ -105,7 +126,7 @@ def evaluate_outputs(model: nn.Module, inputs: tuple[Tensor, ...], args: tuple[A
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         other = "" if matrix else " (or outputs [batch, d_1, ..., d_k] with index-tuple targets)"
         raise InvalidInputError(f"the model must return logits of shape [batch, classes]{other}; got {shape}")
-    if not bool(torch.isfinite(logits).all()):
+    if not all_finite(logits):
         raise InvalidInputError("the model returned NaN or Inf logits for these inputs")
     return logits
 
@@ -226,11 +247,15 @@ def with_autograd(function: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def grad_ready(inputs: Tensor, model: nn.Module | None = None) -> Tensor:
-    """`inputs` (any tensor: inputs, targets) usable by autograd: an inference tensor (created under
-    `torch.inference_mode()`) is cloned into a normal tensor. A model whose parameters are inference tensors cannot be differentiated at all:
-    that raises UsageError naming inference_mode."""
-    if model is not None and any(t.is_inference() for t in itertools.chain(model.parameters(), model.buffers())):
+def check_differentiable(model: nn.Module, modules: list[nn.Module] | None = None) -> None:
+    """Refuse a model whose parameters or buffers are inference tensors (created under `torch.inference_mode()`):
+    autograd cannot differentiate through them (UsageError naming inference_mode). `modules`: `submodules(model)`
+    when the caller has it."""
+    inference = False
+    for module in submodules(model) if modules is None else modules:
+        for tensor in (*module._parameters.values(), *module._buffers.values()):
+            inference = inference or (tensor is not None and tensor.is_inference())
+    if inference:
         frozen = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_inference()]
         if frozen:
             raise UsageError(
@@ -238,6 +263,21 @@ def grad_ready(inputs: Tensor, model: nn.Module | None = None) -> Tensor:
                 "differentiate through them; create or load the model outside inference_mode (explainers may "
                 "themselves be called inside it)"
             )
+
+
+def check_explainable(model: nn.Module) -> None:
+    """What every explainer call checks of the model, in one walk over its modules: `check_eval_mode`, then
+    `check_differentiable`."""
+    modules = submodules(model)
+    check_eval_mode(model, modules)
+    check_differentiable(model, modules)
+
+
+def grad_ready(inputs: Tensor, model: nn.Module | None = None) -> Tensor:
+    """`inputs` (any tensor: inputs, targets) usable by autograd: an inference tensor (created under
+    `torch.inference_mode()`) is cloned into a normal tensor. With `model`, also `check_differentiable(model)`."""
+    if model is not None:
+        check_differentiable(model)
     if inputs.is_inference():
         with torch.inference_mode(False):
             return inputs.clone()
@@ -249,7 +289,7 @@ def check_finite_attributions(attributions: Tensor | tuple[Tensor, ...], method:
     examples. `exempt` [N] (bool) marks rows an explainer already reports as failed (e.g. a diverged solver,
     whose attributions are NaN by design)."""
     parts = attributions if isinstance(attributions, tuple) else (attributions,)
-    if all(bool(torch.isfinite(a.detach()).all()) for a in parts):  # the common path: one reduction per tensor
+    if all(all_finite(a) for a in parts):  # the common path: one reduction per tensor
         return
     bad = ~torch.stack([torch.isfinite(a.detach()).flatten(1).all(dim=1) for a in parts]).all(dim=0)
     if exempt is not None:
@@ -280,7 +320,7 @@ def baseline_tensor(inputs: Tensor, baselines: object) -> Tensor:
             ) from exc
     else:
         raise InvalidInputError(f"baselines must be a tensor, a number or None, got {type(baselines).__name__}")
-    if not bool(torch.isfinite(baseline).all()):
+    if not all_finite(baseline):
         raise InvalidInputError("baselines contain NaN or Inf")
     return baseline
 

@@ -13,12 +13,15 @@ from certify.errors import EXIT_USAGE, InvalidInputError, ModelModeError, Target
 from certify.evaluation import StudyConfig
 from certify.explain import Gradient, IntegratedGradients, SmoothGrad
 from certify.validation import (
+    all_finite,
     autograd_enabled,
+    check_explainable,
     check_finite_attributions,
     grad_ready,
     nonnegative_number,
     positive_int,
     positive_number,
+    submodules,
 )
 
 EXPLAINERS = [Gradient, lambda m: IntegratedGradients(m, n_steps=4), lambda m: SmoothGrad(m, samples=2)]
@@ -160,3 +163,41 @@ def test_non_finite_attributions_are_refused_naming_the_examples():
     with pytest.raises(InvalidInputError, match=r"gradient: non-finite attributions for examples \[2, 3\]"):
         check_finite_attributions(a, "gradient")
     check_finite_attributions(a, "moreaugrad", exempt=torch.tensor([False, False, True, True]))
+
+
+def test_all_finite_agrees_with_the_entrywise_check_also_when_the_sum_overflows():
+    big = torch.full((4, 3), torch.finfo(torch.float32).max)  # finite entries whose float32 sum is inf
+    assert all_finite(big) and all_finite(torch.zeros(0, 3)) and all_finite(torch.arange(6).view(2, 3))
+    for bad in (math.nan, math.inf, -math.inf):
+        for values in (torch.zeros(2, 5), big.clone()):
+            values[1, 2] = bad
+            assert not all_finite(values)
+    mixed = torch.tensor([[math.inf, -math.inf]])  # a NaN sum
+    assert not all_finite(mixed)
+    assert not all_finite(torch.tensor([1.0 + 0j, complex(0.0, math.nan)])) and all_finite(torch.ones(2, dtype=torch.complex64))
+
+
+def test_submodules_are_the_modules_of_named_modules_each_once():
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(shared, nn.ReLU(), nn.Sequential(shared, nn.Identity()))
+    model.register_module("missing", None)
+    model[2].add_module("loop", model)  # a cycle: named_modules' memo ends it, and so must the walk
+    assert sorted(map(id, submodules(model))) == sorted(id(m) for _, m in model.named_modules())
+
+
+def test_check_explainable_refuses_training_mode_before_inference_parameters():
+    with torch.inference_mode():
+        frozen = nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5))
+    frozen.eval()
+    frozen[1].train()
+    with pytest.raises(ModelModeError, match=r"modules: 1\)"):
+        check_explainable(frozen)
+    frozen.eval()
+    with pytest.raises(UsageError, match=r"parameters \['0.weight', '0.bias'\].*inference_mode"):
+        check_explainable(frozen)
+    model = nn.Sequential(nn.Linear(3, 2))
+    with torch.inference_mode():
+        model.register_buffer("scale", torch.ones(2))  # an inference buffer is refused as well
+    with pytest.raises(UsageError, match=r"\['scale'\].*inference_mode"):
+        check_explainable(model.eval())
+    check_explainable(nn.Sequential(nn.Linear(3, 2)).eval())

@@ -450,14 +450,16 @@ def _relax_convex(activation: Activation, lower: Tensor, upper: Tensor, alpha: T
     value_lo_u, value_hi_u = activation.enclosure(upper)
     # upper chord, then shifted to lie above the enclosure at both endpoints
     flat = width <= 1e-12 * (1 + upper.abs())
-    chord = (value_hi_u - value_lo_l) / torch.where(flat, torch.ones_like(width), width)
-    slope_u = torch.where(flat, activation.derivative(upper), chord)
-    if activation.name == "relu":
-        slope_u = torch.where(lower >= 0, torch.ones_like(slope_u), torch.where(upper <= 0, torch.zeros_like(slope_u), slope_u))
+    chord = (value_hi_u - value_lo_l) / width.masked_fill(flat, 1.0)
+    if activation.name == "relu":  # exact slopes on stable units; relu'(u) = 1 on a flat box that is not
+        on, off = lower >= 0, upper <= 0
+        slope_u = chord.masked_fill_(flat, 1.0).masked_fill_(off, 0.0).masked_fill_(on, 1.0)
+    else:
+        slope_u = torch.where(flat, activation.derivative(upper), chord)
     icpt_u = torch.maximum(value_hi_l - slope_u * lower, value_hi_u - slope_u * upper)
     icpt_u = icpt_u + rounding_margin(icpt_u.abs() + slope_u.abs() * torch.maximum(lower.abs(), upper.abs()), 2)
     if activation.name == "relu":
-        slope_l = torch.where(lower >= 0, torch.ones_like(alpha), torch.where(upper <= 0, torch.zeros_like(alpha), alpha))
+        slope_l = _relu_lower_slope(on, off, alpha)
         icpt_l = torch.zeros_like(slope_l)
     else:
         point = lower + alpha * width
@@ -469,6 +471,24 @@ def _relax_convex(activation: Activation, lower: Tensor, upper: Tensor, alpha: T
         # the tangent touches the exact softplus; torch's thresholded one lies below it by at most this
         icpt_l = icpt_l - torch.where(activation.switched(upper), activation.threshold_gap, 0.0)
     return Relaxation(slope_l, icpt_l, slope_u, icpt_u)
+
+
+def _relu_lower_slope(on: Tensor, off: Tensor, alpha: Tensor) -> Tensor:
+    """relu's lower slope on [l, u]: alpha (in [0, 1]) on an unstable unit, the exact 1 (on: l >= 0, first) or
+    0 (off: u <= 0) on a stable one; the lower intercept is 0 either way."""
+    return torch.where(on, torch.ones_like(alpha), torch.where(off, torch.zeros_like(alpha), alpha))
+
+
+def relax_with_alpha(activation: Activation, relaxation: Relaxation, lower: Tensor, upper: Tensor,
+                     alpha: Tensor) -> Relaxation:
+    """`relax(activation, lower, upper, alpha)`, given `relaxation`, the relaxation `relax` built on the same box
+    [lower, upper] with another alpha of the same shape: the same numbers, at less cost for relu, whose upper chord and lower
+    intercept 0 do not depend on alpha (they are reused, the same tensors); other activations are relaxed
+    anew."""
+    if activation.name != "relu":
+        return relax(activation, lower, upper, alpha)
+    slope = _relu_lower_slope(lower >= 0, upper <= 0, alpha.clamp(0, 1))
+    return Relaxation(slope, relaxation.lower_intercept, relaxation.upper_slope, relaxation.upper_intercept)
 
 
 def _relax_leaky(activation: Activation, lower: Tensor, upper: Tensor, alpha: Tensor) -> Relaxation:

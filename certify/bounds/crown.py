@@ -68,18 +68,26 @@ Cost: intermediate boxes back-substitute only the rows of units that the interva
 (`layer_bounds`' screening; none for z_0 over a box, whose interval box is exact), for both sides in one
 pass (parallel slopes), batched over examples in groups of similar unstable counts (`_row_groups`, so that
 padding every example to the largest count does not multiply the work), and the products skip the
-columns that the relaxation zeroed (ReLU units off on their box).
+columns that the relaxation zeroed (ReLU units off on their box). Fixed cost per call (issue 18: on small
+networks it is most of the time): the passes of one call share what does not depend on their objective
+(`backward_lower_bound`'s `facts`: the input box and its midpoint-radius form, the bounds on |h_j|, the
+product charges, the widened intercepts, the relaxations' charges), |W| is kept per weight tensor
+(`network.absolute`), an all-zero intercept (relu's lower line) is neither widened nor multiplied, the
+adaptive relaxation reuses the parallel one's upper line (`relax_with_alpha`), the selector rows are never
+built (row gathers), and the interval boxes stop at the last hidden layer. Each computes the same numbers
+as the work it replaces (tests/bounds/test_crown_fixed_costs.py).
 """
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from certify.bounds.activations import SLOPE_RULES, Relaxation, default_alpha, relax
+from certify.bounds.activations import SLOPE_RULES, Activation, Relaxation, default_alpha, relax, relax_with_alpha
 from certify.bounds.ibp import Box, interval_bounds
-from certify.bounds.network import AffineNetwork
+from certify.bounds.network import AffineNetwork, absolute
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet, rounding_margin
 from certify.errors import UsageError
@@ -156,7 +164,7 @@ def _live_columns(lam: Tensor) -> tuple[Tensor, Tensor] | None:
     within the rounding bound of the full sum. None when too few columns are dead to pay for the gathers."""
     if lam.numel() < LIVE_MIN_ENTRIES:
         return None
-    live = (lam != 0).any(-2)
+    live = lam.abs().amax(-2) != 0  # (lam != 0).any(-2), NaN included, in half the time
     count = int(live.sum(-1).max()) if live.numel() else 0
     if lam.shape[-2] * (lam.shape[-1] - count) < LIVE_GAIN * count:
         return None
@@ -164,9 +172,16 @@ def _live_columns(lam: Tensor) -> tuple[Tensor, Tensor] | None:
     return lam.gather(-1, cols.unsqueeze(1).expand(-1, lam.shape[1], -1)), cols
 
 
-def _support(input_set: InputSet, lam: Tensor, mirrored: bool) -> Tensor:
+def _take(matrix: Tensor, index: Tensor) -> Tensor:
+    """matrix[index]: the rows (entries, for a vector) of `matrix` at index [N, A], [N, A, ...] (index_select, a
+    copy of the same numbers, several times faster than advanced indexing on the CPU)."""
+    return matrix.index_select(0, index.reshape(-1)).view(*index.shape, *matrix.shape[1:])
+
+
+def _support(input_set: InputSet, lam: Tensor, mirrored: bool, facts: dict | None = None) -> Tensor:
     """Rigorous lower bounds [N, m] on min over the input set of lam x (lam [N, m, n]), followed when `mirrored`
-    by those of -lam x ([N, 2 m]). Overwrites lam (the caller's last use of it).
+    by those of -lam x ([N, 2 m]). Overwrites lam (the caller's last use of it). `facts`: `backward_lower_bound`'s,
+    which keep the midpoint-radius form of the box (None: none kept).
 
     For p = inf the set is its (outward-rounded) box [l, u], enclosed in [c - r, c + r] with c = l/2 + u/2
     and r = max(u - c, c - l) rounded up (one step up from the nearest float covers the subtraction's
@@ -174,28 +189,66 @@ def _support(input_set: InputSet, lam: Tensor, mirrored: bool) -> Tensor:
     batched matrix-vector products serve both signs, off by at most gamma_{n+2} |lam| (|c| + r) (Higham
     2002, section 3.1), subtracted as `rounding_margin` (its 1e-300 floor covers the n 2^-1022 of products
     below the normal range for n < 4e7). Other norms: `InputSet.lower_support`."""
-    lower, upper = input_set.box()
-    if input_set.p != math.inf or not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+    facts = {} if facts is None else facts
+
+    def midpoint_radius() -> tuple[Tensor, Tensor] | None:
+        lower, upper = _input_box(input_set, facts)
+        if input_set.p != math.inf or not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+            return None
+        centre = lower / 2 + upper / 2
+        radius = torch.nextafter(torch.maximum(upper - centre, centre - lower), torch.full_like(centre, math.inf))
+        return centre.unsqueeze(-1), torch.stack([radius, centre.abs()], dim=-1)
+
+    form = _kept(facts, ("midpoint-radius",), None, midpoint_radius)
+    if form is None:
         return input_set.lower_support(torch.cat([lam, -lam], dim=-2) if mirrored else lam)
-    centre = lower / 2 + upper / 2
-    radius = torch.nextafter(torch.maximum(upper - centre, centre - lower), torch.full_like(centre, math.inf))
-    value = (lam @ centre.unsqueeze(-1)).squeeze(-1)
-    spread, size = (lam.abs_() @ torch.stack([radius, centre.abs()], dim=-1)).unbind(-1)
+    centre, spans = form
+    value = (lam @ centre).squeeze(-1)
+    spread, size = (lam.abs_() @ spans).unbind(-1)
     slack = spread + rounding_margin(size + spread, lam.shape[-1])
     return torch.cat([value - slack, -value - slack], dim=-1) if mirrored else value - slack
+
+
+def _kept(facts: dict, key: tuple, owner: object, make: Callable[[], Any]) -> Any:
+    """facts' value for `key` and the object `owner` it derives from (a box, a relaxation; None: the input set
+    and the network of the pass), made by `make` on the first request (the owner is kept with it, so that its
+    id is not reused by another object while the dict lives)."""
+    entry = facts.get((key, id(owner)))
+    if entry is None:
+        entry = facts[key, id(owner)] = (owner, make())
+    return entry[1]
+
+
+def _input_box(input_set: InputSet, facts: dict) -> Box:
+    return _kept(facts, ("input box",), None, input_set.box)
+
+
+def _parallel(rel: Relaxation, facts: dict) -> bool:
+    """Whether the lower and upper slopes of `rel` are equal (a mirrored pass can run through it)."""
+    return _kept(facts, ("parallel",), rel, lambda: torch.equal(rel.lower_slope, rel.upper_slope))
+
+
+def _relaxation_charge(rel: Relaxation, lower_icpt: Tensor, upper_icpt: Tensor, below: Tensor) -> Tensor:
+    """|c_l| + |c_u| + max(|a_l|, |a_u|) below (per unit, or per row where the lines are): what |Lambda| times it
+    bounds the rounding of substituting the relaxation's lines (intercepts `lower_icpt`, `upper_icpt`, widened)
+    and of the next layer's products, `below` = r_z + product_charge (`backward_lower_bound`)."""
+    slope = torch.maximum(*_aligned(rel.lower_slope.abs(), rel.upper_slope.abs()))
+    slope, below = _aligned(slope, below)
+    return _plus(_plus(lower_icpt.abs(), upper_icpt.abs()), slope * below)
 
 
 def backward_lower_bound(
     net: AffineNetwork,
     input_set: InputSet,
     layer: int,
-    coeffs: Tensor,
+    coeffs: Tensor | None,
     relaxations: list[Relaxation],
     boxes: list[Box],
     const: Tensor | None = None,
     layer_terms: dict[int, Tensor] | None = None,
     units: Tensor | None = None,
     mirrored: bool = False,
+    facts: dict | None = None,
 ) -> Tensor:
     """Rigorous lower bound on coeffs @ z_layer + const over the input set, [N, m].
 
@@ -204,8 +257,10 @@ def backward_lower_bound(
     way). Skip terms of the network are substituted into the coefficient of the h_j they read (module
     docstring). `layer_terms` {k: t_k [N, m, n_k]} (k < layer) adds sum_k t_k @ z_k to the objective (the
     split multipliers of branch and bound, certify.bounds.bab); None (the default) adds nothing. `units` [N, U]
-    (int64) says that coeffs are the selector rows [+e_units; -e_units] (m = 2 U; `layer_bounds`): their
-    first products with W_layer, b_layer and the skips are then row gathers, the same (exact) numbers.
+    (int64) says that the rows are the selector rows [+e_units; -e_units] (m = 2 U; `layer_bounds`), which
+    coeffs then need not hold (None): their first products with W_layer, b_layer and the skips, and their
+    first charge |e_u| . c = c_u (a sum of exact zeros and one exact product), are row gathers, the same
+    numbers (where c is finite).
 
     `mirrored`: returns [N, 2 m], the lower bounds of coeffs @ z + const and then of -(coeffs @ z + const),
     from ONE coefficient chain (`units` [N, U] then selects the rows +e_units only, m = U). Valid when every
@@ -216,43 +271,58 @@ def backward_lower_bound(
     the upper intercepts where lam > 0 and the lower ones where lam < 0, sums with the same absolute
     values (covered by the same charges).
 
+    `facts`: a dict shared by passes over the same input set and the same `boxes` (the same tensors, all
+    examples), in which each keeps what does not depend on its objective (`_kept`: the input box, the bounds
+    on |h_j|, the charges of the products, the widened intercepts), so that later passes reuse them; None
+    (the default): this pass's own.
+
     Rounding (module docstring, "Rigour"): each computed coefficient matrix is taken as exact from then
     on; the gap between it and the exact product it stands for is charged once, against a bound on the
     variable it multiplies (the box of z_k, or the image box of h_k = sigma(z_{k-1}), or the input box)."""
+    facts = {} if facts is None else facts
     lam = coeffs
-    value = torch.zeros(coeffs.shape[:-1], dtype=coeffs.dtype, device=coeffs.device) if const is None else const
+    if const is not None:
+        value = const
+    elif units is not None:
+        value = torch.zeros(units.shape[0], units.shape[1] * (1 if mirrored else 2), dtype=torch.float64,
+                            device=units.device)
+    else:
+        value = torch.zeros(coeffs.shape[:-1], dtype=coeffs.dtype, device=coeffs.device)
     mirror = -value  # the constant of the negated objective (mirrored only)
     magnitude = value.abs()
     lost = torch.zeros_like(magnitude)  # underflow charges in units of UNDERFLOW (module docstring)
     terms = 0
-    reaches: dict[int, Tensor] = {}  # bound on |h_j| (j = 0: the input)
 
     def h_reach(j: int) -> Tensor:
-        if j not in reaches:
-            if j == 0:
-                reaches[j] = _reach(input_set.box())
-            else:
-                reaches[j] = _reach(net.activations[j - 1].image(*boxes[j - 1]))
-        return reaches[j]
+        """A bound on |h_j| per unit (j = 0: the input)."""
+        if j == 0:
+            return _kept(facts, ("reach h", 0), None, lambda: _reach(_input_box(input_set, facts)))
+        return _kept(facts, ("reach h", j), boxes[j - 1][0],
+                     lambda: _reach(net.activations[j - 1].image(*boxes[j - 1])))
 
     def product_charge(k: int) -> Tensor:
         """Per unit of z_k: |b_k| + |W_k| r_k + sum_j |S_kj| r_j, what |Lambda| times it bounds the rounding
         of Lambda's products with b_k, W_k and the skips (r = h_reach)."""
-        charge = h_reach(k) @ net.weights[k].abs().T + net.biases[k].abs()
-        for j, skip in net.skips.get(k, {}).items():
-            charge = _plus(charge, h_reach(j) @ skip.abs().T)
-        return charge
+        def make() -> Tensor:
+            charge = h_reach(k) @ absolute(net.weights[k]).T + absolute(net.biases[k])
+            for j, skip in net.skips.get(k, {}).items():
+                charge = _plus(charge, h_reach(j) @ absolute(skip).T)
+            return charge
+        return _kept(facts, ("charge", k), boxes[k - 1][0] if k > 0 else None, make)
+
+    def total(j: int) -> Tensor:
+        return _kept(facts, ("total h", j), boxes[j - 1][0] if j > 0 else None, lambda: _total(h_reach(j)))
 
     def times(matrix: Tensor, k: int) -> Tensor:
         """lam @ matrix (a weight [out_k, n] or a bias [out_k]); a gather of +-rows for selector rows; over
         the live columns of lam only where `_live_columns` found enough dead ones."""
         if k == layer and units is not None:
-            rows = matrix[units]
+            rows = _take(matrix, units)
             return rows if mirrored else torch.cat([rows, -rows], dim=1)
         if live is None:
             return lam @ matrix
         part, cols = live
-        picked = matrix[cols]
+        picked = _take(matrix, cols)
         return part @ picked if picked.dim() == 3 else (part @ picked.unsqueeze(-1)).squeeze(-1)
 
     prepaid = False  # whether the relaxation below already charged this layer's products (folded, see there)
@@ -262,17 +332,20 @@ def backward_lower_bound(
             lam = lam + layer_terms[k]  # charged with this layer's products, against the new lam
             magnitude = magnitude + _dot(lam.abs(), _plus(_reach(boxes[k]), product_charge(k)))
             terms += 1
+        elif k == layer and units is not None:
+            charge = product_charge(k).gather(-1, units)
+            magnitude = magnitude + (charge if mirrored else torch.cat([charge, charge], dim=-1))
         elif not prepaid:
             magnitude = magnitude + _dot(lam.abs(), product_charge(k))
         live = None if k == layer and units is not None else _live_columns(lam)
         weight, bias = net.weights[k], net.biases[k]
-        lost = lost + weight.shape[0] * (_total(h_reach(k)) + 1)  # lam @ W_k (against h_k) and lam @ b_k
+        lost = lost + weight.shape[0] * (total(k) + 1)  # lam @ W_k (against h_k) and lam @ b_k
         shift = times(bias, k)
         value = value + shift
         if mirrored:
             mirror = mirror - shift
         for j, skip in net.skips.get(k, {}).items():
-            lost = lost + skip.shape[0] * _total(h_reach(j))
+            lost = lost + skip.shape[0] * total(j)
             part = times(skip, k)
             if j in skipped:
                 part = skipped[j] + part
@@ -290,29 +363,39 @@ def backward_lower_bound(
         if k == 0:
             break
         rel = relaxations[k - 1]
-        if mirrored and not torch.equal(rel.lower_slope, rel.upper_slope):
+        if mirrored and not _parallel(rel, facts):
             raise UsageError(f"a mirrored back-substitution needs equal lower and upper slopes (layer {k - 1})")
-        lower_icpt, upper_icpt = _widened(rel.lower_intercept, -1.0), _widened(rel.upper_intercept, 1.0)
+        # an all-zero intercept (relu's lower line) is its own widening and adds exact zeros: skipped below
+        through_zero = _kept(facts, ("vanishes",), rel.lower_intercept, lambda: not bool(rel.lower_intercept.any()))
+        lower_icpt = rel.lower_intercept if through_zero else _kept(
+            facts, ("widened", -1), rel.lower_intercept, lambda: _widened(rel.lower_intercept, -1.0))
+        upper_icpt = _kept(facts, ("widened", 1), rel.upper_intercept, lambda: _widened(rel.upper_intercept, 1.0))
         # one charge for this relaxation and the next layer's products: |pos a_l + neg a_u| <= |lam| s with
         # s = max(|a_l|, |a_u|), so |Lambda'| (r_z + product_charge(k - 1)) <= |lam| s (r_z + ...)
-        slope = torch.maximum(*_aligned(rel.lower_slope.abs(), rel.upper_slope.abs()))
-        reach = _reach(boxes[k - 1])
-        below = _plus(reach, product_charge(k - 1))
-        slope, below = _aligned(slope, below)
-        bound = _plus(_plus(lower_icpt.abs(), upper_icpt.abs()), slope * below)
+        reach = _kept(facts, ("reach z", k - 1), boxes[k - 1][0], lambda: _reach(boxes[k - 1]))
+        bound = _kept(facts, ("relaxation charge", k), rel, lambda: _relaxation_charge(
+            rel, lower_icpt, upper_icpt, _plus(reach, product_charge(k - 1))))
         magnitude = magnitude + _dot(lam.abs(), bound if charge is None else _plus(bound, charge))
         prepaid = True
-        lost = lost + _total(reach) + 2 * lam.shape[-1]  # pos a_l + neg a_u (against z), intercepts
+        lost = lost + _kept(facts, ("total z", k - 1), boxes[k - 1][0], lambda: _total(reach))
+        lost = lost + 2 * lam.shape[-1]  # pos a_l + neg a_u (against z), intercepts
         pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-        value = value + _dot(pos, lower_icpt) + _dot(neg, upper_icpt)
+        if not through_zero:
+            value = value + _dot(pos, lower_icpt)
+        value = value + _dot(neg, upper_icpt)
         if mirrored:  # the negated rows -lam: positive part -neg, negative part -pos
-            mirror = mirror - _dot(neg, lower_icpt) - _dot(pos, upper_icpt)
-        lam = pos * _rows(rel.lower_slope, lam) + neg * _rows(rel.upper_slope, lam)
+            if not through_zero:
+                mirror = mirror - _dot(neg, lower_icpt)
+            mirror = mirror - _dot(pos, upper_icpt)
+            # equal slopes a: pos a + neg a = lam a (one of the two terms is a zero)
+            lam = lam * _rows(rel.lower_slope, lam)
+        else:
+            lam = pos * _rows(rel.lower_slope, lam) + neg * _rows(rel.upper_slope, lam)
         terms += lam.shape[-1] + 2
     slack = rounding_margin(magnitude, terms) + 2 * UNDERFLOW * lost
     if mirrored:
         value, slack = torch.cat([value, mirror], dim=-1), torch.cat([slack, slack], dim=-1)
-    return value + _support(input_set, lam, mirrored) - slack
+    return value + _support(input_set, lam, mirrored, facts) - slack
 
 
 def _intersect(a: Box, b: Box) -> Box:
@@ -322,29 +405,28 @@ def _intersect(a: Box, b: Box) -> Box:
 PIECEWISE_LINEAR = ("relu", "leaky_relu")  # linear on a box that excludes the kink at 0: exact lines there
 
 
-def _unstable_rows(lower: Tensor, upper: Tensor) -> Tensor:
-    """Per example, the indices [N, U] of the units whose box contains 0 in its interior, then (to pad every
-    example to the same U, the largest count) other units; the indices of a row are distinct."""
-    unstable = (lower < 0) & (upper > 0)
+def _unstable_rows(unstable: Tensor) -> Tensor:
+    """Per example, the indices [N, U] of the unstable units (the mask [N, n]: the box contains 0 in its
+    interior), then (to pad every example to the same U, the largest count) other units; the indices of a row
+    are distinct."""
     count = int(unstable.sum(-1).max()) if unstable.numel() else 0
     order = torch.argsort((~unstable).to(torch.int8), dim=-1, stable=True)
     return order[:, :count]
 
 
 def _crown_box(net: AffineNetwork, input_set: InputSet, k: int, relaxations: list[Relaxation], boxes: list[Box],
-               units: Tensor | None) -> Box:
-    """CROWN box of z_k for the units [N, U] (None: all of them) by back-substitution of the rows +-e_unit."""
+               units: Tensor | None, facts: dict | None) -> Box:
+    """CROWN box of z_k for the units [N, U] (None: all of them) by back-substitution of the rows +-e_unit
+    (`facts`: `backward_lower_bound`'s)."""
+    facts = {} if facts is None else facts
     width = net.weights[k].shape[0]
     device = input_set.center.device
     if units is None:
         units = torch.arange(width, device=device).expand(input_set.center.shape[0], width)
-    picked = torch.eye(width, dtype=torch.float64, device=device)[units]
-    if all(torch.equal(r.lower_slope, r.upper_slope) for r in relaxations):  # one chain for both sides
-        bound = backward_lower_bound(net, input_set, k, picked, relaxations, boxes, units=units, mirrored=True)
-    else:
-        bound = backward_lower_bound(net, input_set, k, torch.cat([picked, -picked], dim=1), relaxations, boxes,
-                                     units=units)
-    count = picked.shape[1]
+    mirrored = all(_parallel(r, facts) for r in relaxations)  # one chain for both sides
+    bound = backward_lower_bound(net, input_set, k, None, relaxations, boxes, units=units, mirrored=mirrored,
+                                 facts=facts)
+    count = units.shape[1]
     return bound[:, :count], -bound[:, count:]
 
 
@@ -356,7 +438,12 @@ def _row_groups(counts: Tensor, size: int) -> list[Tensor]:
     group's largest count stays small: by ceil(log2 count) (a group's rows are then at least half its padded
     rows), groups whose padded rows times `size` (the widths a row is multiplied through) stay below
     GROUP_WORK merged into the next larger one (each group is one batched back-substitution, whose fixed
-    cost a small group would not repay)."""
+    cost a small group would not repay). When even all examples padded to the largest count stay below
+    GROUP_WORK and none has count 0, that is one group of them all, found without the grouping's ops."""
+    if counts.numel():
+        fewest, most = (int(c) for c in counts.aminmax())
+        if fewest > 0 and counts.numel() * (1 << (most - 1).bit_length()) * size < GROUP_WORK:
+            return [torch.arange(counts.numel(), device=counts.device)]
     level = torch.ceil(torch.log2(counts.clamp(min=1).to(torch.float64))).masked_fill(counts == 0, -1)
     groups: list[Tensor] = []
     pending: Tensor | None = None
@@ -372,31 +459,35 @@ def _row_groups(counts: Tensor, size: int) -> list[Tensor]:
 
 
 def _screened_box(net: AffineNetwork, input_set: InputSet, k: int, relaxations: list[Relaxation],
-                  boxes: list[Box], box: Box) -> Box:
+                  boxes: list[Box], box: Box, facts: dict) -> Box:
     """The interval box of z_k with its unstable units tightened by CROWN (`layer_bounds`' screening), the
-    examples bounded in groups of similar unstable counts (`_row_groups`)."""
+    examples bounded in groups of similar unstable counts (`_row_groups`; `facts`, `backward_lower_bound`'s
+    for all examples, serve when one group holds them all)."""
     lower, upper = box
     size = sum(w.shape[1] for w in net.weights[: k + 1])
-    groups = _row_groups(((lower < 0) & (upper > 0)).sum(-1), size)
+    unstable = (lower < 0) & (upper > 0)
+    groups = _row_groups(unstable.sum(-1), size)
     if not groups:
         return box
     if len(groups) == 1 and groups[0].numel() == lower.shape[0]:  # the whole batch: no copies
-        return _tightened(net, input_set, k, relaxations, boxes, (lower, upper))
+        return _tightened(net, input_set, k, relaxations, boxes, (lower, upper), facts, unstable)
     lower, upper = lower.clone(), upper.clone()
     for group in groups:
         part = InputSet(input_set.center[group], input_set.eps[group], input_set.p, input_set.lo, input_set.hi)
         rels = [Relaxation(*(getattr(r, f)[group] for f in RELAXATION_FIELDS)) for r in relaxations]
         sub_boxes = [(b[0][group], b[1][group]) for b in boxes]
-        lower[group], upper[group] = _tightened(net, part, k, rels, sub_boxes, (lower[group], upper[group]))
+        lower[group], upper[group] = _tightened(net, part, k, rels, sub_boxes, (lower[group], upper[group]), None,
+                                                unstable[group])
     return lower, upper
 
 
 def _tightened(net: AffineNetwork, input_set: InputSet, k: int, relaxations: list[Relaxation], boxes: list[Box],
-               box: Box) -> Box:
-    """The box of z_k with the units it leaves unstable intersected with their CROWN bounds."""
+               box: Box, facts: dict | None, unstable: Tensor) -> Box:
+    """The box of z_k with the units it leaves unstable (the mask `unstable`) intersected with their CROWN
+    bounds."""
     lower, upper = box
-    units = _unstable_rows(lower, upper)
-    crown_lo, crown_hi = _crown_box(net, input_set, k, relaxations, boxes, units)
+    units = _unstable_rows(unstable)
+    crown_lo, crown_hi = _crown_box(net, input_set, k, relaxations, boxes, units, facts)
     return (lower.scatter(1, units, torch.maximum(lower.gather(1, units), crown_lo)),
             upper.scatter(1, units, torch.minimum(upper.gather(1, units), crown_hi)))
 
@@ -408,6 +499,7 @@ def layer_bounds(
     slopes: str = "adaptive",
     intersect_ibp: bool = True,
     screen: bool = False,
+    facts: dict | None = None,
 ) -> tuple[list[Box], list[Relaxation]]:
     """Boxes of the hidden pre-activations z_1..z_{L-1} and the relaxations built on them.
 
@@ -421,25 +513,29 @@ def layer_bounds(
     units the interval box leaves unstable (per example, padded to the largest count): the same CROWN
     bounds as all 2 n_k rows at a fraction of the cost (`margin_bounds_on_set` screens). Without it every
     box is the full intersection, which consumers that use the boxes themselves want (the LP's box
-    constraints, certify.bounds.lp)."""
+    constraints, certify.bounds.lp).
+
+    `facts`: `backward_lower_bound`'s dict for the passes here, which the caller may pass on to later passes
+    on the returned boxes (None: the passes' own)."""
     if method not in METHODS:
         raise UsageError(f"unknown bound method {method!r}; choose one of {METHODS}")
     if slopes not in SLOPE_RULES:
         raise UsageError(f"unknown slope rule {slopes!r}; choose one of {SLOPE_RULES}")
-    ibp = interval_bounds(net, input_set)[:-1]
+    facts = {} if facts is None else facts
+    ibp = interval_bounds(net, input_set, layers=len(net.activations), box=_input_box(input_set, facts))
     boxes: list[Box] = []
     relaxations: list[Relaxation] = []
     for k, act in enumerate(net.activations):
         box = ibp[k]
         if method == "crown" and not intersect_ibp:
-            box = _crown_box(net, input_set, k, relaxations, boxes, None)
+            box = _crown_box(net, input_set, k, relaxations, boxes, None, facts)
         elif method == "crown" and screen and act.name in PIECEWISE_LINEAR:
             if k > 0 or input_set.p != math.inf:  # over a box (p = inf) the interval box of z_0 is exact
-                box = _screened_box(net, input_set, k, relaxations, boxes, box)
+                box = _screened_box(net, input_set, k, relaxations, boxes, box, facts)
         elif method == "crown":
-            box = _intersect(box, _crown_box(net, input_set, k, relaxations, boxes, None))
+            box = _intersect(box, _crown_box(net, input_set, k, relaxations, boxes, None, facts))
         boxes.append(box)
-        relaxations.append(relax(act, *box, alpha=default_alpha(act, *box, rule=slopes)))
+        relaxations.append(relax(act, *box, alpha=_alpha(act, box, slopes, facts)))
     return boxes, relaxations
 
 
@@ -454,25 +550,31 @@ def _per_row(t: Tensor, rows: int) -> Tensor:
     return t.unsqueeze(1).expand(-1, rows, -1)
 
 
+def _alpha(act: Activation, box: Box, rule: str, facts: dict) -> Tensor:
+    """`default_alpha` of the rule on the box, kept in `facts` (`backward_lower_bound`)."""
+    return _kept(facts, ("alpha", rule), box[0], lambda: default_alpha(act, *box, rule=rule))
+
+
 def _best_of_slopes(net: AffineNetwork, input_set: InputSet, spec: Tensor, boxes: list[Box],
-                    parallel: list[Relaxation]) -> tuple[Tensor, list[Relaxation]]:
+                    parallel: list[Relaxation], facts: dict) -> tuple[Tensor, list[Relaxation]]:
     """Lower bounds [N, K] of spec @ z_L on the given boxes, each row the larger of its bounds with the
     parallel lower slopes (`parallel`, the Wong-Kolter dual network's) and with CROWN's adaptive ones (both
     valid, in one pass of 2K rows with per-row lines), and the per-row relaxations [N, K, n_k] of the winner
     (a rerun of `backward_lower_bound` with them gives the same bounds up to the rounding of differently
     shaped products). When the two rules agree on every
-    layer (no ReLU or leaky ReLU unit is unstable, or smooth activations only), one pass of K rows."""
+    layer (no ReLU or leaky ReLU unit is unstable, or smooth activations only), one pass of K rows. `facts`:
+    `backward_lower_bound`'s, for these boxes."""
     adaptive: list[Relaxation] = []
     for act, box, rel in zip(net.activations, boxes, parallel):
-        alphas = [default_alpha(act, *box, rule=rule) for rule in SLOPE_RULES]
-        adaptive.append(rel if torch.equal(*alphas) else relax(act, *box, alpha=alphas[0]))
+        alphas = [_alpha(act, box, rule, facts) for rule in SLOPE_RULES]
+        adaptive.append(rel if torch.equal(*alphas) else relax_with_alpha(act, rel, *box, alphas[0]))
     top = net.depth - 1
     if all(a is p for a, p in zip(adaptive, parallel)):
-        return backward_lower_bound(net, input_set, top, spec, parallel, boxes), parallel
+        return backward_lower_bound(net, input_set, top, spec, parallel, boxes, facts=facts), parallel
     rows = spec.shape[1]
     both = [Relaxation(*(_stacked(getattr(p, f), getattr(a, f), rows) for f in RELAXATION_FIELDS))
             for p, a in zip(parallel, adaptive)]
-    value = backward_lower_bound(net, input_set, top, torch.cat([spec, spec], dim=1), both, boxes)
+    value = backward_lower_bound(net, input_set, top, torch.cat([spec, spec], dim=1), both, boxes, facts=facts)
     first, second = value[:, :rows], value[:, rows:]
     won = (second > first).unsqueeze(-1)  # the adaptive slopes give the larger bound
     final = [Relaxation(*(_winner(getattr(r, f), won) for f in RELAXATION_FIELDS)) for r in both]
@@ -482,7 +584,7 @@ def _best_of_slopes(net: AffineNetwork, input_set: InputSet, spec: Tensor, boxes
 def _stacked(first: Tensor, second: Tensor, rows: int) -> Tensor:
     """One line field for 2 `rows` objective rows: per unit [N, n] when both rules agree (ReLU's intercepts
     and upper slopes), else per row [N, 2 rows, n] (`first` for the first rows, `second` for the others)."""
-    if torch.equal(first, second):
+    if first is second or torch.equal(first, second):
         return first
     return torch.cat([_per_row(first, rows), _per_row(second, rows)], dim=1)
 
@@ -510,8 +612,9 @@ def margin_bounds_on_set(
         value = interval_bounds(net, input_set, spec)[-1][0]
         witness: dict = {}
     else:
-        boxes, relaxations = layer_bounds(net, input_set, method, slopes=slopes, screen=True)
-        value, final = _best_of_slopes(net, input_set, spec, boxes, relaxations)
+        facts: dict = {}
+        boxes, relaxations = layer_bounds(net, input_set, method, slopes=slopes, screen=True, facts=facts)
+        value, final = _best_of_slopes(net, input_set, spec, boxes, relaxations, facts)
         witness = {"boxes": boxes, "layer_relaxations": relaxations, "relaxations": final, "spec": spec}
     value = value.masked_fill(spec.abs().sum(-1) == 0, float("inf"))
     return value, witness

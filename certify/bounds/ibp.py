@@ -13,48 +13,51 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from certify.bounds.network import AffineNetwork
+from certify.bounds.network import AffineNetwork, absolute
 from certify.bounds.sets import InputSet, rounding_margin
 
 Box = tuple[Tensor, Tensor]
 
 
-def affine_interval(weight: Tensor, bias: Tensor, lower: Tensor, upper: Tensor) -> Box:
+def affine_interval(weight: Tensor, bias: Tensor, lower: Tensor, upper: Tensor, w_abs: Tensor | None = None) -> Box:
     """Box of W h + b over h in [lower, upper] ([N, n]). weight is [m, n] or per example [N, m, n],
-    bias [m] or [N, m]."""
+    bias [m] or [N, m]; `w_abs` |W| where the caller has it (None: computed here)."""
     mid, rad = (upper + lower) / 2, (upper - lower) / 2
+    w_abs = weight.abs() if w_abs is None else w_abs
     if weight.dim() == 2:
         centre = mid @ weight.T + bias
-        spread = rad @ weight.abs().T
-        magnitude = mid.abs() @ weight.abs().T + bias.abs() + spread
+        spread = rad @ w_abs.T
+        magnitude = mid.abs() @ w_abs.T + absolute(bias) + spread
     else:
         centre = (weight @ mid[..., None])[..., 0] + bias
-        spread = (weight.abs() @ rad[..., None])[..., 0]
-        magnitude = (weight.abs() @ mid.abs()[..., None])[..., 0] + bias.abs() + spread
+        spread = (w_abs @ rad[..., None])[..., 0]
+        magnitude = (w_abs @ mid.abs()[..., None])[..., 0] + bias.abs() + spread
     slack = rounding_margin(magnitude, weight.shape[-1] + 2)
     return centre - spread - slack, centre + spread + slack
 
 
-def interval_bounds(net: AffineNetwork, input_set: InputSet, spec: Tensor | None = None) -> list[Box]:
-    """Boxes of every pre-activation z_0..z_{L-1} ([N, width] each; the last are the logits). With `spec`
-    C [N, m, classes] the last box bounds C z_{L-1} (e.g. the margins) instead of the logits, through the
-    merged map (C W, C b). A layer with skips, z_k = W_k h_k + b_k + sum_j S_kj h_j, is one affine map of
-    the stacked boxes of h_k and the h_j it reads (the matrix [W_k, S_kj, ...]), so its box is as exact as
-    a chain layer's."""
-    lower, upper = input_set.box()
+def interval_bounds(net: AffineNetwork, input_set: InputSet, spec: Tensor | None = None,
+                    layers: int | None = None, box: Box | None = None) -> list[Box]:
+    """Boxes of every pre-activation z_0..z_{L-1} ([N, width] each; the last are the logits), or of the first
+    `layers` of them (e.g. L - 1: the hidden ones only); `box` is `input_set.box()` where the caller has it. With `spec` C [N, m, classes] the last box bounds
+    C z_{L-1} (e.g. the margins) instead of the logits, through the merged map (C W, C b). A layer with
+    skips, z_k = W_k h_k + b_k + sum_j S_kj h_j, is one affine map of the stacked boxes of h_k and the h_j
+    it reads (the matrix [W_k, S_kj, ...]), so its box is as exact as a chain layer's."""
+    lower, upper = input_set.box() if box is None else box
     values: list[Box] = [(lower, upper)]  # boxes of h_0 = x, h_1, ...
     boxes: list[Box] = []
-    for k, (weight, bias) in enumerate(zip(net.weights, net.biases)):
+    for k, (weight, bias) in enumerate(zip(net.weights[:layers], net.biases)):
         skips = net.skips.get(k, {})
+        w_abs = None if skips or (k == net.depth - 1 and spec is not None) else absolute(weight)
         if skips:
             weight = torch.cat([weight, *skips.values()], dim=1)
             lower = torch.cat([lower, *(values[j][0] for j in skips)], dim=-1)
             upper = torch.cat([upper, *(values[j][1] for j in skips)], dim=-1)
         if k == net.depth - 1 and spec is not None:
             weight, bias = spec @ weight, spec @ bias
-        lower, upper = affine_interval(weight, bias, lower, upper)
+        lower, upper = affine_interval(weight, bias, lower, upper, w_abs)
         boxes.append((lower, upper))
-        if k < len(net.activations):
+        if k < len(net.activations) and k + 1 != layers:
             lower, upper = net.activations[k].image(lower, upper)
             values.append((lower, upper))
     return boxes

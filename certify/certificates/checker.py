@@ -245,18 +245,21 @@ class _Context:
         sem = self.semantics
         u = 2.0**-53
         gamma = lambda n: n * u / (1.0 - n * u)  # noqa: E731
+        w_abs, b_abs, s_abs = _memo(self.model_memo, ("absolute values",), lambda: (
+            [w.abs() for w in st.mats], [b.abs() for b in st.biases],
+            {k: {j: s.abs() for j, s in row.items()} for k, row in st.skips.items()}))
         hs = [points.reshape(points.shape[0], -1).double()]
         e_hs = [torch.zeros_like(hs[0])]
         ds, dds = [], []
         for k, (w, b) in enumerate(zip(st.mats, st.biases)):
             z = hs[k] @ w.T + b
-            mag = hs[k].abs() @ w.abs().T + b.abs()
-            carried = e_hs[k] @ w.abs().T
+            mag = hs[k].abs() @ w_abs[k].T + b_abs[k]
+            carried = e_hs[k] @ w_abs[k].T
             terms = w.shape[1] + 1
             for j, sk in st.skips.get(k, {}).items():
                 z = z + hs[j] @ sk.T
-                mag = mag + hs[j].abs() @ sk.abs().T
-                carried = carried + e_hs[j] @ sk.abs().T
+                mag = mag + hs[j].abs() @ s_abs[k][j].T
+                carried = carried + e_hs[j] @ s_abs[k][j].T
                 terms += sk.shape[1] + 1
             e_z = gamma(terms) * mag + carried
             if k < len(st.acts):
@@ -270,9 +273,9 @@ class _Context:
         gathered: dict[int, tuple[Tensor, Tensor]] = {}  # coefficient of h_j (and its error bound) so far
         g, err = row.expand(hs[-1].shape[0], -1), torch.zeros(hs[-1].shape[0], row.numel(), dtype=torch.float64)
         for k in range(len(st.mats) - 1, -1, -1):
-            for j, w in [(k, st.mats[k])] + sorted(st.skips.get(k, {}).items()):
+            for j, w, w_mag in [(k, st.mats[k], w_abs[k])] + [(j, sk, s_abs[k][j]) for j, sk in sorted(st.skips.get(k, {}).items())]:
                 t = g @ w
-                e_t = gamma(w.shape[0]) * (g.abs() @ w.abs()) + err @ w.abs()
+                e_t = gamma(w.shape[0]) * (g.abs() @ w_mag) + err @ w_mag
                 if j in gathered:  # one more addition: u |sum|
                     t = gathered[j][0] + t
                     e_t = gathered[j][1] + e_t + u * t.abs()
@@ -1226,7 +1229,7 @@ def _verify(cert: Certificate, model: nn.Module, base_dir: Path | None, report: 
         ctx.stages, ctx.raw_stages, ctx.model_memo = stages, kept.stages, kept.memo
         point = ctx.x.to(ctx.dtype).to(ctx.device)
         try:
-            max_dev, tol, passed = semantics.check_conformance(model, ctx.raw_stages, point)
+            max_dev, tol, passed = semantics.check_conformance(model, ctx.raw_stages, point, memo=ctx.model_memo)
         except Exception as exc:  # noqa: BLE001
             max_dev, tol, passed = math.nan, math.nan, False
         if not passed:

@@ -50,6 +50,7 @@ N = z_{L-1}.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -114,6 +115,13 @@ def _critical(act: tuple) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return (0.0,), (-_TANH_T, _TANH_T)
 
 
+@functools.lru_cache(maxsize=256)
+def _critical_enclosure(act: tuple, c: float, shape: torch.Size, dtype: torch.dtype, which: int) -> tuple[Tensor, Tensor]:
+    """`_derivatives(act, t)[which]` at t = c everywhere (a CPU tensor of `shape` and `dtype`): the same for every box,
+    so computed once per activation, point, shape and dtype. Shared: callers must not modify it."""
+    return _derivatives(act, torch.full(shape, c, dtype=dtype))[which]
+
+
 def derivative_ranges(act: tuple, lo: Tensor, hi: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """((centre, radius) of sigma' over [lo, hi], (centre, radius) of sigma'' over it), elementwise [n]: the
     hull of the enclosures at lo, hi and at the critical points (`_critical`) lying in [lo, hi]."""
@@ -124,9 +132,8 @@ def derivative_ranges(act: tuple, lo: Tensor, hi: Tensor) -> tuple[tuple[Tensor,
     s_lo = torch.minimum(ends[0][1][0], ends[1][1][0])
     s_hi = torch.maximum(ends[0][1][1], ends[1][1][1])
     for c, which in [(c, 0) for c in first] + [(c, 1) for c in second]:
-        point = torch.full_like(lo, c)
         inside = (lo <= c) & (c <= hi)
-        enc = _derivatives(act, point)[which]
+        enc = _critical_enclosure(act, c, lo.shape, lo.dtype, which) if lo.device.type == "cpu" else _derivatives(act, torch.full_like(lo, c))[which]
         if which == 0:
             d_lo = torch.where(inside, torch.minimum(d_lo, enc[0]), d_lo)
             d_hi = torch.where(inside, torch.maximum(d_hi, enc[1]), d_hi)
@@ -154,9 +161,9 @@ def _image(act: tuple, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
 
 def _affine(mid: Tensor, rad: Tensor, w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
     """{W h + b : h in mid +- rad}, h [n] or [n, m] (columns), as (centre, radius)."""
-    out = w @ mid
-    spread = w.abs() @ rad
-    magnitude = w.abs() @ mid.abs() + spread
+    out, w_abs = w @ mid, w.abs()
+    spread = w_abs @ rad
+    magnitude = w_abs @ mid.abs() + spread
     if b is not None:
         bb = b if mid.dim() == 1 else b[:, None]
         out = out + bb
@@ -220,13 +227,35 @@ def l2_up(v: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
     return value * (1 + (terms + 4) * _U) + terms * 2.0**-1074
 
 
-def _eig_bounds(matrix: Tensor, magnitude: Tensor, terms: int) -> tuple[float, float]:
+def _eig_slack(magnitude: Tensor, terms: int) -> float:
+    """What `_eig_bounds` widens the eigenvalues of a symmetric [n, n] matrix by when it approximates the exact one
+    to 2 gamma_terms `magnitude` [n, n] elementwise: that error's l2 norm plus eigvalsh's backward error."""
+    n = magnitude.shape[0]
+    return float(_margin(l2_up(magnitude) * (1 + 4 * n * _U), terms + n * n)) + n * 1e-300
+
+
+def _eig_bounds(matrix: Tensor, slack: float) -> tuple[float, float]:
     """(lower bound on lambda_min, upper bound on lambda_max) of the exact symmetric matrix that `matrix` [n, n]
-    approximates to 2 gamma_terms `magnitude` elementwise (eigvalsh's backward error included)."""
-    n = matrix.shape[0]
+    approximates within `slack` (`_eig_slack`) in the l2 norm."""
     eig = torch.linalg.eigvalsh(matrix)
-    slack = float(_margin(l2_up(magnitude) * (1 + 4 * n * _U), terms + n * n)) + n * 1e-300
     return math.nextafter(float(eig[0]) - slack, -math.inf), math.nextafter(float(eig[-1]) + slack, math.inf)
+
+
+def _spread_norm(p_mat: Tensor) -> float:
+    """`_eig_bounds`' upper bound on lambda_max of the nonnegative symmetric P [n, n] (= ||P||_2). A constant P (a
+    chain with one hidden layer: no term beyond T_0, so P is the rounding floor alone) is the same matrix for every
+    ball: its bound is computed once per (n, value), from the same matrix."""
+    first = float(p_mat[0, 0])
+    if bool((p_mat == first).all()):
+        return _constant_spread_norm(p_mat.shape[0], first)
+    return _eig_bounds(p_mat, _eig_slack(p_mat, p_mat.shape[0]))[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_spread_norm(n: int, value: float) -> float:
+    """`_spread_norm` of the [n, n] matrix whose entries all equal `value`."""
+    p_mat = torch.full((n, n), value, dtype=torch.float64)
+    return _eig_bounds(p_mat, _eig_slack(p_mat, n))[1]
 
 
 def _backward(mats: list[Tensor], acts: list[tuple], boxes: list, row: Tensor) -> tuple[list, list]:
@@ -351,10 +380,10 @@ def _ball_hessian_bounds(stages, center: Tensor, radius: float, row: Tensor) -> 
     lower_m, upper_m, magnitude, p_mat = hessian_split(stages, center, radius, row)
     if not stages.acts:
         return 0.0, 0.0
-    low, _ = _eig_bounds(lower_m, magnitude, _terms(list(stages.mats)))
-    _, high = _eig_bounds(upper_m, magnitude, _terms(list(stages.mats)))
-    _, p_norm = _eig_bounds(p_mat, p_mat, lower_m.shape[0])
-    p_norm = max(p_norm, 0.0)
+    slack = _eig_slack(magnitude, _terms(list(stages.mats)))  # L and U: the same magnitudes
+    low, _ = _eig_bounds(lower_m, slack)
+    _, high = _eig_bounds(upper_m, slack)
+    p_norm = max(_spread_norm(p_mat), 0.0)
     lower, upper = math.nextafter(low - p_norm, -math.inf), math.nextafter(high + p_norm, math.inf)
     if not (math.isfinite(lower) and math.isfinite(upper)):
         raise Invalid("the local curvature bound is not finite (the region's boxes overflow)")

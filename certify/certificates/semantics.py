@@ -71,6 +71,7 @@ C classes).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import operator
 import weakref
@@ -1363,20 +1364,46 @@ def _head_tolerance(head: str | None, tol: Tensor, out: Tensor, u: float) -> Ten
     return 2.0 * worst + 4 * u * (out.abs() + classes + 8)
 
 
-def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor | None = None, seed: int = 1) -> tuple[float, float, bool]:
+FAR_SCALES = (1.0, 10.0, 100.0, 1000.0)  # far points of `check_conformance`: 8 at each multiple of max(||x||, 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _far_directions(seed: int, n: int) -> tuple[Tensor, Tensor]:
+    """(g [32, n], ||g|| [32, 1]) in float64: the Gaussian draws of `check_conformance`'s far points, 8 per scale
+    of FAR_SCALES in this order from torch.Generator().manual_seed(seed), and their l2 norms; the same for every
+    x, so drawn once per (seed, n). Shared: callers must not modify them."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.cat([torch.randn(8, n, generator=gen, dtype=torch.float64) for _ in FAR_SCALES])
+    return g, g.norm(dim=1, keepdim=True)
+
+
+def _conformance_constants(stages: Stages, memo: dict) -> tuple[tuple[list[Tensor], dict], float]:
+    """(([|W_k|], {k: {j: |S_kj|}}), deviation_bound(stages)): what `check_conformance` uses of N alone, kept in
+    `memo` (a dict that lives as long as `stages`)."""
+    key = ("conformance constants",)
+    if key not in memo:
+        absolute = ([w.abs() for w in stages.mats], {k: {j: s.abs() for j, s in row.items()} for k, row in stages.skips.items()})
+        memo[key] = (absolute, deviation_bound(stages))
+    return memo[key]
+
+
+def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor | None = None, seed: int = 1,
+                      memo: dict | None = None) -> tuple[float, float, bool]:
     """(max_deviation, tolerance, passed) comparing the model as the user runs it with N at x, `data` (up
-    to 64 rows) and 32 seeded far points; the two numbers are those of the binding point and output."""
+    to 64 rows) and 32 seeded far points (x + s max(||x||, 1) g / ||g||, g Gaussian, 8 for each scale s of
+    FAR_SCALES); the two numbers are those of the binding point and output. `memo`: a dict kept with `stages`
+    (`Translation.memo`), where the facts about N alone that the check uses (|W_k|, |S_kj|, `deviation_bound`)
+    are kept between calls."""
     shape = stages.input_shape
     base = torch.as_tensor(x).detach().to("cpu", torch.float64).reshape((-1,) + shape)
     pts = [base]
     if data is not None:
         pts.append(torch.as_tensor(data).detach().to("cpu", torch.float64).reshape((-1,) + shape)[:64])
-    gen = torch.Generator().manual_seed(seed)
     flat0 = base[0].reshape(-1)
     r = max(float(base.reshape(base.shape[0], -1).norm(dim=1).max()), 1.0)
-    for scale in (1.0, 10.0, 100.0, 1000.0):
-        g = torch.randn(8, flat0.numel(), generator=gen, dtype=torch.float64)
-        pts.append((flat0 + scale * r * g / g.norm(dim=1, keepdim=True)).reshape((-1,) + shape))
+    g, g_norm = _far_directions(seed, flat0.numel())
+    scales = torch.tensor([scale * r for scale in FAR_SCALES], dtype=torch.float64).repeat_interleave(8)[:, None]
+    pts.append((flat0 + scales * g / g_norm).reshape((-1,) + shape))
     allpts = torch.cat(pts)
     inner = _strip(model)
     dtype, device, u = _roundoff(inner)
@@ -1389,14 +1416,14 @@ def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor 
         return math.inf, 0.0, False
     exact_in = as_run.to(torch.float64)
     hs, zs = _layers(stages, _flat_input(stages, exact_in))  # one pass of N for its values, rounding and range
-    absolute = ([w.abs() for w in stages.mats], {k: {j: s.abs() for j, s in row.items()} for k, row in stages.skips.items()})
+    absolute, deviation = _conformance_constants(stages, {} if memo is None else memo)
     mags = _magnitudes(stages, hs, absolute)
     want = _head_output(stages.head, zs[-1])
     if got.numel() != want.numel():
         return math.inf, 0.0, False
     got = got.reshape(want.shape)
     tiny = torch.finfo(dtype).tiny
-    tol_z = 2.0 * _rounding(stages, exact_in, u, tiny, hs, zs, absolute, mags) + deviation_bound(stages)
+    tol_z = 2.0 * _rounding(stages, exact_in, u, tiny, hs, zs, absolute, mags) + deviation
     tol = _head_tolerance(stages.head, tol_z, want, u + _U64)
     single = single.reshape(-1)
     if not bool(((single - got[0]).abs() <= tol[0]).all()):

@@ -39,7 +39,7 @@ from certify.errors import UsageError
 from certify.scores import Forward, select_scores
 from certify.validation import (
     autograd_enabled,
-    check_eval_mode,
+    check_explainable,
     check_finite_attributions,
     evaluate_outputs,
     forward_args,
@@ -84,8 +84,8 @@ class EvaluatedForward(Forward):
         """`Forward.gradients` at the examples themselves from the kept graph: (scores [N], one gradient per input
         tensor with its shape, dtype and device), by one backward pass and no forward pass. Only once per call,
         and only for an explainer with `gradient_at_inputs` (otherwise no graph was kept)."""
-        scores = select_scores(self.evaluated, target)
-        grads = torch.autograd.grad(scores.sum(), self.leaves, allow_unused=True)
+        scores = select_scores(self.evaluated, target)  # d(sum of scores): ones as the scores' gradient, no sum node
+        grads = torch.autograd.grad(scores, self.leaves, torch.ones_like(scores), allow_unused=True)
         return scores.detach(), tuple(torch.zeros_like(x) if g is None else g for x, g in zip(self.leaves, grads))
 
 
@@ -162,13 +162,17 @@ class Explainer(ABC):
         Raises UsageError (unknown option, or tuple inputs / additional_forward_args for an explainer without
         `forward_interface`), InvalidInputError (inputs or model outputs), TargetError, ModelModeError."""
         name = type(self).__name__
-        unknown = sorted(set(options) - set(self.explain_options) - set(self.call_options))
-        if unknown:
-            accepted = ", ".join(self.explain_options + self.call_options) or "none"
-            besides = "inputs, target and additional_forward_args" if self.forward_interface else "inputs and target"
-            raise UsageError(
-                f"{name}.explain() and .attribute() got unknown options {unknown}; accepted options besides {besides}: {accepted}"
-            )
+        explainer, per_call = self, {}
+        if options:
+            unknown = sorted(set(options) - set(self.explain_options) - set(self.call_options))
+            if unknown:
+                accepted = ", ".join(self.explain_options + self.call_options) or "none"
+                besides = "inputs, target and additional_forward_args" if self.forward_interface else "inputs and target"
+                raise UsageError(
+                    f"{name}.explain() and .attribute() got unknown options {unknown}; accepted options besides {besides}: {accepted}"
+                )
+            explainer = self.configured(**{k: v for k, v in options.items() if k in self.call_options})
+            per_call = {k: v for k, v in options.items() if k in self.explain_options}
         if not self.forward_interface:
             if isinstance(inputs, tuple):
                 raise UsageError(
@@ -180,12 +184,10 @@ class Explainer(ABC):
                     f"{name}.explain() and .attribute() do not take additional_forward_args (the method evaluates "
                     f"model(inputs) itself); additional_forward_args are taken by {FORWARD_EXPLAINERS}"
                 )
-        explainer = self.configured(**{k: v for k, v in options.items() if k in self.call_options})
-        per_call = {k: v for k, v in options.items() if k in self.explain_options}
         tensors = validate_input_tuple(inputs)
-        check_eval_mode(self.model)
+        check_explainable(self.model)
         with autograd_enabled():
-            tensors = tuple(grad_ready(x, self.model) for x in tensors)
+            tensors = tuple(grad_ready(x) for x in tensors)
             args = tuple(grad_ready(a) if isinstance(a, Tensor) else a for a in forward_args(additional_forward_args))
             keep = self.forward_interface and self.gradient_at_inputs
             leaves = tuple(x.detach().requires_grad_(True) for x in tensors) if keep else tensors

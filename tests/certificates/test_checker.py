@@ -737,3 +737,20 @@ def test_unevaluable_input_is_unusable_not_a_crash(certificates, model):
                                          explanation=encode_array(np.zeros((1, 65)))))
     with pytest.raises(CertificateFormatError, match="cannot be evaluated"):
         verify_certificate(bad, model)
+
+
+def test_facts_kept_with_the_translation_give_the_report_a_fresh_translation_gives(certificates, model):
+    """|W_k|, |b_k| and the conformance constants are kept with the translation (semantics.Translation.memo, issue
+    18); a warm verification re-derives every claim to the same value, detail for detail, as a cold one."""
+    from certify.certificates import semantics
+
+    for cert in certificates["moreaugrad"] + certificates["gradient"]:
+        semantics.clear_translation_cache()
+        cold = verify_certificate(cert, model)
+        (kept,) = semantics._TRANSLATIONS[model].values()
+        w_abs, b_abs, _ = kept.memo[("absolute values",)]
+        assert all(torch.equal(a, w.abs()) for a, w in zip(w_abs, kept.stages.mats))
+        assert all(torch.equal(a, b.abs()) for a, b in zip(b_abs, kept.stages.biases))
+        warm = verify_certificate(cert, model)
+        assert cold.valid and [(c.id, c.status, c.detail) for c in warm.checks] == [(c.id, c.status, c.detail) for c in cold.checks]
+        assert warm.function == cold.function

@@ -667,3 +667,47 @@ def test_split_bounds_on_the_two_input_moons_model_hold_and_agree_with_the_issue
             assert lower >= float(mine.lower) - 1e-9 * (1 + abs(lower)) and upper <= float(mine.upper) + 1e-9 * (1 + abs(upper))
             lip = local_check.gradient_bound(stages, x, radius, row)
             assert float(g.detach().norm(dim=1).max()) <= lip <= float(mine.lipschitz) * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------ facts kept between balls (issue 18)
+
+def test_spread_norm_of_a_constant_matrix_is_kept_and_equals_the_direct_bound():
+    """`_spread_norm` keeps the bound of a constant P (one hidden layer: P is the margin floor on every ball), and it
+    is the bound computed directly from that matrix; a P that is not constant is bounded directly."""
+    stages = semantics.translate(*zoo.load("digits-softplus-mlp")[:1], (64,))
+    x = zoo.load("digits-softplus-mlp")[1].x_test[0].double().reshape(-1)
+    *_, p_mat = local_check.hessian_split(stages, x, 0.3, _row(10, 2))
+    assert bool((p_mat == p_mat[0, 0]).all())  # the kept path is the one a one-hidden-layer chain takes
+    for p in (p_mat, p_mat * 1e300, torch.rand(5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)):
+        p = (p + p.T) / 2
+        direct = local_check._eig_bounds(p, local_check._eig_slack(p, p.shape[0]))[1]
+        assert local_check._spread_norm(p) == direct == local_check._spread_norm(p.clone())
+
+
+@pytest.mark.parametrize("act", [("softplus", 1.0, 20.0), ("softplus", 3.0, 20.0), ("sigmoid",), ("tanh",)])
+def test_kept_critical_point_enclosures_are_the_enclosures_at_the_point(act):
+    lo = torch.linspace(-2.0, 0.5, 7, dtype=torch.float64)
+    first, second = local_check._critical(act)
+    for c, which in [(c, 0) for c in first] + [(c, 1) for c in second]:
+        kept = local_check._critical_enclosure(act, c, lo.shape, lo.dtype, which)
+        direct = local_check._derivatives(act, torch.full_like(lo, c))[which]
+        assert all(torch.equal(a, b) for a, b in zip(kept, direct))
+
+
+@pytest.mark.parametrize("name", ["digits-softplus-mlp", "digits-softplus-mlp2"])
+def test_the_local_hessian_bound_with_kept_facts_is_the_bound_from_its_matrices(zoo_models, name):
+    """With the kept facts (the constant P's bound, the critical-point enclosures) in use, first call or later, the
+    bound is rule 3 computed directly from L, U, P: every eigenvalue bound from its own matrix."""
+    model, shape, xs = zoo_models[name]
+    stages = semantics.translate(model, shape)
+    row = _row(10, 4)
+    for x in xs:
+        lower_m, upper_m, magnitude, p_mat = local_check.hessian_split(stages, x.reshape(-1), 0.2, row)
+        slack = local_check._eig_slack(magnitude, local_check._terms(list(stages.mats)))
+        low, high = local_check._eig_bounds(lower_m, slack)[0], local_check._eig_bounds(upper_m, slack)[1]
+        p_norm = max(local_check._eig_bounds(p_mat, local_check._eig_slack(p_mat, p_mat.shape[0]))[1], 0.0)
+        direct = (math.nextafter(low - p_norm, -math.inf), math.nextafter(high + p_norm, math.inf))
+        local_check._constant_spread_norm.cache_clear()
+        local_check._critical_enclosure.cache_clear()
+        assert local_check.hessian_bounds(stages, x.reshape(-1), 0.2, row) == direct
+        assert local_check.hessian_bounds(stages, x.reshape(-1), 0.2, row) == direct  # from the kept facts

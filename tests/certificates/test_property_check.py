@@ -1,8 +1,8 @@
-"""The property re-check (certify/certificates/property_check.py): the outward-rounded primitives enclose the
-exact values (Fractions); the Lagrangian lower bound is sound for ANY slopes, split multipliers and split
+"""The property re-check (certify/certificates/property_check.py; its outward-rounded primitives:
+tests/certificates/test_relu_graph.py): the Lagrangian lower bound is sound for ANY slopes, split multipliers and split
 trees (every leaf's bound is below the objective at sampled points of the leaf's region, on ReLU chains, on
 ReLU graphs with skips: a residual MLP, a MaxPool CNN, and on a LeakyReLU MLP) and never looser than the exact CROWN bound of
-relaxation_check with the same slopes; a split tree is complete exactly when no leaf is missing; the witness's
+the exact oracle (tests/certificates/exact_relaxation.py) with the same slopes; a split tree is complete exactly when no leaf is missing; the witness's
 ranges and indices are checked; and on properties that are VIOLATED (a grid point satisfies the formula) no
 witness, honest or random, is ever accepted."""
 import itertools
@@ -21,7 +21,7 @@ from property_grid import classification, grid_values, predicted, tiny_net  # no
 
 from certify.certificates._common import Invalid  # noqa: E402
 from certify.certificates.property_check import Tree, Witness, complete, prove_holds, read_witness, root_boxes  # noqa: E402
-from certify.certificates.relu_graph import box_support, graph_of, lower_bound, matmul_enclosure, settle, sum_down  # noqa: E402
+from certify.certificates.relu_graph import box_support, graph_of, lower_bound  # noqa: E402
 from exact_relaxation import Exact, ExactSet, ReluNetwork, relu_lines  # noqa: E402
 from certify.certificates.semantics import translate  # noqa: E402
 
@@ -32,48 +32,6 @@ def _net(model, shape):
 
 def _exact(x) -> Fraction:
     return Fraction(float(x))
-
-
-# ------------------------------------------------------------------ outward rounding
-
-def test_matmul_enclosure_sum_down_and_settle_enclose_the_exact_values():
-    rng = np.random.default_rng(0)
-    for trial in range(20):
-        scale = 10.0 ** rng.integers(-300, 300, size=(3, 7)) if trial % 2 else 1.0
-        a = rng.standard_normal((3, 7)) * scale
-        b = rng.standard_normal((7, 2)) * (1e-20 if trial % 3 == 0 else 1.0)
-        c, r = matmul_enclosure(a, b)
-        assert (r >= 0).all()
-        for i, j in itertools.product(range(3), range(2)):
-            exact = sum(_exact(a[i, k]) * _exact(b[k, j]) for k in range(7))
-            assert abs(exact - _exact(c[i, j])) <= _exact(r[i, j])
-        low = sum_down(a)
-        for i in range(3):
-            assert _exact(low[i]) <= sum(_exact(v) for v in a[i])
-        # settle: the exact products a * b[:, 0] (floats within u |a b| + eta / 2 of them) summed per row
-        values = a * b[:, 0]
-        settled = settle(values, np.abs(values) * 2.0**-53 + 2.0**-1074)
-        for i in range(3):
-            assert _exact(settled[i]) <= sum(_exact(a[i, k]) * _exact(b[k, 0]) for k in range(7))
-    tiny = np.full((1, 4), 5e-324)
-    c, r = matmul_enclosure(tiny, np.full((4, 1), 0.5))  # products underflow to 0 or 5e-324
-    assert c[0, 0] - r[0, 0] <= 0 < c[0, 0] + r[0, 0] and _exact(r[0, 0]) >= abs(_exact(c[0, 0]) - 4 * _exact(5e-324) / 2)
-
-
-def test_the_box_support_lies_below_the_exact_minimum_over_every_enclosed_row():
-    """box_support(l, u)(c, r): below sum_i min(q_i l_i, q_i u_i) for q = c - r, c + r and random q in between
-    (exact rationals), within 1e-12 relative of the value at the worst q."""
-    rng = np.random.default_rng(4)
-    for trial in range(10):
-        lower = rng.standard_normal(6) * 10.0 ** rng.integers(-3, 3)
-        upper = lower + rng.uniform(0, 2, 6)
-        c = rng.standard_normal((2, 6)) * 10.0 ** rng.integers(-200, 200)
-        r = np.abs(c) * rng.uniform(0, 0.1, (2, 6))
-        bound = box_support(lower, upper)(c, r)
-        for i in range(2):
-            for q in (c[i] - r[i], c[i] + r[i], c[i] + r[i] * rng.uniform(-1, 1, 6)):
-                exact = sum(min(_exact(qk) * _exact(lk), _exact(qk) * _exact(uk)) for qk, lk, uk in zip(q, lower, upper))
-                assert _exact(bound[i]) <= exact
 
 
 # ------------------------------------------------------------------ the bound is sound for any multipliers

@@ -731,3 +731,39 @@ def test_a_kept_translation_goes_with_its_model():
     gc.collect()
     assert len(S._TRANSLATIONS) == 0
 
+
+
+def test_far_points_are_the_seeded_draws_of_each_scale():
+    """`_far_directions` keeps the draws check_conformance makes for every x: the same numbers as 8 draws per scale
+    in turn from the seeded generator, and x + s r g / ||g|| computed from them equals the per-scale formula bit for bit."""
+    n, seed, r = 64, 1, 37.5
+    gen = torch.Generator().manual_seed(seed)
+    draws = [torch.randn(8, n, generator=gen, dtype=torch.float64) for _ in S.FAR_SCALES]
+    g, g_norm = S._far_directions(seed, n)
+    assert torch.equal(g, torch.cat(draws)) and torch.equal(g_norm, torch.cat([d.norm(dim=1, keepdim=True) for d in draws]))
+    flat0 = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
+    per_scale = torch.cat([flat0 + s * r * d / d.norm(dim=1, keepdim=True) for s, d in zip(S.FAR_SCALES, draws)])
+    scales = torch.tensor([s * r for s in S.FAR_SCALES], dtype=torch.float64).repeat_interleave(8)[:, None]
+    assert torch.equal(flat0 + scales * g / g_norm, per_scale)
+
+
+@pytest.mark.parametrize("name", ["digits-softplus-mlp", "digits-relu-cnn"])
+def test_conformance_with_kept_constants_is_the_conformance_without(name):
+    model, data = zoo.load(name)
+    stages = S.translate(model, tuple(data.x_test.shape[1:]))
+    memo: dict = {}
+    for x in (data.x_test[:1], data.x_test[1:2], data.x_test[:3]):
+        fresh = S.check_conformance(model, stages, x)
+        assert S.check_conformance(model, stages, x, memo=memo) == fresh and fresh[2]
+    (absolute, deviation), = memo.values()
+    assert deviation == S.deviation_bound(stages) and all(torch.equal(a, w.abs()) for a, w in zip(absolute[0], stages.mats))
+
+
+def test_conformance_with_kept_constants_follows_a_skip_connection():
+    model = _residual_model().eval()
+    stages = S.translate(model, (4,))
+    assert stages.skips
+    memo: dict = {}
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
+    assert S.check_conformance(model, stages, x, memo=memo) == S.check_conformance(model, stages, x) == \
+        S.check_conformance(model, stages, x, memo=memo)

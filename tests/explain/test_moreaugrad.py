@@ -89,6 +89,43 @@ def test_fixed_step_is_algorithm_1_exactly():
     assert explanation.diagnostics["gradient_evaluations"].tolist() == [steps + 1, steps + 1]
 
 
+def test_accelerated_is_fista_with_secant_steps_and_gradient_restart():
+    """The accelerated method against its documented iteration, one example at a time: gamma_0 = rho, then
+    gamma_k = 1/(1/rho + beta_k) with beta_k the largest secant ||g_j - g_{j-1}|| / ||y_j - y_{j-1}|| so far,
+    FISTA's weights (t_{a-1} - 1)/t_a after a steps without restart, restart when <grad s(y), u_{k+1} - u_k> > 0,
+    and the evaluated point of smallest residual returned."""
+    net = _softplus_net(5, 8, seed=5, scale=6.0)
+    x = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rho, steps = 1.0, 15  # residuals stay far above rounding, so that the comparison is meaningful
+    explanation = MoreauGrad(net, rho=rho, max_iter=steps, tol=1e-300).explain(x, 0)
+    t_seq = [1.0]
+    for _ in range(steps + 1):
+        t_seq.append((1 + math.sqrt(1 + 4 * t_seq[-1] ** 2)) / 2)
+    total_restarts = 0
+    for i in range(3):
+        y = u = torch.zeros(1, 5, dtype=torch.float64)
+        beta, age, best, restarts = 0.0, 0, (math.inf, None), 0
+        for k in range(steps + 1):
+            g = score_gradients(net, x[i : i + 1] + y, torch.zeros(1, dtype=torch.long))[1]
+            s = g + y / rho
+            if float(s.norm()) < best[0]:
+                best = (float(s.norm()), y)
+            if k == steps:
+                break
+            if k > 0:
+                beta = max(beta, float((g - g_prev).norm() / (y - y_prev).norm()))
+            u_next = y - (rho if k == 0 else 1 / (1 / rho + beta)) * s
+            age = 0 if float((s * (u_next - u)).sum()) > 0 else age + 1
+            restarts += k > 0 and age == 0
+            weight = (t_seq[age - 1] - 1) / t_seq[age] if age else 0.0
+            y_prev, g_prev, u, y = y, g, u_next, u_next + weight * (u_next - u)
+        assert torch.allclose(explanation.attributions[i], -best[1][0] / rho, rtol=0, atol=1e-10)
+        assert best[0] > 1e-6
+        assert math.isclose(float(explanation.diagnostics["residual_norm"][i]), best[0], rel_tol=1e-8)
+        total_restarts += restarts
+    assert total_restarts > 0  # the restart rule was exercised
+
+
 @pytest.mark.parametrize("kw", [{}, {"sparsity": 0.05}, {"sparsity": 0.05, "group_size": 2}, {"method": "fixed-step"}])
 def test_batched_equals_per_example(kw):
     net = _softplus_net(6, 10, seed=4, scale=2.0)
