@@ -451,7 +451,7 @@ def _relax_convex(activation: Activation, lower: Tensor, upper: Tensor, alpha: T
     # upper chord, then shifted to lie above the enclosure at both endpoints
     flat = width <= 1e-12 * (1 + upper.abs())
     chord = (value_hi_u - value_lo_l) / width.masked_fill(flat, 1.0)
-    if activation.name == "relu":  # exact slopes on stable units; relu'(u) = 1 on a flat box that is not
+    if activation.name == "relu":  # exact slopes on stable units; relu'(u) = 1 on a flat unstable box
         on, off = lower >= 0, upper <= 0
         slope_u = chord.masked_fill_(flat, 1.0).masked_fill_(off, 0.0).masked_fill_(on, 1.0)
     else:
@@ -476,15 +476,17 @@ def _relax_convex(activation: Activation, lower: Tensor, upper: Tensor, alpha: T
 def _relu_lower_slope(on: Tensor, off: Tensor, alpha: Tensor) -> Tensor:
     """relu's lower slope on [l, u]: alpha (in [0, 1]) on an unstable unit, the exact 1 (on: l >= 0, first) or
     0 (off: u <= 0) on a stable one; the lower intercept is 0 either way."""
-    return torch.where(on, torch.ones_like(alpha), torch.where(off, torch.zeros_like(alpha), alpha))
+    if not alpha.shape == on.shape == off.shape:  # e.g. per-row alphas on a per-unit box: all to one shape
+        alpha, on, off = torch.broadcast_tensors(alpha, on, off)
+    return alpha.masked_fill(off, 0.0).masked_fill_(on, 1.0)
 
 
 def relax_with_alpha(activation: Activation, relaxation: Relaxation, lower: Tensor, upper: Tensor,
                      alpha: Tensor) -> Relaxation:
-    """`relax(activation, lower, upper, alpha)`, given `relaxation`, the relaxation `relax` built on the same box
-    [lower, upper] with another alpha of the same shape: the same numbers, at less cost for relu, whose upper chord and lower
-    intercept 0 do not depend on alpha (they are reused, the same tensors); other activations are relaxed
-    anew."""
+    """`relax(activation, lower, upper, alpha)`, given `relaxation`, the relaxation `relax` built on the same
+    box [lower, upper] with another alpha of the same shape: the same numbers, at less cost for relu, whose
+    upper chord and lower intercept 0 do not depend on alpha (they are reused, the same tensors); other
+    activations are relaxed anew."""
     if activation.name != "relu":
         return relax(activation, lower, upper, alpha)
     slope = _relu_lower_slope(lower >= 0, upper <= 0, alpha.clamp(0, 1))

@@ -129,8 +129,8 @@ def _widened(intercept: Tensor, direction: float) -> Tensor:
     least 2^-600 in size where it is nonzero and smaller: a looser but still valid line (by at most 2^-600)
     whose products with the coefficients stay out of the subnormal range, where CPU arithmetic is many
     times slower (the 1e-300 underflow floor of `rounding_margin` would otherwise end up there)."""
-    tiny = (intercept * direction > 0) & (intercept.abs() < SUBNORMAL_GUARD)
-    return torch.where(tiny, direction * SUBNORMAL_GUARD, intercept)
+    outward = intercept > 0 if direction > 0 else intercept < 0
+    return intercept.masked_fill(outward & (intercept.abs() < SUBNORMAL_GUARD), direction * SUBNORMAL_GUARD)
 
 
 UNDERFLOW = 2.0**-1022  # smallest normal float64: bounds the absolute error of a product below the normal range
@@ -556,18 +556,26 @@ def _alpha(act: Activation, box: Box, rule: str, facts: dict) -> Tensor:
 
 
 def _best_of_slopes(net: AffineNetwork, input_set: InputSet, spec: Tensor, boxes: list[Box],
-                    parallel: list[Relaxation], facts: dict) -> tuple[Tensor, list[Relaxation]]:
+                    relaxations: list[Relaxation], rule: str, facts: dict) -> tuple[Tensor, list[Relaxation]]:
     """Lower bounds [N, K] of spec @ z_L on the given boxes, each row the larger of its bounds with the
-    parallel lower slopes (`parallel`, the Wong-Kolter dual network's) and with CROWN's adaptive ones (both
-    valid, in one pass of 2K rows with per-row lines), and the per-row relaxations [N, K, n_k] of the winner
-    (a rerun of `backward_lower_bound` with them gives the same bounds up to the rounding of differently
-    shaped products). When the two rules agree on every
-    layer (no ReLU or leaky ReLU unit is unstable, or smooth activations only), one pass of K rows. `facts`:
-    `backward_lower_bound`'s, for these boxes."""
+    parallel lower slopes (the Wong-Kolter dual network's) and with CROWN's adaptive ones (both valid, in one
+    pass of 2K rows with per-row lines), and the per-row relaxations [N, K, n_k] of the winner (a rerun of
+    `backward_lower_bound` with them gives the same bounds up to the rounding of differently shaped products).
+    `relaxations` are the boxes' own lines, those of the slope rule `rule`; the other rule's are built on the
+    same boxes. When the two rules agree on every layer (no ReLU or leaky ReLU unit is unstable, or smooth
+    activations only), one pass of K rows. `facts`: `backward_lower_bound`'s, for these boxes."""
+    parallel: list[Relaxation] = []
     adaptive: list[Relaxation] = []
-    for act, box, rel in zip(net.activations, boxes, parallel):
-        alphas = [_alpha(act, box, rule, facts) for rule in SLOPE_RULES]
-        adaptive.append(rel if torch.equal(*alphas) else relax_with_alpha(act, rel, *box, alphas[0]))
+    for act, box, rel in zip(net.activations, boxes, relaxations):
+        alphas = {r: _alpha(act, box, r, facts) for r in SLOPE_RULES}
+        if torch.equal(alphas["parallel"], alphas["adaptive"]):
+            parallel.append(rel)
+            adaptive.append(rel)
+            continue
+        other = "adaptive" if rule == "parallel" else "parallel"
+        built = relax_with_alpha(act, rel, *box, alphas[other])
+        parallel.append(rel if rule == "parallel" else built)
+        adaptive.append(built if rule == "parallel" else rel)
     top = net.depth - 1
     if all(a is p for a, p in zip(adaptive, parallel)):
         return backward_lower_bound(net, input_set, top, spec, parallel, boxes, facts=facts), parallel
@@ -614,7 +622,7 @@ def margin_bounds_on_set(
     else:
         facts: dict = {}
         boxes, relaxations = layer_bounds(net, input_set, method, slopes=slopes, screen=True, facts=facts)
-        value, final = _best_of_slopes(net, input_set, spec, boxes, relaxations, facts)
+        value, final = _best_of_slopes(net, input_set, spec, boxes, relaxations, slopes, facts)
         witness = {"boxes": boxes, "layer_relaxations": relaxations, "relaxations": final, "spec": spec}
     value = value.masked_fill(spec.abs().sum(-1) == 0, float("inf"))
     return value, witness

@@ -19,7 +19,8 @@ from certify.bounds.sets import InputSet, rounding_margin
 Box = tuple[Tensor, Tensor]
 
 
-def affine_interval(weight: Tensor, bias: Tensor, lower: Tensor, upper: Tensor, w_abs: Tensor | None = None) -> Box:
+def affine_interval(weight: Tensor, bias: Tensor, lower: Tensor, upper: Tensor,
+                    w_abs: Tensor | None = None) -> Box:
     """Box of W h + b over h in [lower, upper] ([N, n]). weight is [m, n] or per example [N, m, n],
     bias [m] or [N, m]; `w_abs` |W| where the caller has it (None: computed here)."""
     mid, rad = (upper + lower) / 2, (upper - lower) / 2
@@ -39,10 +40,12 @@ def affine_interval(weight: Tensor, bias: Tensor, lower: Tensor, upper: Tensor, 
 def interval_bounds(net: AffineNetwork, input_set: InputSet, spec: Tensor | None = None,
                     layers: int | None = None, box: Box | None = None) -> list[Box]:
     """Boxes of every pre-activation z_0..z_{L-1} ([N, width] each; the last are the logits), or of the first
-    `layers` of them (e.g. L - 1: the hidden ones only); `box` is `input_set.box()` where the caller has it. With `spec` C [N, m, classes] the last box bounds
-    C z_{L-1} (e.g. the margins) instead of the logits, through the merged map (C W, C b). A layer with
-    skips, z_k = W_k h_k + b_k + sum_j S_kj h_j, is one affine map of the stacked boxes of h_k and the h_j
-    it reads (the matrix [W_k, S_kj, ...]), so its box is as exact as a chain layer's."""
+    `layers` of them (e.g. L - 1: the hidden ones only); `box` is `input_set.box()` where the caller has it.
+    With `spec` C [N, m, classes] the last box bounds C z_{L-1} (e.g. the margins) instead of the logits,
+    through the merged map (C W, C b). A layer with skips, z_k = W_k h_k + b_k + sum_j S_kj h_j, is one
+    affine map of the stacked boxes of h_k and the h_j it reads (the matrix [W_k, S_kj, ...]), so its box
+    is as exact as a chain layer's. |W_k| and |b_k| of the network are kept per tensor
+    (`network.absolute`)."""
     lower, upper = input_set.box() if box is None else box
     values: list[Box] = [(lower, upper)]  # boxes of h_0 = x, h_1, ...
     boxes: list[Box] = []

@@ -300,15 +300,18 @@ class AffineNetwork:
 
 
 _MAGNITUDES = WeakIdKeyDictionary()  # tensor -> (its version, |tensor|)
+KEPT_ENTRIES = 2**22  # larger tensors are not kept (memory; their products cost far more than |t| anyway)
 
 
 def absolute(t: Tensor) -> Tensor:
     """|t| elementwise, computed once per tensor object and kept while it lives and is not changed in place
     (torch bumps a tensor's version on every in-place op; a write through `.data` or a NumPy view would
-    bypass that, which nothing does to a network's tensors): the bound passes charge rounding against |W_k| and |S_kj| of the
-    same weights many times per call (certify.bounds.crown). Treat the result as read-only. A tensor that
-    requires grad is not kept (its |t| would carry a stale graph)."""
-    if t.requires_grad:
+    bypass that, which nothing does to a network's tensors: `from_module` copies every tensor it reads from the
+    model, so later writes to the model, through `.data` included, never reach a network built from it): the bound passes charge rounding against |W_k|
+    and |S_kj| of the same weights many times per call (certify.bounds.crown). Treat the result as
+    read-only. A tensor that requires grad (its |t| would carry a stale graph) or that has more than
+    KEPT_ENTRIES entries is not kept."""
+    if t.requires_grad or t.numel() > KEPT_ENTRIES:
         return t.abs()
     entry = _MAGNITUDES.get(t)
     if entry is None or entry[0] != t._version:
@@ -947,7 +950,7 @@ class _Walker:
             obj = getattr(obj, part)
         if not isinstance(obj, Tensor) or not (obj.is_floating_point() or obj.dtype in (torch.int32, torch.int64)):
             raise UnsupportedError(f"the forward reads attribute {node.target!r} ({type(obj).__name__}), which is not a numeric tensor")
-        return obj.detach().to("cpu", torch.float64)
+        return obj.detach().to("cpu", torch.float64, copy=True)  # a snapshot: never aliases the model's storage
 
     @staticmethod
     def _arg(node: fx.Node, i: int, name: str, default: Any = _MISSING) -> Any:

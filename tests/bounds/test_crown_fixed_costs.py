@@ -1,0 +1,141 @@
+"""The shortcuts that cut CROWN's fixed per-call cost (issue 18) compute the same numbers as the work they
+replace: the adaptive relaxation derived from the parallel one, |W| kept per tensor, interval boxes of the
+hidden layers only, one group when the whole batch fits, and the facts that the passes of one call share."""
+import math
+
+import pytest
+import torch
+
+import certify.bounds.crown as crown
+from certify.bounds.activations import Activation, default_alpha, relax, relax_with_alpha
+from certify.bounds.crown import backward_lower_bound, layer_bounds, margin_bounds_on_set, margin_spec
+from certify.bounds.ibp import interval_bounds
+from certify.bounds.network import absolute, from_module
+from certify.bounds.sets import InputSet
+from proofs_checks.nets import NetSpec
+
+FIELDS = ("lower_slope", "lower_intercept", "upper_slope", "upper_intercept")
+
+
+def _boxes(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes [6, 40] with unstable, stable, flat and degenerate units (l = u, l = 0, u = 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    lower = torch.randn(6, 40, dtype=torch.float64, generator=gen)
+    upper = lower + torch.rand(6, 40, dtype=torch.float64, generator=gen) * 2
+    lower[0, :4] = -1e-15
+    upper[0, :8] = lower[0, :8] + 1e-14  # flat boxes, the first four across 0
+    lower[1, :5], upper[1, 5:10] = 0.0, 0.0
+    upper[2, :5] = lower[2, :5]
+    return lower, upper
+
+
+@pytest.mark.parametrize("act", [Activation("relu"), Activation("leaky_relu", negative_slope=0.2),
+                                 Activation("softplus", beta=2.0), Activation("sigmoid")])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_relax_with_alpha_is_relax_with_that_alpha(act, seed):
+    lower, upper = _boxes(seed)
+    parallel = relax(act, lower, upper, alpha=default_alpha(act, lower, upper, rule="parallel"))
+    for alpha in (default_alpha(act, lower, upper, rule="adaptive"),
+                  torch.rand(lower.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))):
+        again, fresh = relax_with_alpha(act, parallel, lower, upper, alpha), relax(act, lower, upper, alpha=alpha)
+        assert all(torch.equal(getattr(again, f), getattr(fresh, f)) for f in FIELDS)
+    if act.name == "relu":  # the upper chord and the lower intercept are reused, not recomputed
+        assert again.upper_slope is parallel.upper_slope and again.upper_intercept is parallel.upper_intercept
+        assert again.lower_intercept is parallel.lower_intercept
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_relu_slopes_are_exact_on_stable_and_flat_boxes_and_the_chord_elsewhere(seed):
+    lower, upper = _boxes(seed)
+    alpha = torch.rand(lower.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    rel = relax(Activation("relu"), lower, upper, alpha=alpha)
+    on, off = lower >= 0, upper <= 0
+    flat = (upper - lower) <= 1e-12 * (1 + upper.abs())
+    assert flat[0, :8].all() and not (on | off)[0, :4].any()  # the cases are all there
+    chord = (upper.clamp(min=0) - lower.clamp(min=0)) / (upper - lower).masked_fill(flat, 1.0)
+    one, zero = torch.ones_like(lower), torch.zeros_like(lower)
+    assert torch.equal(rel.upper_slope, torch.where(on, one, torch.where(off, zero, torch.where(flat, one, chord))))
+    assert torch.equal(rel.lower_slope, torch.where(on, one, torch.where(off, zero, alpha)))
+    assert torch.equal(rel.lower_intercept, zero)
+
+
+def test_absolute_is_kept_per_tensor_until_it_changes_in_place():
+    w = torch.randn(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    first = absolute(w)
+    assert torch.equal(first, w.abs()) and absolute(w) is first
+    w[0, 0] = -100.0
+    assert absolute(w)[0, 0] == 100.0 and torch.equal(absolute(w), w.abs())
+    other = w.clone()
+    assert absolute(other) is not absolute(w)
+
+
+def _case(seed: int, p, eps: float, widths=(16, 12, 10)):
+    net = from_module(NetSpec(6, widths, 4, "relu", 1.0, 3.0, seed).build(), (6,))
+    x = torch.rand(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return net, x, InputSet.build(x, eps, p)
+
+
+def test_interval_bounds_of_the_first_layers_are_those_of_all_layers():
+    net, _, s = _case(0, math.inf, 0.1)
+    full = interval_bounds(net, s)
+    for layers in range(1, net.depth + 1):
+        part = interval_bounds(net, s, layers=layers)
+        assert len(part) == layers
+        assert all(torch.equal(a, b) for box, ref in zip(part, full) for a, b in zip(box, ref))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_row_groups_partition_the_examples_with_unstable_units(seed):
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0 if seed % 2 else 1, 300, (int(torch.randint(1, 40, (1,), generator=gen)),), generator=gen)
+    size = int(torch.randint(1, 2000, (1,), generator=gen))
+    groups = crown._row_groups(counts, size)
+    members = torch.cat(groups).sort().values if groups else torch.zeros(0, dtype=torch.long)
+    assert torch.equal(members, torch.nonzero(counts > 0).reshape(-1))
+    top = 1 << (int(counts.max()) - 1).bit_length()
+    if bool((counts > 0).all()) and counts.numel() * top * size < crown.GROUP_WORK:
+        assert len(groups) == 1  # what the grouping by level finds too: no group reaches GROUP_WORK
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("p", [math.inf, 2])
+@pytest.mark.parametrize("eps", [0.05, 0.3])
+def test_margins_with_shared_facts_are_those_of_separate_passes(seed, p, eps):
+    """margin_bounds_on_set shares the input box, the reaches, the charges and the widened intercepts between
+    its passes; separate passes that share nothing give bit-identical boxes and margins."""
+    net, x, s = _case(seed, p, eps)
+    target = net.forward(x).argmax(1)
+    value, witness = margin_bounds_on_set(net, s, target)
+    boxes, relaxations = layer_bounds(net, s, "crown", slopes="parallel", screen=True)
+    assert all(torch.equal(a, b) for box, ref in zip(witness["boxes"], boxes) for a, b in zip(box, ref))
+    spec = margin_spec(target, net.num_classes)
+    adaptive = [relax(a, *b, alpha=default_alpha(a, *b)) for a, b in zip(net.activations, boxes)]
+    rows = spec.shape[1]
+    both = [crown.Relaxation(*(crown._stacked(getattr(r, f), getattr(q, f), rows) for f in FIELDS))
+            for r, q in zip(relaxations, adaptive)]
+    separate = backward_lower_bound(net, s, net.depth - 1, torch.cat([spec, spec], 1), both, boxes)
+    expected = torch.maximum(separate[:, :rows], separate[:, rows:])
+    off = spec.abs().sum(-1) > 0
+    assert torch.equal(value[off], expected[off])
+
+
+def test_a_network_is_a_snapshot_so_writes_through_data_never_leave_a_stale_magnitude():
+    """from_module copies the model's tensors: a float64 model's weights changed through `.data` (which bumps no
+    version counter) after a network was built and bounded leave that network, and its cached |W|, as they were;
+    a network built afterwards sees the new weights."""
+    import torch
+    from torch import nn
+
+    from certify.bounds.crown import margin_lower_bounds
+    from certify.bounds.network import from_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)).double().eval()
+    x = torch.zeros(1, 3, dtype=torch.float64)
+    net = from_module(model, (3,))
+    before = margin_lower_bounds(net, x, torch.tensor([0]), 0.1, "inf").value.clone()
+    model[0].weight.data.mul_(-3.0)
+    again = margin_lower_bounds(net, x, torch.tensor([0]), 0.1, "inf").value
+    assert torch.equal(before, again)
+    fresh = from_module(model, (3,))
+    assert torch.equal(fresh.weights[0], model[0].weight.detach()) and not torch.equal(fresh.weights[0], net.weights[0])
