@@ -223,17 +223,18 @@ def positive_int(value: object, name: str, least: int = 1) -> int:
     return int(value)
 
 
-@contextlib.contextmanager
-def autograd_enabled() -> Iterator[None]:
+def autograd_enabled() -> contextlib.AbstractContextManager:
     """Run the block with autograd on, also when the caller is inside `torch.inference_mode()` or
     `torch.no_grad()` (every gradient-based explanation needs it). Inputs created under inference mode must
-    still be passed through `grad_ready`."""
-    if torch.is_inference_mode_enabled():
-        with torch.inference_mode(False), torch.enable_grad():
-            yield
-    else:
-        with torch.enable_grad():
-            yield
+    still be passed through `grad_ready`. Outside inference mode this is `torch.enable_grad()` itself (no
+    generator-based context on every explainer call)."""
+    return _outside_inference_mode() if torch.is_inference_mode_enabled() else torch.enable_grad()
+
+
+@contextlib.contextmanager
+def _outside_inference_mode() -> Iterator[None]:
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def with_autograd(function: Callable[..., T]) -> Callable[..., T]:

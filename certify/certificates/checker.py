@@ -233,6 +233,7 @@ class _Context:
         """N's logits (float64, before any dropped softmax head) at points [M, ...]."""
         return self.semantics.forward(self.require_function(), points.reshape(points.shape[0], -1).double())
 
+    @torch.inference_mode()  # float64 arithmetic on the checker's own tensors: no autograd bookkeeping
     def n_gradient(self, row: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
         """grad (row . N) at flat float64 points [M, n] and a bound [M] on the l2 norm of its float64 error
         (first-order forward-error analysis of this computation, through the layers and their skips:
@@ -267,7 +268,7 @@ class _Context:
                 h = sem.activate(act, z)
                 d = sem.slope(act, z)
                 hs.append(h)
-                e_hs.append(sem.lipschitz(act) * e_z + sem.act_rounding(act, z, h, u))
+                e_hs.append(sem.act_error(act, e_z, z, h, u))
                 ds.append(d)
                 dds.append(sem.slope_error(act, z, e_z, d, u))
         gathered: dict[int, tuple[Tensor, Tensor]] = {}  # coefficient of h_j (and its error bound) so far
@@ -994,8 +995,8 @@ def _vacuous(ctx: _Context, claim: Claim) -> str:
     that no perturbation inside the domain can reach."""
     if claim.type in ("topk-stability", "topk-smoothed") and claim.value <= 0:
         return " [VACUOUS: no feature is certified to stay in the top-k]"
-    if claim.type.startswith("stability-") and claim.value >= float(ctx.explanation.norm()):
-        return f" [VACUOUS: the bound is not smaller than ||a||_2 = {float(ctx.explanation.norm()):.4g}]"
+    if claim.type.startswith("stability-") and claim.value >= (norm := float(ctx.explanation.norm())):
+        return f" [VACUOUS: the bound is not smaller than ||a||_2 = {norm:.4g}]"
     if claim.type in ("radius-lower", "lipschitz-radius") and claim.params.get("domain") is not None:
         box = Domain.from_json(claim.params["domain"])
         if box is not None and box.bounded:

@@ -90,7 +90,7 @@ def _derivatives(act: tuple, t: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Te
         beta = float(act[1])
         y = beta * t
         d = torch.sigmoid(y)
-        s = beta * torch.sigmoid(y) * torch.sigmoid(-y)
+        s = beta * d * torch.sigmoid(-y)
     elif name == "sigmoid":
         y = t
         d = torch.sigmoid(t) * torch.sigmoid(-t)
@@ -291,6 +291,7 @@ def covering_balls(center: Tensor, radius: float) -> list[tuple[Tensor, float]]:
     return balls
 
 
+@torch.inference_mode()  # float64 arithmetic on the checker's own tensors: no autograd bookkeeping
 def gradient_bound(stages, center: Tensor, radius: float, row: Tensor) -> float:
     """An upper bound on max ||grad f(y)||_2 over the l2 ball B(center, radius), f = row . N (row [C], center
     [n]): the largest over the covering balls (rule 5) of the norm of the magnitude of the interval gradient
@@ -362,6 +363,7 @@ def _terms(mats: list[Tensor]) -> int:
     return max(m.shape[0] for m in mats) + 4 * len(mats) + 4
 
 
+@torch.inference_mode()  # float64 arithmetic on the checker's own tensors: no autograd bookkeeping
 def hessian_bounds(stages, center: Tensor, radius: float, row: Tensor) -> tuple[float, float]:
     """(lower, upper): lower <= lambda_min(Hess f(y)) and lambda_max(Hess f(y)) <= upper for every y with
     ||y - center||_2 <= radius, f = row . N (row [C], center [n] flattened): rule 3 of the module docstring,
@@ -390,6 +392,7 @@ def _ball_hessian_bounds(stages, center: Tensor, radius: float, row: Tensor) -> 
     return lower, upper
 
 
+@torch.inference_mode()  # float64 arithmetic on the checker's own tensors: no autograd bookkeeping
 def unstable_relu_units(stages, center: Tensor, radius: float) -> int:
     """How many units of a ReLU chain have a box (rule 1) with 0 inside on the l2 ball B(center, radius): with
     none, no unit changes state there, N is affine on the ball and its Hessian is 0. Invalid for graphs and

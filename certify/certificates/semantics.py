@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import math
 import operator
 import weakref
@@ -254,6 +255,14 @@ def act_rounding(a: tuple, z: Tensor, h: Tensor, u: float, tiny: float = 2.0**-1
     return 16 * u * (h.abs() + z.abs()) + 16 * tiny
 
 
+def act_error(a: tuple, e: Tensor, z: Tensor, h: Tensor, u: float, tiny: float = 2.0**-1022) -> Tensor:
+    """Bound on the error of h = sigma(z) evaluated in unit roundoff u from a z known within e: lipschitz(a) e +
+    `act_rounding`; relu (exact, 1-Lipschitz) passes e through as it is, the same numbers as 1 e + 0."""
+    if a[0] == "relu":
+        return e
+    return lipschitz(a) * e + act_rounding(a, z, h, u, tiny)
+
+
 def _slope_scale(a: tuple, z: Tensor) -> Tensor:
     """Sum of the magnitudes of the terms `slope` adds, each times (1 + the sensitivity to the rounding of
     its inner argument): the scale of the float64 evaluation error of sigma'(z)."""
@@ -361,13 +370,12 @@ def _strip(model: nn.Module, check: bool = False) -> nn.Module:
     """The wrapped module under DataParallel / DistributedDataParallel / torch.compile wrappers; with check,
     each wrapper level must pass `_check_wrapper_state`."""
     for _ in range(8):
-        if check and (isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or (
-                hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule")):
+        parallel = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+        if not (parallel or (type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"))):
+            break  # not a wrapper: nothing left to unwrap
+        if check:
             _check_wrapper_state(model)
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
-            model = model._orig_mod
+        model = model.module if parallel else model._orig_mod
     return model
 
 
@@ -391,7 +399,22 @@ def _softplus_act(beta: Any, threshold: Any, where: str) -> tuple:
     return ("softplus", beta, threshold)
 
 
+_PLAIN_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 def _f64(module: nn.Module) -> nn.Module:
+    """A float64 CPU copy of `module` in eval mode that shares no tensor with it (`_abs_copy` edits its copy in place).
+    torch's own Linear, Conv1d and Conv2d (the class itself, no submodules, buffers or hooks) are copied as a new
+    module object with float64 copies of their parameters: what deepcopy then .to(float64) gives, without deepcopy's
+    walk through every attribute (three copies per affine module in every translation); any other module by
+    deepcopy."""
+    if (type(module) in _PLAIN_AFFINE and not module._modules and not module._buffers
+            and not any(getattr(module, hooks, None) for hooks in _HOOKS)):
+        clone = copy.copy(module)  # a new object with its own attribute dict; the parameters are replaced below
+        clone._parameters = {name: None if p is None else nn.Parameter(p.detach().to("cpu", torch.float64, copy=True), p.requires_grad)
+                             for name, p in module._parameters.items()}
+        return clone.eval()
     return copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
 
 
@@ -576,7 +599,9 @@ class _Builder:
         return _T(len(self.nodes) - 1)
 
     def module(self, label: str, x: _T, module: nn.Module) -> _T:
-        run, plus, bare = _f64(module), _abs_copy(module, True), _abs_copy(module, False)
+        # the float64 copies run by their forward: the model's modules carry no hooks (`_check_module_state`), so
+        # nn.Module.__call__'s hook dispatch would only add its cost to every evaluation of the node
+        run, plus, bare = _f64(module).forward, _abs_copy(module, True).forward, _abs_copy(module, False).forward
         return self.add(label, (x,), run, lambda keep, v: (plus if keep else bare)(v), _terms(module, self.shape(x)))
 
     def exact(self, label: str, inputs: tuple[_T, ...], run: Callable[..., Tensor]) -> _T:
@@ -1269,9 +1294,9 @@ def lipschitz_bound(stages: Any, row: Tensor, p: float, lips: list[float] | None
 
 
 def _roundoff(model: nn.Module) -> tuple[torch.dtype, torch.device, float]:
-    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
-    dtype = tensors[0].dtype if tensors else torch.get_default_dtype()
-    device = tensors[0].device if tensors else torch.device("cpu")
+    first = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
+    dtype = first.dtype if first is not None else torch.get_default_dtype()
+    device = first.device if first is not None else torch.device("cpu")
     u = torch.finfo(dtype).eps / 2
     if dtype == torch.float32:
         mode = torch.get_float32_matmul_precision()
@@ -1286,12 +1311,12 @@ def _gamma(n: int, u: float) -> float:
     return n * u / (1 - n * u) if n * u < 0.5 else math.inf
 
 
-def _magnitudes(stages: Stages, hs: list[Tensor], absolute: tuple[list[Tensor], dict]) -> list[Tensor]:
+def _magnitudes(stages: Stages, hs: list[Tensor], absolute: tuple[list[Tensor], dict, list[Tensor]]) -> list[Tensor]:
     """[|W_k| |h_k| + sum_j |S_kj| |h_j| + |b_k|] [m, out_k] of every layer k at N's activations hs (from
-    `_layers`); absolute: ([|W_k|], {k: {j: |S_kj|}})."""
+    `_layers`); absolute: ([|W_k|], {k: {j: |S_kj|}}, [|b_k|])."""
     mags = []
-    for k, b in enumerate(stages.biases):
-        mag = hs[k].abs() @ absolute[0][k].T + b.abs()
+    for k in range(len(stages.biases)):
+        mag = hs[k].abs() @ absolute[0][k].T + absolute[2][k]
         for j, s in absolute[1].get(k, {}).items():
             mag = mag + hs[j].abs() @ s.T
         mags.append(mag)
@@ -1299,10 +1324,10 @@ def _magnitudes(stages: Stages, hs: list[Tensor], absolute: tuple[list[Tensor], 
 
 
 def _rounding(stages: Stages, pts: Tensor, u: float, tiny: float, hs: list[Tensor], zs: list[Tensor],
-              absolute: tuple[list[Tensor], dict], mags: list[Tensor]) -> Tensor:
+              absolute: tuple[list[Tensor], dict, list[Tensor]], mags: list[Tensor]) -> Tensor:
     """[m, C] forward rounding bound on the logits: the model's graph node by node in unit roundoff u (+
     float64), plus N's float64 layers (module doc) at the same points: hs, zs from `_layers`, mags from
-    `_magnitudes`, absolute: ([|W_k|], {k: {j: |S_kj|}})."""
+    `_magnitudes`, absolute: ([|W_k|], {k: {j: |S_kj|}}, [|b_k|])."""
     with torch.no_grad():
         values = [pts.reshape((pts.shape[0],) + stages.input_shape)]
         errors = [torch.zeros_like(values[0])]
@@ -1311,7 +1336,7 @@ def _rounding(stages: Stages, pts: Tensor, u: float, tiny: float, hs: list[Tenso
             es = [errors[j] for j in node.inputs]
             if node.act is not None:
                 value = activate(node.act, vs[0])
-                err = lipschitz(node.act) * es[0] + act_rounding(node.act, vs[0], value, 2 * (u + _U64), tiny)
+                err = act_error(node.act, es[0], vs[0], value, 2 * (u + _U64), tiny)
             else:
                 value = node.run(*vs)  # type: ignore[misc]
                 if node.terms == 0:
@@ -1332,7 +1357,7 @@ def _rounding(stages: Stages, pts: Tensor, u: float, tiny: float, hs: list[Tenso
             en = en + _gamma(terms, _U64) * mags[k]
             if k < len(stages.acts):
                 a = stages.acts[k]
-                en_h.append(lipschitz(a) * en + act_rounding(a, zs[k], hs[k + 1], _U64))
+                en_h.append(act_error(a, en, zs[k], hs[k + 1], _U64))
     return model_err + en
 
 
@@ -1365,6 +1390,7 @@ def _head_tolerance(head: str | None, tol: Tensor, out: Tensor, u: float) -> Ten
 
 
 FAR_SCALES = (1.0, 10.0, 100.0, 1000.0)  # far points of `check_conformance`: 8 at each multiple of max(||x||, 1)
+_FAR_SCALE_ROWS = torch.tensor(FAR_SCALES, dtype=torch.float64).repeat_interleave(8)[:, None]  # [32, 1]: each far point's scale
 
 
 @functools.lru_cache(maxsize=16)
@@ -1377,12 +1403,13 @@ def _far_directions(seed: int, n: int) -> tuple[Tensor, Tensor]:
     return g, g.norm(dim=1, keepdim=True)
 
 
-def _conformance_constants(stages: Stages, memo: dict) -> tuple[tuple[list[Tensor], dict], float]:
-    """(([|W_k|], {k: {j: |S_kj|}}), deviation_bound(stages)): what `check_conformance` uses of N alone, kept in
-    `memo` (a dict that lives as long as `stages`)."""
+def _conformance_constants(stages: Stages, memo: dict) -> tuple[tuple[list[Tensor], dict, list[Tensor]], float]:
+    """(([|W_k|], {k: {j: |S_kj|}}, [|b_k|]), deviation_bound(stages)): what `check_conformance` uses of N alone,
+    kept in `memo` (a dict that lives as long as `stages`)."""
     key = ("conformance constants",)
     if key not in memo:
-        absolute = ([w.abs() for w in stages.mats], {k: {j: s.abs() for j, s in row.items()} for k, row in stages.skips.items()})
+        absolute = ([w.abs() for w in stages.mats], {k: {j: s.abs() for j, s in row.items()} for k, row in stages.skips.items()},
+                    [b.abs() for b in stages.biases])
         memo[key] = (absolute, deviation_bound(stages))
     return memo[key]
 
@@ -1402,8 +1429,7 @@ def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor 
     flat0 = base[0].reshape(-1)
     r = max(float(base.reshape(base.shape[0], -1).norm(dim=1).max()), 1.0)
     g, g_norm = _far_directions(seed, flat0.numel())
-    scales = torch.tensor([scale * r for scale in FAR_SCALES], dtype=torch.float64).repeat_interleave(8)[:, None]
-    pts.append((flat0 + scales * g / g_norm).reshape((-1,) + shape))
+    pts.append((flat0 + (_FAR_SCALE_ROWS * r) * g / g_norm).reshape((-1,) + shape))  # s * r: one product, as in Python
     allpts = torch.cat(pts)
     inner = _strip(model)
     dtype, device, u = _roundoff(inner)
@@ -1414,9 +1440,20 @@ def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor 
             single = model(as_run[:1].to(device)).detach().to("cpu", torch.float64)
     except Exception:  # noqa: BLE001 - a model that fails on its own points does not conform
         return math.inf, 0.0, False
+    return _deviation(stages, as_run, got, single, u, {} if memo is None else memo, base.shape[0])
+
+
+@torch.inference_mode()
+def _deviation(stages: Stages, as_run: Tensor, got: Tensor, single: Tensor, u: float, memo: dict,
+               given: int) -> tuple[float, float, bool]:
+    """`check_conformance`'s comparison of the model's outputs `got` at the points `as_run` (its dtype; the first
+    `given` rows are x and data) and `single` at the first point alone with N's float64 values and the rounding
+    tolerance there. Pure float64 arithmetic on the checker's own tensors, run in inference mode (no autograd
+    bookkeeping on its small ops)."""
+    dtype = as_run.dtype
     exact_in = as_run.to(torch.float64)
     hs, zs = _layers(stages, _flat_input(stages, exact_in))  # one pass of N for its values, rounding and range
-    absolute, deviation = _conformance_constants(stages, {} if memo is None else memo)
+    absolute, deviation = _conformance_constants(stages, memo)
     mags = _magnitudes(stages, hs, absolute)
     want = _head_output(stages.head, zs[-1])
     if got.numel() != want.numel():
@@ -1430,12 +1467,12 @@ def check_conformance(model: nn.Module, stages: Stages, x: Tensor, data: Tensor 
         k = int(((single - got[0]).abs() / tol[0]).argmax())
         return float((single - got[0]).abs()[k]), float(tol[0, k]), False
     ok = torch.isfinite(got).all(dim=1)
-    # a non-finite model output is excused only where N's own values come near the dtype's range
-    big = _largest_value(hs, mags) >= torch.finfo(dtype).max / 16
-    if bool((~ok & ~big).any()) or not bool(ok[: base.shape[0]].all()):
-        return math.inf, 0.0, False
     diff = (got - want).abs()
-    diff[~ok] = 0.0
+    if not bool(ok.all()):  # a non-finite model output is excused only where N's own values come near the dtype's range
+        big = _largest_value(hs, mags) >= torch.finfo(dtype).max / 16
+        if bool((~ok & ~big).any()) or not bool(ok[:given].all()):
+            return math.inf, 0.0, False
+        diff[~ok] = 0.0
     ratio = diff / tol
     ratio[diff == 0] = 0.0
     k = int(ratio.argmax())

@@ -743,8 +743,7 @@ def test_far_points_are_the_seeded_draws_of_each_scale():
     assert torch.equal(g, torch.cat(draws)) and torch.equal(g_norm, torch.cat([d.norm(dim=1, keepdim=True) for d in draws]))
     flat0 = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
     per_scale = torch.cat([flat0 + s * r * d / d.norm(dim=1, keepdim=True) for s, d in zip(S.FAR_SCALES, draws)])
-    scales = torch.tensor([s * r for s in S.FAR_SCALES], dtype=torch.float64).repeat_interleave(8)[:, None]
-    assert torch.equal(flat0 + scales * g / g_norm, per_scale)
+    assert torch.equal(flat0 + (S._FAR_SCALE_ROWS * r) * g / g_norm, per_scale)
 
 
 @pytest.mark.parametrize("name", ["digits-softplus-mlp", "digits-relu-cnn"])
@@ -767,3 +766,21 @@ def test_conformance_with_kept_constants_follows_a_skip_connection():
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
     assert S.check_conformance(model, stages, x, memo=memo) == S.check_conformance(model, stages, x) == \
         S.check_conformance(model, stages, x, memo=memo)
+
+
+def test_strip_unwraps_nested_wrappers_and_stops_at_the_module():
+    inner = nn.Linear(3, 2).eval()
+    assert S._strip(nn.DataParallel(nn.DataParallel(inner)).eval(), check=True) is inner
+    assert S._strip(inner, check=True) is inner and S._strip(nn.Sequential(inner)).__class__ is nn.Sequential
+    wrapped = nn.DataParallel(inner).eval()
+    wrapped.register_forward_hook(lambda *a: None)  # a wrapper's own state is still checked on the way in
+    with pytest.raises(SemanticsError, match="wrapper DataParallel has a forward or backward hook"):
+        S._strip(wrapped, check=True)
+
+
+@pytest.mark.parametrize("act", [("relu",), ("leaky_relu", 0.1), ("softplus", 2.0, 20.0), ("sigmoid",), ("tanh",), ("gelu",)])
+def test_act_error_is_lipschitz_times_the_error_plus_the_rounding(act):
+    z = torch.linspace(-30.0, 30.0, 301, dtype=torch.float64)
+    e = torch.rand(301, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e-9
+    h = S.activate(act, z)
+    assert torch.equal(S.act_error(act, e, z, h, 2.0**-24), S.lipschitz(act) * e + S.act_rounding(act, z, h, 2.0**-24))
