@@ -85,7 +85,8 @@ def _selection_enclosure(g: np.ndarray) -> Callable[[np.ndarray, np.ndarray], tu
     if g.ndim != 2 or not ((np.abs(g) == 1.0).sum(axis=1) == np.count_nonzero(g, axis=1)).all() or \
             (np.count_nonzero(g, axis=1) > 1).any():
         return matmul_enclosure
-    index, sign = np.abs(g).argmax(axis=1), g.max(axis=1) + g.min(axis=1)  # sign: +1, -1, or 0 for a zero row
+    index = np.abs(g).argmax(axis=1)
+    sign = g[np.arange(g.shape[0]), index]  # the entry itself: +1, -1, or 0 for a zero row
 
     def enclose(_: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c = sign.reshape((-1,) + (1,) * (b.ndim - 1)) * b[index]
@@ -111,11 +112,11 @@ def require_finite(*arrays: np.ndarray) -> None:
 
 def settle(values: np.ndarray, slack: np.ndarray) -> np.ndarray:
     """A rigorous lower bound [R] of the row sums of exact numbers e [R, n] known only through floats with
-    e >= values - s, where s >= 0 is the exact value of the float expression `slack` evaluated with at most 6
-    roundings per entry (so s <= slack (1 + u)^6 + 6 eta): the sum of `values` rounded down, less the sum of
-    `slack` inflated by 1 + 2 gamma_{n+8} (covering those roundings and the summation's) and 8 (n + 8) eta."""
+    e >= values - s, where s >= 0 is the exact value of the float expression `slack` evaluated with at most 8
+    roundings per entry (so s <= slack (1 + u)^8 + 8 eta): the sum of `values` rounded down, less the sum of
+    `slack` inflated by 1 + 2 gamma_{n+10} (covering those roundings and the summation's) and 10 (n + 10) eta."""
     n = values.shape[-1]
-    charge = up(slack.sum(axis=-1) * (1.0 + 2.0 * gamma(n + 8)) + 8.0 * (n + 8) * ETA)
+    charge = up(slack.sum(axis=-1) * (1.0 + 2.0 * gamma(n + 10)) + 10.0 * (n + 10) * ETA)
     return down(sum_down(values) - charge)
 
 
@@ -213,13 +214,14 @@ def _unit_minimum(centre: np.ndarray, radius: np.ndarray, g: np.ndarray, lower: 
     float value v = fl(fl(c fl(sigma(z))) - fl(g z)) errs from c sigma(z) - g z by at most
     4 u Z (|c| + |g|) + (|c| + 2) eta (one rounding each in sigma, the two products and the difference; an
     underflowing product loses at most eta / 2), so each unit's term is >= min over the candidates of v less
-    Z (4 u (|c| + |g|) + r) + (|c| + 2) eta, summed by `settle`."""
+    Z (4 u (|c| + |g|) + r + eta) + (|c| + 2) eta, summed by `settle` (the Z eta covers the difference's
+    rounding when 4 u (|c| + |g|) underflows: subnormal c and g against a huge Z)."""
     sigma = (lambda z: np.maximum(z, 0.0)) if slope == 0.0 else (lambda z: np.maximum(z, slope * z))
     best = np.minimum(centre * sigma(lower) - g * lower, centre * sigma(upper) - g * upper)
     np.minimum(best, 0.0, out=best, where=(lower < 0) & (upper > 0))  # the value at z = 0 is exactly 0
     reach = np.maximum(np.abs(lower), np.abs(upper))
     magnitude = np.abs(centre)
-    slack = reach * ((4.0 * U64) * (magnitude + np.abs(g)) + radius) + (magnitude + 2.0) * ETA
+    slack = reach * ((4.0 * U64) * (magnitude + np.abs(g)) + radius + ETA) + (magnitude + 2.0) * ETA
     return settle(best, slack)
 
 

@@ -65,5 +65,8 @@ def test_signed_unit_rows_take_the_exact_selection_and_other_rows_the_enclosure(
     for right in (b, bias):
         c, r = enclose(rows, right)
         assert np.array_equal(c, rows @ right) and not r.any()
+    column = np.array([[1.0], [-1.0], [0.0]])  # one column: each row's max and min are the same entry
+    c, r = _selection_enclosure(column)(column, np.array([[3.0, -2.0]]))
+    assert np.array_equal(c, column @ np.array([[3.0, -2.0]])) and not r.any()
     for other in (rows * 2.0, rows + np.eye(4, 6)[::-1] * (rows == 0), rng.standard_normal((4, 6))):
         assert _selection_enclosure(other) is matmul_enclosure
