@@ -71,8 +71,8 @@ padding every example to the largest count does not multiply the work), and the 
 columns that the relaxation zeroed (ReLU units off on their box). Fixed cost per call (issue 18: on small
 networks it is most of the time): the passes of one call share what does not depend on their objective
 (`backward_lower_bound`'s `facts`: the input box and its midpoint-radius form, the bounds on |h_j|, the
-product charges, the widened intercepts, the relaxations' charges), |W| is kept per weight tensor
-(`network.absolute`), an all-zero intercept (relu's lower line) is neither widened nor multiplied, the
+product charges, the widened intercepts, the relaxations' charges; never kept across calls, where a weight
+written through `.data` would not say it changed), an all-zero intercept (relu's lower line) is neither widened nor multiplied, the
 adaptive relaxation reuses the parallel one's upper line (`relax_with_alpha`), the selector rows are never
 built (row gathers), and the interval boxes stop at the last hidden layer. Each computes the same numbers
 as the work it replaces (tests/bounds/test_crown_fixed_costs.py).
@@ -87,7 +87,7 @@ from torch import Tensor
 
 from certify.bounds.activations import SLOPE_RULES, Activation, Relaxation, default_alpha, relax, relax_with_alpha
 from certify.bounds.ibp import Box, interval_bounds
-from certify.bounds.network import AffineNetwork, absolute
+from certify.bounds.network import AffineNetwork
 from certify.bounds.results import BoundResult, Kind
 from certify.bounds.sets import InputSet, rounding_margin
 from certify.errors import UsageError
@@ -304,9 +304,9 @@ def backward_lower_bound(
         """Per unit of z_k: |b_k| + |W_k| r_k + sum_j |S_kj| r_j, what |Lambda| times it bounds the rounding
         of Lambda's products with b_k, W_k and the skips (r = h_reach)."""
         def make() -> Tensor:
-            charge = h_reach(k) @ absolute(net.weights[k]).T + absolute(net.biases[k])
+            charge = h_reach(k) @ net.weights[k].abs().T + net.biases[k].abs()
             for j, skip in net.skips.get(k, {}).items():
-                charge = _plus(charge, h_reach(j) @ absolute(skip).T)
+                charge = _plus(charge, h_reach(j) @ skip.abs().T)
             return charge
         return _kept(facts, ("charge", k), boxes[k - 1][0] if k > 0 else None, make)
 

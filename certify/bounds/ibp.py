@@ -13,22 +13,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from certify.bounds.network import AffineNetwork, absolute
+from certify.bounds.network import AffineNetwork
 from certify.bounds.sets import InputSet, rounding_margin
 
 Box = tuple[Tensor, Tensor]
 
 
-def affine_interval(weight: Tensor, bias: Tensor, lower: Tensor, upper: Tensor,
-                    w_abs: Tensor | None = None) -> Box:
+def affine_interval(weight: Tensor, bias: Tensor, lower: Tensor, upper: Tensor) -> Box:
     """Box of W h + b over h in [lower, upper] ([N, n]). weight is [m, n] or per example [N, m, n],
-    bias [m] or [N, m]; `w_abs` |W| where the caller has it (None: computed here)."""
+    bias [m] or [N, m]."""
     mid, rad = (upper + lower) / 2, (upper - lower) / 2
-    w_abs = weight.abs() if w_abs is None else w_abs
+    w_abs = weight.abs()
     if weight.dim() == 2:
         centre = mid @ weight.T + bias
         spread = rad @ w_abs.T
-        magnitude = mid.abs() @ w_abs.T + absolute(bias) + spread
+        magnitude = mid.abs() @ w_abs.T + bias.abs() + spread
     else:
         centre = (weight @ mid[..., None])[..., 0] + bias
         spread = (w_abs @ rad[..., None])[..., 0]
@@ -44,21 +43,19 @@ def interval_bounds(net: AffineNetwork, input_set: InputSet, spec: Tensor | None
     With `spec` C [N, m, classes] the last box bounds C z_{L-1} (e.g. the margins) instead of the logits,
     through the merged map (C W, C b). A layer with skips, z_k = W_k h_k + b_k + sum_j S_kj h_j, is one
     affine map of the stacked boxes of h_k and the h_j it reads (the matrix [W_k, S_kj, ...]), so its box
-    is as exact as a chain layer's. |W_k| and |b_k| of the network are kept per tensor
-    (`network.absolute`)."""
+    is as exact as a chain layer's."""
     lower, upper = input_set.box() if box is None else box
     values: list[Box] = [(lower, upper)]  # boxes of h_0 = x, h_1, ...
     boxes: list[Box] = []
     for k, (weight, bias) in enumerate(zip(net.weights[:layers], net.biases)):
         skips = net.skips.get(k, {})
-        w_abs = None if skips or (k == net.depth - 1 and spec is not None) else absolute(weight)
         if skips:
             weight = torch.cat([weight, *skips.values()], dim=1)
             lower = torch.cat([lower, *(values[j][0] for j in skips)], dim=-1)
             upper = torch.cat([upper, *(values[j][1] for j in skips)], dim=-1)
         if k == net.depth - 1 and spec is not None:
             weight, bias = spec @ weight, spec @ bias
-        lower, upper = affine_interval(weight, bias, lower, upper, w_abs)
+        lower, upper = affine_interval(weight, bias, lower, upper)
         boxes.append((lower, upper))
         if k < len(net.activations) and k + 1 != layers:
             lower, upper = net.activations[k].image(lower, upper)

@@ -138,7 +138,6 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from certify.bounds.activations import Activation, softplus_threshold_accepted
 from certify.errors import UnsupportedError
@@ -297,26 +296,6 @@ class AffineNetwork:
             biases=[b.to(device) for b in self.biases],
             skips={k: {j: s.to(device) for j, s in row.items()} for k, row in self.skips.items()},
         )
-
-
-_MAGNITUDES = WeakIdKeyDictionary()  # tensor -> (its version, |tensor|)
-KEPT_ENTRIES = 2**22  # larger tensors are not kept (memory; their products cost far more than |t| anyway)
-
-
-def absolute(t: Tensor) -> Tensor:
-    """|t| elementwise, computed once per tensor object and kept while it lives and is not changed in place
-    (torch bumps a tensor's version on every in-place op; a write through `.data` or a NumPy view would
-    bypass that, which nothing does to a network's tensors: `from_module` copies every tensor it reads from the
-    model, so later writes to the model, through `.data` included, never reach a network built from it): the bound passes charge rounding against |W_k|
-    and |S_kj| of the same weights many times per call (certify.bounds.crown). Treat the result as
-    read-only. A tensor that requires grad (its |t| would carry a stale graph) or that has more than
-    KEPT_ENTRIES entries is not kept."""
-    if t.requires_grad or t.numel() > KEPT_ENTRIES:
-        return t.abs()
-    entry = _MAGNITUDES.get(t)
-    if entry is None or entry[0] != t._version:
-        entry = _MAGNITUDES[t] = (t._version, t.abs())
-    return entry[1]
 
 
 # ----------------------------------------------------------------------------------------------- tracing

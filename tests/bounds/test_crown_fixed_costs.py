@@ -10,7 +10,7 @@ import certify.bounds.crown as crown
 from certify.bounds.activations import Activation, default_alpha, relax, relax_with_alpha
 from certify.bounds.crown import backward_lower_bound, layer_bounds, margin_bounds_on_set, margin_spec
 from certify.bounds.ibp import interval_bounds
-from certify.bounds.network import absolute, from_module
+from certify.bounds.network import from_module
 from certify.bounds.sets import InputSet
 from proofs_checks.nets import NetSpec
 
@@ -57,16 +57,6 @@ def test_relu_slopes_are_exact_on_stable_and_flat_boxes_and_the_chord_elsewhere(
     assert torch.equal(rel.upper_slope, torch.where(on, one, torch.where(off, zero, torch.where(flat, one, chord))))
     assert torch.equal(rel.lower_slope, torch.where(on, one, torch.where(off, zero, alpha)))
     assert torch.equal(rel.lower_intercept, zero)
-
-
-def test_absolute_is_kept_per_tensor_until_it_changes_in_place():
-    w = torch.randn(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    first = absolute(w)
-    assert torch.equal(first, w.abs()) and absolute(w) is first
-    w[0, 0] = -100.0
-    assert absolute(w)[0, 0] == 100.0 and torch.equal(absolute(w), w.abs())
-    other = w.clone()
-    assert absolute(other) is not absolute(w)
 
 
 def _case(seed: int, p, eps: float, widths=(16, 12, 10)):
@@ -119,10 +109,10 @@ def test_margins_with_shared_facts_are_those_of_separate_passes(seed, p, eps):
     assert torch.equal(value[off], expected[off])
 
 
-def test_a_network_is_a_snapshot_so_writes_through_data_never_leave_a_stale_magnitude():
+def test_a_network_is_a_snapshot_of_the_model():
     """from_module copies the model's tensors: a float64 model's weights changed through `.data` (which bumps no
-    version counter) after a network was built and bounded leave that network, and its cached |W|, as they were;
-    a network built afterwards sees the new weights."""
+    version counter) after a network was built and bounded leave that network as it was; a network built
+    afterwards sees the new weights."""
     import torch
     from torch import nn
 
