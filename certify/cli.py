@@ -22,6 +22,7 @@ import certify
 from certify.batch.cli import add_parsers as add_batch_parsers, add_store_option, cmd_verify_store
 from certify.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE, EXIT_UNKNOWN,
                             EXIT_USAGE, CertifyError, UnsupportedError)
+from certify.progress import interruptible
 
 DEBUG_ENV = "CERTIFY_DEBUG"  # set to 1 (or pass --debug) for the traceback of an internal error
 
@@ -897,7 +898,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)  # argparse exits 64 itself (_Parser.error); --help and --version 0
-        return int(args.run(args))
+        with interruptible():  # a Ctrl-C swallowed by a gc callback is raised again at the next progress step
+            return int(args.run(args))
     except CertifyError as exc:
         return _fail(args, exc.exit_code, f"error: {exc}")
     except KeyboardInterrupt:

@@ -50,3 +50,42 @@ def test_a_disabled_bar_writes_nothing_but_still_yields(monkeypatch, capsys):
     monkeypatch.setenv("CERTIFY_NO_PROGRESS", "1")
     assert list(progress_bar(["a", "b"], desc="quiet")) == ["a", "b"]
     assert terminal.getvalue() == "" and capsys.readouterr() == ("", "")
+
+
+def test_a_ctrl_c_swallowed_by_a_gc_callback_is_raised_at_the_next_progress_step(capsys):
+    """Inside `interruptible`, a SIGINT whose KeyboardInterrupt Python swallows (raised in a gc callback, as
+    hypothesis installs one) is raised again by the next progress-bar step, without an "Exception ignored"
+    report; on exit the SIGINT handler and the unraisable hook are restored."""
+    import gc
+    import os
+    import signal
+    import sys
+
+    import pytest
+
+    from certify.progress import interruptible, progress_bar
+
+    hook = sys.unraisablehook
+
+    def callback(phase, info):
+        if phase == "start":
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between these bytecodes, inside the callback
+                pass
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interruptible():
+            gc.callbacks.append(callback)
+            try:
+                gc.collect()  # the interrupt is swallowed here ...
+            finally:
+                gc.callbacks.remove(callback)
+            steps.append("after the collection")
+            for _ in progress_bar(range(3), desc="work"):  # ... and raised here
+                steps.append("a step")
+    assert steps == ["after the collection"]
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and sys.unraisablehook is hook
+    for _ in progress_bar(range(3), desc="after"):  # no interrupt left pending
+        pass
