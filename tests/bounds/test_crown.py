@@ -328,33 +328,12 @@ def test_screened_boxes_and_margins_match_all_rows_and_hold_on_samples(spec, eps
 
 def _exact_relaxation_bound(net, input_set, rows, relaxations):
     """The back-substitution bound of rows [m, n_L] . z_L with the given lines (one example), in exact rational
-    arithmetic (Fractions of the float64 values; each line chosen by the exact sign of its coefficient; skip
-    terms gathered into the coefficient of the h_j they read, as the module docstring says)."""
-    import numpy as np
-    from fractions import Fraction
+    arithmetic (`exact_crown.exact_pass`), plus the exact minimum of the input term over the set's box."""
+    from exact_crown import exact, exact_pass, smaller
 
-    exact = np.vectorize(lambda v: Fraction(float(v)), otypes=[object])
-    lam = exact(rows.numpy())
-    value = np.array([Fraction(0)] * lam.shape[0], dtype=object)
-    skipped = {}
-    for k in range(net.depth - 1, -1, -1):
-        value = value + lam.dot(exact(net.biases[k].numpy()))
-        for j, skip in net.skips.get(k, {}).items():
-            part = lam.dot(exact(skip.numpy()))
-            skipped[j] = skipped[j] + part if j in skipped else part
-        lam = lam.dot(exact(net.weights[k].numpy()))
-        if k in skipped:
-            lam = lam + skipped.pop(k)
-        if k == 0:
-            break
-        rel = relaxations[k - 1]
-        pos = np.vectorize(lambda v: max(v, Fraction(0)), otypes=[object])(lam)
-        neg = lam - pos
-        value = value + pos.dot(exact(rel.lower_intercept[0].numpy())) + neg.dot(exact(rel.upper_intercept[0].numpy()))
-        lam = pos * exact(rel.lower_slope[0].numpy()) + neg * exact(rel.upper_slope[0].numpy())
+    value, lam = exact_pass(net, net.depth - 1, rows.numpy(), relaxations, 0)
     lower, upper = (exact(b[0].numpy()) for b in input_set.box())
-    support = np.vectorize(min, otypes=[object])(lam * lower, lam * upper).sum(axis=1)
-    return value + support
+    return value + smaller(lam * lower, lam * upper).sum(axis=1)
 
 
 def _wide_range(shape, gen):

@@ -21,39 +21,7 @@ from certify.bounds.network import AffineNetwork
 from certify.bounds.radius import certified_radius
 from certify.bounds.sets import InputSet
 
-_exact = np.vectorize(lambda v: Fraction(float(v)), otypes=[object])
-_positive = np.vectorize(lambda v: max(v, Fraction(0)), otypes=[object])
-_smaller = np.vectorize(min, otypes=[object])
-
-
-def _exact_pass(net: AffineNetwork, layer: int, rows: np.ndarray, relaxations: list, i: int,
-                row: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(constant [m], input coefficients [m, n]) of the back-substitution of rows [m, n_layer] . z_layer for
-    example i with the given lines (per unit [N, n], or per objective row [N, K, n]: those of row `row`), in
-    exact rational arithmetic (the lines chosen by the exact sign of each coefficient; skip terms gathered into
-    the coefficient of the h_j they read)."""
-    def line(field: torch.Tensor) -> np.ndarray:
-        return _exact((field[i] if field.dim() == 2 else field[i, row]).numpy())
-
-    lam = _exact(rows)
-    value = np.array([Fraction(0)] * lam.shape[0], dtype=object)
-    skipped: dict = {}
-    for k in range(layer, -1, -1):
-        value = value + lam.dot(_exact(net.biases[k].numpy()))
-        for j, skip in net.skips.get(k, {}).items():
-            part = lam.dot(_exact(skip.numpy()))
-            skipped[j] = skipped[j] + part if j in skipped else part
-        lam = lam.dot(_exact(net.weights[k].numpy()))
-        if k in skipped:
-            lam = lam + skipped.pop(k)
-        if k == 0:
-            break
-        rel = relaxations[k - 1]
-        pos = _positive(lam)
-        neg = lam - pos
-        value = value + pos.dot(line(rel.lower_intercept)) + neg.dot(line(rel.upper_intercept))
-        lam = pos * line(rel.lower_slope) + neg * line(rel.upper_slope)
-    return value, lam
+from exact_crown import exact as _exact, exact_pass as _exact_pass, smaller as _smaller  # noqa: E402
 
 
 def _below_exact(bound: float, value: Fraction, lam: np.ndarray, s: InputSet, i: int) -> bool:
