@@ -898,7 +898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)  # argparse exits 64 itself (_Parser.error); --help and --version 0
-        with interruptible():  # a Ctrl-C swallowed by a gc callback is raised again at the next progress step
+        with interruptible(final=True):  # a Ctrl-C swallowed by a gc callback is raised again at the next step
             return int(args.run(args))
     except CertifyError as exc:
         return _fail(args, exc.exit_code, f"error: {exc}")

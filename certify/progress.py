@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
-_interrupted = threading.Event()
+_interrupted = {"pending": False}  # a plain flag: the signal handler must take no lock (a second Ctrl-C inside it)
 
 
 def progress_enabled() -> bool:
@@ -23,7 +23,7 @@ def progress_enabled() -> bool:
 
 def checkpoint() -> None:
     """Raise KeyboardInterrupt if a Ctrl-C arrived inside `interruptible` (every bar step calls this)."""
-    if _interrupted.is_set():
+    if _interrupted["pending"]:
         raise KeyboardInterrupt
 
 
@@ -46,33 +46,36 @@ def progress_bar(iterable: Iterable[T] | None, desc: str, total: int | None = No
 
 
 @contextmanager
-def interruptible() -> Iterator[None]:
+def interruptible(final: bool = False) -> Iterator[None]:
     """Within the block, Ctrl-C (SIGINT) raises KeyboardInterrupt as usual AND is remembered, so that an interrupt
     Python swallowed (raised inside a garbage-collector callback, a __del__ or a weakref callback, where it is
     printed as "Exception ignored" and the work goes on: hypothesis installs such a gc callback) is raised again
     at the next progress-bar step (and not reported as "Exception ignored"). Installed only in the main thread and where SIGINT has Python's default
-    handler (an ignored SIGINT, e.g. a background job, stays ignored); the previous handler is restored on exit."""
+    handler (an ignored SIGINT, e.g. a background job, stays ignored); the previous handler is restored on exit,
+    except after a Ctrl-C with `final` (the command line: the process then only shuts down), where further
+    SIGINTs are ignored so that a second Ctrl-C cannot interrupt the shutdown with a traceback."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
 
     def on_interrupt(signum: int, frame: Any) -> None:
-        _interrupted.set()
+        _interrupted["pending"] = True
         raise KeyboardInterrupt
 
     previous_hook = sys.unraisablehook
 
     def unraisable(record: Any) -> None:  # the swallowed interrupt is raised again later: no "Exception ignored"
-        if not (record.exc_type is KeyboardInterrupt and _interrupted.is_set()):
+        if not (record.exc_type is KeyboardInterrupt and _interrupted["pending"]):
             previous_hook(record)
 
-    _interrupted.clear()
+    _interrupted["pending"] = False
     signal.signal(signal.SIGINT, on_interrupt)
     sys.unraisablehook = unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # after a Ctrl-C the process is on its way out: a second one must not break its shutdown (atexit handlers)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if _interrupted["pending"] and final else signal.default_int_handler)
         sys.unraisablehook = previous_hook
-        _interrupted.clear()
+        _interrupted["pending"] = False

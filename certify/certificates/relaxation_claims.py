@@ -154,7 +154,7 @@ def _witness(net: AffineNetwork, x: Tensor, target: int, order: float, domain: t
     """The witness, its scheme and the method label proving every margin > 0 on the ball of radius `value`, or None."""
     input_set = InputSet.build(x, value, order, domain)
     scheme = method
-    label = f"{method}-bisection; re-checked in exact dyadic rational arithmetic"
+    label = f"{method}-bisection; re-checked in float64 with rigorous outward rounding"
     if method == "crown":
         margins, found = margin_bounds_on_set(net, input_set, torch.tensor([target]), "crown", slopes=RADIUS_SLOPES)
         witness: dict = {"alphas": [encode_array(table.numpy()) for table in _slope_tables(found, target)]}

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from certify.errors import UsageError
+from certify.models.structure import require_acyclic
 from certify.runs import atomic_save
 
 T = TypeVar("T")
@@ -81,7 +82,8 @@ def model_hash(model: nn.Module) -> str:
     """sha256 of the module tree (its repr), the code that decides each module's function (`_code_of`: the
     forward source of non-torch classes, instance-level forwards, hooks) and every parameter and buffer
     (name, dtype, shape, bytes). Two models with the same hash compute the same function unless they
-    patch torch itself."""
+    patch torch itself. Raises UnsupportedError for a module cycle (`structure.require_acyclic`)."""
+    require_acyclic(model)  # repr() would recurse forever on one
     digest = hashlib.sha256(repr(model).encode())
     for name, module in model.named_modules():
         code = _code_of(module)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from certify.errors import CertifyError, UnsupportedError
+from certify.models.structure import require_acyclic
 from certify.models import zoo
 from certify.models.datasets import Dataset
 
@@ -117,7 +118,9 @@ def load_model(spec: str) -> tuple[nn.Module, Dataset | None]:
             ) from exc
         return model.eval(), None
     if ":" in spec:
-        return unwrap_parallel(_from_callable(spec)).eval(), None
+        model = unwrap_parallel(_from_callable(spec))
+        require_acyclic(model)  # before eval(), which would recurse forever on a cycle
+        return model.eval(), None
     raise UnsupportedError(
         f"model spec {spec!r} is neither a zoo name ({', '.join(zoo.names())}), an ONNX file, a TorchScript file, "
         "nor module:callable"
