@@ -233,13 +233,25 @@ def _load_input(args: argparse.Namespace, model, data) -> "torch.Tensor":  # noq
         if given and x.numel() != math.prod(shape) and tuple(x.shape[1:]) != shape:  # not a batch of such examples
             raise UsageError(f"--input-shape {','.join(map(str, shape))} holds {math.prod(shape)} values, but the input "
                              f"has {x.numel()} (shape {tuple(x.shape)})")  # the option disagrees with the data
-        return single_example(x, shape, "--input")
+        return _in_model_dtype(single_example(x, shape, "--input"), model)
     dataset = load_dataset(args.dataset) if args.dataset else data
     if dataset is None:
         raise UsageError("give --input FILE, or --dataset NAME with --index I (the model is not from the zoo)")
     if not 0 <= args.index < dataset.x_test.shape[0]:
         raise UsageError(f"--index {args.index} out of range: the {dataset.name} test split has {dataset.x_test.shape[0]} examples")
-    return dataset.x_test[args.index : args.index + 1]
+    shape = _input_shape(args, model, data)
+    if shape is not None and tuple(dataset.input_shape) != tuple(shape):
+        hint = f" (this zoo model's data set is {data.name})" if data is not None else ""
+        raise UsageError(f"--dataset {dataset.name} has examples of shape {tuple(dataset.input_shape)}, the model takes "
+                         f"{tuple(shape)}{hint}")
+    return _in_model_dtype(dataset.x_test[args.index : args.index + 1], model)
+
+
+def _in_model_dtype(x: "torch.Tensor", model) -> "torch.Tensor":  # noqa: F821
+    """x in the dtype of the model's floating-point parameters (a float64 .npy, NumPy's default, for a float32
+    model: the model would refuse to multiply them; the input it explains is the one it computes on)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return x.to(dtype) if dtype is not None and x.is_floating_point() and x.dtype != dtype else x
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:

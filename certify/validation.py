@@ -260,7 +260,8 @@ def check_differentiable(model: nn.Module, modules: list[nn.Module] | None = Non
         frozen = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_inference()]
         if frozen:
             raise UsageError(
-                f"the model's parameters {frozen[:3]} were created under torch.inference_mode(), so autograd cannot "
+                f"the model's parameters {frozen[:3]}{f' (and {len(frozen) - 3} more)' if len(frozen) > 3 else ''} were "
+                "created under torch.inference_mode(), so autograd cannot "
                 "differentiate through them; create or load the model outside inference_mode (explainers may "
                 "themselves be called inside it)"
             )

@@ -15,7 +15,7 @@ import pytest
 
 from certify.certificates.document import encode_array
 from certify.cli import main
-from certify.errors import EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_OK, EXIT_UNSUPPORTED, EXIT_UNUSABLE
+from certify.errors import EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_OK, EXIT_UNSUPPORTED, EXIT_UNUSABLE, EXIT_USAGE
 
 MLP = "zoo:digits-relu-mlp"
 
@@ -215,3 +215,22 @@ def test_the_radius_lower_method_label_names_the_float64_recheck(tmp_path, capsy
     cert = _explain(tmp_path, capsys, "--model", MLP, "--method", "lagrange-dual", "--index", "3")
     method = _claim(json.loads(cert.read_text()), "radius-relaxation")["method"]
     assert "dyadic" not in method and "float64" in method, method
+
+
+def test_a_float64_input_file_is_explained_in_the_model_dtype_and_verifies(tmp_path, capsys):
+    """A float64 .npy (NumPy's default) for a float32 model was exit 65 "mat1 and mat2 must have the same dtype":
+    the input is now cast to the model's dtype (the input it computes on), and the certificate verifies."""
+    np.save(tmp_path / "x.npy", np.full(64, 0.1))  # float64; 0.1 is not a float32 value
+    cert = _explain(tmp_path, capsys, "--model", MLP, "--method", "gradient", "--input", str(tmp_path / "x.npy"))
+    stored = json.loads(cert.read_text())
+    assert _verify(cert, capsys)[0] == EXIT_OK
+    assert stored["provenance"]["model"]["dtype"] == "float32"
+    assert stored["input"]["values"][0][0] == float(np.float32(0.1)) != 0.1  # the float32 value it computed on
+
+
+def test_a_dataset_of_the_wrong_shape_names_both_shapes_and_the_model_s_data_set(tmp_path, capsys):
+    """--dataset digits (8x8 images) for digits-relu-mlp (64 flat features) was exit 65 with a matmul error."""
+    code = main(["explain", "--model", MLP, "--method", "gradient", "--dataset", "digits", "--out", str(tmp_path / "c.json")])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and "(1, 8, 8)" in err and "(64,)" in err and "digits-flat" in err
+    assert not (tmp_path / "c.json").exists()
