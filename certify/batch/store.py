@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from certify.errors import CertificateFormatError, UnsupportedError, UsageError
+
+OPEN_SECONDS = 60.0  # how long opening waits for another process that holds the store (also sqlite3's timeout)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -105,25 +108,41 @@ class CertificateStore:
         if create and not self.path.parent.is_dir():
             raise UsageError(f"the folder of the store {self.path} does not exist")
         try:
-            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)  # autocommit; explicit BEGIN
+            self.db = sqlite3.connect(self.path, timeout=OPEN_SECONDS, isolation_level=None)  # autocommit; explicit BEGIN
         except sqlite3.DatabaseError as exc:
             raise CertificateFormatError(f"{self.path} is not a certificate store (SQLite: {exc})") from None
-        try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            found = self._tables()
-            check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError("corrupt: " + " ".join(check.split())[:200])
-            if create and not found:  # a new (or empty) file; never tables added to another application's database
-                self.db.executescript(SCHEMA)
-                found = self._tables()
-        except sqlite3.DatabaseError as exc:
-            self.db.close()
-            raise CertificateFormatError(f"{self.path} is not a certificate store (SQLite: {exc})") from None
+        deadline = time.monotonic() + OPEN_SECONDS
+        while True:
+            try:
+                found = self._prepare(create)
+                break
+            except sqlite3.OperationalError as exc:  # another process creating or converting the same new store
+                if "locked" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(0.02 + 0.05 * random.random())
+                    continue
+                self.db.close()
+                raise CertificateFormatError(f"{self.path} is not a certificate store (SQLite: {exc})") from None
+            except sqlite3.DatabaseError as exc:
+                self.db.close()
+                raise CertificateFormatError(f"{self.path} is not a certificate store (SQLite: {exc})") from None
         if not {"runs", "certificates", "attempts"} <= found:
             self.db.close()
             raise CertificateFormatError(f"{self.path} is an SQLite file but not a certificate store (tables {sorted(found)})")
+
+    def _prepare(self, create: bool) -> set[str]:
+        """WAL mode, the integrity check and (a new or empty file, `create`) the schema; the store's tables. SQLite
+        answers "database is locked" without waiting when two processes open one new file at once (switching to
+        WAL takes an exclusive lock), so the caller retries that until OPEN_SECONDS have passed."""
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        found = self._tables()
+        check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError("corrupt: " + " ".join(check.split())[:200])
+        if create and not found:  # a new (or empty) file; never tables added to another application's database
+            self.db.executescript(SCHEMA)
+            found = self._tables()
+        return found
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -113,3 +113,36 @@ def test_export_parquet_without_pyarrow(store, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
     with pytest.raises(UnsupportedError, match=r"certify\[batch\]"):
         export_parquet(store, tmp_path / "x.parquet")
+
+
+def test_opening_retries_while_another_process_locks_a_new_store(tmp_path, monkeypatch):
+    """Two processes opening one new store at once: SQLite answers "database is locked" without waiting (the
+    switch to WAL takes an exclusive lock); opening retries that (until OPEN_SECONDS), and any other SQLite error
+    is reported at once as not a certificate store."""
+    import sqlite3
+
+    from certify.batch import store as store_module
+
+    real, calls = store_module.CertificateStore._prepare, []
+
+    def locked_twice(self, create):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, create)
+
+    def failing(message):
+        def prepare(self, create):
+            raise sqlite3.OperationalError(message)
+        return prepare
+
+    monkeypatch.setattr(store_module.CertificateStore, "_prepare", locked_twice)
+    with store_module.CertificateStore(tmp_path / "new.sqlite") as store:
+        assert store.missing() == [] and len(calls) == 3
+    monkeypatch.setattr(store_module.CertificateStore, "_prepare", failing("disk I/O error"))
+    with pytest.raises(CertificateFormatError, match="disk I/O error"):
+        store_module.CertificateStore(tmp_path / "other.sqlite")
+    monkeypatch.setattr(store_module, "OPEN_SECONDS", 0.0)
+    monkeypatch.setattr(store_module.CertificateStore, "_prepare", failing("database is locked"))
+    with pytest.raises(CertificateFormatError, match="locked"):
+        store_module.CertificateStore(tmp_path / "third.sqlite")
