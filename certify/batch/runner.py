@@ -179,7 +179,7 @@ def run_batch(config: BatchConfig, inputs: Inputs, store: CertificateStore, exec
     """Certify every (input, method) the store lacks; each certificate is committed as soon as its task returns.
     On any exception (KeyboardInterrupt included) the tasks in flight are cancelled, the run's row is closed
     with its count, and the exception propagates; committed certificates stay. The caller closes `executor`. At most 2 x workers tasks are in flight (memory bounded by the chunk size)."""
-    from certify.progress import progress_bar
+    from certify.progress import checkpoint, progress_bar
 
     start = time.perf_counter()
     planned = len(inputs.ids) * len(config.methods)
@@ -204,6 +204,7 @@ def run_batch(config: BatchConfig, inputs: Inputs, store: CertificateStore, exec
         if bar is not None:
             bar.update(already)
         while queue or in_flight:
+            checkpoint()  # a Ctrl-C swallowed where Python cannot raise it (a weakref or gc callback): stop here
             while queue and len(in_flight) < 2 * executor.workers:
                 task = queue.pop()
                 key = config.key_params(task.method)
