@@ -624,6 +624,7 @@ def margin_bounds_on_set(
         boxes, relaxations = layer_bounds(net, input_set, method, slopes=slopes, screen=True, facts=facts)
         value, final = _best_of_slopes(net, input_set, spec, boxes, relaxations, slopes, facts)
         witness = {"boxes": boxes, "layer_relaxations": relaxations, "relaxations": final, "spec": spec}
+    value = value.masked_fill(torch.isnan(value), -math.inf)  # an overflow (inf - inf) proves nothing: -inf, never NaN
     value = value.masked_fill(spec.abs().sum(-1) == 0, float("inf"))
     return value, witness
 

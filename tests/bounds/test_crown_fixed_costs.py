@@ -129,3 +129,21 @@ def test_a_network_is_a_snapshot_of_the_model():
     assert torch.equal(before, again)
     fresh = from_module(model, (3,))
     assert torch.equal(fresh.weights[0], model[0].weight.detach()) and not torch.equal(fresh.weights[0], net.weights[0])
+
+
+def test_margins_that_overflow_float64_are_minus_infinity_never_nan():
+    """Weights near 1e160 make the float64 products overflow (inf - inf): a margin bound that proves nothing is
+    -inf (valid), never NaN (which a caller could not compare, yet would show as a certified number)."""
+    import math
+
+    import torch
+
+    from certify.bounds.activations import Activation
+    from certify.bounds.crown import margin_lower_bounds
+    from certify.bounds.network import AffineNetwork
+
+    w1 = torch.tensor([[1e160, -1e160], [-1e160, 1e160]], dtype=torch.float64)
+    w2 = torch.tensor([[1e160, 1e160], [-1e160, -1e160]], dtype=torch.float64)
+    net = AffineNetwork([w1, w2], [torch.zeros(2, dtype=torch.float64)] * 2, [Activation("relu")], (2,))
+    value = margin_lower_bounds(net, torch.tensor([[1.0, 0.5]], dtype=torch.float64), torch.tensor([0]), 1.0, "inf").value
+    assert not torch.isnan(value).any() and value[0, 1] == -math.inf and value[0, 0] == math.inf
