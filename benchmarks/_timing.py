@@ -1,12 +1,16 @@
 """What every benchmark here shares (not a benchmark itself: `dev.py bench` skips names starting with "_"):
-interleaved timing of several sides in one process, and the "median (min-max)" figure they all print.
+interleaved timing of several sides in one process, the "median (min-max)" figure they all print, and the wall
+time of a fresh `certify` process.
 
 Scripts run as `python benchmarks/NAME.py` have this folder first on sys.path, so `from _timing import ...` works.
 """
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -46,3 +50,19 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     """median (min-max) of `values` times `scale`."""
     v = [x * scale for x in values]
     return f"{statistics.median(v):.{digits}f} ({min(v):.{digits}f}-{max(v):.{digits}f})"
+
+
+def certify_command() -> list[str]:
+    """The installed `certify` script beside this interpreter, else `python -m certify.cli`."""
+    script = Path(sys.executable).parent / "certify"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "certify.cli"]
+
+
+def wall(command: list[str], env: dict[str, str]) -> float:
+    """Seconds from start to exit of `command`; RuntimeError when it exits non-zero."""
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    return seconds

@@ -18,26 +18,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from _timing import certify_command, wall
+
 TARGET = 1.2
-
-
-def certify_command() -> list[str]:
-    """The installed `certify` script beside this interpreter, else `python -m certify.cli`."""
-    script = Path(sys.executable).parent / "certify"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "certify.cli"]
-
-
-def wall(command: list[str], env: dict[str, str]) -> float:
-    """Seconds from start to exit of `command`; RuntimeError when it exits non-zero."""
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
-    return seconds
 
 
 def main() -> None:

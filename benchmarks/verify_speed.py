@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from _timing import spread
+from _timing import certify_command, spread, wall
 
 from certify.certificates import semantics
 from certify.certificates.builder import certify_explanations
@@ -36,15 +34,7 @@ TARGET = 10.0
 
 def cold_verify(path: Path) -> float:
     """Wall seconds of `certify verify PATH` in a fresh process (OMP_NUM_THREADS=1)."""
-    script = Path(sys.executable).parent / "certify"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "certify.cli"]
-    start = time.perf_counter()
-    done = subprocess.run([*command, "verify", str(path)], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"certify verify exited {done.returncode}: {done.stderr.strip()[-500:]}")
-    return seconds
+    return wall([*certify_command(), "verify", str(path)], {**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def main() -> None:

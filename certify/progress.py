@@ -50,8 +50,9 @@ def interruptible(final: bool = False) -> Iterator[None]:
     """Within the block, Ctrl-C (SIGINT) raises KeyboardInterrupt as usual AND is remembered, so that an interrupt
     Python swallowed (raised inside a garbage-collector callback, a __del__ or a weakref callback, where it is
     printed as "Exception ignored" and the work goes on: hypothesis installs such a gc callback) is raised again
-    at the next progress-bar step (and not reported as "Exception ignored"). Installed only in the main thread and where SIGINT has Python's default
-    handler (an ignored SIGINT, e.g. a background job, stays ignored); the previous handler is restored on exit,
+    at the next progress-bar step (or batch loop step, `checkpoint`), without the "Exception ignored" report.
+    Installed only in the main thread and where SIGINT has Python's default handler (an ignored SIGINT, e.g. a
+    background job, stays ignored); the previous handler is restored on exit,
     except after a Ctrl-C with `final` (the command line: the process then only shuts down), where further
     SIGINTs are ignored so that a second Ctrl-C cannot interrupt the shutdown with a traceback."""
     if threading.current_thread() is not threading.main_thread() or \

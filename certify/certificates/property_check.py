@@ -86,7 +86,7 @@ from certify.certificates._common import Invalid
 from certify.certificates.claims import FUNCTION_DESCRIPTION, Claim
 from certify.certificates.document import PropertyCertificate, decode_array
 from certify.certificates.relu_graph import (Box, GraphNet, box_support, down, graph_of, lower_bound, require_finite,
-                                               sum_up, up)
+                                               signed_units, sum_up, up)
 
 WITNESS_FORMAT = "certify.relu-split-witness/1"
 CHUNK = 256  # rows bounded at once (memory: rows x widest layer)
@@ -102,9 +102,7 @@ def root_boxes(net: GraphNet, box: Box, unstable: list[np.ndarray], root_alphas:
         lows, highs = [], []
         for start in range(0, width, CHUNK // 2):
             units = np.arange(start, min(width, start + CHUNK // 2))
-            rows = np.zeros((2 * units.size, width))
-            rows[np.arange(units.size), units] = 1.0
-            rows[units.size + np.arange(units.size), units] = -1.0
+            rows = signed_units(width, units)
             picked = np.concatenate([units, width + units])
             alphas = [scatter(root_alphas[k][j][picked], unstable[j], net.widths[j]) for j in range(k)]
             bound = lower_bound(net, k, rows, np.zeros(rows.shape[0]), boxes, box_support(*box), alphas, [None] * k)

@@ -56,7 +56,7 @@ import torch
 from certify.certificates._common import Invalid
 from certify.certificates.document import decode_array
 from certify.certificates.relu_graph import (ETA, U64, Box, GraphNet, box_support, down, lower_bound, matmul_enclosure,
-                                             require_finite, settle, sum_down, sum_up, up)
+                                             require_finite, settle, signed_units, sum_down, sum_up, up)
 from certify.errors import UsageError
 from certify.vocabulary import Domain, parse_norm
 
@@ -100,10 +100,7 @@ class InputSet:
 def relu_graph(weights: list[torch.Tensor], biases: list[torch.Tensor],
                skips: dict[int, dict[int, torch.Tensor]] | None = None) -> GraphNet:
     """The network as the checker's ReLU graph (float64 arrays)."""
-    as_np = lambda t: np.asarray(torch.as_tensor(t).detach().cpu().double().numpy(), dtype=np.float64)  # noqa: E731
-    rows = {int(k): {int(j): as_np(s) for j, s in row.items()} for k, row in (skips or {}).items() if row}
-    return GraphNet([as_np(w) for w in weights], [as_np(b).reshape(-1) for b in biases], rows,
-                    [("relu",)] * (len(weights) - 1))
+    return GraphNet.build(weights, biases, skips, [("relu",)] * (len(weights) - 1))
 
 
 def interval(net: GraphNet, k: int, boxes: list[Box]) -> Box:
@@ -134,14 +131,6 @@ def _back_substitute(net: GraphNet, top: int, rows: np.ndarray, boxes: list[Box]
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def _signed_units(width: int, units: np.ndarray) -> np.ndarray:
-    """Rows [2 |units|, width]: +e_i for each listed unit, then -e_i."""
-    rows = np.zeros((2 * units.size, width))
-    rows[np.arange(units.size), units] = 1.0
-    rows[units.size + np.arange(units.size), units] = -1.0
-    return rows
-
-
 def crown_boxes(net: GraphNet, input_set: InputSet, alphas: list[np.ndarray], fail: Fail, every_unit: bool = False
                 ) -> list[Box]:
     """Re-derived boxes of z_1..z_{L-1} ([n_k] each): interval arithmetic intersected with CROWN with the
@@ -159,7 +148,7 @@ def crown_boxes(net: GraphNet, input_set: InputSet, alphas: list[np.ndarray], fa
         lower, upper = interval(net, k, ibp)
         ibp.append((np.maximum(lower, 0.0), np.maximum(upper, 0.0)))
         units = np.arange(width) if every_unit else np.flatnonzero((lower < 0) & (upper > 0))
-        bound = _back_substitute(net, k, _signed_units(width, units), boxes, input_set.support, slopes)
+        bound = _back_substitute(net, k, signed_units(width, units), boxes, input_set.support, slopes)
         lower, upper = lower.copy(), upper.copy()
         lower[units] = np.maximum(lower[units], bound[: units.size])
         upper[units] = np.minimum(upper[units], -bound[units.size:])

@@ -82,8 +82,7 @@ def matmul_enclosure(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _selection_enclosure(g: np.ndarray) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """matmul_enclosure for the left factor g [R, n], faster when each row of g has at most one nonzero entry,
     +1 or -1 (the rows +-e_i that bound a box): then g @ b is that signed row of b, exactly (radius 0)."""
-    if g.ndim != 2 or not ((np.abs(g) == 1.0).sum(axis=1) == np.count_nonzero(g, axis=1)).all() or \
-            (np.count_nonzero(g, axis=1) > 1).any():
+    if g.ndim != 2 or (np.count_nonzero(g, axis=1) > 1).any() or not (np.abs(g[g != 0]) == 1.0).all():
         return matmul_enclosure
     index = np.abs(g).argmax(axis=1)
     sign = g[np.arange(g.shape[0]), index]  # the entry itself: +1, -1, or 0 for a zero row
@@ -131,6 +130,14 @@ class GraphNet:
     biases: list[np.ndarray]
     skips: dict[int, dict[int, np.ndarray]]
     acts: list[tuple]
+
+    @classmethod
+    def build(cls, weights: list[Any], biases: list[Any], skips: dict[int, dict[int, Any]] | None,
+              acts: list[tuple]) -> "GraphNet":
+        """From tensors or arrays (copied to float64 NumPy arrays; biases flattened)."""
+        as_np = lambda t: np.asarray(torch.as_tensor(t).detach().cpu().double().numpy(), dtype=np.float64)  # noqa: E731
+        rows = {int(k): {int(j): as_np(s) for j, s in row.items()} for k, row in (skips or {}).items() if row}
+        return cls([as_np(w) for w in weights], [as_np(b).reshape(-1) for b in biases], rows, [tuple(a) for a in acts])
 
     @property
     def depth(self) -> int:
@@ -193,10 +200,7 @@ def graph_of(raw: Any) -> GraphNet:
     if getattr(raw, "head", None):
         raise Invalid(f"the model ends in a {raw.head} that N drops (N is its logits): the property speaks of the "
                       "model's outputs, so N does not decide it")
-    as_np = lambda t: np.asarray(torch.as_tensor(t).detach().cpu().double().numpy(), dtype=np.float64)  # noqa: E731
-    skips = {int(k): {int(j): as_np(s) for j, s in row.items()} for k, row in (getattr(raw, "skips", None) or {}).items()}
-    return GraphNet([as_np(w) for w in raw.mats], [as_np(b).reshape(-1) for b in raw.biases], skips,
-                    [tuple(a) for a in raw.acts])
+    return GraphNet.build(raw.mats, raw.biases, getattr(raw, "skips", None), raw.acts)
 
 
 # ------------------------------------------------------------------ the bound
@@ -223,6 +227,14 @@ def _unit_minimum(centre: np.ndarray, radius: np.ndarray, g: np.ndarray, lower: 
     magnitude = np.abs(centre)
     slack = reach * ((4.0 * U64) * (magnitude + np.abs(g)) + radius + ETA) + (magnitude + 2.0) * ETA
     return settle(best, slack)
+
+
+def signed_units(width: int, units: np.ndarray) -> np.ndarray:
+    """Rows [2 |units|, width]: +e_i for each listed unit, then -e_i."""
+    rows = np.zeros((2 * units.size, width))
+    rows[np.arange(units.size), units] = 1.0
+    rows[units.size + np.arange(units.size), units] = -1.0
+    return rows
 
 
 def lower_bound(net: GraphNet, top: int, rows: np.ndarray, const: np.ndarray, boxes: list[Box],
