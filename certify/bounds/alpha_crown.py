@@ -14,7 +14,7 @@ Two stages, so that speed never touches soundness:
   * CERTIFY (`rigorous_root`): with the slopes the search found (rounded to float32, then exact in float64),
     the boxes and the objective bounds are recomputed layer by layer by certify.bounds.crown
     (backward_lower_bound with `relax`, float64, outward rounding). The result is exactly what the witness of
-    /tmp/plan/WITNESS.md (version 1) lets a checker re-derive: box k = the +-I bounds with the slopes A_k,
+    witness (certify/certificates/property_check.py) lets a checker re-derive: box k = the +-I bounds with the slopes A_k,
     nothing else (no interval intersection); slopes only on the units unstable in the rigorous boxes (U_j),
     any other unit is stable there and needs none.
 """
@@ -183,9 +183,13 @@ class RootBound:
         offsets = [0]
         for u in self.unstable:
             offsets.append(offsets[-1] + u.numel())
+        return self.full_slopes_of(reduced[..., offsets[layer]:offsets[layer + 1]], layer)
+
+    def full_slopes_of(self, values: Tensor, layer: int) -> Tensor:
+        """Slopes [..., n_layer] float64 from those of U_layer only, values [..., |U_layer|]: 0 elsewhere."""
         width = self.boxes[layer][0].shape[0]
-        full = torch.zeros(reduced.shape[:-1] + (width,), dtype=torch.float64, device=reduced.device)
-        full[..., self.unstable[layer]] = reduced[..., offsets[layer]:offsets[layer + 1]].to(torch.float64)
+        full = torch.zeros(values.shape[:-1] + (width,), dtype=torch.float64, device=values.device)
+        full[..., self.unstable[layer]] = values.to(torch.float64)
         return full
 
 

@@ -7,7 +7,8 @@ half-width, intersected with the domain [lower, upper]. On a ReLU chain every me
 root of certify.bounds.alpha_crown (boxes and bounds by certify.bounds.crown.backward_lower_bound, float64,
 outward rounding): "crown" with CROWN's slopes, "alpha-crown" with optimised ones, and "bab" adds branch and
 bound on ReLU splits (certify.bounds.bab, beta-CROWN) over the conjunctions the root leaves unproven. A result
-that holds carries its witness (`PropertyBound.witness`, the format of /tmp/plan/WITNESS.md version 1: root
+that holds carries its witness (`PropertyBound.witness`, format "certify.relu-split-witness/2", described in
+certify/certificates/property_check.py: root
 slopes, and per conjunction a complete split tree whose leaves carry their slopes and split multipliers), from
 which a checker re-derives a positive bound for every leaf. Other networks: "crown" by
 certify.bounds.crown.layer_bounds (no witness); "alpha-crown" and "bab" refuse them (UnsupportedError).
@@ -58,7 +59,7 @@ def property_rows(prop: Property, device: torch.device | str = "cpu") -> tuple[T
 class PropertyBound:
     """Certified lower bounds of C y - d over the box, per row; `holds` when every conjunction
     has a row with a positive bound. `margin` is min over conjunctions of the best row (> 0 iff holds).
-    `witness`: the dict of /tmp/plan/WITNESS.md (version 1) when the property holds on a ReLU chain (the root
+    `witness`: the dict of format "certify.relu-split-witness/2" (certify/certificates/property_check.py) when the property holds on a ReLU chain (the root
     slopes and, per conjunction, the leaves of its split tree), else None."""
 
     lower: Tensor  # [R]
@@ -128,9 +129,9 @@ def _root_leaf(root, s: slice) -> dict:
 
 
 def _witness(root, slices: list[slice], trees: dict) -> dict:
-    """WITNESS.md's dict: the root slopes, and per conjunction its BaB leaves or its root leaf."""
+    """The witness dict (format 2): the root slopes, and per conjunction its BaB leaves or its root leaf."""
     return {
-        "format": "certify.relu-split-witness/1",
+        "format": "certify.relu-split-witness/2",
         "unstable": [u.cpu().numpy().copy() for u in root.unstable],
         "root_alphas": [[a.cpu().numpy().astype("float32") for a in layer] for layer in root.root_alphas],
         "conjunctions": [trees[i] if i in trees else _root_leaf(root, s) for i, s in enumerate(slices)],

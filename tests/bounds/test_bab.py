@@ -1,6 +1,6 @@
 """ReLU-split branch and bound (certify.bounds.bab) through `property_bounds(..., "bab")`: agrees with the exact
 answer (MILP, certify.bounds.milp) on tiny random nets and never proves a property with a counterexample; its
-witness (/tmp/plan/WITNESS.md) re-derives a positive bound for every leaf from the network, the property and
+witness (format of certify/certificates/property_check.py) re-derives a positive bound for every leaf from the network, the property and
 the witness alone, and its split tree is complete (not after removing a leaf); the optimisation of the slopes
 and split multipliers improves the bound; and a real mnistfc pair that CROWN cannot prove is proven in time."""
 import sys
@@ -21,7 +21,7 @@ from property_grid import classification, grid_values, predicted, tiny_net  # no
 from certify.attacks.property import pgd_counterexample  # noqa: E402
 from certify.bounds.activations import relax  # noqa: E402
 from certify.bounds.alpha_crown import SearchChain, alpha_crown_lower_bound  # noqa: E402
-from certify.bounds.bab import _optimise, _Search, certified_leaf_bounds  # noqa: E402
+from certify.bounds.bab import _optimise, _Search, certified_leaf_bounds, leaf_boxes  # noqa: E402
 from certify.bounds.crown import backward_lower_bound  # noqa: E402
 from certify.bounds.milp import exact_margin_lower_bounds  # noqa: E402
 from certify.bounds.network import from_module  # noqa: E402
@@ -33,7 +33,7 @@ from certify.errors import UnsupportedError  # noqa: E402
 
 
 def tree_complete(depth: np.ndarray, splits: np.ndarray) -> bool:
-    """WITNESS.md step 2: the leaves' split paths form a complete binary split tree."""
+    """The witness check: the leaves' split paths form a complete binary split tree."""
     starts = np.concatenate([[0], np.cumsum(depth)])
     paths = [tuple(map(tuple, splits[starts[i]:starts[i + 1]])) for i in range(len(depth))]
 
@@ -59,11 +59,29 @@ def _scatter(values: np.ndarray, units: np.ndarray, width: int, rows: int) -> to
     return full.clamp(0, 1)
 
 
+def _refine(net, input_set, layer, lo, hi, slopes, unstable):
+    """The bounds of +-e_i (i in unstable[layer]) of z_layer with the root slopes of those rows on the boxes
+    lo / hi of the layers below: (lower, upper) [|U_layer|]."""
+    width = net.weights[layer].shape[0]
+    units = torch.as_tensor(unstable[layer], dtype=torch.long)
+    picked = torch.cat([units, units + width]).numpy()
+    rels = [relax(net.activations[j], lo[j][None, None], hi[j][None, None],
+                  alpha=_scatter(np.asarray(slopes[j])[picked], unstable[j], lo[j].shape[0], 2 * units.numel())[None])
+            for j in range(layer)]
+    eye = torch.eye(width, dtype=torch.float64)[units]
+    bound = backward_lower_bound(net, input_set, layer, torch.cat([eye, -eye])[None], rels,
+                                 [(a[None, None], b[None, None]) for a, b in zip(lo[:layer], hi[:layer])])[0]
+    return bound[:units.numel()], -bound[units.numel():]
+
+
 def recheck(net, prop, witness) -> list[list[float]]:
-    """WITNESS.md steps 1-3 from the network, the property and the witness only: per conjunction, the
-    rigorous bound of every leaf (inf for an empty leaf); raises AssertionError for an incomplete tree."""
+    """The witness re-check from the network, the property and the witness only, one leaf at a time: per
+    conjunction, the rigorous bound of every leaf (inf for an empty leaf) on its boxes (format 2: layer by
+    layer, the root box intersected with the refinement on the leaf's boxes below when the leaf has a split
+    below, then clamped by its splits); raises AssertionError for an incomplete tree."""
     input_set = property_set(prop)
     unstable = witness["unstable"]
+    refined = witness["format"] == "certify.relu-split-witness/2"
     boxes = []
     for k, slopes in enumerate(witness["root_alphas"]):
         width = net.weights[k].shape[0]
@@ -81,14 +99,22 @@ def recheck(net, prop, witness) -> list[list[float]]:
         starts = np.concatenate([[0], np.cumsum(tree["depth"])])
         values = []
         for leaf in range(len(tree["depth"])):
+            splits = tree["splits"][starts[leaf]:starts[leaf + 1]]
             lo = [b[0].clone() for b in boxes]
             hi = [b[1].clone() for b in boxes]
             terms = {j: torch.zeros(1, 1, b[0].shape[0], dtype=torch.float64) for j, b in enumerate(boxes)}
-            for (j, u, s), beta in zip(tree["splits"][starts[leaf]:starts[leaf + 1]], tree["betas"][starts[leaf]:starts[leaf + 1]]):
-                if s > 0:
-                    lo[j][u] = max(float(lo[j][u]), 0.0)
-                else:
-                    hi[j][u] = min(float(hi[j][u]), 0.0)
+            for k in range(len(boxes)):
+                if refined and k > 0 and len(unstable[k]) and (splits[:, 0] < k).any():
+                    new_lo, new_hi = _refine(net, input_set, k, lo, hi, witness["root_alphas"][k], unstable)
+                    units = torch.as_tensor(unstable[k], dtype=torch.long)
+                    lo[k][units] = torch.maximum(lo[k][units], new_lo)
+                    hi[k][units] = torch.minimum(hi[k][units], new_hi)
+                for (j, u, s) in splits:
+                    if j == k and s > 0:
+                        lo[j][u] = max(float(lo[j][u]), 0.0)
+                    elif j == k:
+                        hi[j][u] = min(float(hi[j][u]), 0.0)
+            for (j, u, s), beta in zip(splits, tree["betas"][starts[leaf]:starts[leaf + 1]]):
                 terms[j][0, 0, u] -= max(float(beta), 0.0) * s
             if any(bool((a > b).any()) for a, b in zip(lo, hi)):
                 values.append(float("inf"))
@@ -157,8 +183,10 @@ def test_split_subdomain_bounds_never_exceed_the_grid_minimum_of_the_subdomain(s
     count = 16
     prop, net, input_set, rows, consts, root, search, splits, alpha, beta = _random_subdomains(
         seed, (2, 10, 10, 3), 0.8, 0, iterations=10, count=count, density=0.4)
-    _, alpha, beta = _optimise(search, splits, alpha, beta, torch.zeros(count, dtype=torch.long), 40, 0.1, 0.1)
-    bound = certified_leaf_bounds(net, input_set, root, rows, consts, splits, alpha, beta)
+    lower, upper = leaf_boxes(net, input_set, root, splits)
+    frame = search.frame(splits, lower, upper)
+    _, alpha, beta = _optimise(search, splits, frame, alpha, beta, torch.zeros(count, dtype=torch.long), 40, 0.1, 0.1)
+    bound = certified_leaf_bounds(net, input_set, root, rows, consts, splits, lower, upper, alpha, beta)
     xs = np.linspace(prop.lower[0], prop.upper[0], 161)
     ys = np.linspace(prop.lower[1], prop.upper[1], 161)
     pts = torch.tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2), dtype=torch.float64)
@@ -180,9 +208,11 @@ def test_optimising_slopes_and_multipliers_improves_the_bound_on_average():
         count = 32
         _, net, input_set, rows, consts, root, search, splits, alpha, beta = _random_subdomains(
             seed, (2, 16, 16, 3), 0.6, None, iterations=0, count=count, density=0.3)
-        before = certified_leaf_bounds(net, input_set, root, rows, consts, splits, alpha, beta)
-        _, alpha, beta = _optimise(search, splits, alpha, beta, torch.zeros(count, dtype=torch.long), 30, 0.1, 0.1)
-        after = certified_leaf_bounds(net, input_set, root, rows, consts, splits, alpha, beta)
+        lower, upper = leaf_boxes(net, input_set, root, splits)
+        frame = search.frame(splits, lower, upper)
+        before = certified_leaf_bounds(net, input_set, root, rows, consts, splits, lower, upper, alpha, beta)
+        _, alpha, beta = _optimise(search, splits, frame, alpha, beta, torch.zeros(count, dtype=torch.long), 30, 0.1, 0.1)
+        after = certified_leaf_bounds(net, input_set, root, rows, consts, splits, lower, upper, alpha, beta)
         finite = torch.isfinite(before) & torch.isfinite(after)
         gains.append(float((after - before)[finite].mean()))
         assert float((after - before)[finite].min()) > -1e-5  # the best iterate is kept per row
