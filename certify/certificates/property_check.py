@@ -38,7 +38,7 @@ exact back-substitution of 16 of the 512 rows of the second layer's box takes 0.
 layer, minutes for the six root boxes), while this float64 re-check takes about 2 s for the root boxes and
 0.5 s for 576 leaves.
 
-The witness of "property-holds" (format "certify.relu-split-witness/1", produced by certify.bounds.property's
+The witness of "property-holds" (format "certify.relu-split-witness/2" or /1, produced by certify.bounds.property's
 `PropertyBound.witness`, or by the issuer's plain-CROWN fallback for ReLU graphs), all arrays as certificate
 array records:
 
@@ -55,8 +55,13 @@ Checked: every slope in [0, 1], every beta >= 0 (a witness outside these ranges 
 although any value would give a valid bound here), every index in range, and that each conjunction's leaves
 form a COMPLETE split tree (a set of leaves sharing a prefix is complete iff it is one leaf ending there, or
 all continue with the same (layer, unit), both signs occur, and both sign groups are complete). A leaf's
-boxes are the root boxes clamped by its splits (+1: l := max(l, 0); -1: u := min(u, 0)); a leaf with some
-l > u is empty (no input satisfies its splits); every other leaf needs a lower bound > 0 of
+boxes, layer by layer: the root box of layer k; with format "certify.relu-split-witness/2", where the leaf
+has a split below layer k, intersected with the bound of +-e_i for each i in U_k with the slopes of those rows
+in root_alphas[k] on the leaf's own boxes below (valid wherever the leaf's splits hold, as its boxes below
+are); then clamped by its splits at layer k (+1: l := max(l, 0); -1: u := min(u, 0)). (Format 1: no
+refinement, the root boxes clamped.) Leaves with the same splits below layer k share their boxes below k and
+hence their refined box of layer k, computed once. A leaf with some l > u is empty (no input satisfies its
+splits); every other leaf needs a lower bound > 0 of
 (C_i y - d_i)_row over the input box. Then every point of the box lies in some leaf of every tree, where
 one row of each conjunction is > 0: no point satisfies any conjunction. The re-derived value is the least
 leaf bound.
@@ -88,7 +93,8 @@ from certify.certificates.document import PropertyCertificate, decode_array
 from certify.certificates.relu_graph import (Box, GraphNet, box_support, down, graph_of, lower_bound, require_finite,
                                                signed_units, sum_up, up)
 
-WITNESS_FORMAT = "certify.relu-split-witness/1"
+WITNESS_FORMAT = "certify.relu-split-witness/1"  # each leaf's boxes: the root boxes clamped by its splits
+REFINED_WITNESS_FORMAT = "certify.relu-split-witness/2"  # each leaf's boxes refined (`leaf_boxes`)
 CHUNK = 256  # rows bounded at once (memory: rows x widest layer)
 MAX_PROPERTY_BYTES = 64 * 2**20  # a recorded VNN-LIB path is re-read only up to this size
 
@@ -134,6 +140,7 @@ class Witness:
     unstable: list[np.ndarray]
     root_alphas: list[list[np.ndarray]]
     trees: list[Tree]
+    refined: bool = False  # version 2: each leaf's boxes are refined (`leaf_boxes`)
 
 
 def _ints(a: np.ndarray, where: str) -> np.ndarray:
@@ -151,8 +158,8 @@ def _slopes(a: np.ndarray, where: str) -> np.ndarray:
 def read_witness(witness: dict, net: GraphNet, conjunctions: list[tuple[np.ndarray, np.ndarray]],
                  decode: Callable[[Any, str], np.ndarray]) -> Witness:
     """The witness's arrays, every index and range checked (module doc); Invalid names the first fault."""
-    if witness.get("format") != WITNESS_FORMAT:
-        raise Invalid(f"witness format {witness.get('format')!r} is not {WITNESS_FORMAT!r}")
+    if witness.get("format") not in (WITNESS_FORMAT, REFINED_WITNESS_FORMAT):
+        raise Invalid(f"witness format {witness.get('format')!r} is neither {WITNESS_FORMAT!r} nor {REFINED_WITNESS_FORMAT!r}")
     hidden = net.widths[:-1]
     records = witness["unstable"]
     if not isinstance(records, list) or len(records) != len(hidden):
@@ -212,7 +219,7 @@ def read_witness(witness: dict, net: GraphNet, conjunctions: list[tuple[np.ndarr
             raise Invalid(f"witness {where}: the leaves do not form a complete split tree (a region of the box "
                           "is covered by no leaf)")
         trees.append(tree)
-    return Witness(unstable, root_alphas, trees)
+    return Witness(unstable, root_alphas, trees, witness["format"] == REFINED_WITNESS_FORMAT)
 
 
 def complete(leaves: list[np.ndarray]) -> bool:
@@ -235,6 +242,48 @@ def complete(leaves: list[np.ndarray]) -> bool:
     return True
 
 
+def leaf_boxes(net: GraphNet, box: Box, witness: Witness, roots: list[Box], leaves: list[np.ndarray]) -> list[Box]:
+    """The boxes [leaves, n_k] of every hidden layer for leaves (each [depth, 3] splits), module doc: the root
+    boxes clamped by the splits (version 1) or, version 2, refined layer by layer. Leaves with the same splits
+    below layer k share their boxes below k, hence their refined box of layer k: it is computed once per group."""
+    count = len(leaves)
+    lows = [np.repeat(lo, count, 0) for lo, _ in roots]
+    highs = [np.repeat(hi, count, 0) for _, hi in roots]
+    splits = np.concatenate(leaves) if count else np.zeros((0, 3), dtype=np.int64)
+    owner = np.repeat(np.arange(count), [leaf.shape[0] for leaf in leaves])
+    empty = np.zeros(count, dtype=bool)
+    for k, units in enumerate(witness.unstable):
+        if witness.refined and k > 0 and units.size:
+            keys = [np.unique(leaf[leaf[:, 0] < k], axis=0).tobytes() for leaf in leaves]
+            _, first, group = np.unique(np.array(keys, dtype=object), return_index=True, return_inverse=True)
+            group = group.reshape(-1)
+            split_below = np.array([bool(np.any(leaves[f][:, 0] < k)) for f in first])
+            todo = np.flatnonzero(split_below & ~empty[first])  # groups without a split below k keep the root box
+            rows = signed_units(net.widths[k], units)
+            picked = np.concatenate([units, net.widths[k] + units])
+            alphas = [scatter(witness.root_alphas[k][j][picked], witness.unstable[j], net.widths[j]) for j in range(k)]
+            group_lo = np.full((first.size, units.size), -np.inf)
+            group_hi = np.full((first.size, units.size), np.inf)
+            step = max(1, CHUNK * 4 // rows.shape[0])
+            for start in range(0, todo.size, step):
+                part = todo[start:start + step]
+                reps = first[part]
+                below = [(np.repeat(lows[j][reps], rows.shape[0], 0), np.repeat(highs[j][reps], rows.shape[0], 0))
+                         for j in range(k)]
+                bound = lower_bound(net, k, np.tile(rows, (reps.size, 1)), np.zeros(reps.size * rows.shape[0]), below,
+                                    box_support(*box), [np.tile(a, (reps.size, 1)) for a in alphas],
+                                    [None] * k).reshape(reps.size, -1)
+                group_lo[part], group_hi[part] = bound[:, :units.size], -bound[:, units.size:]
+            lows[k][:, units] = np.maximum(lows[k][:, units], group_lo[group])
+            highs[k][:, units] = np.minimum(highs[k][:, units], group_hi[group])
+        at = splits[:, 0] == k
+        plus, minus = at & (splits[:, 2] > 0), at & (splits[:, 2] < 0)
+        np.maximum.at(lows[k], (owner[plus], splits[plus, 1]), 0.0)
+        np.minimum.at(highs[k], (owner[minus], splits[minus, 1]), 0.0)
+        empty |= (lows[k] > highs[k]).any(axis=1)
+    return list(zip(lows, highs))
+
+
 def prove_holds(net: GraphNet, box: Box, conjunctions: list[tuple[np.ndarray, np.ndarray]], witness: Witness) -> float:
     """The least leaf bound (> 0) over every conjunction's tree; Invalid names the first leaf not proven."""
     net.require_relu()
@@ -246,18 +295,14 @@ def prove_holds(net: GraphNet, box: Box, conjunctions: list[tuple[np.ndarray, np
     top = net.depth - 1
     least = math.inf
     for i, ((c, d), tree) in enumerate(zip(conjunctions, witness.trees)):
+        every = leaf_boxes(net, box, witness, roots, tree.splits)
         leaves = len(tree.splits)
         for start in range(0, leaves, CHUNK):
             idx = np.arange(start, min(leaves, start + CHUNK))
-            boxes = [(np.repeat(lo, idx.size, 0).copy(), np.repeat(hi, idx.size, 0).copy()) for lo, hi in roots]
+            boxes = [(lo[idx], hi[idx]) for lo, hi in every]
             betas = [np.zeros((idx.size, w)) for w in net.widths[:-1]]
             for row, leaf in enumerate(idx):
                 for (layer, unit, sign), beta in zip(tree.splits[leaf], tree.betas[leaf]):
-                    lo, hi = boxes[layer]
-                    if sign > 0:
-                        lo[row, unit] = max(lo[row, unit], 0.0)
-                    else:
-                        hi[row, unit] = min(hi[row, unit], 0.0)
                     betas[layer][row, unit] -= beta * sign
             empty = np.zeros(idx.size, dtype=bool)
             for lo, hi in boxes:

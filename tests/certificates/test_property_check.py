@@ -162,7 +162,7 @@ def test_complete_split_trees():
 # ------------------------------------------------------------------ honest witnesses and their ranges
 
 def crown_witness(net, box, conjunctions, split_units=()):
-    """A WITNESS.md-style witness built here: CROWN's adaptive slopes everywhere, every unit listed, and per
+    """A witness (certify/certificates/property_check.py format 1) built here: CROWN's adaptive slopes everywhere, every unit listed, and per
     conjunction the complete tree splitting `split_units` in order (betas 0, row 0)."""
     hidden = net.widths[:-1]
     unstable = [np.arange(w) for w in hidden]

@@ -73,7 +73,7 @@ def encode_witness(witness: dict, out: Path | None = None) -> dict[str, Any]:
 
 
 def crown_witness(raw: Any, prop: Property) -> dict | None:
-    """A one-leaf-per-conjunction witness (WITNESS.md format) by plain CROWN on the checker's own translation
+    """A one-leaf-per-conjunction witness (format "certify.relu-split-witness/1", certify/certificates/property_check.py) by plain CROWN on the checker's own translation
     `raw`, for ReLU GRAPHS (skips) and LeakyReLU networks, which certify.bounds.property gives no witness for:
     adaptive slopes (alpha 1 where u >= -l, else 0) on the root boxes, built layer by layer with `property_check.root_boxes` (quadratic in
     the depth); per conjunction the row with the best bound. None when some conjunction has no row > 0."""
