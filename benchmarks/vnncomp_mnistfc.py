@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         margin = "" if result.margin is None else f"{result.margin:+.3g}"
         size = witness_bytes(result.witness) if status == "holds" and result.witness is not None else None
         extra = "" if size is None else f" witness {size} B"
+        if status == "unknown":  # how far the search got (its bound is float32 and not certified)
+            extra += "".join(f"  [{n}]" for n in result.notes if n.startswith("branch and bound:"))
         print(f"{net_name:22s} {prop_name:22s} {status:13s} {result.method:12s} {margin:>10s} {result.seconds:7.2f} s{extra}", flush=True)
         rows.append({"network": net_name, "property": prop_name, "status": status, "method": result.method,
                      "margin": result.margin, "seconds": result.seconds, "witness_bytes": size, "notes": result.notes})

@@ -213,6 +213,11 @@ def verify_property(
                 continue
             margin, method_used = bound.margin, method
             notes.append(f"{method}: certified lower bound {bound.margin:.4g}")
+            search = bound.details.get("bab")
+            if search is not None and not search.proven:
+                notes.append(f"branch and bound: {search.domains} subdomains bounded in {search.seconds:.1f} s, {search.open} "
+                             f"left open, depth {search.depth}; least search bound of its last batch {search.lower:.4g} "
+                             "(float32, not certified)")
             if bound.holds:
                 return PropertyResult("holds", time.perf_counter() - start, method, bound.margin, notes=notes,
                                       witness=bound.witness)

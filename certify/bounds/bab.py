@@ -83,6 +83,15 @@ class BabResult:
 LAYER_WEIGHT = 10.0  # branching: a unit's BaBSR score times LAYER_WEIGHT per hidden layer above its own
 
 
+class OutOfTime(Exception):
+    """A refinement (`leaf_boxes`, the search's) reached its deadline between two chunks of subdomains."""
+
+
+def _check(deadline: float) -> None:
+    if time.perf_counter() > deadline:
+        raise OutOfTime
+
+
 def _batch_set(input_set: InputSet, size: int) -> InputSet:
     return InputSet(input_set.center.expand(size, -1), input_set.eps.expand(size), input_set.p, input_set.lo, input_set.hi)
 
@@ -124,14 +133,16 @@ class _Search:
         units = torch.cat(self.unstable) if self.size else torch.zeros(0, dtype=torch.long, device=t.device)
         return layer, units[t]
 
-    def refine(self, splits: Tensor, known: tuple[Tensor, Tensor, Tensor]) -> Box:
-        """Search-stage (not rigorous) `refined_boxes` [B, T] of subdomains from their parents' (known)."""
+    def refine(self, splits: Tensor, known: tuple[Tensor, Tensor, Tensor], deadline: float = float("inf")) -> Box:
+        """Search-stage (not rigorous) `refined_boxes` [B, T] of subdomains from their parents' (known); OutOfTime
+        past `deadline` (perf_counter time)."""
         chain = self.chain
 
         def bound_rows(k: int, below: list[Box]) -> Tensor:
             rows = self.refine_rows[k][None]
             parts = []
             for part in _chunks(below[0][0].shape[0], rows.shape[1], [w.shape[1] for w in chain.weights[:k + 1]], 2**23):
+                _check(deadline)
                 lines = [search_lines(lo[part, None, :], hi[part, None, :], self.refine_alphas[k][j][None])
                          for j, (lo, hi) in enumerate(below)]
                 parts.append(search_backward(chain, k, rows, lines))
@@ -323,10 +334,10 @@ def _chunks(count: int, rows: int, widths: list[int], budget: int = 2**22) -> li
 
 
 def leaf_boxes(net: AffineNetwork, input_set: InputSet, root: RootBound, splits: Tensor,
-               known: tuple[Tensor, Tensor, Tensor] | None = None) -> Box:
+               known: tuple[Tensor, Tensor, Tensor] | None = None, deadline: float = float("inf")) -> Box:
     """CERTIFY: the rigorous float64 boxes [P, T] of the units U on P subdomains (splits [P, T]; `refined_boxes`),
     each refinement row bounded with the root's slopes of that row (root.root_alphas) by
-    certify.bounds.crown.backward_lower_bound."""
+    certify.bounds.crown.backward_lower_bound; OutOfTime past `deadline` (perf_counter time)."""
 
     def bound_rows(k: int, below: list[Box]) -> Tensor:
         units, width = root.unstable[k], root.boxes[k][0].shape[0]
@@ -336,6 +347,7 @@ def leaf_boxes(net: AffineNetwork, input_set: InputSet, root: RootBound, splits:
         alphas = [root.full_slopes_of(root.root_alphas[k][j][picked], j)[None] for j in range(k)]
         parts = []
         for part in _chunks(below[0][0].shape[0], rows.shape[1], [w.shape[1] for w in net.weights[:k + 1]]):
+            _check(deadline)
             boxes = [(lo[part], hi[part]) for lo, hi in below]
             size = boxes[0][0].shape[0]
             rels = [_relax_rows(net, j, lo, hi, alphas[j]) for j, (lo, hi) in enumerate(boxes)]
@@ -432,9 +444,10 @@ def branch_and_bound(
     """Prove, for each of C conjunctions c, min over the box of max_r (rows[c, r] . z_L + consts[c, r]) > 0
     (module docstring), all in one search (their subdomains share the batches): rows [C, R, m], consts [C, R],
     padded rows marked by consts = -inf (never prove anything); alpha [C, R, T] the starting slopes (the root's
-    final ones). Every subdomain gets its own refined boxes (`leaf_boxes`). Stops at `deadline` (perf_counter time), at a candidate
-    counterexample, or when a subdomain has no free unit left; UnsupportedError for a network that is not a
-    ReLU chain."""
+    final ones). Every subdomain gets its own refined boxes (`leaf_boxes`). Stops at `deadline` (perf_counter
+    time; checked between Adam steps and between chunks of the refinements, so a search overshoots it by about
+    one chunk's work), at a candidate counterexample, or when a subdomain has no free unit left;
+    UnsupportedError for a network that is not a ReLU chain."""
     require_relu(net, "branch and bound")
     require_chain(net, "branch and bound")
     start = time.perf_counter()
@@ -458,8 +471,8 @@ def branch_and_bound(
     bounded, depth, proved, worst = 0, 0, float("inf"), -float("inf")
     notes: list[str] = []
 
-    def result(proven: bool, lower: float, cands: Tensor | None = None) -> BabResult:
-        left = sum(p["splits"].shape[0] for p in pool)
+    def result(proven: bool, lower: float, cands: Tensor | None = None, taken: int = 0) -> BabResult:
+        left = taken + sum(p["splits"].shape[0] for p in pool)  # taken: the batch in hand when the search stops
         trees = {c: _witness(search, [tuple(t[m] for t in leaf[1:]) for leaf in leaves for m in [leaf[0] == c]])
                  for c in range(n_conj)} if proven else None
         return BabResult(proven, lower, bounded, left, time.perf_counter() - start, depth, trees, cands, notes)
@@ -473,20 +486,27 @@ def branch_and_bound(
         if fresh.numel():
             last = dom["path"][fresh, dom["depth"][fresh] - 1].abs().long() - 1
             known = (lower[fresh], upper[fresh], search.layer_of(last)[0])
-            lower[fresh], upper[fresh] = search.refine(splits[fresh], known)
+            try:
+                lower[fresh], upper[fresh] = search.refine(splits[fresh], known, deadline)
+            except OutOfTime:
+                return result(False, worst, taken=splits.shape[0])
         frame = search.frame(splits, lower, upper)
         value, a, b = _optimise(search, splits, frame, dom["alpha"], dom["beta"], conj, iterations, lr, lr_beta,
                                 deadline=deadline)
         if time.perf_counter() > deadline:
-            return result(False, worst)
+            return result(False, worst, taken=splits.shape[0])
         value = value.masked_fill(frame["empty"][:, None], float("inf"))  # to be confirmed empty in float64
         bounded += splits.shape[0]
         done = torch.zeros(splits.shape[0], dtype=torch.bool, device=dev)
         hopeful = torch.nonzero(value.amax(1) > 0).reshape(-1)
         if hopeful.numel():
             h = hopeful
-            exact = certified_leaf_bounds(net, input_set, root, rows[conj[h]], consts[conj[h]], splits[h],
-                                          *leaf_boxes(net, input_set, root, splits[h]), a[h], b[h])
+            try:
+                boxes = leaf_boxes(net, input_set, root, splits[h], deadline=deadline)
+            except OutOfTime:
+                return result(False, worst, taken=splits.shape[0])
+            exact = certified_leaf_bounds(net, input_set, root, rows[conj[h]], consts[conj[h]], splits[h], *boxes,
+                                          a[h], b[h])
             best, row = exact.max(1)
             ok = best > 0
             done[h[ok]] = True

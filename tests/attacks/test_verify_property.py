@@ -133,6 +133,18 @@ def test_mnistfc_branch_and_bound_answers_with_a_witness_or_a_checked_counterexa
     assert violates(violated, np.array(result.outputs["model dtype"])) and violates(violated, np.array(result.outputs["float64"]))
 
 
+def test_an_unfinished_branch_and_bound_says_how_far_it_got_and_that_its_bound_is_not_certified():
+    """256x4 prop_1_0.03 holds but is not proven in 10 s: the answer is unknown, its margin is the root's certified
+    bound (<= 0), and a note gives the search's subdomains and its least float32 bound, marked not certified."""
+    model = M.model("mnist-net_256x4.onnx")
+    result = verify_property(model, M.prop("prop_1_0.03.vnnlib"), timeout=10.0, attack_seconds=0.2)
+    assert result.status == "unknown" and result.method == "bab" and result.margin <= 0
+    note = [n for n in result.notes if n.startswith("branch and bound:")]
+    assert len(note) == 1 and "not certified" in note[0]
+    words = note[0].split()
+    assert int(words[3]) > 0 and int(words[9]) > 0  # subdomains bounded, subdomains left open
+
+
 def test_a_softmax_head_gets_no_bound_on_its_outputs() -> None:
     """The property constrains the model's probabilities; N is the logits before the dropped softmax, so a
     bound on N says nothing about them (the attacker's softmax_head got 'holds' for a reachable region).
