@@ -1,6 +1,7 @@
 """Shared by the property tests (tests/bounds/test_property.py, test_alpha_crown.py, test_bab.py and
 tests/attacks/test_verify_property.py): tiny ReLU nets on 2-D boxes, classification properties, and the
-values of a property's rows on a dense grid of its box (a sound lower bound never exceeds their minimum)."""
+values of a property's rows on a dense grid of its box (a sound lower bound never exceeds their minimum), and
+the pre-activations of a checker's GraphNet at sampled points."""
 import numpy as np
 import torch
 from torch import nn
@@ -44,3 +45,17 @@ def classification(centre, eps, label, classes=3) -> Property:
 def predicted(model, centre) -> int:
     with torch.no_grad():
         return int(model(torch.tensor(centre, dtype=torch.float32)[None]).argmax())
+
+
+def pre_activations(net, points: np.ndarray) -> list[np.ndarray]:
+    """z_k [M, n_k] of a GraphNet (certify.certificates.relu_graph) at float64 points [M, n_0], by the graph's own
+    equations (affine layers, skip terms, ReLU / LeakyReLU), not by the checker's code."""
+    hs, zs = [points], []
+    for k in range(net.depth):
+        z = hs[k] @ net.weights[k].T + net.biases[k]
+        for j, s in net.skips.get(k, {}).items():
+            z = z + hs[j] @ s.T
+        zs.append(z)
+        if k < net.depth - 1:
+            hs.append(np.maximum(z, net.negative_slope(k) * z))
+    return zs

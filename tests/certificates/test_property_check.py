@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graph_models import GRAPH_MODELS  # noqa: E402
-from property_grid import classification, grid_values, predicted, tiny_net  # noqa: E402
+from property_grid import classification, grid_values, pre_activations, predicted, tiny_net  # noqa: E402
 
 from certify.certificates._common import Invalid  # noqa: E402
 from certify.certificates.property_check import Tree, Witness, complete, prove_holds, read_witness, root_boxes  # noqa: E402
@@ -51,19 +51,6 @@ def _random_box(net, rng, scale):
     return centre - half, centre + half
 
 
-def _sample_layers(net, points):
-    """Pre-activations z_k [M, n_k] at float64 points (the graph's own forward)."""
-    hs, zs = [points], []
-    for k in range(net.depth):
-        z = hs[k] @ net.weights[k].T + net.biases[k]
-        for j, s in net.skips.get(k, {}).items():
-            z = z + hs[j] @ s.T
-        zs.append(z)
-        if k < net.depth - 1:
-            hs.append(np.maximum(z, net.negative_slope(k) * z))
-    return zs
-
-
 @pytest.mark.parametrize("name,model,shape", _graph_cases(), ids=lambda v: v if isinstance(v, str) else "")
 def test_leaf_bounds_hold_at_sampled_points_of_the_leaf_for_random_slopes_betas_and_splits(name, model, shape):
     net = _net(model, shape)
@@ -81,7 +68,7 @@ def test_leaf_bounds_hold_at_sampled_points_of_the_leaf_for_random_slopes_betas_
         roots = [[rng.uniform(0, 1, (2 * hidden[k], hidden[j])) for j in range(k)] for k in range(top)]
         boxes = root_boxes(net, box, unstable, roots)
         points = rng.uniform(box[0], box[1], (4000, net.num_inputs))
-        zs = _sample_layers(net, points)
+        zs = pre_activations(net, points)
         for k, (lo, hi) in enumerate(boxes):  # root boxes enclose the sampled pre-activations
             assert (zs[k] >= lo[0] - 1e-12).all() and (zs[k] <= hi[0] + 1e-12).all()
         rows = rng.standard_normal((8, net.widths[-1]))

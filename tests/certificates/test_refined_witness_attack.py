@@ -27,7 +27,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from property_grid import classification, grid_values, predicted, tiny_net  # noqa: E402
+from property_grid import classification, grid_values, pre_activations, predicted, tiny_net  # noqa: E402
 
 from certify.attacks.property import verify_property  # noqa: E402
 from certify.bounds.network import from_module  # noqa: E402
@@ -54,19 +54,6 @@ def _graph(rng, widths, skips: bool, leaky: bool) -> GraphNet:
                 terms.setdefault(k, {})[j] = rng.normal(0, 0.7 / np.sqrt(widths[j]), (widths[k + 1], widths[j]))
     acts = [("leaky_relu", float(rng.uniform(0, 0.5))) if leaky else ("relu",) for _ in weights[1:]]
     return GraphNet.build(weights, biases, terms, acts)
-
-
-def _pre_activations(net: GraphNet, points: np.ndarray) -> list[np.ndarray]:
-    """z_k [M, n_k] at float64 points, by the graph's own equations (not the checker's code)."""
-    hs, zs = [points], []
-    for k in range(net.depth):
-        z = hs[k] @ net.weights[k].T + net.biases[k]
-        for j, s in net.skips.get(k, {}).items():
-            z = z + hs[j] @ s.T
-        zs.append(z)
-        if k < net.depth - 1:
-            hs.append(np.maximum(z, net.negative_slope(k) * z))
-    return zs
 
 
 def _random_tree(rng, hidden, max_depth, focus, path=()):
@@ -111,7 +98,7 @@ def test_forged_refined_leaf_boxes_contain_every_sampled_point_of_their_leaf(kin
         centre, radius = rng.uniform(-1, 1, 2), rng.uniform(0.05, 1.5)
         box = (centre - radius, centre + radius)
         points = _box_points(rng, box)
-        zs = _pre_activations(net, points)
+        zs = pre_activations(net, points)
         everything = [np.arange(w) for w in hidden]
         plain = root_boxes(net, box, everything, [[np.zeros((2 * hidden[k], hidden[j])) for j in range(k)]
                                                   for k in range(len(hidden))])
@@ -204,7 +191,7 @@ def test_exhaustive_split_trees_never_prove_a_violated_property(kind):
         centre = rng.uniform(-1, 1, 2)
         box = (centre - 0.8, centre + 0.8)
         points = _box_points(rng, box, 61, 500)
-        zs = _pre_activations(net, points)
+        zs = pre_activations(net, points)
         label = int(np.argmax(zs[-1][0]))  # the class at a corner of the box
         prop = classification(centre, 0.8, label)
         values = zs[-1] @ np.concatenate([c for c, _ in prop.disjuncts]).T  # rows y_label - y_j: <= 0 violates
