@@ -10,7 +10,9 @@ U_k (the root-unstable units of layer k) with the root's own slopes of those row
 of the layers below (valid on the subdomain: its relaxations below are); then clamped by its signs at layer k
 (l := max(l, 0) where active, u := min(u, 0) where inactive). A box with l > u means that no input satisfies
 the splits: the subdomain is empty and needs no bound. Refining pays on deep nets: on mnistfc 256x4 it proves
-pairs that the root boxes alone (clamped) do not prove in 60 s, with 10-20x fewer subdomains. Its
+pairs that the root boxes alone (clamped) do not prove in 60 s, with 10-20x fewer subdomains; on two hidden
+layers it does not, and refine=False keeps the root boxes clamped by the splits (witness format 1;
+certify.bounds.property.REFINE_FROM chooses). Its
 objective bound is back-substitution over the WHOLE input box of
 
     g = row . z_L + const - sum over its splits (j, u, s) of beta_(j,u) * s * z_j,u       (beta >= 0)
@@ -78,6 +80,7 @@ class BabResult:
     leaves: dict[int, dict] | None = None
     candidates: Tensor | None = None
     notes: list[str] = field(default_factory=list)
+    refined: bool = True  # the leaves' boxes: refined (witness format 2) or the root's clamped (format 1)
 
 
 LAYER_WEIGHT = 10.0  # branching: a unit's BaBSR score times LAYER_WEIGHT per hidden layer above its own
@@ -101,7 +104,7 @@ class _Search:
     (concatenated); splits [B, T] int8 (+1 active, -1 inactive, 0 free), alpha / beta [B, R, T]. A batch's
     `frame` holds each subdomain's own boxes (module docstring: refined), from which its bounds are taken."""
 
-    def __init__(self, chain: SearchChain, root: RootBound, rows: Tensor, consts: Tensor):
+    def __init__(self, chain: SearchChain, root: RootBound, rows: Tensor, consts: Tensor, refine: bool = True):
         self.chain, self.rows, self.consts = chain, rows, consts  # rows [C, R, m], consts [C, R] in the chain's dtype
         dtype = chain.centre.dtype
         self.unstable = root.unstable
@@ -111,7 +114,8 @@ class _Search:
         self.base = [(lo >= 0).to(dtype) for lo, _ in root.boxes]  # stable units: slope 1 (active) or 0; 0 on U
         self.root_boxes = [(lo.to(dtype), hi.to(dtype)) for lo, hi in root.boxes]
         hidden = len(root.unstable)  # branching weight of a unit of layer j (module docstring): LAYER_WEIGHT^(L-2-j)
-        self.depth_weight = torch.cat([torch.full((u.numel(),), float(LAYER_WEIGHT) ** (hidden - 1 - j), dtype=dtype,
+        weight = float(LAYER_WEIGHT) if refine else 1.0  # the root's boxes: plain BaBSR
+        self.depth_weight = torch.cat([torch.full((u.numel(),), weight ** (hidden - 1 - j), dtype=dtype,
                                                   device=u.device) for j, u in enumerate(root.unstable)])
         # refinement rows +-e_i (i in U_k) and the root's slopes of those rows, [2 |U_k|, n_j] per j < k
         self.refine_rows, self.refine_alphas = [], []
@@ -440,11 +444,13 @@ def branch_and_bound(
     lr: float = 0.05,
     lr_beta: float = 0.1,
     dtype: torch.dtype = torch.float32,
+    refine: bool = True,
 ) -> BabResult:
     """Prove, for each of C conjunctions c, min over the box of max_r (rows[c, r] . z_L + consts[c, r]) > 0
     (module docstring), all in one search (their subdomains share the batches): rows [C, R, m], consts [C, R],
     padded rows marked by consts = -inf (never prove anything); alpha [C, R, T] the starting slopes (the root's
-    final ones). Every subdomain gets its own refined boxes (`leaf_boxes`). Stops at `deadline` (perf_counter
+    final ones). Every subdomain gets its own refined boxes (`leaf_boxes`; witness format 2), or with refine=False
+    the root boxes clamped by its splits (witness format 1, LAYER_WEIGHT not applied). Stops at `deadline` (perf_counter
     time; checked between Adam steps and between chunks of the refinements, so a search overshoots it by about
     one chunk's work), at a candidate counterexample, or when a subdomain has no free unit left;
     UnsupportedError for a network that is not a ReLU chain."""
@@ -454,7 +460,7 @@ def branch_and_bound(
     valid = torch.isfinite(consts)  # [C, R]
     consts = torch.where(valid, consts, torch.full_like(consts, -1e30))
     chain = SearchChain.build(net, input_set, dtype)
-    search = _Search(chain, root, rows.to(dtype), consts.to(dtype))
+    search = _Search(chain, root, rows.to(dtype), consts.to(dtype), refine)
     n_conj, n_rows, size = rows.shape[0], rows.shape[1], search.size
     dev = rows.device  # the search runs where the network and the property are (CPU or GPU)
     lower, upper = _reduced([(lo[None], hi[None]) for lo, hi in search.root_boxes], root.unstable)
@@ -475,7 +481,7 @@ def branch_and_bound(
         left = taken + sum(p["splits"].shape[0] for p in pool)  # taken: the batch in hand when the search stops
         trees = {c: _witness(search, [tuple(t[m] for t in leaf[1:]) for leaf in leaves for m in [leaf[0] == c]])
                  for c in range(n_conj)} if proven else None
-        return BabResult(proven, lower, bounded, left, time.perf_counter() - start, depth, trees, cands, notes)
+        return BabResult(proven, lower, bounded, left, time.perf_counter() - start, depth, trees, cands, notes, refine)
 
     while pool:
         if time.perf_counter() > deadline:
@@ -483,7 +489,7 @@ def branch_and_bound(
         dom = _take(pool, batch)
         splits, conj, lower, upper = dom["splits"], dom["conj"], dom["lower"], dom["upper"]
         fresh = torch.nonzero(dom["depth"] >= 1).reshape(-1)
-        if fresh.numel():
+        if refine and fresh.numel():
             last = dom["path"][fresh, dom["depth"][fresh] - 1].abs().long() - 1
             known = (lower[fresh], upper[fresh], search.layer_of(last)[0])
             try:
@@ -502,7 +508,9 @@ def branch_and_bound(
         if hopeful.numel():
             h = hopeful
             try:
-                boxes = leaf_boxes(net, input_set, root, splits[h], deadline=deadline)
+                boxes = (leaf_boxes(net, input_set, root, splits[h], deadline=deadline) if refine
+                         else tuple(t.expand(h.numel(), -1)
+                                    for t in _reduced([(lo[None], hi[None]) for lo, hi in root.boxes], root.unstable)))
             except OutOfTime:
                 return result(False, worst, taken=splits.shape[0])
             exact = certified_leaf_bounds(net, input_set, root, rows[conj[h]], consts[conj[h]], splits[h], *boxes,

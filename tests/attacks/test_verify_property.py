@@ -123,7 +123,7 @@ def test_mnistfc_branch_and_bound_answers_with_a_witness_or_a_checked_counterexa
     holds = M.prop("prop_9_0.03.vnnlib")
     result = verify_property(model, holds, timeout=60.0, net=net)
     assert result.status == "holds" and result.method == "bab" and result.margin > 0
-    assert result.witness["format"] == "certify.relu-split-witness/2"
+    assert result.witness["format"] == "certify.relu-split-witness/1"  # two hidden layers: the root's boxes (REFINE_FROM)
     assert len(result.witness["conjunctions"]) == len(holds.disjuncts)
     violated = M.prop("prop_0_0.05.vnnlib")
     result = verify_property(model, violated, timeout=60.0, net=net, attack_seconds=0.2)

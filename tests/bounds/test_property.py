@@ -59,3 +59,38 @@ def test_property_bounds_refuses_an_unknown_method_and_a_mismatched_network():
         property_bounds(net, classification([0.0, 0.0], 0.1, 0), "lp")
     with pytest.raises(UsageError, match="the property has 2 inputs and 4 outputs, the network 2 and 3"):
         property_bounds(net, classification([0.0, 0.0], 0.1, 0, classes=4))
+
+
+def test_branch_and_bound_refines_from_three_hidden_layers_and_its_witness_says_which():
+    """certify.bounds.property.REFINE_FROM: with two hidden layers the leaves are bounded on the root's boxes
+    (witness format 1), with three on their refined boxes (format 2); either certificate verifies and its value
+    stays below the grid minimum."""
+    import json
+
+    from certify.attacks.property import verify_property
+    from certify.bounds.property import REFINE_FROM
+    from certify.certificates.checker import verify_certificate
+    from certify.certificates.document import parse_certificate
+    from certify.certificates.issuers.property import property_certificate
+
+    assert REFINE_FROM == 3
+    centre = np.array([0.3, -0.2])
+    for widths, fmt in (((2, 8, 8, 3), 1), ((2, 8, 8, 8, 3), 2)):
+        split = None
+        for seed in range(12):
+            model = tiny_net(seed, widths)
+            for eps in (1.0, 1.5, 2.0, 3.0):
+                prop = classification(centre, eps, predicted(model, centre))
+                result = verify_property(model, prop, timeout=5.0, input_shape=(2,), methods=("crown", "bab"))
+                if result.status == "holds" and any(t["splits"].size for t in result.witness["conjunctions"]):
+                    split = model, prop, result
+                    break
+            if split:
+                break
+        assert split, f"no property of the {widths} nets needed splitting"
+        model, prop, result = split
+        assert result.witness["format"] == f"certify.relu-split-witness/{fmt}"
+        cert = property_certificate(model, prop, result, (2,), "bab", 5.0)
+        report = verify_certificate(parse_certificate(cert.to_json()), model, None)
+        assert report.valid and cert.answer == "holds"
+        assert 0 < json.loads(cert.to_json())["claims"][0]["value"] <= grid_values(model, prop).min()

@@ -243,10 +243,11 @@ def _verify(doc: dict, model):
 
 
 def _split_certificate():
-    """(model, property, certificate JSON) of a real format-2 holds certificate whose trees split."""
+    """(model, property, certificate JSON) of a real format-2 holds certificate whose trees split (three hidden
+    layers: branch and bound refines from certify.bounds.property.REFINE_FROM on)."""
     centre = np.array([0.3, -0.2])
     for seed in range(12):
-        model = tiny_net(seed)
+        model = tiny_net(seed, (2, 8, 8, 8, 3))
         label = predicted(model, centre)
         for eps in (1.0, 1.5, 2.0, 3.0):
             prop = classification(centre, eps, label)
