@@ -117,14 +117,7 @@ class _Search:
         weight = float(LAYER_WEIGHT) if refine else 1.0  # the root's boxes: plain BaBSR
         self.depth_weight = torch.cat([torch.full((u.numel(),), weight ** (hidden - 1 - j), dtype=dtype,
                                                   device=u.device) for j, u in enumerate(root.unstable)])
-        # refinement rows +-e_i (i in U_k) and the root's slopes of those rows, [2 |U_k|, n_j] per j < k
-        self.refine_rows, self.refine_alphas = [], []
-        for k, units in enumerate(root.unstable):
-            width = root.boxes[k][0].shape[0]
-            eye = torch.eye(width, dtype=dtype, device=units.device)[units]
-            self.refine_rows.append(torch.cat([eye, -eye]))
-            picked = torch.cat([units, units + width])
-            self.refine_alphas.append([root.full_slopes_of(root.root_alphas[k][j][picked], j).to(dtype) for j in range(k)])
+        self.refinement = [_refinement_rows(root, k, dtype) for k in range(hidden)]
 
     @property
     def size(self) -> int:
@@ -143,11 +136,12 @@ class _Search:
         chain = self.chain
 
         def bound_rows(k: int, below: list[Box]) -> Tensor:
-            rows = self.refine_rows[k][None]
+            rows, alphas = self.refinement[k]
+            rows = rows[None]
             parts = []
             for part in _chunks(below[0][0].shape[0], rows.shape[1], [w.shape[1] for w in chain.weights[:k + 1]], 2**23):
                 _check(deadline)
-                lines = [search_lines(lo[part, None, :], hi[part, None, :], self.refine_alphas[k][j][None])
+                lines = [search_lines(lo[part, None, :], hi[part, None, :], alphas[j][None])
                          for j, (lo, hi) in enumerate(below)]
                 parts.append(search_backward(chain, k, rows, lines))
             return torch.cat(parts)
@@ -331,6 +325,15 @@ def refined_boxes(root_boxes: list[Box], unstable: list[Tensor], splits: Tensor,
     return lower, upper
 
 
+def _refinement_rows(root: RootBound, k: int, dtype: torch.dtype) -> tuple[Tensor, list[Tensor]]:
+    """The refinement rows of hidden layer k, +e_i then -e_i for i in U_k [2 |U_k|, n_k], and the root's slopes
+    of those rows on each layer j < k [2 |U_k|, n_j] (root.root_alphas), in `dtype`."""
+    units, width = root.unstable[k], root.boxes[k][0].shape[0]
+    eye = torch.eye(width, dtype=dtype, device=units.device)[units]
+    picked = torch.cat([units, units + width])
+    return torch.cat([eye, -eye]), [root.full_slopes_of(root.root_alphas[k][j][picked], j).to(dtype) for j in range(k)]
+
+
 def _chunks(count: int, rows: int, widths: list[int], budget: int = 2**22) -> list[slice]:
     """Slices of `count` subdomains whose [p, rows, widest] coefficient tensors hold about `budget` entries."""
     step = max(1, budget // (rows * max(widths)))
@@ -344,11 +347,8 @@ def leaf_boxes(net: AffineNetwork, input_set: InputSet, root: RootBound, splits:
     certify.bounds.crown.backward_lower_bound; OutOfTime past `deadline` (perf_counter time)."""
 
     def bound_rows(k: int, below: list[Box]) -> Tensor:
-        units, width = root.unstable[k], root.boxes[k][0].shape[0]
-        rows = torch.eye(width, dtype=torch.float64, device=splits.device)[units]
-        rows = torch.cat([rows, -rows])[None]
-        picked = torch.cat([units, units + width])
-        alphas = [root.full_slopes_of(root.root_alphas[k][j][picked], j)[None] for j in range(k)]
+        rows, alphas = _refinement_rows(root, k, torch.float64)
+        rows, alphas = rows[None], [a[None] for a in alphas]
         parts = []
         for part in _chunks(below[0][0].shape[0], rows.shape[1], [w.shape[1] for w in net.weights[:k + 1]]):
             _check(deadline)
@@ -464,6 +464,7 @@ def branch_and_bound(
     n_conj, n_rows, size = rows.shape[0], rows.shape[1], search.size
     dev = rows.device  # the search runs where the network and the property are (CPU or GPU)
     lower, upper = _reduced([(lo[None], hi[None]) for lo, hi in search.root_boxes], root.unstable)
+    root_units = _reduced([(lo[None], hi[None]) for lo, hi in root.boxes], root.unstable)  # float64, refine=False
     pool = [{
         "splits": torch.zeros(n_conj, size, dtype=torch.int8, device=dev),
         "lower": lower.expand(n_conj, -1).clone(), "upper": upper.expand(n_conj, -1).clone(),
@@ -509,8 +510,7 @@ def branch_and_bound(
             h = hopeful
             try:
                 boxes = (leaf_boxes(net, input_set, root, splits[h], deadline=deadline) if refine
-                         else tuple(t.expand(h.numel(), -1)
-                                    for t in _reduced([(lo[None], hi[None]) for lo, hi in root.boxes], root.unstable)))
+                         else tuple(t.expand(h.numel(), -1) for t in root_units))
             except OutOfTime:
                 return result(False, worst, taken=splits.shape[0])
             exact = certified_leaf_bounds(net, input_set, root, rows[conj[h]], consts[conj[h]], splits[h], *boxes,

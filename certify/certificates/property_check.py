@@ -108,14 +108,21 @@ def root_boxes(net: GraphNet, box: Box, unstable: list[np.ndarray], root_alphas:
         lows, highs = [], []
         for start in range(0, width, CHUNK // 2):
             units = np.arange(start, min(width, start + CHUNK // 2))
-            rows = signed_units(width, units)
-            picked = np.concatenate([units, width + units])
-            alphas = [scatter(root_alphas[k][j][picked], unstable[j], net.widths[j]) for j in range(k)]
+            rows, alphas = unit_rows(net, unstable, root_alphas, k, units)
             bound = lower_bound(net, k, rows, np.zeros(rows.shape[0]), boxes, box_support(*box), alphas, [None] * k)
             lows.append(bound[: units.size])
             highs.append(-bound[units.size:])
         boxes.append((np.concatenate(lows)[None], np.concatenate(highs)[None]))
     return boxes
+
+
+def unit_rows(net: GraphNet, unstable: list[np.ndarray], root_alphas: list[list[np.ndarray]], k: int,
+              units: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The rows +e_i then -e_i of layer k for i in `units` [2 |units|, n_k] and their slopes in root_alphas[k] on
+    each layer j < k [2 |units|, n_j] (0 off U_j)."""
+    picked = np.concatenate([units, net.widths[k] + units])
+    return signed_units(net.widths[k], units), [scatter(root_alphas[k][j][picked], unstable[j], net.widths[j])
+                                                 for j in range(k)]
 
 
 def scatter(values: np.ndarray, units: np.ndarray, width: int) -> np.ndarray:
@@ -259,9 +266,7 @@ def leaf_boxes(net: GraphNet, box: Box, witness: Witness, roots: list[Box], leav
             group = group.reshape(-1)
             split_below = np.array([bool(np.any(leaves[f][:, 0] < k)) for f in first])
             todo = np.flatnonzero(split_below & ~empty[first])  # groups without a split below k keep the root box
-            rows = signed_units(net.widths[k], units)
-            picked = np.concatenate([units, net.widths[k] + units])
-            alphas = [scatter(witness.root_alphas[k][j][picked], witness.unstable[j], net.widths[j]) for j in range(k)]
+            rows, alphas = unit_rows(net, witness.unstable, witness.root_alphas, k, units)
             group_lo = np.full((first.size, units.size), -np.inf)
             group_hi = np.full((first.size, units.size), np.inf)
             step = max(1, CHUNK * 4 // rows.shape[0])
