@@ -6,7 +6,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from certify.certificates.relu_graph import _selection_enclosure, box_support, matmul_enclosure, settle, sum_down
+from certify.certificates.relu_graph import (_selection_enclosure, box_support, matmul_enclosure, settle, sum_down,
+                                             up_nonneg)
 
 
 def _exact(value):
@@ -35,6 +36,19 @@ def test_matmul_enclosure_sum_down_and_settle_enclose_the_exact_values():
     tiny = np.full((1, 4), 5e-324)
     c, r = matmul_enclosure(tiny, np.full((4, 1), 0.5))  # products underflow to 0 or 5e-324
     assert c[0, 0] - r[0, 0] <= 0 < c[0, 0] + r[0, 0] and _exact(r[0, 0]) >= abs(_exact(c[0, 0]) - 4 * _exact(5e-324) / 2)
+
+
+def test_up_nonneg_is_never_below_the_next_float():
+    """up_nonneg (two multiply-adds) against nextafter over zeros, subnormals, every binade's edges and the top."""
+    rng = np.random.default_rng(7)
+    edges = np.ldexp(1.0, np.arange(-1074, 1024))
+    values = np.concatenate([[0.0, 5e-324, 1e-323, 2.0**-1022, np.nextafter(2.0**-1022, 0), np.finfo(float).max, np.inf],
+                             edges, np.nextafter(edges, np.inf), np.nextafter(edges, 0),
+                             np.ldexp(rng.uniform(1, 2, 4000), rng.integers(-1074, 1023, 4000))])
+    bumped = up_nonneg(values)
+    assert (bumped >= np.nextafter(values, np.inf)).all()
+    assert (bumped[np.isfinite(values) & (values < 1e300)] <= np.nextafter(np.nextafter(values, np.inf), np.inf)[
+        np.isfinite(values) & (values < 1e300)] * (1 + 2.0**-50) + 2e-323).all()  # and no looser than a few ulps
 
 
 def test_the_box_support_lies_below_the_exact_minimum_over_every_enclosed_row():
