@@ -7,7 +7,11 @@
   translation. Its value
   is the least leaf bound as the CHECKER re-derives it (`property_check.prove_holds` on the checker's own
   translation), rounded down: a witness the checker would not accept is never written as certified (the claim
-  is refused with the checker's reason and the answer becomes "unknown");
+  is refused with the checker's reason and the answer becomes "unknown"). `checked_property_certificate`, which
+  re-checks what it issues anyway, first states the bound code's certified margin times PROVISIONAL_SHARE
+  instead (no tighter than the checker's value in practice: both are rigorous bounds of the same leaves), so the
+  leaves are re-derived once, not twice; when the checker does not accept that claim, the value is re-derived
+  here as above and the certificate issued and checked again;
 * answer "violated": a certified `property-violated` claim with the counterexample in its params; its value is
   the violation slack as the checker re-derives it (`property_check.counterexample_slack`: the model as run
   and N, each less its rounding tolerance); a slack not above the tolerance refuses the claim ("unknown");
@@ -41,6 +45,10 @@ from certify.models.vnnlib import Property
 from certify.errors import UsageError
 
 CLAIM_ID = "property"
+# The provisional holds value (`checked_property_certificate`): the bound code's certified margin times this. The
+# checker's re-derivation of the same leaves differs from the bound code's by rounding (about 1e-12 of the
+# terms' magnitude), so a claim 1e-6 below the margin verifies unless the margin itself is at rounding level.
+PROVISIONAL_SHARE = 1.0 - 2.0**-20
 
 
 def _params(prop: Property) -> dict[str, Any]:
@@ -124,7 +132,7 @@ def _function(model: nn.Module, input_shape: tuple[int, ...], prop: Property) ->
 
 
 def _claim(model: nn.Module, prop: Property, result: PropertyResult, raw: Any, refusal: str | None,
-           input_shape: tuple[int, ...], out: Path | None) -> Claim:
+           input_shape: tuple[int, ...], out: Path | None, provisional: bool = False) -> Claim:
     params = _params(prop)
     method = result.method or "none"
     box, conjunctions = property_arrays(params)
@@ -145,18 +153,25 @@ def _claim(model: nn.Module, prop: Property, result: PropertyResult, raw: Any, r
     if result.status == "holds":
         if refusal is not None:
             return refuse(CLAIM_ID, "property-holds", params, method, refusal)
-        return _holds_claim(raw, prop, result, params, method, out)
+        return _holds_claim(raw, prop, result, params, method, out, provisional)
     margin = "none" if result.margin is None else f"{result.margin:.6g}"
     return refuse(CLAIM_ID, "property-holds", params, method,
                   f"{result.status}: neither proven nor refuted in {result.seconds:.1f} s (best certified lower bound {margin})")
 
 
 def _holds_claim(raw: Any, prop: Property, result: PropertyResult, params: dict[str, Any], method: str,
-                 out: Path | None) -> Claim:
+                 out: Path | None, provisional: bool = False) -> Claim:
     """The certified holds claim from the first witness the checker accepts: the bound code's, then plain
-    CROWN on the checker's translation (`crown_witness`); else refused with the checker's reasons."""
+    CROWN on the checker's translation (`crown_witness`); else refused with the checker's reasons. provisional
+    (module docstring): the bound code's witness with its certified margin times PROVISIONAL_SHARE, unchecked
+    here (the caller re-checks it)."""
     box, conjunctions = property_arrays(params)
     base = None if out is None else out.parent
+    if provisional and result.witness is not None and result.margin is not None and result.margin > 0:
+        claim = issue(CLAIM_ID, "property-holds", params, result.margin * PROVISIONAL_SHARE, method,
+                      witness=encode_witness(result.witness, out))
+        if claim.value >= 5e-324:
+            return claim
     reasons = []
     for source in ("bound code", "checker-side CROWN"):
         try:
@@ -181,12 +196,13 @@ def _holds_claim(raw: Any, prop: Property, result: PropertyResult, params: dict[
 
 def property_certificate(model: nn.Module, prop: Property, result: PropertyResult, input_shape: tuple[int, ...],
                          method: str, timeout: float, model_spec: str | None = None,
-                         out: Path | None = None) -> PropertyCertificate:
+                         out: Path | None = None, provisional: bool = False) -> PropertyCertificate:
     """The certificate of `result` (verify_property's answer for `prop` on `model`, inputs of `input_shape`);
-    witness arrays too large to inline are written next to `out` (module docstring)."""
+    witness arrays too large to inline are written next to `out` (module docstring). provisional: a holds claim
+    states the bound code's margin (module docstring) and is NOT checked here: only for callers that re-check."""
     function, raw = _function(model, input_shape, prop)
     refusal = function.get("refused") or (None if raw is not None else "the conformance check of the checker's translation failed")
-    claim = _claim(model, prop, result, raw, refusal, input_shape, out)
+    claim = _claim(model, prop, result, raw, refusal, input_shape, out, provisional)
     answer = "unknown" if claim.kind == "refused" else ("holds" if claim.type == "property-holds" else "violated")
     digest = None
     if prop.path and Path(prop.path).is_file():
@@ -209,25 +225,17 @@ def checked_property_certificate(model: nn.Module, prop: Property, result: Prope
     not accept the claim, the certificate returned answers "unknown", its claim refused with the checker's
     reasons (listed in problems); `certify verify-property` prints the answer of the certificate this returns,
     written or not."""
-    from certify.certificates.checker import verify_certificate
-    from certify.certificates.document import parse_certificate
-    from certify.errors import CertifyError, UsageError
+    cert = property_certificate(model, prop, result, input_shape, method, timeout, model_spec, out, provisional=True)
+    problems = _recheck(cert, model, out)
+    if problems and cert.claims[0].kind != "refused" and cert.claims[0].type == "property-holds":
+        # the provisional value was not accepted: the value re-derived by the checker's code, issued and checked again
+        cert = property_certificate(model, prop, result, input_shape, method, timeout, model_spec, out)
+        problems = _recheck(cert, model, out)
+    if not problems:
+        return cert, []
+    from certify.errors import CertifyError
 
-    cert = property_certificate(model, prop, result, input_shape, method, timeout, model_spec, out)
     claim = cert.claims[0]
-    try:
-        report = verify_certificate(parse_certificate(cert.to_json()), model, None if out is None else out.parent)
-    except CertifyError as exc:
-        problems = [f"the checker could not re-check the certificate ({type(exc).__name__}: {exc})"]
-    else:
-        problems = list(report.problems) + [f"claim {c.id}: {c.status}: {c.detail}" for c in report.checks
-                                            if c.status not in ("valid", "refused")]
-        if claim.kind == "refused" and not report.problems:
-            return cert, []  # an unknown answer: nothing to accept
-        if claim.kind != "refused" and not problems and any(c.status == "valid" for c in report.checks):
-            return cert, []
-        if not problems:
-            problems = ["the checker did not mark the claim valid"]
     if claim.kind == "refused":  # an unknown answer whose document the checker rejects: a bug, said as such
         raise CertifyError(f"the unknown answer's certificate does not verify: {'; '.join(problems)}")
     refused = refuse(CLAIM_ID, claim.type, claim.params, claim.method,
@@ -236,6 +244,27 @@ def checked_property_certificate(model: nn.Module, prop: Property, result: Prope
     cert.claims = [refused]
     cert.answer = "unknown"
     return cert, problems
+
+
+def _recheck(cert: PropertyCertificate, model: nn.Module, out: Path | None) -> list[str]:
+    """What keeps `certify verify` from accepting cert's claim on model (its JSON parsed back; [] when it is
+    accepted, or when it is a refusal in a document the checker accepts)."""
+    from certify.certificates.checker import verify_certificate
+    from certify.certificates.document import parse_certificate
+    from certify.errors import CertifyError
+
+    claim = cert.claims[0]
+    try:
+        report = verify_certificate(parse_certificate(cert.to_json()), model, None if out is None else out.parent)
+    except CertifyError as exc:
+        return [f"the checker could not re-check the certificate ({type(exc).__name__}: {exc})"]
+    if claim.kind == "refused":
+        return list(report.problems)  # a refusal (an unknown answer) has nothing to accept
+    problems = list(report.problems) + [f"claim {c.id}: {c.status}: {c.detail}" for c in report.checks
+                                        if c.status not in ("valid", "refused")]
+    if problems:
+        return problems
+    return [] if any(c.status == "valid" for c in report.checks) else ["the checker did not mark the claim valid"]
 
 
 def sufficient_subset_certificate(model: nn.Module, subset: SufficientSubset, input_shape: tuple[int, ...], method: str,

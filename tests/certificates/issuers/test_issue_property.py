@@ -453,3 +453,80 @@ def test_a_network_without_hidden_layers_gets_a_crown_witness():
     assert 4.99 < cert.claims[0].value <= 5.0
     valid, report = _verify(json.loads(cert.to_json()), model)
     assert valid, report.failures()
+
+
+def _counting_prove_holds(monkeypatch):
+    """Counts every re-derivation of the leaves (the issuer's and the checker's prove_holds)."""
+    import certify.certificates.issuers.property as issuer
+    import certify.certificates.property_check as check
+
+    calls = []
+    real = check.prove_holds
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(check, "prove_holds", counted)
+    monkeypatch.setattr(issuer, "prove_holds", counted)
+    return calls
+
+
+def test_a_checked_holds_certificate_re_derives_its_leaves_once(monkeypatch, split_case):
+    """checked_property_certificate states the bound code's certified margin (times PROVISIONAL_SHARE) and lets
+    the checker's single re-derivation accept it: one prove_holds, not two; the value is no tighter than the
+    checker's own."""
+    from certify.certificates.issuers.property import PROVISIONAL_SHARE, checked_property_certificate
+    from certify.certificates.property_check import prove_holds, property_arrays, read_witness
+    from certify.certificates.relu_graph import graph_of
+    from certify.certificates.document import decode_array
+    from certify.certificates.issuers.property import _function
+
+    model, prop, _ = split_case
+    result = verify_property(model, prop, timeout=5.0, input_shape=(2,), methods=("crown", "bab"))
+    assert result.status == "holds" and result.margin > 0
+    calls = _counting_prove_holds(monkeypatch)
+    cert, problems = checked_property_certificate(model, prop, result, (2,), "bab", 5.0)
+    assert cert.answer == "holds" and problems == [] and len(calls) == 1
+    claim = cert.claims[0]
+    assert claim.value <= result.margin * PROVISIONAL_SHARE and claim.value == pytest.approx(result.margin, rel=1e-5)
+    _, raw = _function(model, (2,), prop)
+    box, conjunctions = property_arrays(claim.params)
+    net = graph_of(raw)
+    rederived = prove_holds(net, box, conjunctions, read_witness(claim.witness, net, conjunctions,
+                                                                 lambda rec, where: decode_array(rec, where, None)))
+    assert claim.value <= rederived
+
+
+@pytest.mark.parametrize("forged", ["inflated margin", "inflated margin and a removed leaf"])
+def test_a_provisional_value_the_checker_rejects_is_re_derived_never_kept(monkeypatch, split_case, forged):
+    """Attack on the provisional value: a result whose margin is far above the truth (x1000) gets the checker's
+    rejection, then the value re-derived by the checker's code (two more re-derivations), and the certificate
+    that comes back verifies with a value no higher than that; with a leaf removed as well (an incomplete tree,
+    refused before any re-derivation), only the issuer's CROWN fallback can certify, or the answer is unknown; it
+    is never holds with the forged value."""
+    from certify.certificates.issuers.property import checked_property_certificate
+
+    model, prop, _ = split_case
+    result = verify_property(model, prop, timeout=5.0, input_shape=(2,), methods=("crown", "bab"))
+    assert result.status == "holds"
+    true_margin = result.margin
+    result.margin = 1000.0 * true_margin + 1.0
+    if forged != "inflated margin":
+        tree = next(t for t in result.witness["conjunctions"] if t["depth"].size > 1)
+        keep = slice(1, None)
+        cut = int(tree["depth"][0])
+        for key in ("depth", "row", "alphas"):
+            tree[key] = tree[key][keep]
+        for key in ("splits", "betas"):
+            tree[key] = tree[key][cut:]
+    calls = _counting_prove_holds(monkeypatch)
+    cert, problems = checked_property_certificate(model, prop, result, (2,), "bab", 5.0)
+    if forged == "inflated margin":  # the checker's rejection, then the issuer's re-derivation and the checker's
+        assert len(calls) == 3 and cert.answer == "holds"
+    if cert.answer == "holds":
+        assert problems == [] and cert.claims[0].value < result.margin * 0.5
+        valid, report = _verify(json.loads(cert.to_json()), model)
+        assert valid, report.failures()
+    else:
+        assert cert.answer == "unknown" and cert.claims[0].kind == "refused"
