@@ -12,7 +12,9 @@ of the layers below (valid on the subdomain: its relaxations below are); then cl
 the splits: the subdomain is empty and needs no bound. Refining pays on deep nets: on mnistfc 256x4 it proves
 pairs that the root boxes alone (clamped) do not prove in 60 s, with 10-20x fewer subdomains; on two hidden
 layers it does not, and refine=False keeps the root boxes clamped by the splits (witness format 1;
-certify.bounds.property.REFINE_FROM chooses). Its
+certify.bounds.property.REFINE_FROM chooses). The root's slopes of the refinement rows beat CROWN's adaptive
+slopes taken on each subdomain's own boxes (measured side by side, one thread: mnistfc 256x4 prop_5_0.03 in 6.7
+against 12.7 s, prop_13_0.03 1.2 against 6.4 s, 256x6 prop_5_0.03 26.5 against 48.9 s). Its
 objective bound is back-substitution over the WHOLE input box of
 
     g = row . z_L + const - sum over its splits (j, u, s) of beta_(j,u) * s * z_j,u       (beta >= 0)
