@@ -28,9 +28,10 @@ intercept), so it re-derives CROWN's bound up to the outward rounding.
 
 Outward rounding (float64, round-to-nearest hardware): a correctly rounded product or sum is within half
 an ulp of the exact value, so `nextafter` towards -inf / +inf gives a rigorous bound (subnormal results
-included; the nonnegative error terms use `up_nonneg`, never below nextafter and 18x cheaper); a dot product or matrix product of n terms, in any summation order (blocked, pairwise, with or
-without fused multiply-add), errs by at most gamma_n |a| . |b| + n eta (Higham, Accuracy and Stability of
-Numerical Algorithms, 2nd ed., section 3.1 and eq. (3.5), with underflow; gamma_n = n u / (1 - n u), u = 2^-53,
+included; the nonnegative error terms use `up_nonneg`, never below nextafter and 18x cheaper); a dot product or
+matrix product of n terms, in any summation order (blocked, pairwise, with or without fused multiply-add),
+errs by at most gamma_n |a| . |b| + n eta (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed.,
+section 3.1 and eq. (3.5), with underflow; gamma_n = n u / (1 - n u), u = 2^-53,
 eta = 2^-1074), enclosed as [fl(ab) - E, fl(ab) + E] with E = 2 gamma_{n+2} fl(|a||b|) + 4 (n + 2) eta, itself
 rounded up. Elementwise terms are not rounded one by one: each carries an a priori error bound of the float
 expression that computed it, and a row's terms and bounds are summed once (`settle`). `flush_to_zero` refuses to work when the arithmetic flushes subnormals to zero (this analysis then

@@ -42,8 +42,8 @@ def test_up_nonneg_is_never_below_the_next_float():
     """up_nonneg (two multiply-adds) against nextafter over zeros, subnormals, every binade's edges and the top."""
     rng = np.random.default_rng(7)
     edges = np.ldexp(1.0, np.arange(-1074, 1024))
-    values = np.concatenate([[0.0, 5e-324, 1e-323, 2.0**-1022, np.nextafter(2.0**-1022, 0), np.finfo(float).max, np.inf],
-                             edges, np.nextafter(edges, np.inf), np.nextafter(edges, 0),
+    special = [0.0, 5e-324, 1e-323, 2.0**-1022, np.nextafter(2.0**-1022, 0), np.finfo(float).max, np.inf]
+    values = np.concatenate([special, edges, np.nextafter(edges, np.inf), np.nextafter(edges, 0),
                              np.ldexp(rng.uniform(1, 2, 4000), rng.integers(-1074, 1023, 4000))])
     bumped = up_nonneg(values)
     assert (bumped >= np.nextafter(values, np.inf)).all()
