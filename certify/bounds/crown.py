@@ -164,7 +164,7 @@ def _live_columns(lam: Tensor) -> tuple[Tensor, Tensor] | None:
     within the rounding bound of the full sum. None when too few columns are dead to pay for the gathers."""
     if lam.numel() < LIVE_MIN_ENTRIES:
         return None
-    live = lam.abs().amax(-2) != 0  # (lam != 0).any(-2), NaN included, in half the time
+    live = (lam.amax(-2) != 0) | (lam.amin(-2) != 0)  # (lam != 0).any(-2), NaN included, with no copy of lam
     count = int(live.sum(-1).max()) if live.numel() else 0
     if lam.shape[-2] * (lam.shape[-1] - count) < LIVE_GAIN * count:
         return None
@@ -229,12 +229,22 @@ def _parallel(rel: Relaxation, facts: dict) -> bool:
 
 
 def _relaxation_charge(rel: Relaxation, lower_icpt: Tensor, upper_icpt: Tensor, below: Tensor) -> Tensor:
-    """|c_l| + |c_u| + max(|a_l|, |a_u|) below (per unit, or per row where the lines are): what |Lambda| times it
-    bounds the rounding of substituting the relaxation's lines (intercepts `lower_icpt`, `upper_icpt`, widened)
-    and of the next layer's products, `below` = r_z + product_charge (`backward_lower_bound`)."""
-    slope = torch.maximum(*_aligned(rel.lower_slope.abs(), rel.upper_slope.abs()))
+    """|c_l| + |c_u| + max(|a_l|, |a_u|) below (per unit, or per row where the intercepts are): what |Lambda| times
+    it bounds the rounding of substituting the relaxation's lines (intercepts `lower_icpt`, `upper_icpt`, widened)
+    and of the next layer's products, `below` = r_z + product_charge (`backward_lower_bound`). Slopes given per
+    row count with their largest size over the rows (a charge per unit, never below any row's: its product with
+    |Lambda| is then one matrix-vector product instead of an elementwise product over [N, m, n])."""
+    slope = torch.maximum(_unit_reach(rel.lower_slope), _unit_reach(rel.upper_slope))
     slope, below = _aligned(slope, below)
     return _plus(_plus(lower_icpt.abs(), upper_icpt.abs()), slope * below)
+
+
+def _unit_reach(slope: Tensor) -> Tensor:
+    """max |slope| per unit [N, n]: the tensor's own sizes per unit, or over the rows of a per-row [N, m, n] one
+    (max(|max|, |min|), exact; NaN propagates)."""
+    if slope.dim() == 2:
+        return slope.abs()
+    return torch.maximum(slope.amin(-2).abs(), slope.amax(-2).abs())
 
 
 def backward_lower_bound(
@@ -375,11 +385,16 @@ def backward_lower_bound(
         reach = _kept(facts, ("reach z", k - 1), boxes[k - 1][0], lambda: _reach(boxes[k - 1]))
         bound = _kept(facts, ("relaxation charge", k), rel, lambda: _relaxation_charge(
             rel, lower_icpt, upper_icpt, _plus(reach, product_charge(k - 1))))
-        magnitude = magnitude + _dot(lam.abs(), bound if charge is None else _plus(bound, charge))
+        size = lam.abs()
+        magnitude = magnitude + _dot(size, bound if charge is None else _plus(bound, charge))
         prepaid = True
         lost = lost + _kept(facts, ("total z", k - 1), boxes[k - 1][0], lambda: _total(reach))
         lost = lost + 2 * lam.shape[-1]  # pos a_l + neg a_u (against z), intercepts
-        pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+        # lam is this pass's own (a fresh product or sum above): its parts are formed in place from here on (the
+        # negative part in the buffer of |lam|), the same roundings as out of place without copies of [N, m, n]
+        neg = torch.clamp(lam, max=0, out=size)
+        scaled = lam * _rows(rel.lower_slope, lam) if mirrored else None
+        pos = lam.clamp_(min=0)
         if not through_zero:
             value = value + _dot(pos, lower_icpt)
         value = value + _dot(neg, upper_icpt)
@@ -388,9 +403,9 @@ def backward_lower_bound(
                 mirror = mirror - _dot(neg, lower_icpt)
             mirror = mirror - _dot(pos, upper_icpt)
             # equal slopes a: pos a + neg a = lam a (one of the two terms is a zero)
-            lam = lam * _rows(rel.lower_slope, lam)
+            lam = scaled
         else:
-            lam = pos * _rows(rel.lower_slope, lam) + neg * _rows(rel.upper_slope, lam)
+            lam = pos.mul_(_rows(rel.lower_slope, pos)).add_(neg.mul_(_rows(rel.upper_slope, neg)))
         terms += lam.shape[-1] + 2
     slack = rounding_margin(magnitude, terms) + 2 * UNDERFLOW * lost
     if mirrored:

@@ -147,3 +147,43 @@ def test_margins_that_overflow_float64_are_minus_infinity_never_nan():
     net = AffineNetwork([w1, w2], [torch.zeros(2, dtype=torch.float64)] * 2, [Activation("relu")], (2,))
     value = margin_lower_bounds(net, torch.tensor([[1.0, 0.5]], dtype=torch.float64), torch.tensor([0]), 1.0, "inf").value
     assert not torch.isnan(value).any() and value[0, 1] == -math.inf and value[0, 0] == math.inf
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_pass_never_writes_to_its_inputs(mirrored, seed):
+    """backward_lower_bound forms the relaxed coefficients in place, in tensors of its own: the caller's
+    coefficients, split terms, lines and boxes are bit-identical after the pass, and a second pass on them gives
+    the same bounds."""
+    net, x, s = _case(seed, math.inf, 0.3)
+    boxes, relaxations = layer_bounds(net, s, "crown", slopes="parallel")
+    gen = torch.Generator().manual_seed(seed)
+    top = net.depth - 1
+    coeffs = torch.randn(5, 7, net.weights[top].shape[0], dtype=torch.float64, generator=gen)
+    terms = {1: torch.randn(5, 7, net.weights[1].shape[0], dtype=torch.float64, generator=gen)}
+    inputs = [coeffs, *terms.values(), *(getattr(r, f) for r in relaxations for f in FIELDS),
+              *(t for box in boxes for t in box)]
+    before = [t.clone() for t in inputs]
+    first = backward_lower_bound(net, s, top, coeffs, relaxations, boxes, layer_terms=terms, mirrored=mirrored)
+    assert all(torch.equal(t, kept) for t, kept in zip(inputs, before))
+    again = backward_lower_bound(net, s, top, coeffs, relaxations, boxes, layer_terms=terms, mirrored=mirrored)
+    assert torch.equal(first, again) and first.shape == (5, 14 if mirrored else 7)
+
+
+def test_the_charge_of_per_row_slopes_covers_every_row():
+    """_relaxation_charge takes slopes given per row at their largest size over the rows: per unit, never below
+    the charge of any row's own slopes (signs, zeros and NaN included)."""
+    gen = torch.Generator().manual_seed(3)
+    lower = torch.randn(4, 6, 9, dtype=torch.float64, generator=gen)
+    lower[0, :, 0], lower[1, 2, 3] = 0.0, math.nan
+    upper = torch.randn(4, 9, dtype=torch.float64, generator=gen)
+    icpt = torch.randn(4, 9, dtype=torch.float64, generator=gen)
+    below = torch.rand(4, 9, dtype=torch.float64, generator=gen)
+    rel = crown.Relaxation(lower, icpt, upper, icpt)
+    charge = crown._relaxation_charge(rel, icpt, icpt, below)
+    assert charge.shape == (4, 9)
+    per_row = 2 * icpt.abs().unsqueeze(1) + torch.maximum(lower.abs(), upper.abs().unsqueeze(1)) * below.unsqueeze(1)
+    assert torch.isnan(charge[1, 3]) and int(torch.isnan(charge).sum()) == 1  # NaN in one row: NaN for the unit
+    kept = ~torch.isnan(charge)
+    assert bool((charge.unsqueeze(1) >= per_row).all(1)[kept].all())
+    assert torch.equal(charge[kept], per_row.amax(1)[kept])  # the largest row's charge, no more
