@@ -390,21 +390,27 @@ def backward_lower_bound(
         prepaid = True
         lost = lost + _kept(facts, ("total z", k - 1), boxes[k - 1][0], lambda: _total(reach))
         lost = lost + 2 * lam.shape[-1]  # pos a_l + neg a_u (against z), intercepts
-        # lam is this pass's own (a fresh product or sum above): its parts are formed in place from here on (the
-        # negative part in the buffer of |lam|), the same roundings as out of place without copies of [N, m, n]
-        neg = torch.clamp(lam, max=0, out=size)
-        scaled = lam * _rows(rel.lower_slope, lam) if mirrored else None
-        pos = lam.clamp_(min=0)
-        if not through_zero:
-            value = value + _dot(pos, lower_icpt)
-        value = value + _dot(neg, upper_icpt)
+        # lam is this pass's own (a fresh product or sum above): its parts are formed in place from here on, in
+        # lam and in the buffer of |lam|, the same roundings as out of place without copies of [N, m, n]
         if mirrored:  # the negated rows -lam: positive part -neg, negative part -pos
+            pos = torch.clamp(lam, min=0, out=size)
+            pos_lower = None if through_zero else _dot(pos, lower_icpt)
+            pos_upper = _dot(pos, upper_icpt)
+            neg = torch.clamp(lam, max=0, out=size)
+            if pos_lower is not None:
+                value = value + pos_lower
+            value = value + _dot(neg, upper_icpt)
             if not through_zero:
                 mirror = mirror - _dot(neg, lower_icpt)
-            mirror = mirror - _dot(pos, upper_icpt)
+            mirror = mirror - pos_upper
             # equal slopes a: pos a + neg a = lam a (one of the two terms is a zero)
-            lam = scaled
+            lam = lam.mul_(_rows(rel.lower_slope, lam))
         else:
+            pos = torch.clamp(lam, min=0, out=size)
+            neg = lam.clamp_(max=0)
+            if not through_zero:
+                value = value + _dot(pos, lower_icpt)
+            value = value + _dot(neg, upper_icpt)
             lam = pos.mul_(_rows(rel.lower_slope, pos)).add_(neg.mul_(_rows(rel.upper_slope, neg)))
         terms += lam.shape[-1] + 2
     slack = rounding_margin(magnitude, terms) + 2 * UNDERFLOW * lost
