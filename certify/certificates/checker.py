@@ -408,11 +408,13 @@ def _chain_hessian_bounds(st: Stages, row: Tensor, norm: Callable[[int], float])
             w = mats[idx]
             g_lo = w.clamp(min=0).T @ lo + w.clamp(max=0).T @ hi
             g_hi = w.clamp(min=0).T @ hi + w.clamp(max=0).T @ lo
-    w1 = mats[0]
+    w1, w1_abs = mats[0], mats[0].abs()
     worst = torch.maximum(terms[0][0].abs(), terms[0][1].abs())
-    scale = up(float(local_check.l2_up(w1.abs().T @ torch.diag(worst) @ w1.abs())))  # no squares that underflow
-    low = float(torch.linalg.eigvalsh(w1.T @ torch.diag(terms[0][0]) @ w1)[0]) - 1e-11 * scale
-    high = float(torch.linalg.eigvalsh(w1.T @ torch.diag(terms[0][1]) @ w1)[-1]) + 1e-11 * scale
+    # W^T diag(t) W as (W^T * t) @ W: column j of W^T diag(t) is the single product W_ji t_j (the other terms of the
+    # product with the diagonal matrix are exact zeros), so both give the same matrices
+    scale = up(float(local_check.l2_up((w1_abs.T * worst) @ w1_abs)))  # no squares that underflow
+    low = float(torch.linalg.eigvalsh((w1.T * terms[0][0]) @ w1)[0]) - 1e-11 * scale
+    high = float(torch.linalg.eigvalsh((w1.T * terms[0][1]) @ w1)[-1]) + 1e-11 * scale
     jac = norm(0)
     for idx in range(1, len(st.acts)):
         jac *= norm(idx)

@@ -194,7 +194,12 @@ def region_boxes(stages, center: Tensor, radius: float, allowed: tuple[str, ...]
     """(lower, upper) [n_k] of every hidden pre-activation z_0 .. z_{L-2} over the l2 ball B(center, radius)
     (center [n], flattened input): rule 1 of the module docstring. Invalid for graphs and activations not
     `allowed`."""
-    mats, biases, acts = _chain(stages, allowed)
+    return _region_boxes(*_chain(stages, allowed), center, radius)
+
+
+def _region_boxes(mats: list[Tensor], biases: list[Tensor], acts: list[tuple], center: Tensor,
+                  radius: float) -> list[tuple[Tensor, Tensor]]:
+    """`region_boxes` of the chain (mats, biases, acts) from `_chain`."""
     center = torch.as_tensor(center, dtype=torch.float64).cpu().reshape(-1)
     if center.numel() != mats[0].shape[1]:
         raise Invalid(f"the region has {center.numel()} features, N expects {mats[0].shape[1]}")
@@ -203,7 +208,8 @@ def region_boxes(stages, center: Tensor, radius: float, allowed: tuple[str, ...]
     w0, n0 = mats[0], mats[0].shape[1]
     norms = l2_up(w0, 1) * (1 + 2 * (n0 + 2) * _U)
     mid, spread = _affine(center, torch.zeros_like(center), w0, biases[0])
-    rad = _up(spread + radius * norms * (1 + 4 * _U) + _margin(radius * norms, 2))
+    scaled = radius * norms
+    rad = _up(spread + scaled * (1 + 4 * _U) + _margin(scaled, 2))
     boxes = []
     for k in range(len(acts)):
         lo, hi = _down(mid - rad), _up(mid + rad)
@@ -302,8 +308,8 @@ def gradient_bound(stages, center: Tensor, radius: float, row: Tensor) -> float:
 
 
 def _ball_gradient_bound(stages, center: Tensor, radius: float, row: Tensor) -> float:
-    mats, _, acts = _chain(stages)
-    boxes = region_boxes(stages, center, radius)
+    mats, biases, acts = _chain(stages)
+    boxes = _region_boxes(mats, biases, acts, center, radius)
     row = torch.as_tensor(row, dtype=torch.float64).cpu().reshape(-1)
     if not acts:
         g_mid, g_rad = _affine(row, torch.zeros_like(row), mats[0].T, None)
@@ -324,8 +330,8 @@ def hessian_split(stages, center: Tensor, radius: float, row: Tensor) -> tuple[T
     L = W_0^T diag(w_0,lo) W_0 + M, U = W_0^T diag(w_0,hi) W_0 + M, |Delta(y)| <= P elementwise, P >= 0 symmetric
     and rounded up; L, U as computed in float64, within 2 gamma_t mag (elementwise) of the exact matrices.
     Invalid for graphs and other activations."""
-    mats, _, acts = _chain(stages)
-    boxes = region_boxes(stages, center, radius)
+    mats, biases, acts = _chain(stages)
+    boxes = _region_boxes(mats, biases, acts, center, radius)
     n0 = mats[0].shape[1]
     centre = torch.zeros(n0, n0, dtype=torch.float64)
     magnitude = torch.zeros_like(centre)
@@ -352,7 +358,8 @@ def hessian_split(stages, center: Tensor, radius: float, row: Tensor) -> tuple[T
         spread = spread + ja.T @ (w_rad[:, None] * ja) + cross + cross.T + j_rad.T @ (wa * j_rad)
     lower = centre + w0.T @ (w_lo[:, None] * w0)
     upper = centre + w0.T @ (w_hi[:, None] * w0)
-    magnitude = magnitude + w0.abs().T @ (w_mag[:, None] * w0.abs())
+    w0_abs = w0.abs()
+    magnitude = magnitude + w0_abs.T @ (w_mag[:, None] * w0_abs)
     p_mat = torch.maximum(spread, spread.T)
     return (lower + lower.T) / 2, (upper + upper.T) / 2, magnitude, p_mat + _margin(p_mat, _terms(mats))
 
