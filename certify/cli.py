@@ -634,7 +634,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     cert = read_certificate(Path(args.certificate))
     if isinstance(cert, (PropertyCertificate, ProxCertificate)):
         answer = cert.answer
-    report = verify_file(Path(args.certificate), args.model)
+    report = verify_file(Path(args.certificate), args.model, run_model_code=args.run_model_code)
     subject = ("denoiser" if isinstance(cert, ProxCertificate) else "property" if isinstance(cert, PropertyCertificate)
                else "tests" if isinstance(cert, ImportanceCertificate) else "explanation")
     # claims that verify but certify nothing: shown apart, never counted as certified (certify.certificates.summary)
@@ -788,6 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("certificate", nargs="?", help="certificate file (JSON)")
     verify.add_argument("--model", help="model SPEC (default: the one recorded in the certificate)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.add_argument("--run-model-code", action="store_true",
+                        help="load a model that the certificate (or store) names by Python code (module:callable); "
+                             "without it such a certificate is refused (exit 2): its code would run in the checker")
     add_store_option(verify)
     verify.set_defaults(run=_cmd_verify)
 

@@ -97,7 +97,7 @@ def cmd_verify_store(args: argparse.Namespace) -> int:
     (each named)."""
     from certify.batch.verify import verify_store
 
-    report = verify_store(args.store, progress=not args.json)
+    report = verify_store(args.store, progress=not args.json, run_model_code=args.run_model_code)
     if args.json:
         print(json.dumps({**asdict(report), "valid_store": report.all_valid}, indent=1))
     else:

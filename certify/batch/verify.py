@@ -78,6 +78,14 @@ def _key(text: str) -> dict:
     return key
 
 
+def _named_model(text: str) -> str | None:
+    """The model SPEC a row's key names (None for a malformed key, which the row's check reports)."""
+    try:
+        return _key(text)["model"]
+    except CertificateFormatError:
+        return None
+
+
 def _key_problems(cert, key: dict) -> list[str]:
     """Where the certificate's claims and explainer parameters differ from the key's eps, k and method parameters.
     A parameter the key gives as a name the explainer resolves (a string, e.g. sample=train) is not compared."""
@@ -127,13 +135,18 @@ def _problems(row: Row, sources: _Sources) -> list[str]:
         return [str(exc)]
 
 
-def verify_store(path: str | Path, progress: bool = True) -> StoreReport:
+def verify_store(path: str | Path, progress: bool = True, run_model_code: bool = False) -> StoreReport:
     """Check every certificate of the store at `path` (UsageError when there is none; CertificateFormatError
-    when the file is not a store or is corrupt) and record each row's status; `missing`: the keys a finished
-    run attempted that hold no certificate (rows deleted since)."""
+    when the file is not a store or is corrupt, or when a row names its model by Python code and
+    `run_model_code` is off: nothing is checked or recorded then) and record each row's status; `missing`: the
+    keys a finished run attempted that hold no certificate (rows deleted since)."""
+    from certify.models.spec import refuse_named_code
     from certify.progress import progress_bar
 
     with CertificateStore(path, create=False) as store:
+        if not run_model_code:
+            for spec in sorted({_named_model(row.params) for row in store.rows()} - {None}):
+                refuse_named_code(spec, f"the store {path}")
         report = StoreReport(str(path))
         sources = _Sources()
         statuses = []

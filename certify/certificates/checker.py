@@ -1252,15 +1252,21 @@ def _verify(cert: Certificate, model: nn.Module, base_dir: Path | None, report: 
     return report
 
 
-def verify_file(path: Path, model_spec: str | None = None) -> VerifyReport:
-    """Read a certificate file, load its model (or `model_spec`) and verify it."""
+def verify_file(path: Path, model_spec: str | None = None, run_model_code: bool = False) -> VerifyReport:
+    """Read a certificate file, load its model (`model_spec`, else the one it names) and verify it.
+    CertificateFormatError when the certificate names no model, or names it by Python code (module:callable)
+    and neither `model_spec` nor `run_model_code` says to run it: a certificate is a document from anyone, and
+    the code it names would run inside the checker (a reviewer's finding, stop 28: such code replaced the
+    checker's functions and a forged holds claim verified)."""
     from certify.errors import UnsupportedError
-    from certify.models.spec import load_model
+    from certify.models.spec import load_model, refuse_named_code
 
     cert = read_certificate(path)
     spec = model_spec or cert.provenance.get("model", {}).get("spec")
     if not spec:
         raise CertificateFormatError("the certificate names no model and no --model was given")
+    if model_spec is None and not run_model_code:
+        refuse_named_code(spec, "the certificate")
     try:
         if isinstance(cert, ProxCertificate):
             from certify.inverse.spec import load_denoiser

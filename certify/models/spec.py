@@ -96,6 +96,29 @@ def _from_callable(spec: str) -> nn.Module:
     return model
 
 
+def runs_code(spec: str) -> bool:
+    """Whether `load_model(spec)` imports and runs Python code (a module:callable spec), as opposed to reading
+    data (a zoo name, an ONNX file, a TorchScript file). The checker never runs code that a certificate or a store
+    names unless its user asks (`certify verify --model SPEC` or `--run-model-code`)."""
+    if spec.startswith("zoo:") or spec in zoo.RECIPES:
+        return False
+    path = Path(spec)
+    if path.suffix.lower() == ".onnx" or path.suffix in TORCHSCRIPT_SUFFIXES or path.exists():
+        return False
+    return ":" in spec
+
+
+def refuse_named_code(spec: str, named_by: str) -> None:
+    """CertificateFormatError when `spec`, named by `named_by` (a certificate, a store), would run Python code."""
+    if runs_code(spec):
+        from certify.errors import CertificateFormatError
+
+        raise CertificateFormatError(
+            f"{named_by} names its model by Python code ({spec!r}), and certify verify does not run code that a "
+            f"document names: pass --model {spec} (or --run-model-code) if you trust that code, or give the model as "
+            "ONNX, TorchScript or a zoo name")
+
+
 def load_model(spec: str) -> tuple[nn.Module, Dataset | None]:
     """(model in eval mode, its zoo data set or None) for a model SPEC."""
     if spec.startswith("zoo:") or spec in zoo.RECIPES:

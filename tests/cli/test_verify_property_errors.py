@@ -13,7 +13,8 @@ from torch import nn
 import certify.attacks.property as attacks_property
 import certify.cli as cli
 from certify.cli import main
-from certify.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_INVALID_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE)
+from certify.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_INVALID_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_UNUSABLE,
+                           EXIT_USAGE)
 
 NETS = textwrap.dedent('''
     import torch
@@ -251,7 +252,10 @@ def test_the_answer_is_the_same_with_and_without_out(nets, tmp_path, capsys, nam
     assert answers[0] == answers[1] == ({"holds": EXIT_OK, "unknown": EXIT_UNKNOWN}[expected], expected)
     doc = json.loads((tmp_path / "c.json").read_text())
     assert doc["answer"] == expected
-    assert main(["verify", str(tmp_path / "c.json")]) == {"holds": EXIT_OK, "unknown": EXIT_UNKNOWN}[expected]
+    # the certificate names its model by Python code: refused (exit 2) until the user says to run it
+    assert main(["verify", str(tmp_path / "c.json")]) == EXIT_UNUSABLE
+    assert "--run-model-code" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "c.json"), "--run-model-code"]) == {"holds": EXIT_OK, "unknown": EXIT_UNKNOWN}[expected]
     capsys.readouterr()
     code = main(base[:-1])  # the text answer names the certificate's verdict
     text = capsys.readouterr().out

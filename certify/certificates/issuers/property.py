@@ -159,6 +159,12 @@ def _claim(model: nn.Module, prop: Property, result: PropertyResult, raw: Any, r
                   f"{result.status}: neither proven nor refuted in {result.seconds:.1f} s (best certified lower bound {margin})")
 
 
+def _states_a_margin(claim: Claim) -> bool:
+    """Whether `issue` gave a holds claim with a positive value (not a refusal, as for an infinite margin, and not
+    a bound that rounds to 0)."""
+    return claim.kind != "refused" and claim.value is not None and claim.value >= 5e-324
+
+
 def _holds_claim(raw: Any, prop: Property, result: PropertyResult, params: dict[str, Any], method: str,
                  out: Path | None, provisional: bool = False) -> Claim:
     """The certified holds claim from the first witness the checker accepts: the bound code's, then plain
@@ -170,7 +176,7 @@ def _holds_claim(raw: Any, prop: Property, result: PropertyResult, params: dict[
     if provisional and result.witness is not None and result.margin is not None and result.margin > 0:
         claim = issue(CLAIM_ID, "property-holds", params, result.margin * PROVISIONAL_SHARE, method,
                       witness=encode_witness(result.witness, out))
-        if claim.value >= 5e-324:
+        if _states_a_margin(claim):
             return claim
     reasons = []
     for source in ("bound code", "checker-side CROWN"):
@@ -187,7 +193,7 @@ def _holds_claim(raw: Any, prop: Property, result: PropertyResult, params: dict[
             reasons.append(f"{source}: {exc}")
             continue
         claim = issue(CLAIM_ID, "property-holds", params, value, method if source == "bound code" else "crown", witness=witness)
-        if claim.value >= 5e-324:
+        if _states_a_margin(claim):
             return claim
         reasons.append(f"{source}: the re-derived bound {value:.3g} rounds to 0")
     return refuse(CLAIM_ID, "property-holds", params, method,
