@@ -146,7 +146,7 @@ def verify_store(path: str | Path, progress: bool = True, run_model_code: bool =
     with CertificateStore(path, create=False) as store:
         if not run_model_code:
             for spec in sorted({_named_model(row.params) for row in store.rows()} - {None}):
-                refuse_named_code(spec, f"the store {path}")
+                refuse_named_code(spec, f"the store {path}", "--run-model-code")
         report = StoreReport(str(path))
         sources = _Sources()
         statuses = []

@@ -1266,7 +1266,7 @@ def verify_file(path: Path, model_spec: str | None = None, run_model_code: bool 
     if not spec:
         raise CertificateFormatError("the certificate names no model and no --model was given")
     if model_spec is None and not run_model_code:
-        refuse_named_code(spec, "the certificate")
+        refuse_named_code(spec, "the certificate", f"--model {spec} (or --run-model-code)")
     try:
         if isinstance(cert, ProxCertificate):
             from certify.inverse.spec import load_denoiser

@@ -96,39 +96,43 @@ def _from_callable(spec: str) -> nn.Module:
     return model
 
 
-def runs_code(spec: str) -> bool:
-    """Whether `load_model(spec)` imports and runs Python code (a module:callable spec), as opposed to reading
-    data (a zoo name, an ONNX file, a TorchScript file). The checker never runs code that a certificate or a store
-    names unless its user asks (`certify verify --model SPEC` or `--run-model-code`)."""
+def spec_kind(spec: str) -> str | None:
+    """What a model SPEC names, by the rules `load_model` follows: "zoo", "onnx", "torchscript" (a file with a
+    TorchScript suffix, or any existing file), "code" (module:callable, which imports and runs Python code), or
+    None (nothing loadable)."""
     if spec.startswith("zoo:") or spec in zoo.RECIPES:
-        return False
+        return "zoo"
     path = Path(spec)
-    if path.suffix.lower() == ".onnx" or path.suffix in TORCHSCRIPT_SUFFIXES or path.exists():
-        return False
-    return ":" in spec
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if path.suffix in TORCHSCRIPT_SUFFIXES or path.exists():
+        return "torchscript"
+    return "code" if ":" in spec else None
 
 
-def refuse_named_code(spec: str, named_by: str) -> None:
-    """CertificateFormatError when `spec`, named by `named_by` (a certificate, a store), would run Python code."""
-    if runs_code(spec):
+def refuse_named_code(spec: str, named_by: str, remedy: str) -> None:
+    """CertificateFormatError when `spec`, named by `named_by` (a certificate, a store), would run Python code
+    (`spec_kind` "code"): the checker never runs code that a document names unless its user asks (`remedy`)."""
+    if spec_kind(spec) == "code":
         from certify.errors import CertificateFormatError
 
         raise CertificateFormatError(
             f"{named_by} names its model by Python code ({spec!r}), and certify verify does not run code that a "
-            f"document names: pass --model {spec} (or --run-model-code) if you trust that code, or give the model as "
-            "ONNX, TorchScript or a zoo name")
+            f"document names: pass {remedy} if you trust that code, or give the model as ONNX, TorchScript or a zoo "
+            "name")
 
 
 def load_model(spec: str) -> tuple[nn.Module, Dataset | None]:
-    """(model in eval mode, its zoo data set or None) for a model SPEC."""
-    if spec.startswith("zoo:") or spec in zoo.RECIPES:
+    """(model in eval mode, its zoo data set or None) for a model SPEC (`spec_kind`)."""
+    kind = spec_kind(spec)
+    if kind == "zoo":
         return zoo.load(spec)
     path = Path(spec)
-    if path.suffix.lower() == ".onnx":
+    if kind == "onnx":
         from certify.models.onnx import load_onnx
 
         return load_onnx(path), None
-    if path.suffix in TORCHSCRIPT_SUFFIXES or path.exists():
+    if kind == "torchscript":
         if not path.exists():
             raise UnsupportedError(f"model file {spec!r} does not exist")
         try:
@@ -140,7 +144,7 @@ def load_model(spec: str) -> tuple[nn.Module, Dataset | None]:
                 "SPEC: give module:callable returning the eager module, or an ONNX export"
             ) from exc
         return model.eval(), None
-    if ":" in spec:
+    if kind == "code":
         model = unwrap_parallel(_from_callable(spec))
         require_acyclic(model)  # before eval(), which would recurse forever on a cycle
         return model.eval(), None
